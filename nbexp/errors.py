@@ -1,0 +1,31 @@
+"""One root exception for everything a user can get wrong, with messages that name the fix."""
+
+from __future__ import annotations
+
+
+class NbexpError(Exception):
+    """A mistake the user can fix; its message says what is wrong and what to do."""
+
+
+class NbexpWarning(UserWarning):
+    """Something the user should know that did not stop the work."""
+
+
+class StoreError(NbexpError):
+    """The store cannot be opened, read or written."""
+
+
+class RefError(NbexpError):
+    """An experiment reference that matches nothing, or more than one experiment."""
+
+
+class QueryError(NbexpError):
+    """A query that does not parse or names an unknown field."""
+
+
+class RecordError(NbexpError):
+    """A record that cannot be read: corrupt, or written by an incompatible version."""
+
+
+class IntegrityError(StoreError):
+    """An object or record whose content no longer matches its hash."""

@@ -1,0 +1,182 @@
+"""What a cell's code assigns and reads, found by parsing it (never by running it).
+
+Params are the top-level assignments of literals; metric candidates are every other name the
+cell binds at module level; inputs are the names it reads. `-p` overrides rewrite the literal
+in the source text itself, so the body really runs with the new value and formatting survives.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import NbexpError
+
+
+class CodeError(NbexpError):
+    """The cell's code cannot be analysed (it does not parse)."""
+
+
+@dataclass
+class Param:
+    name: str
+    value: Any
+    spans: list[tuple[int, int, int, int]] = field(default_factory=list)  # value node positions
+
+
+@dataclass
+class CodeInfo:
+    """The facts about one cell's code that recording needs."""
+
+    params: dict[str, Param]
+    assigned: list[str]
+    loaded: set[str]
+    seeds: dict[str, Any]
+
+
+def literal_value(node: ast.AST) -> tuple[bool, Any]:
+    """(True, value) when `node` is a Python literal (incl. negative numbers and containers)."""
+    try:
+        return True, ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False, None
+
+
+def _module_level(tree: ast.Module) -> list[ast.stmt]:
+    """Statements that run at module scope: the body plus the inside of if/for/while/with/try."""
+    statements: list[ast.stmt] = []
+    pending = list(tree.body)
+    while pending:
+        statement = pending.pop(0)
+        statements.append(statement)
+        for name in ("body", "orelse", "finalbody"):
+            children = getattr(statement, name, None)
+            if isinstance(children, list) and not isinstance(
+                statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+            ):
+                pending.extend(child for child in children if isinstance(child, ast.stmt))
+        for handler in getattr(statement, "handlers", []) or []:
+            pending.extend(handler.body)
+    return statements
+
+
+def _target_names(target: ast.AST) -> list[str]:
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [name for element in target.elts for name in _target_names(element)]
+    if isinstance(target, ast.Starred):
+        return _target_names(target.value)
+    return []
+
+
+def _span(node: ast.AST) -> tuple[int, int, int, int]:
+    return (node.lineno, node.col_offset, node.end_lineno or node.lineno, node.end_col_offset or 0)
+
+
+_SEED_CALLS = {"seed", "manual_seed", "set_seed", "set_random_seed"}
+
+
+def analyze(source: str) -> CodeInfo:
+    """Parse plain Python (IPython syntax already transformed) and collect its facts."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as error:
+        raise CodeError(f"the cell does not parse: {error.msg} (line {error.lineno})") from error
+    params: dict[str, Param] = {}
+    assigned: list[str] = []
+    top_level = tree.body
+    for statement in _module_level(tree):
+        names: list[str] = []
+        value: ast.AST | None = None
+        if isinstance(statement, ast.Assign):
+            for target in statement.targets:
+                names.extend(_target_names(target))
+            value = statement.value
+            simple = all(isinstance(target, ast.Name) for target in statement.targets)
+        elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+            names = _target_names(statement.target)
+            value = statement.value
+            simple = isinstance(statement.target, ast.Name)
+        elif isinstance(statement, ast.AugAssign):
+            names = _target_names(statement.target)
+            simple = False
+        else:
+            continue
+        for name in names:
+            if name not in assigned:
+                assigned.append(name)
+        if value is None or not simple or statement not in top_level:
+            continue
+        is_literal, literal = literal_value(value)
+        if not is_literal:
+            continue
+        for name in names:
+            param = params.setdefault(name, Param(name, literal))
+            param.spans.append(_span(value))
+
+    loaded = {
+        node.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
+    }
+    return CodeInfo(params=params, assigned=assigned, loaded=loaded, seeds=find_seeds(tree))
+
+
+def find_seeds(tree: ast.AST) -> dict[str, Any]:
+    """Literal seeds passed to `random.seed(…)`, `np.random.seed(…)`, `torch.manual_seed(…)`…"""
+    seeds: dict[str, Any] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not node.args:
+            continue
+        function = node.func
+        name = function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", "")
+        if name in _SEED_CALLS:
+            ok, value = literal_value(node.args[0])
+            if ok:
+                seeds[ast.unparse(function)] = value
+        for keyword in node.keywords:
+            if keyword.arg in ("random_state", "seed"):
+                ok, value = literal_value(keyword.value)
+                if ok and value is not None:
+                    seeds[f"{ast.unparse(function)}({keyword.arg}=)"] = value
+    return seeds
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`KEY=VALUE` from `-p` → (key, literal source, value); VALUE must be a Python literal."""
+    key, separator, literal = text.partition("=")
+    key = key.strip()
+    if not separator or not key.isidentifier():
+        raise NbexpError(f"-p {text}: expected KEY=VALUE, e.g. -p lr=0.01")
+    literal = literal.strip()
+    try:
+        value = ast.literal_eval(literal)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as error:
+        raise NbexpError(
+            f"-p {text}: {literal!r} is not a Python literal; quote strings "
+            f"(-p {key}='{literal}') or give a number, list, dict, True/False/None"
+        ) from error
+    return key, literal, value
+
+
+def apply_overrides(source: str, info: CodeInfo, overrides: dict[str, str]) -> str:
+    """Rewrite the literal of each overridden param; inject assignments for the others."""
+    lines = source.splitlines(keepends=True)
+    edits: list[tuple[tuple[int, int, int, int], str]] = []
+    injected: list[str] = []
+    for key, literal in overrides.items():
+        param = info.params.get(key)
+        if param is None:
+            injected.append(f"{key} = {literal}\n")
+            continue
+        edits.extend((span, literal) for span in param.spans)
+    # Apply from the end so earlier positions stay valid.
+    for (start_line, start_col, end_line, end_col), literal in sorted(edits, reverse=True):
+        first = lines[start_line - 1]
+        last = lines[end_line - 1]
+        prefix = first.encode()[:start_col].decode(errors="ignore")
+        suffix = last.encode()[end_col:].decode(errors="ignore")
+        lines[start_line - 1 : end_line] = [prefix + literal + suffix]
+    return "".join(injected) + "".join(lines)

@@ -1,0 +1,147 @@
+"""Where a run happened: interpreter, platform, imported packages, git state, notebook.
+
+Package versions are those of the distributions behind the modules actually imported in the
+kernel (not everything installed). Git is read with GitPython, imported only when the working
+directory is inside a repository.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .secrets import allowed_environment
+
+MAX_DIFF_BYTES = 2 * 1024 * 1024
+
+
+@lru_cache(maxsize=1)
+def _module_distributions() -> dict[str, list[str]]:
+    from importlib.metadata import packages_distributions
+
+    return packages_distributions()
+
+
+@lru_cache(maxsize=512)
+def _distribution_version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+_package_cache: tuple[int, dict[str, str]] = (-1, {})
+
+
+def imported_packages() -> dict[str, str]:
+    """{distribution: version} for the top-level modules imported in this process."""
+    global _package_cache
+    modules = sys.modules
+    if _package_cache[0] == len(modules):
+        return dict(_package_cache[1])
+    mapping = _module_distributions()
+    found: dict[str, str] = {}
+    for top in {name.partition(".")[0] for name in list(modules)}:
+        if top.startswith("_") or top in sys.stdlib_module_names:
+            continue
+        for distribution in mapping.get(top, ()):
+            version = _distribution_version(distribution)
+            if version:
+                found[distribution] = version
+    ordered = dict(sorted(found.items(), key=lambda item: item[0].lower()))
+    _package_cache = (len(modules), ordered)
+    return dict(ordered)
+
+
+def environment(seeds: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The record's `env` section."""
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "cwd": os.getcwd(),
+        "packages": imported_packages(),
+        "seeds": dict(seeds or {}),
+        "variables": allowed_environment(),
+    }
+
+
+def find_git_root(start: str | os.PathLike[str] | None = None) -> Path | None:
+    here = Path(start or os.getcwd()).absolute()
+    for folder in (here, *here.parents):
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
+def git_state(start: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """Commit, branch and the diff of uncommitted tracked changes; None outside a repository."""
+    root = find_git_root(start)
+    if root is None:
+        return None
+    try:
+        import git
+    except ImportError:  # GitPython needs the git executable; without it, say so in the record
+        return {"root": str(root), "error": "GitPython could not be imported"}
+    try:
+        repo = git.Repo(root)
+        try:
+            commit = repo.head.commit.hexsha
+        except ValueError:  # a repository with no commit yet
+            return {
+                "root": str(root),
+                "commit": None,
+                "branch": _branch(repo),
+                "dirty": True,
+                "diff": "",
+            }
+        diff = repo.git.diff("HEAD", "--no-color", "--no-ext-diff")
+        truncated = len(diff.encode()) > MAX_DIFF_BYTES
+        if truncated:
+            diff = diff.encode()[:MAX_DIFF_BYTES].decode(errors="ignore")
+        return {
+            "root": str(root),
+            "commit": commit,
+            "branch": _branch(repo),
+            "dirty": bool(diff),
+            "diff": diff,
+            "diff_truncated": truncated,
+        }
+    except (git.GitError, OSError) as error:
+        return {"root": str(root), "error": f"{type(error).__name__}: {error}"[:300]}
+
+
+def _branch(repo: Any) -> str | None:
+    try:
+        return str(repo.active_branch.name)
+    except (TypeError, ValueError):  # detached HEAD
+        return None
+
+
+def notebook_path(user_ns: dict[str, Any]) -> str | None:
+    """The notebook's path as the front end told the kernel; None in a terminal."""
+    vscode = user_ns.get("__vsc_ipynb_file__")
+    if isinstance(vscode, str) and vscode:
+        return vscode
+    session = os.environ.get("JPY_SESSION_NAME")
+    if session and session.endswith(".ipynb"):
+        candidate = Path(session)
+        if not candidate.is_absolute():
+            candidate = (
+                Path(os.getcwd()) / candidate.name
+                if not candidate.exists()
+                else candidate.absolute()
+            )
+        return str(candidate)
+    return None

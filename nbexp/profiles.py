@@ -1,0 +1,182 @@
+"""Descriptions of a run's input data: content hash, shape, dtypes and a per-column profile.
+
+A profile is small and comparable: for numeric columns count, nulls, mean, std, min, max and
+21 quantiles (every 5%), enough to compute PSI and the KS statistic between two versions of
+the data later; for other columns count, nulls, distinct count and the top values' shares.
+Profiles are memoised by content hash, so an unchanged input is never profiled twice.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from .hashing import hash_array, hash_frame
+
+if TYPE_CHECKING:
+    from .store import Store
+
+QUANTILES = [step / 20 for step in range(21)]
+TOP_VALUES = 20
+TABULAR_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+MAX_TABULAR_BYTES = 512 * 1024 * 1024
+_memo: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def profile_series(series: Any) -> dict[str, Any]:
+    """One column's profile."""
+    import pandas as pd
+
+    count = int(series.notna().sum())
+    profile: dict[str, Any] = {
+        "dtype": str(series.dtype),
+        "count": count,
+        "nulls": int(len(series) - count),
+    }
+    numeric = pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(
+        series.dtype
+    )
+    if numeric and count:
+        values = series.dropna().astype("float64")
+        quantiles = values.quantile(QUANTILES).tolist()
+        profile.update(
+            kind="numeric",
+            mean=_finite(values.mean()),
+            std=_finite(values.std()) if count > 1 else 0.0,
+            min=_finite(values.min()),
+            max=_finite(values.max()),
+            quantiles=[_finite(q) for q in quantiles],
+        )
+    else:
+        counts = series.astype("object").value_counts(dropna=True)
+        top = counts.head(TOP_VALUES)
+        profile.update(
+            kind="categorical",
+            distinct=len(counts),
+            top={str(key): round(int(value) / max(count, 1), 6) for key, value in top.items()},
+        )
+    return profile
+
+
+def profile_frame(frame: Any) -> dict[str, dict[str, Any]]:
+    import pandas as pd
+
+    if isinstance(frame, pd.Series):
+        return {str(frame.name if frame.name is not None else "value"): profile_series(frame)}
+    return {str(column): profile_series(frame[column]) for column in frame.columns}
+
+
+def _remember(key: str, make: Any) -> dict[str, Any]:
+    if key in _memo:
+        _memo.move_to_end(key)
+        return _memo[key]
+    value: dict[str, Any] = make()
+    _memo[key] = value
+    while len(_memo) > 256:
+        _memo.popitem(last=False)
+    return value
+
+
+def describe_variable(name: str, value: Any) -> dict[str, Any] | None:
+    """A data entry for a DataFrame, Series or ndarray read from the namespace; else None."""
+    kind = type(value)
+    module = kind.__module__.split(".")[0]
+    if module == "pandas" and kind.__name__ in ("DataFrame", "Series"):
+        digest = hash_frame(value)
+
+        def make() -> dict[str, Any]:
+            return {
+                "shape": list(value.shape),
+                "dtypes": _dtypes(value),
+                "profile": profile_frame(value),
+            }
+
+        summary = _remember(digest, make)
+        return {
+            "kind": "variable",
+            "name": name,
+            "type": f"pandas.{kind.__name__}",
+            "hash": digest,
+            **summary,
+        }
+    if module == "numpy" and kind.__name__ == "ndarray":
+        digest = hash_array(value)
+
+        def make_array() -> dict[str, Any]:
+            entry: dict[str, Any] = {
+                "shape": list(value.shape),
+                "dtypes": {"value": str(value.dtype)},
+            }
+            if value.dtype.kind in "biuf" and value.size:
+                import pandas as pd
+
+                flat = pd.Series(value.reshape(-1))
+                entry["profile"] = {"value": profile_series(flat)}
+            return entry
+
+        summary = _remember(digest, make_array)
+        return {
+            "kind": "variable",
+            "name": name,
+            "type": "numpy.ndarray",
+            "hash": digest,
+            **summary,
+        }
+    return None
+
+
+def describe_file(store: Store, path: str, *, base: str | None = None) -> dict[str, Any]:
+    """A data entry for a file: hash and size, plus rows/columns/dtypes/profile when tabular."""
+    digest, size = store.file_hash(path)
+    shown = os.path.relpath(path, base) if base and path.startswith(base + os.sep) else path
+    entry: dict[str, Any] = {
+        "kind": "file",
+        "path": shown,
+        "abspath": path,
+        "hash": digest,
+        "size": size,
+    }
+    fmt = TABULAR_SUFFIXES.get(os.path.splitext(path)[1].lower())
+    if fmt and size <= MAX_TABULAR_BYTES:
+        key = f"tabular:{digest}"
+        summary = store.cache_get(key)
+        if summary is None:
+            summary = _tabular_summary(path, fmt)
+            store.cache_put(key, summary)
+        entry.update(summary)
+    return entry
+
+
+def _tabular_summary(path: str, fmt: str) -> dict[str, Any]:
+    import pandas as pd
+
+    try:
+        if fmt == "parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, sep="\t" if fmt == "tsv" else ",")
+    except Exception as error:  # an unreadable file is still a recorded input, just unprofiled
+        return {"format": fmt, "profile_error": f"{type(error).__name__}: {error}"[:200]}
+    return {
+        "format": fmt,
+        "rows": int(frame.shape[0]),
+        "columns": [str(column) for column in frame.columns],
+        "dtypes": {str(column): str(dtype) for column, dtype in frame.dtypes.items()},
+        "profile": profile_frame(frame),
+    }
+
+
+def _dtypes(value: Any) -> dict[str, str]:
+    if hasattr(value, "columns"):
+        return {str(column): str(dtype) for column, dtype in value.dtypes.items()}
+    return {str(value.name if value.name is not None else "value"): str(value.dtype)}

@@ -1,0 +1,180 @@
+"""The experiment record: a frozen, versioned description of one run, to and from JSON.
+
+A record is written once and never changed. Large things (variables, files, figures) are
+not inside it: it names them by content hash and the store keeps the bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .errors import RecordError
+
+SCHEMA_VERSION = 1
+SHORT_ID_LENGTH = 8
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_EXPECTATION_FAILED = "expectation-failed"
+STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_EXPECTATION_FAILED)
+
+
+def encode_value(value: Any) -> Any:
+    """A user value made strict JSON: non-finite floats become {"$float": "nan"|"inf"|"-inf"}."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if isinstance(value, dict):
+        return {str(key): encode_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode_value(item) for item in value]
+    return value
+
+
+def decode_value(value: Any) -> Any:
+    """The inverse of encode_value."""
+    if isinstance(value, dict):
+        if len(value) == 1 and "$float" in value:
+            return float(value["$float"])
+        return {key: decode_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [decode_value(item) for item in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Code:
+    """What ran: the cell as typed, the source that actually executed, and where it came from."""
+
+    cell: str
+    source: str
+    notebook: str | None = None
+    notebook_hash: str | None = None
+    history: tuple[str, ...] = ()
+    execution_count: int | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the run ended."""
+
+    status: str
+    started: str
+    duration: float
+    stdout: str = ""
+    stderr: str = ""
+    error: dict[str, Any] | None = None
+    figures: tuple[str, ...] = ()
+    output_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One recorded run. Immutable; `id` is unique, `name` is for humans and may repeat."""
+
+    id: str
+    name: str
+    created: str
+    code: Code
+    outcome: Outcome
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    series: dict[str, list[list[Any]]] = field(default_factory=dict)
+    data: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    env: dict[str, Any] = field(default_factory=dict)
+    git: dict[str, Any] | None = None
+    state: dict[str, Any] | None = None
+    expectations: list[dict[str, Any]] = field(default_factory=list)
+    tags: tuple[str, ...] = ()
+    note: str | None = None
+    links: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:SHORT_ID_LENGTH]
+
+    @property
+    def status(self) -> str:
+        return self.outcome.status
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """The recorded variables: name → {type, size, hash, ...}; empty with --no-state."""
+        return dict((self.state or {}).get("variables", {}))
+
+    def with_tags(self, tags: tuple[str, ...]) -> Experiment:
+        """The same record seen with a different tag set (tags live beside the record)."""
+        return Experiment(**{**{f.name: getattr(self, f.name) for f in fields(self)}, "tags": tags})
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["code"]["history"] = list(self.code.history)
+        body["outcome"]["figures"] = list(self.outcome.figures)
+        body["tags"] = list(self.tags)
+        for key in ("params", "metrics", "series", "expectations"):
+            body[key] = encode_value(body[key])
+        return body
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> Experiment:
+        version = body.get("schema_version")
+        if not isinstance(version, int):
+            raise RecordError("record has no schema_version; it was not written by nbexp")
+        if version > SCHEMA_VERSION:
+            raise RecordError(
+                f"record {str(body.get('id', '?'))[:SHORT_ID_LENGTH]} uses record schema "
+                f"{version}, newer than this nbexp understands ({SCHEMA_VERSION}); "
+                "upgrade nbexp: pip install -U nbexp"
+            )
+        try:
+            code = body["code"]
+            outcome = body["outcome"]
+            return cls(
+                id=body["id"],
+                name=body["name"],
+                created=body["created"],
+                code=Code(**{**code, "history": tuple(code.get("history", ()))}),
+                outcome=Outcome(**{**outcome, "figures": tuple(outcome.get("figures", ()))}),
+                params=decode_value(body.get("params", {})),
+                metrics=decode_value(body.get("metrics", {})),
+                series=decode_value(body.get("series", {})),
+                data=list(body.get("data", [])),
+                artifacts=list(body.get("artifacts", [])),
+                env=dict(body.get("env", {})),
+                git=body.get("git"),
+                state=body.get("state"),
+                expectations=decode_value(body.get("expectations", [])),
+                tags=tuple(body.get("tags", ())),
+                note=body.get("note"),
+                links=dict(body.get("links", {})),
+                schema_version=version,
+            )
+        except (KeyError, TypeError) as error:
+            raise RecordError(
+                f"record {str(body.get('id', '?'))[:SHORT_ID_LENGTH]} is malformed ({error}); "
+                "run `nbexp fsck` to list damaged records"
+            ) from error
+
+    def object_hashes(self) -> set[str]:
+        """Every object this record references (for gc, fsck and push)."""
+        hashes = {item["hash"] for item in self.artifacts if item.get("hash")}
+        hashes.update(self.outcome.figures)
+        if self.state:
+            if self.state.get("manifest"):
+                hashes.add(self.state["manifest"])
+            for info in self.state.get("variables", {}).values():
+                hashes.update(info.get("objects", ()))
+        return hashes
+
+    def _repr_html_(self) -> str:
+        from .show import html_view
+
+        return html_view(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        from .show import text_view
+
+        printer.text(text_view(self) if not cycle else f"Experiment({self.short_id})")

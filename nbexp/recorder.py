@@ -1,0 +1,464 @@
+"""Recording one run: execute a cell body in the user's namespace and write its record.
+
+The body runs the way `%%time` runs one: compiled by the shell's own compiler (so tracebacks
+show the cell), the trailing expression evaluated separately and returned (so `Out[n]` shows
+it), exceptions propagated (so the cell fails as the user expects). Everything around the run
+is guarded: if recording fails, the body's work stays in the kernel and the user is told.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import io
+import json
+import numbers
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import analysis, environment, profiles, series
+from .errors import NbexpError
+from .record import (
+    STATUS_EXPECTATION_FAILED,
+    STATUS_FAILED,
+    STATUS_OK,
+    Code,
+    Experiment,
+    Outcome,
+)
+from .secrets import Redactor, looks_like_secret, redact_assignments, secret_values
+from .store import Store, open_store
+from .watcher import watch_files
+
+MAX_OUTPUT_CHARS = 256 * 1024
+
+
+@dataclass
+class RunOptions:
+    """What the user asked for on the `%%experiment` line."""
+
+    name: str | None = None
+    params: list[str] = field(default_factory=list)
+    data: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    note: str | None = None
+    expect: list[str] = field(default_factory=list)
+    no_state: bool = False
+    line: str = ""
+
+
+@dataclass
+class RunResult:
+    """What one run produced, for the caller to display."""
+
+    value: Any = None
+    error: BaseException | None = None
+    experiment: Experiment | None = None
+    not_recorded: str | None = None
+    summary: str = ""
+    failed_expectations: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Tee(io.TextIOBase):
+    """Writes through to the real stream while keeping a bounded copy."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+        self._parts: list[str] = []
+        self._size = 0
+        self.truncated = False
+
+    def write(self, text: str) -> int:
+        if self._size < MAX_OUTPUT_CHARS:
+            self._parts.append(text)
+            self._size += len(text)
+        else:
+            self.truncated = True
+        return int(self._target.write(text) or 0)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def value(self) -> str:
+        text = "".join(self._parts)
+        if len(text) > MAX_OUTPUT_CHARS:
+            self.truncated = True
+            text = text[:MAX_OUTPUT_CHARS]
+        return text
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _json_number(value: Any) -> Any:
+    """A metric value as a plain Python number, or None if it is not a number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Number):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return None
+
+
+def _jsonable(value: Any) -> Any:
+    number = _json_number(value)
+    if number is not None:
+        return number
+    try:
+        json.dumps(value, allow_nan=True)
+        return value
+    except (TypeError, ValueError):
+        if hasattr(value, "tolist"):
+            try:
+                return value.tolist()
+            except Exception:
+                pass
+        return repr(value)[:500]
+
+
+class Recorder:
+    """Runs `%%experiment` bodies for one IPython shell."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+
+    def run(self, cell: str, options: RunOptions) -> RunResult:
+        """Run the body and record it. User mistakes in `options` raise NbexpError first."""
+        __tracebackhide__ = True
+        overrides = {
+            key: literal for key, literal, _ in map(analysis.parse_override, options.params)
+        }
+        override_values = {
+            key: value for key, _, value in map(analysis.parse_override, options.params)
+        }
+        for expression in options.expect:
+            try:
+                ast.parse(expression, mode="eval")
+            except SyntaxError as error:
+                raise NbexpError(
+                    f"--expect {expression!r} is not a Python expression ({error.msg}); "
+                    'e.g. --expect "f1 >= 0.9"'
+                ) from error
+        for path in options.data:
+            if not os.path.exists(path):
+                raise NbexpError(f"-d {path}: no such file or folder")
+
+        shell = self.shell
+        transformed = shell.transform_cell(cell)
+        try:
+            info: analysis.CodeInfo | None = analysis.analyze(transformed)
+        except analysis.CodeError:
+            info = None  # the body will raise its SyntaxError when run, like any cell
+        source = analysis.apply_overrides(transformed, info, overrides) if info else transformed
+        if info and overrides:
+            info = analysis.analyze(source)
+
+        result = RunResult()
+        store: Store | None = None
+        store_problem: str | None = None
+        try:
+            store = open_store()
+        except NbexpError as error:
+            store_problem = str(error)
+        inputs: list[dict[str, Any]] = []
+        if info is not None:
+            inputs = self._input_variables(info)
+
+        execution_count = getattr(shell, "execution_count", None)
+        started = _utc_now()
+        begin = time.perf_counter()
+        stdout, stderr = _Tee(sys.stdout), _Tee(sys.stderr)
+        figures_before = _figure_numbers()
+        error_info: dict[str, Any] | None = None
+        ignore = (str(store.root),) if store is not None else ()
+        with series.collecting() as logged, watch_files(ignore) as watch:
+            saved = sys.stdout, sys.stderr
+            sys.stdout, sys.stderr = stdout, stderr
+            try:
+                result.value = self._execute(source, cell)
+            except BaseException as error:  # KeyboardInterrupt too: record, then re-raise
+                result.error = error
+                error_info = {
+                    "type": type(error).__name__,
+                    "message": str(error)[:2000],
+                    "traceback": "".join(
+                        traceback.format_exception(type(error), error, error.__traceback__)
+                    )[-20000:],
+                }
+            finally:
+                sys.stdout, sys.stderr = saved
+        duration = time.perf_counter() - begin
+
+        if store is None:
+            result.not_recorded = store_problem
+            return result
+        try:
+            experiment = self._build(
+                store,
+                options,
+                cell,
+                source,
+                info,
+                override_values,
+                inputs,
+                watch,
+                logged,
+                started,
+                duration,
+                stdout,
+                stderr,
+                error_info,
+                figures_before,
+                execution_count,
+            )
+            store.save(experiment)
+            result.experiment = experiment
+            result.failed_expectations = [e for e in experiment.expectations if not e["passed"]]
+        except Exception as error:  # recording must never cost the user their run
+            result.not_recorded = (
+                f"{type(error).__name__}: {error}"
+                if not isinstance(error, NbexpError)
+                else str(error)
+            )
+        return result
+
+    # -- running -----------------------------------------------------------------------
+
+    def _execute(self, source: str, raw: str) -> Any:
+        """Run `source` in the user's namespace like a cell; return the last expression's value."""
+        __tracebackhide__ = True
+        shell = self.shell
+        tree = shell.compile.ast_parse(source)
+        tree = shell.transform_ast(tree)
+        last: ast.Expression | None = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        filename = shell.compile.cache(source, shell.execution_count, raw_code=raw)
+        namespace = shell.user_ns
+        exec(shell.compile(tree, filename, "exec"), shell.user_global_ns, namespace)
+        if last is not None:
+            return eval(shell.compile(last, filename, "eval"), shell.user_global_ns, namespace)
+        return None
+
+    def _input_variables(self, info: analysis.CodeInfo) -> list[dict[str, Any]]:
+        """DataFrames, Series and arrays the body reads, described before it can change them."""
+        namespace = self.shell.user_ns
+        entries = []
+        for name in sorted(info.loaded):
+            if name in namespace and name not in info.params:
+                try:
+                    entry = profiles.describe_variable(name, namespace[name])
+                except Exception:
+                    entry = None
+                if entry is not None:
+                    entries.append(entry)
+        return entries
+
+    # -- building the record --------------------------------------------------------------
+
+    def _build(
+        self,
+        store: Store,
+        options: RunOptions,
+        cell: str,
+        source: str,
+        info: analysis.CodeInfo | None,
+        override_values: dict[str, Any],
+        inputs: list[dict[str, Any]],
+        watch: Any,
+        logged: series.SeriesLog,
+        started: str,
+        duration: float,
+        stdout: _Tee,
+        stderr: _Tee,
+        error_info: dict[str, Any] | None,
+        figures_before: set[int],
+        execution_count: int | None,
+    ) -> Experiment:
+        shell = self.shell
+        namespace = shell.user_ns
+        params: dict[str, Any] = {}
+        if info is not None:
+            params = {name: _jsonable(p.value) for name, p in info.params.items()}
+        params.update({key: _jsonable(value) for key, value in override_values.items()})
+        params = {key: value for key, value in params.items() if not looks_like_secret(key)}
+
+        metrics: dict[str, Any] = {}
+        if info is not None:
+            for name in info.assigned:
+                if name in params or name.startswith("_") or looks_like_secret(name):
+                    continue
+                number = _json_number(namespace.get(name))
+                if number is not None:
+                    metrics[name] = number
+        for name, value in logged.last_values().items():
+            metrics.setdefault(name, value)
+        missing_metrics = []
+        for name in options.metrics:
+            if name in namespace:
+                metrics[name] = _jsonable(namespace[name])
+            else:
+                missing_metrics.append(name)
+
+        cwd = os.getcwd()
+        read, written = watch.files()
+        data = list(inputs)
+        seen_paths = set()
+        for path in [*read, *_expand(options.data)]:
+            absolute = os.path.abspath(path)
+            if absolute in seen_paths or absolute in written:
+                continue
+            seen_paths.add(absolute)
+            data.append(profiles.describe_file(store, absolute, base=cwd))
+        artifacts = []
+        for path in written:
+            digest, size = store.put_file(path)
+            shown = os.path.relpath(path, cwd) if path.startswith(cwd + os.sep) else path
+            artifacts.append({"path": shown, "abspath": path, "hash": digest, "size": size})
+
+        figures = tuple(store.put_bytes(png) for png in _new_figures(figures_before))
+        status = STATUS_FAILED if error_info else STATUS_OK
+        expectations = [
+            self._evaluate(expression, metrics, params) for expression in options.expect
+        ]
+        if status == STATUS_OK and any(not item["passed"] for item in expectations):
+            status = STATUS_EXPECTATION_FAILED
+
+        notebook = environment.notebook_path(namespace)
+        notebook_hash = None
+        if notebook and os.path.isfile(notebook):
+            notebook_hash = store.file_hash(notebook)[0]
+        history_raw = list(getattr(shell.history_manager, "input_hist_raw", []) or [])
+        history = tuple(history_raw[1:execution_count] if execution_count else history_raw[1:])
+        code = Code(
+            cell=redact_assignments(
+                cell if not options.line else f"%%experiment {options.line}\n{cell}"
+            ),
+            source=redact_assignments(source),
+            notebook=notebook,
+            notebook_hash=notebook_hash,
+            history=tuple(redact_assignments(text) for text in history),
+            execution_count=execution_count,
+        )
+        outcome = Outcome(
+            status=status,
+            started=started,
+            duration=round(duration, 6),
+            stdout=stdout.value(),
+            stderr=stderr.value(),
+            error=error_info,
+            figures=figures,
+            output_truncated=stdout.truncated or stderr.truncated,
+        )
+        secrets = secret_values(namespace)
+        state = None
+        if not options.no_state:
+            from . import state as state_module
+
+            values, imports, secret_names = state_module.select_variables(
+                namespace, getattr(shell, "user_ns_hidden", {})
+            )
+            snapshot = state_module.snapshot(
+                store, values, imports=imports, secret_names=secret_names, secret_values=secrets
+            )
+            state = snapshot.to_record()
+            state["new_bytes"] = snapshot.new_bytes
+            state["total_bytes"] = snapshot.total_bytes
+        links: dict[str, Any] = {}
+        if missing_metrics:
+            links["missing_metrics"] = missing_metrics
+        draft = Experiment(
+            id="",
+            name=options.name or self._generated_name(store, notebook),
+            created=_utc_now(),
+            code=code,
+            outcome=outcome,
+            params=params,
+            metrics=metrics,
+            series=logged.series,
+            data=data,
+            artifacts=artifacts,
+            env=environment.environment(info.seeds if info else {}),
+            git=environment.git_state(cwd),
+            state=state,
+            expectations=expectations,
+            tags=tuple(dict.fromkeys(options.tags)),
+            note=options.note,
+            links=links,
+        )
+        body = Redactor(secrets)(draft.to_dict())
+        clean = Experiment.from_dict(body)
+        return replace(clean, id=Store.make_id(clean.to_dict()))
+
+    def _evaluate(
+        self, expression: str, metrics: dict[str, Any], params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Evaluate one --expect expression against the kernel's values after the run."""
+        tree = ast.parse(expression, mode="eval")
+        names = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)})
+        scope = {**params, **metrics}
+        try:
+            passed = bool(eval(compile(tree, "<expect>", "eval"), self.shell.user_ns, scope))
+            problem = None
+        except Exception as error:
+            passed, problem = False, f"{type(error).__name__}: {error}"
+        values = {}
+        for name in names:
+            value = scope.get(name, self.shell.user_ns.get(name))
+            if _json_number(value) is not None or isinstance(value, (str, bool)):
+                values[name] = _jsonable(value)
+        item: dict[str, Any] = {"expr": expression, "passed": passed, "values": values}
+        if problem:
+            item["error"] = problem
+        return item
+
+    @staticmethod
+    def _generated_name(store: Store, notebook: str | None) -> str:
+        stem = os.path.splitext(os.path.basename(notebook))[0] if notebook else "exp"
+        return f"{stem}-{store.names_count(stem + '-') + 1}"
+
+
+def _expand(paths: list[str]) -> list[str]:
+    """-d paths with folders expanded to the files inside them, in a stable order."""
+    files: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            for folder, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                files.extend(os.path.join(folder, name) for name in sorted(names))
+        else:
+            files.append(path)
+    return files
+
+
+def _figure_numbers() -> set[int]:
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    return set(pyplot.get_fignums()) if pyplot else set()
+
+
+def _new_figures(before: set[int]) -> list[bytes]:
+    """PNG bytes of the figures the body created or drew on."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        return []
+    from matplotlib._pylab_helpers import Gcf
+
+    images = []
+    for manager in Gcf.get_all_fig_managers():
+        figure = manager.canvas.figure
+        if manager.num in before and not getattr(figure, "stale", False):
+            continue
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=72)
+        images.append(buffer.getvalue())
+    return images

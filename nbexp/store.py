@@ -1,0 +1,627 @@
+"""The store: `.nbexp/` on disk — immutable records, content-addressed objects, an index.
+
+Layout::
+
+    .nbexp/
+      records/ab/<id>.json   one immutable JSON record per experiment
+      tags/<id>.json         tags added after the run (the only mutable per-experiment file)
+      objects/ab/<rest>      content-addressed blobs, named by their xxh3-128 hash
+      index.sqlite           listing/filtering index, rebuildable from records (`reindex`)
+      tmp/                   files being written; renamed into place only once complete
+
+Every file becomes visible by an atomic rename after fsync, so a crash leaves either the
+old state or the new one, never half a record. SQLite in WAL mode with a busy timeout lets
+many kernels and CLI processes share a store. Nothing here imports IPython.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from . import query as query_language
+from .errors import IntegrityError, RecordError, RefError, StoreError
+from .hashing import CHUNK, canonical_json, hash_bytes, hash_file, hash_json
+from .record import SHORT_ID_LENGTH, Experiment
+
+STORE_DIRNAME = ".nbexp"
+STORE_ENV = "NBEXP_STORE"
+MIN_PREFIX = 4
+_LAST = re.compile(r"^last(?:~(\d+))?$")
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+_INDEX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiments (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, created TEXT NOT NULL, status TEXT NOT NULL,
+    duration REAL, note TEXT, tags TEXT NOT NULL, params TEXT NOT NULL, metrics TEXT NOT NULL,
+    notebook TEXT, sweep TEXT
+);
+CREATE INDEX IF NOT EXISTS experiments_created ON experiments(created);
+CREATE INDEX IF NOT EXISTS experiments_name ON experiments(name, created);
+CREATE TABLE IF NOT EXISTS file_hashes (
+    path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, inode INTEGER, hash TEXT
+);
+CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+SORTABLE = ("created", "name", "status", "duration", "id")
+
+
+def find_store_root(start: str | os.PathLike[str] | None = None) -> Path:
+    """Where the store of `start` (default: cwd) lives, per SPEC §2; not created here.
+
+    `NBEXP_STORE` wins when no explicit start folder is given.
+    """
+    override = os.environ.get(STORE_ENV)
+    if override and start is None:
+        return Path(override).expanduser().absolute()
+    here = Path(start or os.getcwd()).absolute()
+    for folder in (here, *here.parents):
+        if (folder / STORE_DIRNAME).is_dir():
+            return folder / STORE_DIRNAME
+    for folder in (here, *here.parents):
+        if (folder / ".git").exists():
+            return folder / STORE_DIRNAME
+    return here / STORE_DIRNAME
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing `fsck` found wrong."""
+
+    kind: str
+    item: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.item}: {self.detail}"
+
+
+class Store:
+    """One `.nbexp/` folder. Cheap to open; safe to use from several processes at once."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+        self.records_dir = self.root / "records"
+        self.objects_dir = self.root / "objects"
+        self.tags_dir = self.root / "tags"
+        self.tmp_dir = self.root / "tmp"
+        self.index_path = self.root / "index.sqlite"
+        self._known_objects: set[str] = set()
+        self._lock = threading.RLock()
+        try:
+            for folder in (self.records_dir, self.objects_dir, self.tags_dir, self.tmp_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+            probe = self.tmp_dir / f".probe-{os.getpid()}-{secrets.token_hex(4)}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise StoreError(
+                f"cannot use the store at {self.root}: {error.strerror or error}; "
+                f"make it writable or point {STORE_ENV} at a writable folder"
+            ) from error
+        self._db = self._open_index()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # -- atomic files ---------------------------------------------------------------
+
+    def _temp_path(self) -> Path:
+        return self.tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}.tmp"
+
+    def _write_atomic(self, target: Path, data: bytes, *, sync_dir: bool = False) -> None:
+        """Write `data` to `target` so that readers see all of it or nothing."""
+        temp = self._temp_path()
+        try:
+            with open(temp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+        if sync_dir:
+            _fsync_dir(target.parent)
+
+    # -- objects --------------------------------------------------------------------
+
+    def object_path(self, digest: str) -> Path:
+        return self.objects_dir / digest[:2] / digest[2:]
+
+    def has_object(self, digest: str) -> bool:
+        if digest in self._known_objects:
+            return True
+        if self.object_path(digest).exists():
+            self._known_objects.add(digest)
+            return True
+        return False
+
+    def put_bytes(self, data: bytes | bytearray | memoryview) -> str:
+        """Store a blob once; returns its hash. Storing the same bytes again costs nothing."""
+        digest = hash_bytes(data)
+        if not self.has_object(digest):
+            self._write_atomic(self.object_path(digest), bytes(data))
+            self._known_objects.add(digest)
+        return digest
+
+    def put_file(self, path: str | os.PathLike[str]) -> tuple[str, int]:
+        """Copy a file into the object store while hashing it; returns (hash, size)."""
+        temp = self._temp_path()
+        hasher = xxhash.xxh3_128()
+        size = 0
+        try:
+            with open(path, "rb") as source, open(temp, "wb") as sink:
+                while chunk := source.read(8 * CHUNK):
+                    hasher.update(chunk)
+                    sink.write(chunk)
+                    size += len(chunk)
+                sink.flush()
+                os.fsync(sink.fileno())
+            digest = hasher.hexdigest()
+            if self.has_object(digest):
+                temp.unlink()
+            else:
+                target = self.object_path(digest)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(temp, target)
+                self._known_objects.add(digest)
+            return digest, size
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+
+    def read_object(self, digest: str, *, verify: bool = True) -> bytes:
+        """An object's bytes, refused if they no longer match their hash."""
+        try:
+            data = self.object_path(digest).read_bytes()
+        except FileNotFoundError as error:
+            raise IntegrityError(
+                f"object {digest[:12]} is missing from {self.root}; "
+                "run `nbexp fsck` to see what is affected"
+            ) from error
+        if verify and hash_bytes(data) != digest:
+            raise IntegrityError(
+                f"object {digest[:12]} is corrupt (its content no longer matches its hash); "
+                "run `nbexp fsck` to see what is affected"
+            )
+        return data
+
+    def copy_object_to(self, digest: str, destination: str | os.PathLike[str]) -> None:
+        """Write an object back out as a file, verifying it on the way."""
+        source = self.object_path(digest)
+        if not source.exists():
+            raise IntegrityError(f"object {digest[:12]} is missing from {self.root}")
+        shutil.copyfile(source, destination)
+        if hash_file(destination)[0] != digest:
+            raise IntegrityError(f"object {digest[:12]} is corrupt; run `nbexp fsck`")
+
+    def iter_objects(self) -> Iterator[str]:
+        for folder in sorted(self.objects_dir.iterdir()):
+            if folder.is_dir():
+                for item in folder.iterdir():
+                    yield folder.name + item.name
+
+    # -- records --------------------------------------------------------------------
+
+    def record_path(self, experiment_id: str) -> Path:
+        return self.records_dir / experiment_id[:2] / f"{experiment_id}.json"
+
+    @staticmethod
+    def make_id(body: dict[str, Any]) -> str:
+        """An experiment's id: the hash of its record's content (without the id itself)."""
+        return hash_json({key: value for key, value in body.items() if key != "id"})
+
+    def save(self, experiment: Experiment) -> Experiment:
+        """Write a new record (its id must be `make_id` of its content) and index it."""
+        body = experiment.to_dict()
+        path = self.record_path(experiment.id)
+        if path.exists():
+            raise StoreError(f"experiment {experiment.short_id} already exists")
+        self._write_atomic(path, canonical_json(body) + b"\n", sync_dir=True)
+        self._index_upsert(experiment)
+        return experiment
+
+    def load(self, experiment_id: str) -> Experiment:
+        path = self.record_path(experiment_id)
+        try:
+            body = json.loads(path.read_bytes())
+        except FileNotFoundError as error:
+            raise RefError(
+                f"experiment {experiment_id[:SHORT_ID_LENGTH]} does not exist"
+            ) from error
+        except (ValueError, UnicodeDecodeError) as error:
+            raise RecordError(
+                f"record {experiment_id[:SHORT_ID_LENGTH]} is corrupt ({error}); run `nbexp fsck`"
+            ) from error
+        experiment = Experiment.from_dict(body)
+        extra = self._read_tags(experiment_id)
+        return experiment.with_tags(extra) if extra is not None else experiment
+
+    def iter_record_ids(self) -> Iterator[str]:
+        for folder in sorted(self.records_dir.iterdir()):
+            if folder.is_dir():
+                for item in folder.iterdir():
+                    if item.suffix == ".json":
+                        yield item.stem
+
+    def delete(self, experiment_id: str) -> None:
+        """Remove a record (its objects stay until `nbexp gc`)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.record_path(experiment_id).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.tags_dir / f"{experiment_id}.json").unlink()
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM experiments WHERE id = ?", (experiment_id,))
+
+    # -- tags -----------------------------------------------------------------------
+
+    def _read_tags(self, experiment_id: str) -> tuple[str, ...] | None:
+        try:
+            return tuple(json.loads((self.tags_dir / f"{experiment_id}.json").read_bytes()))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def set_tags(self, experiment_id: str, tags: Iterable[str]) -> Experiment:
+        experiment = self.load(experiment_id)
+        ordered = tuple(dict.fromkeys(tags))
+        self._write_atomic(self.tags_dir / f"{experiment_id}.json", json.dumps(ordered).encode())
+        updated = experiment.with_tags(ordered)
+        self._index_upsert(updated)
+        return updated
+
+    def add_tag(self, experiment_id: str, tag: str) -> Experiment:
+        experiment = self.load(experiment_id)
+        return self.set_tags(experiment_id, (*experiment.tags, tag))
+
+    # -- index ----------------------------------------------------------------------
+
+    def _open_index(self) -> sqlite3.Connection:
+        try:
+            connection = sqlite3.connect(
+                self.index_path, timeout=60, isolation_level=None, check_same_thread=False
+            )
+            connection.execute("PRAGMA busy_timeout = 60000")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            connection.executescript(_INDEX_SCHEMA)
+        except sqlite3.DatabaseError as error:
+            raise StoreError(
+                f"the index {self.index_path} is unreadable ({error}); "
+                "rebuild it from the records with `nbexp reindex`"
+            ) from error
+        connection.isolation_level = "DEFERRED"
+        return connection
+
+    def _index_row(self, experiment: Experiment) -> tuple[Any, ...]:
+        body = experiment.to_dict()
+        return (
+            experiment.id,
+            experiment.name,
+            experiment.created,
+            experiment.outcome.status,
+            experiment.outcome.duration,
+            experiment.note,
+            json.dumps(list(experiment.tags)),
+            json.dumps(body["params"]),
+            json.dumps(body["metrics"]),
+            experiment.code.notebook,
+            experiment.links.get("sweep"),
+        )
+
+    def _index_upsert(self, experiment: Experiment) -> None:
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                self._index_row(experiment),
+            )
+
+    def reindex(self) -> int:
+        """Rebuild the index from the records; returns how many were indexed."""
+        with self._lock:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(str(self.index_path) + suffix).unlink()
+            self._db = self._open_index()
+            rows = []
+            for experiment_id in self.iter_record_ids():
+                try:
+                    rows.append(self._index_row(self.load(experiment_id)))
+                except (RecordError, RefError):
+                    continue
+            with self._db:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
+                )
+            return len(rows)
+
+    def rows(
+        self,
+        query: str | None = None,
+        *,
+        sort: str | None = None,
+        descending: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+        ids: Iterable[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Index rows (id, name, created, status, duration, note, tags, params, metrics)."""
+        sql, args = self._select(query, ids)
+        order = _order_clause(sort, descending)
+        sql += f" ORDER BY {order}"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args += [limit, offset]
+        with self._lock:
+            cursor = self._db.execute(sql, args)
+            raw = cursor.fetchall()
+        return [
+            {
+                "id": row[0],
+                "name": row[1],
+                "created": row[2],
+                "status": row[3],
+                "duration": row[4],
+                "note": row[5],
+                "tags": json.loads(row[6]),
+                "params": _decode(row[7]),
+                "metrics": _decode(row[8]),
+                "notebook": row[9],
+                "sweep": row[10],
+            }
+            for row in raw
+        ]
+
+    def count(self, query: str | None = None) -> int:
+        sql, args = self._select(query, None, columns="COUNT(*)")
+        with self._lock:
+            return int(self._db.execute(sql, args).fetchone()[0])
+
+    def _select(
+        self, query: str | None, ids: Iterable[str] | None, columns: str = "*"
+    ) -> tuple[str, list[Any]]:
+        sql = f"SELECT {columns} FROM experiments"
+        clauses: list[str] = []
+        args: list[Any] = []
+        if query and query.strip():
+            where, where_args = query_language.to_sql(query_language.parse(query))
+            clauses.append(f"({where})")
+            args.extend(where_args)
+        if ids is not None:
+            id_list = list(ids)
+            clauses.append(f"id IN ({','.join('?' * len(id_list)) or 'NULL'})")
+            args.extend(id_list)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        return sql, args
+
+    # -- references -----------------------------------------------------------------
+
+    def resolve(self, ref: str) -> str:
+        """The full id for a reference: `last`, `last~N`, a name, an id prefix, or a tag."""
+        ref = str(ref).strip()
+        if not ref:
+            raise RefError("empty experiment reference; give an id prefix, a name, a tag or `last`")
+        with self._lock:
+            last = _LAST.match(ref)
+            if last:
+                back = int(last.group(1) or 0)
+                row = self._db.execute(
+                    "SELECT id FROM experiments ORDER BY created DESC, id LIMIT 1 OFFSET ?", (back,)
+                ).fetchone()
+                if row is None:
+                    total = self.count()
+                    raise RefError(
+                        f"`{ref}` does not exist: the store holds {total} experiment"
+                        f"{'' if total == 1 else 's'}"
+                    )
+                return str(row[0])
+            row = self._db.execute(
+                "SELECT id FROM experiments WHERE name = ? ORDER BY created DESC LIMIT 1", (ref,)
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+            lowered = ref.lower()
+            if _HEX.match(lowered):
+                if len(lowered) < MIN_PREFIX:
+                    raise RefError(
+                        f"`{ref}` is too short to be an id prefix; give at least {MIN_PREFIX} characters"
+                    )
+                matches = [
+                    r[0]
+                    for r in self._db.execute(
+                        "SELECT id FROM experiments WHERE id >= ? AND id < ? LIMIT 6",
+                        (lowered, lowered + "g"),
+                    )
+                ]
+                if len(matches) == 1:
+                    return str(matches[0])
+                if len(matches) > 1:
+                    shown = ", ".join(m[: SHORT_ID_LENGTH + 2] for m in matches[:5])
+                    raise RefError(
+                        f"`{ref}` is ambiguous: it starts {len(matches)}"
+                        f"{'+' if len(matches) > 5 else ''} experiment ids ({shown}); "
+                        "give more characters"
+                    )
+            row = self._db.execute(
+                "SELECT e.id FROM experiments e, json_each(e.tags) t WHERE t.value = ? "
+                "ORDER BY e.created DESC LIMIT 1",
+                (ref,),
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+        raise RefError(
+            f"no experiment matches `{ref}`; use an id prefix, a name, a tag, `last` or "
+            "`last~N` (`nbexp list` shows them)"
+        )
+
+    def get(self, ref: str) -> Experiment:
+        return self.load(self.resolve(ref))
+
+    def names_count(self, prefix: str) -> int:
+        with self._lock:
+            return int(
+                self._db.execute(
+                    "SELECT COUNT(*) FROM experiments WHERE name LIKE ? ESCAPE '\\'",
+                    (prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",),
+                ).fetchone()[0]
+            )
+
+    # -- file-hash cache ------------------------------------------------------------
+
+    def file_hash(self, path: str | os.PathLike[str]) -> tuple[str, int]:
+        """(hash, size) of a file, re-read only when its size, mtime or inode changed."""
+        absolute = os.path.abspath(path)
+        stat = os.stat(absolute)
+        key = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        with self._lock:
+            row = self._db.execute(
+                "SELECT size, mtime_ns, inode, hash FROM file_hashes WHERE path = ?", (absolute,)
+            ).fetchone()
+        if row is not None and tuple(row[:3]) == key:
+            return str(row[3]), stat.st_size
+        digest, size = hash_file(absolute)
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO file_hashes VALUES (?,?,?,?,?)",
+                (absolute, *key, digest),
+            )
+        return digest, size
+
+    def cache_get(self, key: str) -> Any | None:
+        """A small JSON value memoised by the store (e.g. a file's tabular profile by hash)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM cache WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def cache_put(self, key: str, value: Any) -> None:
+        with self._lock, self._db:
+            self._db.execute("INSERT OR REPLACE INTO cache VALUES (?, ?)", (key, json.dumps(value)))
+
+    # -- verification ---------------------------------------------------------------
+
+    def fsck(self) -> list[Problem]:
+        """Verify every record and object; returns the problems (empty means healthy)."""
+        problems: list[Problem] = []
+        referenced: dict[str, str] = {}
+        record_ids = set()
+        for experiment_id in self.iter_record_ids():
+            record_ids.add(experiment_id)
+            short = experiment_id[:SHORT_ID_LENGTH]
+            try:
+                body = json.loads(self.record_path(experiment_id).read_bytes())
+                experiment = Experiment.from_dict(body)
+            except (ValueError, UnicodeDecodeError, RecordError) as error:
+                problems.append(Problem("record", short, f"unreadable: {error}"))
+                continue
+            if self.make_id(body) != experiment_id:
+                problems.append(Problem("record", short, "content does not match its id"))
+            for digest in experiment.object_hashes():
+                referenced.setdefault(digest, short)
+        for digest, owner in referenced.items():
+            path = self.object_path(digest)
+            if not path.exists():
+                problems.append(Problem("object", digest[:12], f"missing (used by {owner})"))
+            elif hash_file(path)[0] != digest:
+                problems.append(Problem("object", digest[:12], f"corrupt (used by {owner})"))
+        try:
+            with self._lock:
+                indexed = {row[0] for row in self._db.execute("SELECT id FROM experiments")}
+        except sqlite3.DatabaseError as error:
+            problems.append(
+                Problem("index", "index.sqlite", f"unreadable ({error}); run `nbexp reindex`")
+            )
+            return problems
+        for missing in sorted(record_ids - indexed):
+            problems.append(
+                Problem(
+                    "index",
+                    missing[:SHORT_ID_LENGTH],
+                    "record not in the index; run `nbexp reindex`",
+                )
+            )
+        for stale in sorted(indexed - record_ids):
+            problems.append(
+                Problem(
+                    "index", stale[:SHORT_ID_LENGTH], "indexed but no record; run `nbexp reindex`"
+                )
+            )
+        return problems
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _decode(text: str) -> dict[str, Any]:
+    from .record import decode_value
+
+    value: dict[str, Any] = decode_value(json.loads(text))
+    return value
+
+
+def _order_clause(sort: str | None, descending: bool) -> str:
+    if not sort:
+        return "created DESC, id"
+    key = sort.lstrip("-")
+    if sort.startswith("-"):
+        descending = not descending
+    direction = "DESC" if descending else "ASC"
+    if key in SORTABLE:
+        return f"{key} {direction}, created DESC"
+    for column in ("params", "metrics"):
+        if key.startswith(column + "."):
+            name = key[len(column) + 1 :].replace('"', '""')
+            return f"json_extract({column}, '$.\"{name}\"') IS NULL, json_extract({column}, '$.\"{name}\"') {direction}, created DESC"
+    raise StoreError(
+        f"cannot sort by `{sort}`; sort by {', '.join(SORTABLE)}, params.NAME or metrics.NAME "
+        "(prefix with - to reverse)"
+    )
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+_stores: dict[Path, Store] = {}
+_stores_lock = threading.Lock()
+
+
+def open_store(path: str | os.PathLike[str] | None = None) -> Store:
+    """The store for `path` (a `.nbexp` folder or a folder inside a project; default: cwd)."""
+    if path is None:
+        root = find_store_root()
+    else:
+        candidate = Path(path).expanduser().absolute()
+        root = candidate if candidate.name == STORE_DIRNAME else find_store_root(candidate)
+    with _stores_lock:
+        store = _stores.get(root)
+        if store is None or not store.root.exists():
+            store = Store(root)
+            _stores[root] = store
+        return store

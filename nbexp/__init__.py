@@ -21,9 +21,11 @@ __all__ = [
     "__version__",
     "experiments",
     "get",
+    "load",
     "load_ipython_extension",
     "log",
     "open_store",
+    "restore",
     "unload_ipython_extension",
 ]
 
@@ -40,6 +42,20 @@ def get(ref: str) -> Any:
     from .api import get as _get
 
     return _get(ref)
+
+
+def restore(ref: str, names: list[str] | None = None, *, recompute: bool = False) -> Any:
+    """Put an experiment's variables (all, or `names`) back into the live kernel."""
+    from .api import restore as _restore
+
+    return _restore(ref, names, recompute=recompute)
+
+
+def load(ref: str, names: list[str] | None = None) -> Any:
+    """An experiment's variables as a lazy namespace, without touching the kernel's."""
+    from .api import load as _load
+
+    return _load(ref, names)
 
 
 def open_store(path: str | None = None) -> Store:

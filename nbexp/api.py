@@ -67,3 +67,45 @@ def remove(ref: str, *, store: Store | str | None = None) -> Experiment:
     experiment = target.get(ref)
     target.delete(experiment.id)
     return experiment
+
+
+def _live_namespace() -> Any:
+    """The namespace to restore into: the running IPython shell's, else `__main__`'s."""
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    if shell is not None:
+        return shell.user_ns
+    import __main__
+
+    return __main__.__dict__
+
+
+def restore(
+    ref: str,
+    names: list[str] | None = None,
+    *,
+    recompute: bool = False,
+    namespace: Any = None,
+    store: Store | str | None = None,
+) -> Any:
+    """Put an experiment's variables (all, or `names`) back into the live kernel; returns
+    a report of what was restored, skipped (and why) and overwritten."""
+    from .restore import restore_into
+
+    target = _store(store)
+    experiment = target.get(ref)
+    live = namespace if namespace is not None else _live_namespace()
+    return restore_into(live, target, experiment, names, recompute=recompute)
+
+
+def load(ref: str, names: list[str] | None = None, *, store: Store | str | None = None) -> Any:
+    """An experiment's variables as a lazy namespace (`old = load("rf-v1"); old.model`),
+    loaded on first access, leaving the kernel's own variables untouched."""
+    from .restore import LazyNamespace
+
+    target = _store(store)
+    return LazyNamespace(target, target.get(ref), names)

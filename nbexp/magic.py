@@ -129,6 +129,31 @@ class ExperimentMagics(Magics):
         """The experiments in this store as a table: %experiments [QUERY]."""
         return self._call(api.experiments, line.strip() or None)
 
+    @magic_arguments()
+    @argument("ref", help="id prefix, name, tag, last or last~N")
+    @argument("names", nargs="*", metavar="VAR", help="restore only these variables")
+    @argument("--code", action="store_true", help="put the experiment's cell into the next input")
+    @argument(
+        "--recompute",
+        action="store_true",
+        help="rebuild variables that could not be stored by replaying their statement",
+    )
+    @line_magic
+    def exp_restore(self, line: str) -> Any:
+        """Put an experiment's variables back into the kernel, verified against their hashes."""
+        args = _parse(self.exp_restore, line)
+        experiment = self._call(api.get, args.ref)
+        report = self._call(
+            api.restore,
+            experiment.id,
+            args.names or None,
+            recompute=args.recompute,
+            namespace=self.shell.user_ns,
+        )
+        if args.code:
+            self.shell.set_next_input(experiment.code.cell, replace=False)
+        print(report)
+
     @line_magic
     def exp_tag(self, line: str) -> None:
         """Tag an experiment: %exp_tag REF TAG."""
@@ -147,8 +172,8 @@ class ExperimentMagics(Magics):
         print(f"deleted {experiment.name} ({experiment.short_id})")
 
     @staticmethod
-    def _call(function: Any, *args: Any) -> Any:
+    def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return function(*args)
+            return function(*args, **kwargs)
         except NbexpError as error:
             raise UsageError(str(error)) from None

@@ -1,0 +1,209 @@
+"""Putting a recorded experiment's variables back into a live namespace, with a report.
+
+Each variable is loaded from its verified chunks; one that fails (missing or corrupt object,
+unpicklable in this environment) is reported and skipped while the rest are restored, as
+IPython's storemagic does. Variables that could not be stored at record time can be rebuilt,
+only when asked, by replaying the statement of the experiment that assigned them.
+"""
+
+from __future__ import annotations
+
+import ast
+import html
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import NbexpError
+from .record import Experiment
+from .state import StateLoader
+from .store import Store
+
+
+@dataclass
+class RestoreReport:
+    """What a restore did: restored, skipped (with why), overwritten live values, recomputed."""
+
+    experiment: str
+    restored: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    overwritten: list[str] = field(default_factory=list)
+    recomputed: list[str] = field(default_factory=list)
+    imports: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [
+            f"restored {len(self.restored)} variable{'' if len(self.restored) == 1 else 's'} "
+            f"from {self.experiment}: {', '.join(self.restored) or '—'}"
+        ]
+        if self.imports:
+            lines.append(f"  re-imported: {', '.join(self.imports)}")
+        if self.recomputed:
+            lines.append(f"  recomputed by replaying their code: {', '.join(self.recomputed)}")
+        if self.overwritten:
+            lines.append(f"  overwrote live values of: {', '.join(self.overwritten)}")
+        for name, reason in self.skipped.items():
+            lines.append(f"  skipped {name}: {reason}")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(str(self))}</pre>"
+
+
+def _state(experiment: Experiment) -> Mapping[str, Any]:
+    if not experiment.state:
+        raise NbexpError(
+            f"{experiment.name} ({experiment.short_id}) has no recorded state "
+            "(it ran with --no-state); rerun it without --no-state to be able to restore it"
+        )
+    return experiment.state
+
+
+def restore_into(
+    namespace: MutableMapping[str, Any],
+    store: Store,
+    experiment: Experiment,
+    names: Iterable[str] | None = None,
+    *,
+    recompute: bool = False,
+) -> RestoreReport:
+    """Load the experiment's variables (all, or `names`) and bind them in `namespace`."""
+    state = _state(experiment)
+    loader = StateLoader(store, state)
+    stored = loader.names()
+    unstored: Mapping[str, str] = state.get("unstored", {})
+    imports: Mapping[str, str] = state.get("imports", {})
+    secrets = set(state.get("secrets", ()))
+    wanted = list(names) if names else [*imports, *stored, *unstored]
+    report = RestoreReport(experiment=f"{experiment.name} ({experiment.short_id})")
+    values: dict[str, Any] = {}
+    for name in wanted:
+        if name in imports:
+            try:
+                exec(imports[name], namespace)
+                report.imports.append(name)
+            except Exception as error:
+                report.skipped[name] = f"`{imports[name]}` failed: {type(error).__name__}: {error}"
+        elif name in stored:
+            try:
+                values[name] = loader.load(name)
+            except Exception as error:  # any one variable may fail; the rest still restore
+                report.skipped[name] = f"{type(error).__name__}: {error}"[:300]
+        elif name in unstored:
+            report.skipped[name] = f"was not stored: {unstored[name]}"
+        elif name in secrets:
+            report.skipped[name] = "looks like a credential, so it was never recorded"
+        else:
+            report.skipped[name] = f"not a variable of {experiment.name}"
+    for name, value in values.items():
+        if name in namespace and namespace[name] is not value:
+            report.overwritten.append(name)
+        namespace[name] = value
+        report.restored.append(name)
+    if recompute:
+        for name in [n for n in wanted if n in unstored]:
+            statement = assigning_statement(experiment, name)
+            if statement is None:
+                report.skipped[name] = (
+                    f"was not stored ({unstored[name]}) and no statement assigns it"
+                )
+                continue
+            try:
+                exec(compile(statement, f"<recompute {name}>", "exec"), namespace)
+            except Exception as error:
+                report.skipped[name] = f"recomputing `{statement.strip()}` failed: {error}"
+                continue
+            report.skipped.pop(name, None)
+            report.recomputed.append(name)
+    return report
+
+
+def assigning_statement(experiment: Experiment, name: str) -> str | None:
+    """The source of the last top-level statement that binds `name` in the run or its history."""
+    found: str | None = None
+    for source in (*experiment.code.history, experiment.code.source):
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for statement in tree.body:
+            if name in _bound_names(statement):
+                found = ast.get_source_segment(source, statement) or found
+    return found
+
+
+def _bound_names(statement: ast.stmt) -> set[str]:
+    targets: list[ast.AST] = []
+    if isinstance(statement, ast.Assign):
+        targets = list(statement.targets)
+    elif isinstance(statement, (ast.AnnAssign, ast.AugAssign)):
+        targets = [statement.target]
+    elif isinstance(statement, (ast.With, ast.For)):
+        targets = [
+            item.optional_vars for item in getattr(statement, "items", []) if item.optional_vars
+        ]
+        if isinstance(statement, ast.For):
+            targets.append(statement.target)
+    elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {statement.name}
+    names = set()
+    for target in targets:
+        names.update(node.id for node in ast.walk(target) if isinstance(node, ast.Name))
+    return names
+
+
+class LazyNamespace(Mapping[str, Any]):
+    """An experiment's variables, each loaded (and verified) on first access.
+
+    `old = nbexp.load("rf-v1"); old.model.predict(X)` — the live kernel is left untouched.
+    """
+
+    def __init__(self, store: Store, experiment: Experiment, names: Iterable[str] | None = None):
+        state = _state(experiment)
+        self._experiment = experiment
+        self._loader = StateLoader(store, state)
+        available = self._loader.names()
+        if names is not None:
+            wanted = list(names)
+            missing = [name for name in wanted if name not in available]
+            if missing:
+                raise NbexpError(
+                    f"{experiment.name} has no stored variable {missing[0]!r}; "
+                    f"it has: {', '.join(available) or 'none'}"
+                )
+            available = wanted
+        self._names = available
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(
+                f"{self._experiment.name} has no stored variable {name!r}; "
+                f"it has: {', '.join(self._names) or 'none'}"
+            ) from None
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._loader.load(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(self._names) | set(super().__dir__()))
+
+    def __repr__(self) -> str:
+        return (
+            f"<variables of {self._experiment.name} ({self._experiment.short_id}): "
+            f"{', '.join(self._names)}>"
+        )

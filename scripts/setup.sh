@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install nbexp with its test extras and a Jupyter kernel for it.
+# Needs only python3 (≥3.10), git and network access to PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import nbexp, IPython, nbclient, sklearn" \
+  || { echo "setup failed: nbexp or its test dependencies did not install" >&2; exit 1; }
+# The kernel the example notebooks run on is this venv's interpreter.
+.venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+git config --global user.email >/dev/null 2>&1 || git config --global user.email "ci@nbexp.invalid"
+git config --global user.name >/dev/null 2>&1 || git config --global user.name "nbexp CI"

@@ -71,7 +71,7 @@ def _target_names(target: ast.AST) -> list[str]:
     return []
 
 
-def _span(node: ast.AST) -> tuple[int, int, int, int]:
+def _span(node: ast.expr) -> tuple[int, int, int, int]:
     return (node.lineno, node.col_offset, node.end_lineno or node.lineno, node.end_col_offset or 0)
 
 
@@ -89,7 +89,7 @@ def analyze(source: str) -> CodeInfo:
     top_level = tree.body
     for statement in _module_level(tree):
         names: list[str] = []
-        value: ast.AST | None = None
+        value: ast.expr | None = None
         if isinstance(statement, ast.Assign):
             for target in statement.targets:
                 names.extend(_target_names(target))

@@ -32,7 +32,9 @@ def experiments(
     for row in rows:
         param_names.update(dict.fromkeys(row["params"]))
         metric_names.update(dict.fromkeys(row["metrics"]))
-    extra = {f"params.{k}": [] for k in param_names} | {f"metrics.{k}": [] for k in metric_names}
+    extra: dict[str, list[Any]] = {f"params.{k}": [] for k in param_names} | {
+        f"metrics.{k}": [] for k in metric_names
+    }
     for row in rows:
         columns["id"].append(row["id"][:8])
         columns["name"].append(row["name"])

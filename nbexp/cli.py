@@ -69,8 +69,10 @@ def cmd_list(args: argparse.Namespace, store: Store) -> int:
     widths = [
         max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(header)
     ]
-    out = [" ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip()]
-    out.extend(" ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
+    out = [" ".join(c.ljust(w) for c, w in zip(header, widths, strict=False)).rstrip()]
+    out.extend(
+        " ".join(c.ljust(w) for c, w in zip(line, widths, strict=False)).rstrip() for line in cells
+    )
     sys.stdout.write("\n".join(out) + "\n")
     return 0
 
@@ -121,6 +123,22 @@ def cmd_fsck(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace, store: Store) -> int:
+    from .show import human_bytes
+
+    garbage, size = store.gc(delete=args.yes)
+    if not garbage:
+        print("nothing to collect: every object is referenced by a record")
+    elif args.yes:
+        print(f"deleted {len(garbage)} unreferenced objects ({human_bytes(size)})")
+    else:
+        print(
+            f"{len(garbage)} unreferenced objects ({human_bytes(size)}) would be deleted; "
+            "run `nbexp gc --yes` to delete them"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nbexp", description="Experiments recorded by %%experiment."
@@ -156,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("tag")
     add("reindex", cmd_reindex, "rebuild the index from the records")
     add("fsck", cmd_fsck, "verify every record and object")
+    collect = add("gc", cmd_gc, "delete objects no record references (dry run unless --yes)")
+    collect.add_argument("--yes", action="store_true", help="really delete them")
     return parser
 
 

@@ -24,7 +24,7 @@ MAX_DIFF_BYTES = 2 * 1024 * 1024
 def _module_distributions() -> dict[str, list[str]]:
     from importlib.metadata import packages_distributions
 
-    return packages_distributions()
+    return dict(packages_distributions())
 
 
 @lru_cache(maxsize=512)

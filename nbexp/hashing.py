@@ -58,9 +58,13 @@ def hash_array(array: Any) -> str:
 
         hasher.update(pickle.dumps(array.tolist(), protocol=5))
     else:
-        contiguous = np.ascontiguousarray(array)
-        hasher.update(memoryview(contiguous).cast("B"))
+        hasher.update(_bytes_of(np.ascontiguousarray(array)))
     return hasher.hexdigest()
+
+
+def _bytes_of(array: Any) -> memoryview:
+    """A contiguous array's bytes, zero-copy."""
+    return memoryview(array.data).cast("B")
 
 
 def _column_digest(hasher: Any, values: Any) -> None:
@@ -68,12 +72,12 @@ def _column_digest(hasher: Any, values: Any) -> None:
     import pandas as pd
 
     if isinstance(values.dtype, np.dtype) and not values.dtype.hasobject:
-        hasher.update(memoryview(np.ascontiguousarray(values.to_numpy())).cast("B"))
+        hasher.update(_bytes_of(np.ascontiguousarray(values.to_numpy())))
     else:
         # Strings, categoricals, extension and object dtypes: pandas' own per-row hash
         # (value-based, vectorised), then hash those 8-byte digests.
         row_hashes = pd.util.hash_pandas_object(values, index=False).to_numpy()
-        hasher.update(memoryview(np.ascontiguousarray(row_hashes)).cast("B"))
+        hasher.update(_bytes_of(np.ascontiguousarray(row_hashes)))
 
 
 def hash_frame(frame: Any) -> str:

@@ -76,6 +76,12 @@ class ExperimentMagics(Magics):
         help='a condition checked after the run, e.g. "f1 >= 0.9"',
     )
     @argument("--no-state", action="store_true", help="do not snapshot the kernel's variables")
+    @argument(
+        "--cache",
+        action="store_true",
+        help="skip the body when an earlier successful run had the same code, params, "
+        "input data and input variables; restore its state instead",
+    )
     @cell_magic
     def experiment(self, line: str, cell: str) -> Any:
         """Run the cell as usual and record it as an experiment.
@@ -94,6 +100,7 @@ class ExperimentMagics(Magics):
             note=args.note,
             expect=args.expect,
             no_state=args.no_state or not self.state,
+            cache=args.cache,
             line=line,
         )
         try:
@@ -106,6 +113,13 @@ class ExperimentMagics(Magics):
         return result.value
 
     def _report(self, result: RunResult) -> None:
+        if result.reused is not None:
+            reused = result.reused
+            print(
+                f"↺ reused {reused.name} ({reused.short_id}): same code, params, data and inputs; "
+                f"body not run, {len(result.restore_report.restored)} variables restored"
+            )
+            return
         if result.not_recorded:
             print(f"nbexp: this run was NOT recorded: {result.not_recorded}", file=sys.stderr)
         elif result.experiment is not None and self.summary:
@@ -141,6 +155,9 @@ class ExperimentMagics(Magics):
     @line_magic
     def exp_restore(self, line: str) -> Any:
         """Put an experiment's variables back into the kernel, verified against their hashes."""
+        shell = self.shell
+        if shell is None:
+            raise UsageError("%exp_restore needs a running IPython shell")
         args = _parse(self.exp_restore, line)
         experiment = self._call(api.get, args.ref)
         report = self._call(
@@ -148,10 +165,10 @@ class ExperimentMagics(Magics):
             experiment.id,
             args.names or None,
             recompute=args.recompute,
-            namespace=self.shell.user_ns,
+            namespace=shell.user_ns,
         )
         if args.code:
-            self.shell.set_next_input(experiment.code.cell, replace=False)
+            shell.set_next_input(experiment.code.cell, replace=False)
         print(report)
 
     @line_magic

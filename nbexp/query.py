@@ -13,10 +13,10 @@ implement the same semantics, so the store and in-memory code paths select the s
 
 from __future__ import annotations
 
-import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import ge, gt, le, lt
 from typing import Any, NamedTuple, NoReturn, TypeAlias
 
 from nbexp.errors import QueryError
@@ -33,12 +33,7 @@ _FIELDS_HINT = "use params.<name>, metrics.<name>, name, status, tags, created, 
 _EXAMPLE = "e.g. metrics.f1 > 0.8 and params.depth < 10"
 _LIST_HINT = 'e.g. params.loss in ["l1", "l2"]'
 _FLIP = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
-_ORDER: dict[str, Callable[[Any, Any], bool]] = {
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
+_ORDER: dict[str, Callable[[Any, Any], bool]] = {"<": lt, "<=": le, ">": gt, ">=": ge}
 _CONSTANTS: dict[str, Scalar] = {"true": True, "false": False, "null": None, "none": None}
 _KEYWORDS = ("and", "or", "not", "in")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
@@ -203,11 +198,8 @@ class _Parser:
         if tok.text == "(":
             node = self.or_()
             if not self.is_(self.peek(), ")"):
-                self.fail(
-                    f"expected ')' to close the '(' at column {tok.pos + 1}",
-                    self.peek().pos,
-                    "balance the parentheses",
-                )
+                what = f"expected ')' to close the '(' at column {tok.pos + 1}"
+                self.fail(what, self.peek().pos, "balance the parentheses")
             self.take()
         else:
             node = Not(self.not_())
@@ -230,11 +222,8 @@ class _Parser:
                 self.fail("the left side of 'in' must be a field", start.pos, _LIST_HINT)
             return self.check(In(left, self.list_(), negate), start)
         if tok.kind != "op":
-            self.fail(
-                f"expected an operator after {start.text!r}",
-                tok.pos,
-                "use == != < <= > >= or in, e.g. metrics.f1 > 0.8",
-            )
+            hint = "use == != < <= > >= or in, e.g. metrics.f1 > 0.8"
+            self.fail(f"expected an operator after {start.text!r}", tok.pos, hint)
         self.take()
         op = "==" if tok.text == "=" else tok.text
         if self.is_(self.peek(), "["):
@@ -273,11 +262,8 @@ class _Parser:
                 self.take()
                 key = self.take().value
                 if not re.fullmatch(r"[ !#-\[\]-~]+", key):
-                    self.fail(
-                        'a quoted key must be printable ASCII without " or \\',
-                        tok.pos,
-                        f'e.g. {prefix.lower()}."my key"',
-                    )
+                    hint = f'e.g. {prefix.lower()}."my key"'
+                    self.fail('a quoted key must be printable ASCII without " or \\', tok.pos, hint)
             elif not dot:
                 self.fail(f"{tok.text!r} needs a key", tok.pos, f"e.g. {prefix.lower()}.depth")
             return Field(prefix.lower(), key)
@@ -314,15 +300,11 @@ class _Parser:
         op = "in" if isinstance(node, In) else node.op
         if node.field.name == "tags":
             if op not in ("==", "!=", "in") or not all(isinstance(v, str) for v in values):
-                self.fail(
-                    "tags only support ==, != and in with strings",
-                    start.pos,
-                    'e.g. tags == "best" or tags in ["best", "baseline"]',
-                )
+                hint = 'e.g. tags == "best" or tags in ["best", "baseline"]'
+                self.fail("tags only support ==, != and in with strings", start.pos, hint)
         elif op in _ORDER and _kind(values[0]) not in ("num", "str"):
-            self.fail(
-                f"{op!r} needs a number or a string", start.pos, f"e.g. {node.field} {op} 0.8"
-            )
+            hint = f"e.g. {node.field} {op} 0.8"
+            self.fail(f"{op!r} needs a number or a string", start.pos, hint)
         return node
 
 

@@ -167,6 +167,10 @@ class Experiment:
                 hashes.add(self.state["manifest"])
             for info in self.state.get("variables", {}).values():
                 hashes.update(info.get("objects", ()))
+                if info.get("pickle"):
+                    hashes.add(info["pickle"])
+                for chunks in info.get("buffers", ()):
+                    hashes.update(chunks)
         return hashes
 
     def _repr_html_(self) -> str:

@@ -17,11 +17,13 @@ import os
 import sys
 import time
 import traceback
+import types
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import analysis, environment, profiles, series
 from .errors import NbexpError
+from .hashing import hash_bytes, hash_json
 from .record import (
     STATUS_EXPECTATION_FAILED,
     STATUS_FAILED,
@@ -49,6 +51,7 @@ class RunOptions:
     note: str | None = None
     expect: list[str] = field(default_factory=list)
     no_state: bool = False
+    cache: bool = False
     line: str = ""
 
 
@@ -62,6 +65,30 @@ class RunResult:
     not_recorded: str | None = None
     summary: str = ""
     failed_expectations: list[dict[str, Any]] = field(default_factory=list)
+    reused: Experiment | None = None
+    restore_report: Any = None
+
+
+@dataclass
+class _Run:
+    """Everything known about one run while it is being recorded."""
+
+    options: RunOptions
+    cell: str
+    source: str
+    info: analysis.CodeInfo | None
+    overrides: dict[str, Any]
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    cache_key: str | None = None
+    execution_count: int | None = None
+    started: str = ""
+    duration: float = 0.0
+    stdout: Any = None
+    stderr: Any = None
+    figures_before: set[int] = field(default_factory=set)
+    logged: Any = None
+    watch: Any = None
+    error: dict[str, Any] | None = None
 
 
 class _Tee(io.TextIOBase):
@@ -170,25 +197,30 @@ class Recorder:
             store = open_store()
         except NbexpError as error:
             store_problem = str(error)
-        inputs: list[dict[str, Any]] = []
+        run = _Run(options=options, cell=cell, source=source, info=info, overrides=override_values)
         if info is not None:
-            inputs = self._input_variables(info)
+            run.inputs = self._input_variables(info)
+            run.cache_key = self._cache_key(info, source, run.inputs)
+        if options.cache and store is not None and run.cache_key:
+            reused = self._reuse(store, run.cache_key)
+            if reused is not None:
+                result.reused, result.restore_report = reused
+                return result
 
-        execution_count = getattr(shell, "execution_count", None)
-        started = _utc_now()
+        run.execution_count = getattr(shell, "execution_count", None)
+        run.started = _utc_now()
         begin = time.perf_counter()
-        stdout, stderr = _Tee(sys.stdout), _Tee(sys.stderr)
-        figures_before = _figure_numbers()
-        error_info: dict[str, Any] | None = None
+        run.stdout, run.stderr = _Tee(sys.stdout), _Tee(sys.stderr)
+        run.figures_before = _figure_numbers()
         ignore = (str(store.root),) if store is not None else ()
-        with series.collecting() as logged, watch_files(ignore) as watch:
+        with series.collecting() as run.logged, watch_files(ignore) as run.watch:
             saved = sys.stdout, sys.stderr
-            sys.stdout, sys.stderr = stdout, stderr
+            sys.stdout, sys.stderr = run.stdout, run.stderr
             try:
                 result.value = self._execute(source, cell)
             except BaseException as error:  # KeyboardInterrupt too: record, then re-raise
                 result.error = error
-                error_info = {
+                run.error = {
                     "type": type(error).__name__,
                     "message": str(error)[:2000],
                     "traceback": "".join(
@@ -197,40 +229,79 @@ class Recorder:
                 }
             finally:
                 sys.stdout, sys.stderr = saved
-        duration = time.perf_counter() - begin
+        run.duration = time.perf_counter() - begin
 
         if store is None:
             result.not_recorded = store_problem
             return result
         try:
-            experiment = self._build(
-                store,
-                options,
-                cell,
-                source,
-                info,
-                override_values,
-                inputs,
-                watch,
-                logged,
-                started,
-                duration,
-                stdout,
-                stderr,
-                error_info,
-                figures_before,
-                execution_count,
-            )
-            store.save(experiment)
+            with store.writing():
+                experiment = self._build(store, run)
+                store.save(experiment)
+            if run.cache_key and experiment.status == STATUS_OK:
+                store.cache_put(f"run:{run.cache_key}", experiment.id)
             result.experiment = experiment
             result.failed_expectations = [e for e in experiment.expectations if not e["passed"]]
         except Exception as error:  # recording must never cost the user their run
             result.not_recorded = (
-                f"{type(error).__name__}: {error}"
-                if not isinstance(error, NbexpError)
-                else str(error)
+                str(error) if isinstance(error, NbexpError) else f"{type(error).__name__}: {error}"
             )
         return result
+
+    def _cache_key(
+        self, info: analysis.CodeInfo, source: str, inputs: list[dict[str, Any]]
+    ) -> str | None:
+        """What makes a run repeatable: its code (params included) and the content of every
+        variable it reads. None when some input cannot be hashed."""
+        namespace = self.shell.user_ns
+        frames = {entry["name"]: entry["hash"] for entry in inputs}
+        hashes: dict[str, str] = {}
+        for name in sorted(info.loaded):
+            if name not in namespace or name in info.params:
+                continue
+            value = namespace[name]
+            if isinstance(value, types.ModuleType):
+                hashes[name] = f"module:{value.__name__}"
+            elif name in frames:
+                hashes[name] = frames[name]
+            else:
+                try:
+                    import cloudpickle
+
+                    hashes[name] = hash_bytes(cloudpickle.dumps(value, protocol=5))
+                except Exception:
+                    return None
+        return hash_json({"source": source, "inputs": hashes})
+
+    def _reuse(self, store: Store, key: str) -> tuple[Experiment, Any] | None:
+        """An earlier successful run with the same key whose input files are unchanged,
+        restored into the kernel; None when there is none."""
+        from .restore import restore_into
+
+        earlier_id = store.cache_get(f"run:{key}")
+        if not earlier_id:
+            return None
+        try:
+            earlier = store.load(earlier_id)
+        except NbexpError:
+            return None
+        if earlier.status != STATUS_OK or not earlier.state:
+            return None
+        for item in earlier.data:
+            if item.get("kind") != "file":
+                continue
+            path = item.get("abspath", item["path"])
+            try:
+                if store.file_hash(path)[0] != item["hash"]:
+                    return None
+            except OSError:
+                return None
+        report = restore_into(self.shell.user_ns, store, earlier)
+        if report.skipped:
+            return None
+        if earlier.outcome.stdout:
+            sys.stdout.write(earlier.outcome.stdout)
+        return earlier, report
 
     # -- running -----------------------------------------------------------------------
 
@@ -266,31 +337,16 @@ class Recorder:
 
     # -- building the record --------------------------------------------------------------
 
-    def _build(
-        self,
-        store: Store,
-        options: RunOptions,
-        cell: str,
-        source: str,
-        info: analysis.CodeInfo | None,
-        override_values: dict[str, Any],
-        inputs: list[dict[str, Any]],
-        watch: Any,
-        logged: series.SeriesLog,
-        started: str,
-        duration: float,
-        stdout: _Tee,
-        stderr: _Tee,
-        error_info: dict[str, Any] | None,
-        figures_before: set[int],
-        execution_count: int | None,
-    ) -> Experiment:
+    def _build(self, store: Store, run: _Run) -> Experiment:
+        """The record of a finished run (nothing is written here but objects)."""
+        options, info, logged, watch = run.options, run.info, run.logged, run.watch
+        cell, source = run.cell, run.source
         shell = self.shell
         namespace = shell.user_ns
         params: dict[str, Any] = {}
         if info is not None:
             params = {name: _jsonable(p.value) for name, p in info.params.items()}
-        params.update({key: _jsonable(value) for key, value in override_values.items()})
+        params.update({key: _jsonable(value) for key, value in run.overrides.items()})
         params = {key: value for key, value in params.items() if not looks_like_secret(key)}
 
         metrics: dict[str, Any] = {}
@@ -312,7 +368,7 @@ class Recorder:
 
         cwd = os.getcwd()
         read, written = watch.files()
-        data = list(inputs)
+        data = list(run.inputs)
         seen_paths = set()
         for path in [*read, *_expand(options.data)]:
             absolute = os.path.abspath(path)
@@ -326,8 +382,8 @@ class Recorder:
             shown = os.path.relpath(path, cwd) if path.startswith(cwd + os.sep) else path
             artifacts.append({"path": shown, "abspath": path, "hash": digest, "size": size})
 
-        figures = tuple(store.put_bytes(png) for png in _new_figures(figures_before))
-        status = STATUS_FAILED if error_info else STATUS_OK
+        figures = tuple(store.put_bytes(png) for png in _new_figures(run.figures_before))
+        status = STATUS_FAILED if run.error else STATUS_OK
         expectations = [
             self._evaluate(expression, metrics, params) for expression in options.expect
         ]
@@ -339,7 +395,8 @@ class Recorder:
         if notebook and os.path.isfile(notebook):
             notebook_hash = store.file_hash(notebook)[0]
         history_raw = list(getattr(shell.history_manager, "input_hist_raw", []) or [])
-        history = tuple(history_raw[1:execution_count] if execution_count else history_raw[1:])
+        count = run.execution_count
+        history = tuple(history_raw[1:count] if count else history_raw[1:])
         code = Code(
             cell=redact_assignments(
                 cell if not options.line else f"%%experiment {options.line}\n{cell}"
@@ -348,17 +405,17 @@ class Recorder:
             notebook=notebook,
             notebook_hash=notebook_hash,
             history=tuple(redact_assignments(text) for text in history),
-            execution_count=execution_count,
+            execution_count=count,
         )
         outcome = Outcome(
             status=status,
-            started=started,
-            duration=round(duration, 6),
-            stdout=stdout.value(),
-            stderr=stderr.value(),
-            error=error_info,
+            started=run.started,
+            duration=round(run.duration, 6),
+            stdout=run.stdout.value(),
+            stderr=run.stderr.value(),
+            error=run.error,
             figures=figures,
-            output_truncated=stdout.truncated or stderr.truncated,
+            output_truncated=run.stdout.truncated or run.stderr.truncated,
         )
         secrets = secret_values(namespace)
         state = None
@@ -375,6 +432,8 @@ class Recorder:
             state["new_bytes"] = snapshot.new_bytes
             state["total_bytes"] = snapshot.total_bytes
         links: dict[str, Any] = {}
+        if run.cache_key:
+            links["cache_key"] = run.cache_key
         if missing_metrics:
             links["missing_metrics"] = missing_metrics
         draft = Experiment(

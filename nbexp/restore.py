@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ast
 import html
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +63,7 @@ def _state(experiment: Experiment) -> Mapping[str, Any]:
 
 
 def restore_into(
-    namespace: MutableMapping[str, Any],
+    namespace: dict[str, Any],
     store: Store,
     experiment: Experiment,
     names: Iterable[str] | None = None,
@@ -149,7 +149,7 @@ def _bound_names(statement: ast.stmt) -> set[str]:
             targets.append(statement.target)
     elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         return {statement.name}
-    names = set()
+    names: set[str] = set()
     for target in targets:
         names.update(node.id for node in ast.walk(target) if isinstance(node, ast.Name))
     return names

@@ -43,9 +43,9 @@ def secret_values(
     found: set[str] = set()
     for source in (namespace or {}, os.environ if environ is None else environ):
         for name, value in list(source.items()):
-            if looks_like_secret(str(name)) and isinstance(value, str):
-                if len(value) >= MIN_SECRET_LENGTH:
-                    found.add(value)
+            is_secret = looks_like_secret(str(name)) and isinstance(value, str)
+            if is_secret and len(value) >= MIN_SECRET_LENGTH:
+                found.add(value)
     # Longest first, so a secret that contains another is replaced whole.
     return sorted(found, key=len, reverse=True)
 

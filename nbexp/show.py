@@ -44,10 +44,15 @@ def summary_line(experiment: Experiment) -> str:
     state = experiment.state
     if state is not None:
         stored = len(state.get("variables", {}))
-        piece = f"{_plural(stored, 'variable')} ({human_bytes(state.get('total_bytes', 0))}, {human_bytes(state.get('new_bytes', 0))} new)"
+        total, new = (
+            human_bytes(state.get("total_bytes", 0)),
+            human_bytes(state.get("new_bytes", 0)),
+        )
+        piece = f"{_plural(stored, 'variable')} ({total}, {new} new)"
         unstored = state.get("unstored", {})
         if unstored:
-            piece += f", {len(unstored)} not stored: {', '.join(sorted(unstored)[:3])}{'…' if len(unstored) > 3 else ''}"
+            shown = ", ".join(sorted(unstored)[:3]) + ("…" if len(unstored) > 3 else "")
+            piece += f", {len(unstored)} not stored: {shown}"
         parts.append(piece)
     parts.append(f"{experiment.outcome.duration:.2f} s")
     return " · ".join(parts)

@@ -57,7 +57,7 @@ def _is_by_reference(value: Any) -> bool:
 def _pickler_class() -> type:
     import cloudpickle
 
-    class _StatePickler(cloudpickle.CloudPickler):  # type: ignore[misc, name-defined]
+    class _StatePickler(cloudpickle.CloudPickler):
         """cloudpickle that refuses lossy values and references other named variables."""
 
         def __init__(self, sink: Any, named: Mapping[int, str], own_name: str, **kwargs: Any):
@@ -311,10 +311,7 @@ class StateLoader:
         if name in self._loaded:
             return self._loaded[name]
         entry = self._entries[name]
-        if "alias_of" in entry:
-            value = self.load(entry["alias_of"])
-        else:
-            value = self._unpickle(name, entry)
+        value = self.load(entry["alias_of"]) if "alias_of" in entry else self._unpickle(name, entry)
         self._loaded[name] = value
         return value
 
@@ -334,5 +331,5 @@ class StateLoader:
             raise IntegrityError(f"variable {name} does not match its recorded hash")
         resolve: Callable[[str], Any] = self.load
         unpickler = pickle.Unpickler(io.BytesIO(payload), buffers=buffers)
-        unpickler.persistent_load = resolve  # type: ignore[assignment]
+        unpickler.persistent_load = resolve  # type: ignore[method-assign]
         return unpickler.load()

@@ -100,6 +100,7 @@ class Store:
         self.tmp_dir = self.root / "tmp"
         self.index_path = self.root / "index.sqlite"
         self._known_objects: set[str] = set()
+        self._seen_gc_generation: str | None = None
         self._lock = threading.RLock()
         try:
             for folder in (self.records_dir, self.objects_dir, self.tags_dir, self.tmp_dir):
@@ -335,10 +336,8 @@ class Store:
     def reindex(self) -> int:
         """Rebuild the index from the records; returns how many were indexed."""
         with self._lock:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 self._db.close()
-            except sqlite3.Error:
-                pass
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     Path(str(self.index_path) + suffix).unlink()
@@ -442,11 +441,7 @@ class Store:
             if row is not None:
                 return str(row[0])
             lowered = ref.lower()
-            if _HEX.match(lowered):
-                if len(lowered) < MIN_PREFIX:
-                    raise RefError(
-                        f"`{ref}` is too short to be an id prefix; give at least {MIN_PREFIX} characters"
-                    )
+            if _HEX.match(lowered) and len(lowered) >= MIN_PREFIX:
                 matches = [
                     r[0]
                     for r in self._db.execute(
@@ -470,6 +465,10 @@ class Store:
             ).fetchone()
             if row is not None:
                 return str(row[0])
+            if _HEX.match(lowered) and len(lowered) < MIN_PREFIX:
+                raise RefError(
+                    f"`{ref}` is too short to be an id prefix; give at least {MIN_PREFIX} characters"
+                )
         raise RefError(
             f"no experiment matches `{ref}`; use an id prefix, a name, a tag, `last` or "
             "`last~N` (`nbexp list` shows them)"
@@ -517,6 +516,68 @@ class Store:
     def cache_put(self, key: str, value: Any) -> None:
         with self._lock, self._db:
             self._db.execute("INSERT OR REPLACE INTO cache VALUES (?, ?)", (key, json.dumps(value)))
+
+    # -- garbage collection ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold while writing objects a record will reference: `gc` waits for it to end.
+
+        Taking it also notices a gc by another process since the last write, and forgets
+        which objects this process believed present (gc may have deleted them).
+        """
+        import fcntl
+
+        with open(self.root / "gc.lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            try:
+                generation = self._gc_generation()
+                if generation != self._seen_gc_generation:
+                    self._known_objects.clear()
+                    self._seen_gc_generation = generation
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _gc_generation(self) -> str:
+        try:
+            return (self.root / "gc.generation").read_text()
+        except FileNotFoundError:
+            return ""
+
+    def referenced_objects(self) -> set[str]:
+        referenced: set[str] = set()
+        for experiment_id in self.iter_record_ids():
+            try:
+                referenced |= self.load(experiment_id).object_hashes()
+            except (RecordError, RefError):
+                continue
+        return referenced
+
+    def gc(self, *, delete: bool = False) -> tuple[list[str], int]:
+        """Objects no record references, and their total size; deleted only if `delete`."""
+        import fcntl
+
+        with open(self.root / "gc.lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                referenced = self.referenced_objects()
+                garbage: list[str] = []
+                size = 0
+                for digest in self.iter_objects():
+                    if digest not in referenced:
+                        path = self.object_path(digest)
+                        with contextlib.suppress(FileNotFoundError):
+                            size += path.stat().st_size
+                            garbage.append(digest)
+                            if delete:
+                                path.unlink()
+                if delete and garbage:
+                    self._write_atomic(self.root / "gc.generation", secrets.token_hex(8).encode())
+                    self._known_objects.clear()
+                return garbage, size
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- verification ---------------------------------------------------------------
 
@@ -592,7 +653,8 @@ def _order_clause(sort: str | None, descending: bool) -> str:
     for column in ("params", "metrics"):
         if key.startswith(column + "."):
             name = key[len(column) + 1 :].replace('"', '""')
-            return f"json_extract({column}, '$.\"{name}\"') IS NULL, json_extract({column}, '$.\"{name}\"') {direction}, created DESC"
+            value = f"json_extract({column}, '$.\"{name}\"')"
+            return f"{value} IS NULL, {value} {direction}, created DESC"
     raise StoreError(
         f"cannot sort by `{sort}`; sort by {', '.join(SORTABLE)}, params.NAME or metrics.NAME "
         "(prefix with - to reverse)"

@@ -80,7 +80,7 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
     watch = _active[-1]
     if threading.get_ident() != watch._thread:
         return
-    path, mode, flags = (tuple(args) + (None, None, None))[:3]
+    path, mode, flags = ((*tuple(args), None, None, None))[:3]
     watch.note(path, _is_write(mode, flags))
 
 

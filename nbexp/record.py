@@ -7,7 +7,7 @@ not inside it: it names them by content hash and the store keeps the bytes.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import RecordError
@@ -110,8 +110,11 @@ class Experiment:
         return Experiment(**{**{f.name: getattr(self, f.name) for f in fields(self)}, "tags": tags})
 
     def to_dict(self) -> dict[str, Any]:
-        body = asdict(self)
+        """The JSON body. Shallow where it can be: callers must not mutate nested values."""
+        body = {f.name: getattr(self, f.name) for f in fields(self)}
+        body["code"] = {f.name: getattr(self.code, f.name) for f in fields(self.code)}
         body["code"]["history"] = list(self.code.history)
+        body["outcome"] = {f.name: getattr(self.outcome, f.name) for f in fields(self.outcome)}
         body["outcome"]["figures"] = list(self.outcome.figures)
         body["tags"] = list(self.tags)
         for key in ("params", "metrics", "series", "expectations"):

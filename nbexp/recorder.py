@@ -16,9 +16,10 @@ import numbers
 import os
 import sys
 import time
+import tokenize
 import traceback
 import types
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import analysis, environment, profiles, series
@@ -207,7 +208,7 @@ class Recorder:
                 result.reused, result.restore_report = reused
                 return result
 
-        run.execution_count = getattr(shell, "execution_count", None)
+        run.execution_count = _this_cell_number(shell, cell)
         run.started = _utc_now()
         begin = time.perf_counter()
         run.stdout, run.stderr = _Tee(sys.stdout), _Tee(sys.stderr)
@@ -318,7 +319,8 @@ class Recorder:
         namespace = shell.user_ns
         exec(shell.compile(tree, filename, "exec"), shell.user_global_ns, namespace)
         if last is not None:
-            return eval(shell.compile(last, filename, "eval"), shell.user_global_ns, namespace)
+            value = eval(shell.compile(last, filename, "eval"), shell.user_global_ns, namespace)
+            return None if _ends_with_semicolon(source) else value  # `x;` hides x, as in a cell
         return None
 
     def _input_variables(self, info: analysis.CodeInfo) -> list[dict[str, Any]]:
@@ -456,8 +458,8 @@ class Recorder:
             links=links,
         )
         body = Redactor(secrets)(draft.to_dict())
-        clean = Experiment.from_dict(body)
-        return replace(clean, id=Store.make_id(clean.to_dict()))
+        body["id"] = Store.make_id(body)
+        return Experiment.from_dict(body)
 
     def _evaluate(
         self, expression: str, metrics: dict[str, Any], params: dict[str, Any]
@@ -485,6 +487,29 @@ class Recorder:
     def _generated_name(store: Store, notebook: str | None) -> str:
         stem = os.path.splitext(os.path.basename(notebook))[0] if notebook else "exp"
         return f"{stem}-{store.names_count(stem + '-') + 1}"
+
+
+def _this_cell_number(shell: Any, cell: str) -> int | None:
+    """The running cell's execution number. IPython 9 increments `execution_count` before
+    running a cell, IPython 8 after; either way a stored cell is already the history's last."""
+    raw = getattr(getattr(shell, "history_manager", None), "input_hist_raw", None) or []
+    last = raw[-1] if len(raw) > 1 else ""
+    if last.lstrip().startswith("%%experiment") and last.rstrip().endswith(cell.rstrip()):
+        return len(raw) - 1
+    return getattr(shell, "execution_count", None)
+
+
+def _ends_with_semicolon(source: str) -> bool:
+    """True when the code's last token is `;` (IPython then shows no Out value)."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    skipped = (tokenize.ENDMARKER, tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT)
+    for token in reversed(tokens):
+        if token.type not in skipped:
+            return token.type == tokenize.OP and token.string == ";"
+    return False
 
 
 def _expand(paths: list[str]) -> list[str]:

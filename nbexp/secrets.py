@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 _SECRET_NAME = re.compile(
@@ -78,6 +79,7 @@ class Redactor:
         return value
 
 
+@lru_cache(maxsize=4096)
 def redact_assignments(source: str) -> str:
     """Replace the literal assigned to a credential-looking name in source code with '***'."""
     pattern = re.compile(

@@ -236,7 +236,7 @@ class Store:
         if path.exists():
             raise StoreError(f"experiment {experiment.short_id} already exists")
         self._write_atomic(path, canonical_json(body) + b"\n", sync_dir=True)
-        self._index_upsert(experiment)
+        self._index_upsert(experiment, body)
         return experiment
 
     def load(self, experiment_id: str) -> Experiment:
@@ -310,8 +310,10 @@ class Store:
         connection.isolation_level = "DEFERRED"
         return connection
 
-    def _index_row(self, experiment: Experiment) -> tuple[Any, ...]:
-        body = experiment.to_dict()
+    def _index_row(
+        self, experiment: Experiment, body: dict[str, Any] | None = None
+    ) -> tuple[Any, ...]:
+        body = body if body is not None else experiment.to_dict()
         return (
             experiment.id,
             experiment.name,
@@ -326,11 +328,11 @@ class Store:
             experiment.links.get("sweep"),
         )
 
-    def _index_upsert(self, experiment: Experiment) -> None:
+    def _index_upsert(self, experiment: Experiment, body: dict[str, Any] | None = None) -> None:
         with self._lock, self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                self._index_row(experiment),
+                self._index_row(experiment, body),
             )
 
     def reindex(self) -> int:
@@ -338,9 +340,7 @@ class Store:
         with self._lock:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
-            for suffix in ("", "-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    Path(str(self.index_path) + suffix).unlink()
+            discard_index(self.root)
             self._db = self._open_index()
             rows = []
             for experiment_id in self.iter_record_ids():
@@ -674,13 +674,25 @@ _stores: dict[Path, Store] = {}
 _stores_lock = threading.Lock()
 
 
+def store_root(path: str | os.PathLike[str] | None = None) -> Path:
+    """The `.nbexp` folder that `open_store(path)` opens."""
+    if path is None:
+        return find_store_root()
+    candidate = Path(path).expanduser().absolute()
+    return candidate if candidate.name == STORE_DIRNAME else find_store_root(candidate)
+
+
+def discard_index(root: str | os.PathLike[str]) -> None:
+    """Delete a store's index files (it is rebuilt from the records by `reindex`)."""
+    index_path = Path(root) / "index.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(str(index_path) + suffix).unlink()
+
+
 def open_store(path: str | os.PathLike[str] | None = None) -> Store:
     """The store for `path` (a `.nbexp` folder or a folder inside a project; default: cwd)."""
-    if path is None:
-        root = find_store_root()
-    else:
-        candidate = Path(path).expanduser().absolute()
-        root = candidate if candidate.name == STORE_DIRNAME else find_store_root(candidate)
+    root = store_root(path)
     with _stores_lock:
         store = _stores.get(root)
         if store is None or not store.root.exists():

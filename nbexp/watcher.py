@@ -15,6 +15,7 @@ import sys
 import sysconfig
 import threading
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 from typing import Any
 
 _active: list[FileWatch] = []
@@ -25,6 +26,7 @@ _IGNORED_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".pyd", ".pth", ".dist-info",
 _IGNORED_NAMES = ("__pycache__", ".ipython", ".jupyter", ".cache", ".matplotlib", ".git", ".nbexp")
 
 
+@lru_cache(maxsize=1)
 def _ignored_roots() -> tuple[str, ...]:
     roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, "/proc", "/sys", "/dev", "/etc", "/usr"}
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):

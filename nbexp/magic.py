@@ -123,7 +123,7 @@ class ExperimentMagics(Magics):
         if result.not_recorded:
             print(f"nbexp: this run was NOT recorded: {result.not_recorded}", file=sys.stderr)
         elif result.experiment is not None and self.summary:
-            print(summary_line(result.experiment))
+            print(summary_line(result.experiment, result.recording_seconds))
         for item in result.failed_expectations:
             shown = ", ".join(f"{k} = {v}" for k, v in item.get("values", {}).items())
             why = item.get("error") or shown

@@ -67,6 +67,7 @@ class RunResult:
     summary: str = ""
     failed_expectations: list[dict[str, Any]] = field(default_factory=list)
     reused: Experiment | None = None
+    recording_seconds: float | None = None
     restore_report: Any = None
 
 
@@ -235,6 +236,7 @@ class Recorder:
         if store is None:
             result.not_recorded = store_problem
             return result
+        recording_began = time.perf_counter()
         try:
             with store.writing():
                 experiment = self._build(store, run)
@@ -242,6 +244,7 @@ class Recorder:
             if run.cache_key and experiment.status == STATUS_OK:
                 store.cache_put(f"run:{run.cache_key}", experiment.id)
             result.experiment = experiment
+            result.recording_seconds = time.perf_counter() - recording_began
             result.failed_expectations = [e for e in experiment.expectations if not e["passed"]]
         except Exception as error:  # recording must never cost the user their run
             result.not_recorded = (

@@ -23,7 +23,7 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def summary_line(experiment: Experiment) -> str:
+def summary_line(experiment: Experiment, recording_seconds: float | None = None) -> str:
     """`✓ recorded rf-baseline (3f2a1c9e) · 3 params · 2 metrics · …`"""
     parts = [
         f"{_STATUS_MARK.get(experiment.status, '?')} recorded {experiment.name} ({experiment.short_id})",
@@ -54,7 +54,10 @@ def summary_line(experiment: Experiment) -> str:
             shown = ", ".join(sorted(unstored)[:3]) + ("…" if len(unstored) > 3 else "")
             piece += f", {len(unstored)} not stored: {shown}"
         parts.append(piece)
-    parts.append(f"{experiment.outcome.duration:.2f} s")
+    timing = f"{experiment.outcome.duration:.2f} s"
+    if recording_seconds is not None:
+        timing += f" (+{recording_seconds * 1000:.0f} ms to record)"
+    parts.append(timing)
     return " · ".join(parts)
 
 

@@ -116,12 +116,84 @@ def analyze(source: str) -> CodeInfo:
             param = params.setdefault(name, Param(name, literal))
             param.spans.append(_span(value))
 
-    loaded = {
-        node.id
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
-    }
-    return CodeInfo(params=params, assigned=assigned, loaded=loaded, seeds=find_seeds(tree))
+    return CodeInfo(
+        params=params, assigned=assigned, loaded=free_names(tree), seeds=find_seeds(tree)
+    )
+
+
+def free_names(tree: ast.Module) -> set[str]:
+    """Names the code reads before it binds them: its inputs from the namespace.
+
+    Statements are taken in order; within one, reads happen before its own binding
+    (`x = x + 1` reads the old x). Inside functions, lambdas and comprehensions their own
+    parameters and locals are not inputs, but the globals they read are.
+    """
+    bound: set[str] = set()
+    free: set[str] = set()
+    for statement in tree.body:
+        reads, stores = _reads_and_stores(statement)
+        free |= reads - bound
+        bound |= stores
+    return free
+
+
+_SCOPES = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.Lambda,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+)
+
+
+def _reads_and_stores(node: ast.AST) -> tuple[set[str], set[str]]:
+    """(names read from the enclosing scope, names bound in it) for one node."""
+    reads: set[str] = set()
+    stores: set[str] = set()
+    if isinstance(node, _SCOPES):
+        inner_reads: set[str] = set()
+        local: set[str] = set()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            arguments = node.args
+            local |= {
+                a.arg for a in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs)
+            }
+            local |= {a.arg for a in (arguments.vararg, arguments.kwarg) if a is not None}
+            for default in (*arguments.defaults, *arguments.kw_defaults):
+                if default is not None:
+                    reads |= _reads_and_stores(default)[0]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            stores.add(node.name)
+            for decorator in node.decorator_list:
+                reads |= _reads_and_stores(decorator)[0]
+            body: list[ast.AST] = list(node.body)
+        elif isinstance(node, ast.Lambda):
+            body = [node.body]
+        else:
+            body = [
+                *node.generators,
+                *([node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]),
+            ]
+        for child in body:
+            child_reads, child_stores = _reads_and_stores(child)
+            inner_reads |= child_reads
+            local |= child_stores
+        reads |= inner_reads - local
+        return reads, stores
+    if isinstance(node, ast.Name):
+        (reads if isinstance(node.ctx, ast.Load) else stores).add(node.id)
+        return reads, stores
+    if isinstance(node, ast.ClassDef):
+        stores.add(node.name)
+    elif isinstance(node, (ast.Import, ast.ImportFrom)):
+        stores.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    for child in ast.iter_child_nodes(node):
+        child_reads, child_stores = _reads_and_stores(child)
+        reads |= child_reads
+        stores |= child_stores
+    return reads, stores
 
 
 def find_seeds(tree: ast.AST) -> dict[str, Any]:

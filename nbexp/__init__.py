@@ -67,9 +67,15 @@ def open_store(path: str | None = None) -> Store:
 
 def load_ipython_extension(ipython: Any) -> None:
     """`%load_ext nbexp`: register the magics."""
+    import threading
+
+    from .environment import warm_up
     from .magic import ExperimentMagics
 
     ipython.register_magics(ExperimentMagics)
+    # Mapping modules to distributions reads every installed package's metadata (~0.5 s);
+    # do it now, in the background, rather than during the first experiment.
+    threading.Thread(target=warm_up, name="nbexp-warm-up", daemon=True).start()
 
 
 def unload_ipython_extension(ipython: Any) -> None:

@@ -40,6 +40,11 @@ def _distribution_version(distribution: str) -> str | None:
 _package_cache: tuple[int, dict[str, str]] = (-1, {})
 
 
+def warm_up() -> None:
+    """Build the slow, cached lookups ahead of the first experiment."""
+    _module_distributions()
+
+
 def imported_packages() -> dict[str, str]:
     """{distribution: version} for the top-level modules imported in this process."""
     global _package_cache

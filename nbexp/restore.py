@@ -164,6 +164,7 @@ class LazyNamespace(Mapping[str, Any]):
     def __init__(self, store: Store, experiment: Experiment, names: Iterable[str] | None = None):
         state = _state(experiment)
         self._experiment = experiment
+        self._store = store
         self._loader = StateLoader(store, state)
         available = self._loader.names()
         if names is not None:
@@ -176,6 +177,10 @@ class LazyNamespace(Mapping[str, Any]):
                 )
             available = wanted
         self._names = available
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickles as a reference to the experiment, so it can itself be snapshotted."""
+        return (_reload, (str(self._store.root), self._experiment.id, self._names))
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -207,3 +212,10 @@ class LazyNamespace(Mapping[str, Any]):
             f"<variables of {self._experiment.name} ({self._experiment.short_id}): "
             f"{', '.join(self._names)}>"
         )
+
+
+def _reload(store_root: str, experiment_id: str, names: list[str]) -> LazyNamespace:
+    from .store import open_store
+
+    store = open_store(store_root)
+    return LazyNamespace(store, store.load(experiment_id), names)

@@ -7,15 +7,16 @@ line and exits 1, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from .errors import NbexpError
-from .record import SHORT_ID_LENGTH
-from .store import Store, open_store
+from .errors import NbexpError, StoreError
+from .record import SHORT_ID_LENGTH, encode_value
+from .store import Store, discard_index, open_store, store_root
 
 Command = Callable[[argparse.Namespace, Store], int]
 
@@ -49,7 +50,7 @@ def _cell(value: Any) -> str:
 def cmd_list(args: argparse.Namespace, store: Store) -> int:
     rows = store.rows(args.query, sort=args.sort, limit=args.limit)
     if args.format == "json":
-        json.dump(rows, sys.stdout, indent=1)
+        json.dump(encode_value(rows), sys.stdout, indent=1, allow_nan=False)
         sys.stdout.write("\n")
         return 0
     param_names = list(dict.fromkeys(k for row in rows for k in row["params"]))
@@ -139,10 +140,29 @@ def cmd_gc(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one `nbexp:` line and exit code 1 (SPEC §8)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"nbexp: {message}; see `{self.prog} --help`\n")
+
+
+def _sort_values_may_start_with_dash(argv: Sequence[str]) -> list[str]:
+    """`--sort -metrics.f1` means a reversed sort, not a flag: pass it as `--sort=-metrics.f1`."""
+    words: list[str] = []
+    rest = iter(argv)
+    for word in rest:
+        if word == "--":
+            words.extend([word, *rest])
+        elif word == "--sort" and (value := next(rest, None)) is not None:
+            words.append(f"--sort={value}")
+        else:
+            words.append(word)
+    return words
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nbexp", description="Experiments recorded by %%experiment."
-    )
+    parser = _Parser(prog="nbexp", description="Experiments recorded by %%experiment.")
     parser.add_argument(
         "--store", help="the store folder (default: .nbexp/ of this project, or $NBEXP_STORE)"
     )
@@ -187,9 +207,19 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(_sort_values_may_start_with_dash(words))
     try:
-        store = open_store(args.store)
+        try:
+            store = open_store(args.store)
+        except StoreError:
+            if args.func is not cmd_reindex:
+                raise
+            # an index SQLite cannot open must not stop its own rebuild; an unusable
+            # store fails again just below, with its own message
+            with contextlib.suppress(OSError):
+                discard_index(store_root(args.store))
+            store = open_store(args.store)
         code: int = args.func(args, store)
         return code
     except NbexpError as error:

@@ -336,23 +336,53 @@ class Store:
             )
 
     def reindex(self) -> int:
-        """Rebuild the index from the records; returns how many were indexed."""
+        """Rebuild the index from the records; returns how many were indexed.
+
+        The rebuild happens inside the existing index, in one transaction: other processes
+        keep their connections (a deleted index file would silently swallow what they write
+        next) and never see it half-built. Only an index SQLite cannot use is replaced.
+        """
+        rows = []
+        for experiment_id in self.iter_record_ids():
+            with contextlib.suppress(RecordError, RefError):
+                rows.append(self._index_row(self.load(experiment_id)))
+        indexed = {row[0] for row in rows}
         with self._lock:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
-            discard_index(self.root)
-            self._db = self._open_index()
-            rows = []
-            for experiment_id in self.iter_record_ids():
-                try:
-                    rows.append(self._index_row(self.load(experiment_id)))
-                except (RecordError, RefError):
-                    continue
-            with self._db:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
-                )
+            try:
+                with self._db:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
+                    )
+                    others = [
+                        str(row[0])
+                        for row in self._db.execute("SELECT id FROM experiments")
+                        if row[0] not in indexed
+                    ]
+                    # rows not rebuilt: keep those saved meanwhile by another process
+                    gone = [(i,) for i in others if not self._loadable(i)]
+                    self._db.executemany("DELETE FROM experiments WHERE id = ?", gone)
+            except sqlite3.DatabaseError as error:
+                if "locked" in str(error) or "busy" in str(error):
+                    raise StoreError(
+                        f"the index {self.index_path} stayed locked by another process; "
+                        "try `nbexp reindex` again"
+                    ) from error
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                discard_index(self.root)
+                self._db = self._open_index()
+                with self._db:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
+                    )
             return len(rows)
+
+    def _loadable(self, experiment_id: str) -> bool:
+        try:
+            self.load(experiment_id)
+        except (RecordError, RefError):
+            return False
+        return True
 
     def rows(
         self,
@@ -651,7 +681,7 @@ def _order_clause(sort: str | None, descending: bool) -> str:
     if key in SORTABLE:
         return f"{key} {direction}, created DESC"
     for column in ("params", "metrics"):
-        if key.startswith(column + "."):
+        if key.startswith(column + ".") and key != column + ".":
             name = key[len(column) + 1 :].replace('"', '""')
             value = f"json_extract({column}, '$.\"{name}\"')"
             return f"{value} IS NULL, {value} {direction}, created DESC"

@@ -1,0 +1,618 @@
+"""The store (SPEC §2, §5, §11): location, atomic immutable records, objects, index, references."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nbexp
+from nbexp import store as store_module
+from nbexp.errors import IntegrityError, NbexpError, QueryError, RecordError, RefError, StoreError
+from nbexp.record import Code, Experiment, Outcome
+from nbexp.store import Store, find_store_root, open_store
+from tests.conftest import run
+
+_BASE_TIME = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def make_experiment(
+    store: Store,
+    name: str = "exp",
+    *,
+    params: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    minutes: int = 0,
+    status: str = "ok",
+    tags: tuple[str, ...] = (),
+    save: bool = True,
+) -> Experiment:
+    """A minimal valid record, created `minutes` after a fixed base time, saved unless told not."""
+    created = (_BASE_TIME + dt.timedelta(minutes=minutes)).isoformat(timespec="microseconds")
+    draft = Experiment(
+        id="",
+        name=name,
+        created=created,
+        code=Code(cell=f"%%experiment {name}\nx = 1\n", source="x = 1\n"),
+        outcome=Outcome(status=status, started=created, duration=0.5 + minutes),
+        params=dict(params or {}),
+        metrics=dict(metrics or {}),
+        env={"python": "3", "platform": "test", "packages": {}},
+        tags=tags,
+    )
+    experiment = replace(draft, id=Store.make_id(draft.to_dict()))
+    if save:
+        store.save(experiment)
+    return experiment
+
+
+def load_schema() -> dict[str, Any]:
+    import importlib.resources
+
+    text = (importlib.resources.files("nbexp") / "schema" / "record-v1.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def schema_errors(body: dict[str, Any]) -> list[str]:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(
+        load_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(body)]
+
+
+def record_files(store: Store) -> list[Path]:
+    return sorted(store.records_dir.glob("*/*.json"))
+
+
+@pytest.fixture
+def store(project: Path) -> Store:
+    store_module._stores.clear()
+    return open_store()
+
+
+# -- location ------------------------------------------------------------------------------
+
+
+def _ancestors_clean(path: Path) -> bool:
+    return not any(
+        (folder / ".nbexp").is_dir() or (folder / ".git").exists() for folder in path.parents
+    )
+
+
+def test_store_is_in_the_working_directory_by_default(project: Path) -> None:
+    if not _ancestors_clean(project):
+        pytest.skip("an ancestor of the temp folder holds .nbexp or .git")
+    (project / "sub").mkdir()
+    os.chdir(project / "sub")
+    assert find_store_root() == project / "sub" / ".nbexp"
+    store = open_store()
+    assert store.root == project / "sub" / ".nbexp"
+    assert (store.root / "records").is_dir() and (store.root / "objects").is_dir()
+
+
+def test_store_is_the_nearest_ancestor_holding_nbexp(project: Path) -> None:
+    (project / ".git").mkdir()  # the git root is further up than the existing store
+    (project / "a" / ".nbexp").mkdir(parents=True)
+    (project / ".nbexp").mkdir()
+    deep = project / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    os.chdir(deep)
+    assert find_store_root() == project / "a" / ".nbexp"
+    assert open_store().root == project / "a" / ".nbexp"
+
+
+def test_store_is_at_the_git_root_when_no_store_exists(project: Path) -> None:
+    (project / ".git").mkdir()
+    deep = project / "src" / "pkg"
+    deep.mkdir(parents=True)
+    os.chdir(deep)
+    assert find_store_root() == project / ".nbexp"
+    assert not (deep / ".nbexp").exists()
+
+
+def test_git_worktree_file_counts_as_a_git_root(project: Path) -> None:
+    (project / ".git").write_text("gitdir: /elsewhere/.git/worktrees/x\n")
+    (project / "nb").mkdir()
+    os.chdir(project / "nb")
+    assert find_store_root() == project / ".nbexp"
+
+
+def test_nbexp_store_environment_variable_overrides(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (project / ".nbexp").mkdir()
+    elsewhere = tmp_path / "shared" / "store"
+    monkeypatch.setenv("NBEXP_STORE", str(elsewhere))
+    assert find_store_root() == elsewhere
+    store = open_store()
+    assert store.root == elsewhere
+    assert elsewhere.is_dir()  # created on first use
+    experiment = make_experiment(store)
+    assert store.record_path(experiment.id).is_file()
+    assert not list((project / ".nbexp").rglob("*.json"))
+
+
+def test_open_store_with_a_project_folder_or_a_store_folder(project: Path) -> None:
+    other = project / "other"
+    (other / "deep").mkdir(parents=True)
+    (other / ".nbexp").mkdir()
+    assert open_store(other / "deep").root == other / ".nbexp"
+    assert open_store(other / ".nbexp").root == other / ".nbexp"
+
+
+# -- records: atomic, immutable, schema, id ---------------------------------------------------
+
+
+def test_records_are_written_atomically(store: Store) -> None:
+    experiment = make_experiment(store, "one")
+    assert record_files(store) == [store.record_path(experiment.id)]
+    assert not list(store.records_dir.rglob("*.tmp"))
+    assert list(store.tmp_dir.iterdir()) == []
+    assert store.load(experiment.id) == experiment
+
+
+def test_a_crash_during_save_leaves_no_half_written_record(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = make_experiment(store, "before")
+
+    def power_cut(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_module.os, "replace", power_cut)
+    doomed = make_experiment(store, "doomed", minutes=1, save=False)
+    with pytest.raises(OSError):
+        store.save(doomed)
+    monkeypatch.undo()
+    assert record_files(store) == [store.record_path(before.id)]
+    assert list(store.tmp_dir.iterdir()) == []
+    assert store.load(before.id) == before
+    assert [row["name"] for row in store.rows()] == ["before"]
+
+
+def test_saving_an_existing_record_is_refused(store: Store) -> None:
+    experiment = make_experiment(store)
+    original = store.record_path(experiment.id).read_bytes()
+    with pytest.raises(StoreError, match="already exists"):
+        store.save(experiment)
+    assert store.record_path(experiment.id).read_bytes() == original
+
+
+def test_recorded_experiment_validates_against_the_schema_and_id_is_its_hash(ip: Any) -> None:
+    run(ip, "import numpy as np\nbase = np.arange(100)")
+    result = run(
+        ip,
+        '%%experiment schema-check -t first --note "a note" --expect "acc > 0.5"\n'
+        "lr = 0.1\nlayers = [64, 32]\nloss_kind = 'l2'\n"
+        "acc = 0.9 + 0.0\nbad = float('nan')\nhuge = float('inf')\nneg = -float('inf')\n"
+        "view = base\nnew = base * 2\n"
+        "import nbexp\nnbexp.log('loss', 0.5)\nnbexp.log('loss', float('nan'))\n"
+        "print('hello')\n",
+    )
+    assert result.success
+    store = open_store()
+    (path,) = record_files(store)
+    body = json.loads(path.read_bytes())
+    assert schema_errors(body) == []
+    assert body["id"] == path.stem == Store.make_id(body)
+    assert body["metrics"]["bad"] == {"$float": "nan"}
+    assert body["metrics"]["huge"] == {"$float": "inf"}
+    assert body["metrics"]["neg"] == {"$float": "-inf"}
+    assert body["state"]["variables"]["view"].get("alias_of") == "base"
+    assert path.read_bytes().endswith(b"\n")
+    json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+    # a failed run validates too, with its error
+    assert not run(ip, "%%experiment broken --no-state\nx = 1\n1 / 0\n").success
+    failed = store.get("broken").to_dict()
+    assert failed["outcome"]["status"] == "failed"
+    assert failed["state"] is None
+    assert schema_errors(failed) == []
+
+
+def test_schema_rejects_what_nbexp_never_writes(store: Store) -> None:
+    good = make_experiment(store, save=False).to_dict()
+    assert schema_errors(good) == []
+    for mutate in (
+        lambda b: b.pop("outcome"),
+        lambda b: b["outcome"].update(status="done"),
+        lambda b: b["metrics"].update(x={"$float": "NaN"}),
+        lambda b: b["metrics"].update(x={"$float": "nan", "other": 1}),
+        lambda b: b.update(id="not-a-hash"),
+        lambda b: b.update(state={"format": 1, "variables": {"x": {"type": "int"}}}),
+        lambda b: b.update(unknown=1),
+    ):
+        body = json.loads(json.dumps(good))
+        mutate(body)
+        assert schema_errors(body), body
+
+
+def test_schema_ships_inside_the_package() -> None:
+    import importlib.resources
+
+    resource = importlib.resources.files("nbexp") / "schema" / "record-v1.json"
+    assert resource.is_file()
+    import jsonschema
+
+    jsonschema.Draft202012Validator.check_schema(load_schema())
+
+
+def test_a_record_from_a_newer_nbexp_is_refused_with_upgrade_advice(store: Store) -> None:
+    future = make_experiment(store, "future", save=False)
+    future = replace(future, schema_version=2)
+    future = replace(future, id=Store.make_id(future.to_dict()))
+    store.save(future)
+    with pytest.raises(RecordError, match=r"upgrade nbexp") as caught:
+        store.get("future")
+    assert "schema 2" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+# -- objects --------------------------------------------------------------------------------
+
+
+def _object_files(store: Store) -> list[Path]:
+    return [p for p in store.objects_dir.rglob("*") if p.is_file()]
+
+
+def test_objects_are_stored_once(store: Store) -> None:
+    first = store.put_bytes(b"same content" * 100)
+    second = store.put_bytes(bytearray(b"same content" * 100))
+    assert first == second
+    assert len(_object_files(store)) == 1
+    fresh = Store(store.root)  # a second process knows nothing in memory
+    assert fresh.put_bytes(memoryview(b"same content" * 100)) == first
+    assert len(_object_files(store)) == 1
+    assert store.read_object(first) == b"same content" * 100
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_put_file_deduplicates_and_copies_back_identically(store: Store, project: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    (project / "a.bin").write_bytes(data)
+    (project / "b.bin").write_bytes(data)
+    digest_a, size_a = store.put_file(project / "a.bin")
+    digest_b, size_b = store.put_file(project / "b.bin")
+    assert (digest_a, size_a) == (digest_b, size_b) == (store.put_bytes(data), len(data))
+    assert len(_object_files(store)) == 1
+    assert list(store.tmp_dir.iterdir()) == []
+    store.copy_object_to(digest_a, project / "out.bin")
+    assert (project / "out.bin").read_bytes() == data
+
+
+def test_read_object_refuses_a_corrupted_object(store: Store) -> None:
+    digest = store.put_bytes(b"precious bytes")
+    path = store.object_path(digest)
+    path.write_bytes(b"precious bytez")
+    with pytest.raises(IntegrityError, match="corrupt") as caught:
+        store.read_object(digest)
+    assert "nbexp fsck" in str(caught.value)
+    path.unlink()
+    with pytest.raises(IntegrityError, match="missing"):
+        store.read_object(digest)
+
+
+# -- fsck and reindex -------------------------------------------------------------------------
+
+
+def test_fsck_is_clean_on_a_healthy_store(ip: Any) -> None:
+    run(ip, "import numpy as np\nweights = np.ones(1000)")
+    assert run(ip, "%%experiment a\nlr = 0.1\nscore = float(weights.sum())\n").success
+    assert open_store().fsck() == []
+
+
+def test_fsck_names_a_corrupted_state_object(ip: Any) -> None:
+    run(ip, "import numpy as np\nweights = np.arange(1000.0)")
+    assert run(ip, "%%experiment a\nlr = 0.1\n").success
+    store = open_store()
+    experiment = store.get("a")
+    chunk = experiment.variables["weights"]["buffers"][0][0]
+    assert chunk in experiment.object_hashes()
+    path = store.object_path(chunk)
+    damaged = bytearray(path.read_bytes())
+    damaged[10] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    problems = store.fsck()
+    assert [(p.kind, p.item) for p in problems] == [("object", chunk[:12])]
+    assert "corrupt" in str(problems[0])
+    assert experiment.short_id in str(problems[0])
+
+
+def test_fsck_names_a_missing_object(store: Store) -> None:
+    digest = store.put_bytes(b"artifact bytes")
+    draft = make_experiment(store, save=False)
+    draft = replace(draft, artifacts=[{"path": "m", "abspath": "/m", "hash": digest, "size": 14}])
+    experiment = replace(draft, id=Store.make_id(draft.to_dict()))
+    store.save(experiment)
+    store.object_path(digest).unlink()
+    (problem,) = store.fsck()
+    assert problem.kind == "object" and problem.item == digest[:12]
+    assert "missing" in problem.detail
+
+
+def test_fsck_names_a_corrupted_record(store: Store) -> None:
+    tampered = make_experiment(store, "tampered", metrics={"f1": 0.5})
+    garbage = make_experiment(store, "garbage", minutes=1)
+    healthy = make_experiment(store, "healthy", minutes=2)
+    path = store.record_path(tampered.id)
+    path.write_text(path.read_text().replace('"f1":0.5', '"f1":0.99'))
+    store.record_path(garbage.id).write_bytes(b'{"schema_version": 1, "id": "tru')
+    problems = {(p.kind, p.item): p.detail for p in store.fsck()}
+    assert set(problems) == {("record", tampered.short_id), ("record", garbage.short_id)}
+    assert "does not match its id" in problems[("record", tampered.short_id)]
+    assert "unreadable" in problems[("record", garbage.short_id)]
+    assert healthy.short_id not in str(problems)
+
+
+def test_fsck_names_a_record_missing_from_the_index(store: Store) -> None:
+    kept = make_experiment(store, "kept")
+    lost = make_experiment(store, "lost", minutes=1)
+    with sqlite3.connect(store.index_path) as connection:
+        connection.execute("DELETE FROM experiments WHERE id = ?", (lost.id,))
+    (problem,) = store.fsck()
+    assert (problem.kind, problem.item) == ("index", lost.short_id)
+    assert "reindex" in problem.detail
+    assert kept.short_id not in str(problem)
+    assert store.reindex() == 2
+    assert store.fsck() == []
+
+
+def test_reindex_rebuilds_a_deleted_index_with_the_same_rows(store: Store) -> None:
+    for i in range(5):
+        make_experiment(
+            store,
+            f"run-{i}",
+            params={"depth": i},
+            metrics={"f1": i / 10, "bad": math.nan},
+            minutes=i,
+            tags=("t",) if i % 2 else (),
+        )
+    store.add_tag(store.resolve("run-3"), "best")
+    before = store.rows()
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(store.index_path) + suffix).unlink(missing_ok=True)
+    store_module._stores.clear()
+    fresh = open_store()
+    assert fresh.rows() == []
+    assert fresh.reindex() == 5
+    after = fresh.rows()
+    assert json.dumps(after, default=str, sort_keys=True) == json.dumps(
+        before, default=str, sort_keys=True
+    )
+    assert fresh.get("best").name == "run-3"
+
+
+def test_reindex_keeps_other_processes_connected(store: Store) -> None:
+    make_experiment(store, "before")
+    other = Store(store.root)  # e.g. `nbexp reindex` while this kernel keeps running
+    assert other.reindex() == 1
+    later = make_experiment(store, "after", minutes=1)
+    assert [row["name"] for row in other.rows()] == ["after", "before"]
+    assert Store(store.root).resolve("last") == later.id
+    assert store.fsck() == []
+
+
+def test_reindex_drops_rows_whose_record_is_gone_or_unreadable(store: Store) -> None:
+    kept = make_experiment(store, "kept")
+    removed = make_experiment(store, "removed", minutes=1)
+    broken = make_experiment(store, "broken", minutes=2)
+    store.record_path(removed.id).unlink()
+    store.record_path(broken.id).write_text("{not json")
+    assert store.reindex() == 1
+    assert [row["id"] for row in store.rows()] == [kept.id]
+
+
+def test_reindex_replaces_an_index_with_a_foreign_schema(store: Store) -> None:
+    make_experiment(store, "one")
+    store.close()
+    store_module._stores.clear()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(store.index_path) + suffix).unlink(missing_ok=True)
+    with sqlite3.connect(store.index_path) as connection:
+        connection.execute("CREATE TABLE experiments (id TEXT, name TEXT, created TEXT)")
+    connection.close()
+    fresh = open_store()
+    assert fresh.reindex() == 1
+    assert [row["name"] for row in fresh.rows()] == ["one"]
+
+
+# -- file-hash cache --------------------------------------------------------------------------
+
+
+def test_file_hash_cache_skips_unchanged_files_and_rehashes_changed_ones(
+    store: Store, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real = store_module.hash_file
+
+    def counting(path: Any) -> tuple[str, int]:
+        calls.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(store_module, "hash_file", counting)
+    data = project / "train.csv"
+    data.write_text("a,b\n1,2\n")
+    first = store.file_hash(data)
+    assert len(calls) == 1
+    assert store.file_hash(data) == first
+    assert store.file_hash(str(data)) == first
+    assert Store(store.root).file_hash(data) == first  # the cache lives in the index
+    assert len(calls) == 1
+    stat = data.stat()
+    data.write_text("a,b\n3,4\n")  # same size, new content
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    second = store.file_hash(data)
+    assert len(calls) == 2
+    assert second != first and second == real(data)
+
+
+# -- references -------------------------------------------------------------------------------
+
+
+def test_references(store: Store) -> None:
+    a1 = make_experiment(store, "alpha", minutes=0)
+    b = make_experiment(store, "beta", minutes=1, tags=("baseline",))
+    a2 = make_experiment(store, "alpha", minutes=2, params={"v": 2})
+    assert store.resolve("last") == a2.id
+    assert store.resolve("last~0") == a2.id
+    assert store.resolve("last~1") == b.id
+    assert store.resolve("last~2") == a1.id
+    with pytest.raises(RefError, match="holds 3 experiments"):
+        store.resolve("last~3")
+    assert store.resolve("alpha") == a2.id  # a name means its latest run
+    assert store.resolve("beta") == b.id
+    assert store.resolve(a1.id[:4]) == a1.id
+    assert store.resolve(a1.id[:4].upper()) == a1.id
+    assert store.resolve(a1.id) == a1.id
+    assert store.resolve("baseline") == b.id
+    store.add_tag(a1.id, "keep")
+    assert store.resolve("keep") == a1.id
+    assert store.get("keep").tags == ("keep",)
+    with pytest.raises(RefError, match="too short") as short:
+        store.resolve(a1.id[:3])
+    assert "4" in str(short.value)
+    with pytest.raises(RefError, match="no experiment matches `nope`") as unknown:
+        store.resolve("nope")
+    assert "nbexp list" in str(unknown.value)
+    with pytest.raises(RefError, match="empty"):
+        store.resolve("  ")
+
+
+def _ambiguous_pair(store: Store) -> tuple[Experiment, Experiment, str]:
+    seen: dict[str, Experiment] = {}
+    for i in range(100_000):
+        candidate = make_experiment(store, f"c{i}", minutes=i, save=False)
+        prefix = candidate.id[:4]
+        if prefix in seen:
+            return seen[prefix], candidate, prefix
+        seen[prefix] = candidate
+    raise AssertionError("no shared prefix found")
+
+
+def test_an_ambiguous_prefix_lists_the_candidates(store: Store) -> None:
+    first, second, prefix = _ambiguous_pair(store)
+    store.save(first)
+    store.save(second)
+    with pytest.raises(RefError, match="ambiguous") as caught:
+        store.resolve(prefix)
+    message = str(caught.value)
+    assert first.id[:8] in message and second.id[:8] in message
+    assert "\n" not in message
+    longer = next(n for n in range(5, 33) if first.id[:n] != second.id[:n])
+    assert store.resolve(first.id[:longer]) == first.id
+
+
+def test_a_short_hex_looking_tag_still_resolves(store: Store) -> None:
+    experiment = make_experiment(store, tags=("bad",))
+    assert store.resolve("bad") == experiment.id
+    assert nbexp.get("bad").id == experiment.id
+
+
+def test_api_errors_are_nbexp_errors(store: Store) -> None:
+    with pytest.raises(NbexpError):
+        nbexp.get("last")
+    with pytest.raises(QueryError):
+        nbexp.experiments("metrics.f1 >")
+
+
+# -- unwritable store -------------------------------------------------------------------------
+
+
+def test_an_unwritable_store_is_one_clear_store_error(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if os.geteuid() == 0:
+        blocker = project / "a-file"
+        blocker.write_text("not a folder")
+        monkeypatch.setenv("NBEXP_STORE", str(blocker / ".nbexp"))
+    else:
+        locked = project / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        monkeypatch.setenv("NBEXP_STORE", str(locked / ".nbexp"))
+    try:
+        with pytest.raises(StoreError) as caught:
+            open_store()
+    finally:
+        if os.geteuid() != 0:
+            (project / "locked").chmod(0o700)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "cannot use the store" in message and "NBEXP_STORE" in message
+
+
+# -- nbexp.experiments() ----------------------------------------------------------------------
+
+
+def test_experiments_dataframe_columns_and_query(store: Store) -> None:
+    make_experiment(store, "rf", params={"depth": 3}, metrics={"f1": 0.7}, minutes=0)
+    make_experiment(
+        store, "rf", params={"depth": 8, "loss": "l2"}, metrics={"f1": 0.9, "auc": 0.95}, minutes=1
+    )
+    make_experiment(store, "gb", params={"depth": 12}, metrics={"f1": 0.85}, minutes=2,
+                    status="failed", tags=("slow",))  # fmt: skip
+    frame = nbexp.experiments()
+    assert list(frame.columns[:6]) == ["id", "name", "created", "status", "duration", "tags"]
+    rest = list(frame.columns[6:])
+    params = [c for c in rest if c.startswith("params.")]
+    metrics = [c for c in rest if c.startswith("metrics.")]
+    assert rest == params + metrics
+    assert set(params) == {"params.depth", "params.loss"}
+    assert set(metrics) == {"metrics.f1", "metrics.auc"}
+    assert list(frame["name"]) == ["gb", "rf", "rf"]  # newest first
+    assert list(frame["params.depth"]) == [12, 8, 3]
+    assert frame["id"].str.len().eq(8).all()
+    assert str(frame["created"].dt.tz) == "UTC"
+    assert list(frame["tags"].iloc[0]) == ["slow"]
+
+    good = nbexp.experiments("metrics.f1 > 0.8 and params.depth < 10")
+    assert list(good["params.depth"]) == [8]
+    assert list(nbexp.experiments('status == "failed"')["name"]) == ["gb"]
+    assert list(nbexp.experiments('tags == "slow"')["name"]) == ["gb"]
+    assert list(nbexp.experiments('params.loss in ["l1", "l2"]')["metrics.auc"]) == [0.95]
+    assert len(nbexp.experiments("metrics.f1 > 2")) == 0
+    assert list(nbexp.experiments(sort="metrics.f1")["metrics.f1"]) == [0.7, 0.85, 0.9]
+    assert list(nbexp.experiments(sort="-params.depth")["params.depth"]) == [12, 8, 3]
+
+
+def test_experiments_on_an_empty_store(store: Store) -> None:
+    frame = nbexp.experiments()
+    assert list(frame.columns) == ["id", "name", "created", "status", "duration", "tags"]
+    assert len(frame) == 0
+
+
+def test_non_finite_metrics_round_trip(store: Store) -> None:
+    experiment = make_experiment(
+        store, "odd", metrics={"nan": math.nan, "inf": math.inf, "ninf": -math.inf, "ok": 1.5}
+    )
+    text = store.record_path(experiment.id).read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    loaded = store.get("odd")
+    assert math.isnan(loaded.metrics["nan"])
+    assert loaded.metrics["inf"] == math.inf and loaded.metrics["ninf"] == -math.inf
+    assert loaded.metrics["ok"] == 1.5
+    (row,) = store.rows()
+    assert math.isnan(row["metrics"]["nan"]) and row["metrics"]["inf"] == math.inf
+    frame = nbexp.experiments()
+    assert math.isnan(frame["metrics.nan"].iloc[0])
+    assert frame["metrics.ninf"].iloc[0] == -math.inf
+    assert store.fsck() == []
+
+
+def test_non_finite_metric_recorded_through_the_magic(ip: Any) -> None:
+    cell = "%%experiment nf --no-state\nhuge = 1e999\nscore = float('nan')\nbest = float('inf')\n"
+    assert run(ip, cell).success
+    loaded = nbexp.get("nf")
+    assert math.isnan(loaded.metrics["score"]) and loaded.metrics["best"] == math.inf
+    assert loaded.params["huge"] == math.inf  # a literal: a param, encoded the same way
+    assert schema_errors(loaded.to_dict()) == []

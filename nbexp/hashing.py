@@ -63,8 +63,8 @@ def hash_array(array: Any) -> str:
 
 
 def _bytes_of(array: Any) -> memoryview:
-    """A contiguous array's bytes, zero-copy."""
-    return memoryview(array.data).cast("B")
+    """A contiguous array's bytes, zero-copy (datetime64/timedelta64 too: no buffer format)."""
+    return memoryview(array.reshape(-1).view("u1"))
 
 
 def _column_digest(hasher: Any, values: Any) -> None:
@@ -76,7 +76,13 @@ def _column_digest(hasher: Any, values: Any) -> None:
     else:
         # Strings, categoricals, extension and object dtypes: pandas' own per-row hash
         # (value-based, vectorised), then hash those 8-byte digests.
-        row_hashes = pd.util.hash_pandas_object(values, index=False).to_numpy()
+        try:
+            row_hashes = pd.util.hash_pandas_object(values, index=False).to_numpy()
+        except (TypeError, ValueError):  # lists/dicts in an object column: pandas cannot
+            import pickle
+
+            hasher.update(pickle.dumps(values.tolist(), protocol=5))
+            return
         hasher.update(_bytes_of(np.ascontiguousarray(row_hashes)))
 
 

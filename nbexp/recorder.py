@@ -204,7 +204,7 @@ class Recorder:
             run.inputs = self._input_variables(info)
             run.cache_key = self._cache_key(info, source, run.inputs)
         if options.cache and store is not None and run.cache_key:
-            reused = self._reuse(store, run.cache_key)
+            reused = self._reuse(store, run.cache_key, source)
             if reused is not None:
                 result.reused, result.restore_report = reused
                 return result
@@ -225,9 +225,7 @@ class Recorder:
                 run.error = {
                     "type": type(error).__name__,
                     "message": str(error)[:2000],
-                    "traceback": "".join(
-                        traceback.format_exception(type(error), error, error.__traceback__)
-                    )[-20000:],
+                    "traceback": _user_traceback(error)[-20000:],
                 }
             finally:
                 sys.stdout, sys.stderr = saved
@@ -277,7 +275,7 @@ class Recorder:
                     return None
         return hash_json({"source": source, "inputs": hashes})
 
-    def _reuse(self, store: Store, key: str) -> tuple[Experiment, Any] | None:
+    def _reuse(self, store: Store, key: str, source: str) -> tuple[Experiment, Any] | None:
         """An earlier successful run with the same key whose input files are unchanged,
         restored into the kernel; None when there is none."""
         from .restore import restore_into
@@ -300,9 +298,21 @@ class Recorder:
                     return None
             except OSError:
                 return None
-        report = restore_into(self.shell.user_ns, store, earlier)
-        if report.skipped:
+        # Restore aside first, so that a miss leaves the live namespace untouched. Only a
+        # variable the body binds that cannot be restored forces a rerun; any other (a
+        # connection opened in an earlier cell) simply keeps its live value.
+        scratch: dict[str, Any] = {}
+        report = restore_into(scratch, store, earlier)
+        scratch.pop("__builtins__", None)
+        if set(report.skipped) & _bound_names(source):
             return None
+        namespace = self.shell.user_ns
+        report.overwritten = [
+            name
+            for name in report.restored
+            if name in namespace and namespace[name] is not scratch[name]
+        ]
+        namespace.update(scratch)
         if earlier.outcome.stdout:
             sys.stdout.write(earlier.outcome.stdout)
         return earlier, report
@@ -318,7 +328,7 @@ class Recorder:
         last: ast.Expression | None = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last = ast.Expression(tree.body.pop().value)
-        filename = shell.compile.cache(source, shell.execution_count, raw_code=raw)
+        filename = shell.compile.cache(source, _this_cell_number(shell, raw), raw_code=raw)
         namespace = shell.user_ns
         exec(shell.compile(tree, filename, "exec"), shell.user_global_ns, namespace)
         if last is not None:
@@ -492,6 +502,15 @@ class Recorder:
         return f"{stem}-{store.names_count(stem + '-') + 1}"
 
 
+def _user_traceback(error: BaseException) -> str:
+    """The traceback as the user reads it: nbexp's own frames (running the body) left out."""
+    here = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    report = traceback.TracebackException.from_exception(error)
+    frames = [frame for frame in report.stack if not frame.filename.startswith(here)]
+    report.stack = traceback.StackSummary.from_list(frames)
+    return "".join(report.format())
+
+
 def _this_cell_number(shell: Any, cell: str) -> int | None:
     """The running cell's execution number. IPython 9 increments `execution_count` before
     running a cell, IPython 8 after; either way a stored cell is already the history's last."""
@@ -500,6 +519,19 @@ def _this_cell_number(shell: Any, cell: str) -> int | None:
     if last.lstrip().startswith("%%experiment") and last.rstrip().endswith(cell.rstrip()):
         return len(raw) - 1
     return getattr(shell, "execution_count", None)
+
+
+def _bound_names(source: str) -> set[str]:
+    """Every name the code may bind (over-inclusive: function locals count too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
 
 
 def _ends_with_semicolon(source: str) -> bool:

@@ -125,25 +125,85 @@ def _wrap(function: Callable[..., Any], position: int, keyword: str, writing: bo
 @contextlib.contextmanager
 def _patched_readers() -> Iterator[None]:
     undo: list[tuple[Any, str, Any]] = []
-    for module_name, attribute, position, keyword, writing in _C_LEVEL_IO:
-        module = sys.modules.get(module_name)
-        if module is None:
-            continue
-        owner: Any = module
-        *parents, leaf = attribute.split(".")
-        try:
-            for parent in parents:
-                owner = getattr(owner, parent)
-            original = owner.__dict__[leaf] if isinstance(owner, type) else getattr(owner, leaf)
-        except (AttributeError, KeyError):
-            continue
-        setattr(owner, leaf, _wrap(original, position, keyword, writing))
-        undo.append((owner, leaf, original))
+    pending = list(_C_LEVEL_IO)
+
+    def patch_loaded(finished: str | None = None) -> None:
+        for entry in list(pending):
+            module_name, attribute, position, keyword, writing = entry
+            module = sys.modules.get(module_name)
+            if module is None:
+                continue
+            spec = getattr(module, "__spec__", None)
+            if module_name != finished and getattr(spec, "_initializing", False):
+                continue  # still being imported; patched when its import finishes
+            owner: Any = module
+            *parents, leaf = attribute.split(".")
+            try:
+                for parent in parents:
+                    owner = getattr(owner, parent)
+                original = owner.__dict__[leaf] if isinstance(owner, type) else getattr(owner, leaf)
+            except (AttributeError, KeyError):
+                continue
+            pending.remove(entry)
+            setattr(owner, leaf, _wrap(original, position, keyword, writing))
+            undo.append((owner, leaf, original))
+
+    # A module the body itself imports first (`import pandas` in the experiment cell, or
+    # pyarrow.parquet imported inside read_parquet) is patched as soon as it has loaded.
+    finder = _AfterImport({entry[0] for entry in pending}, patch_loaded)
+    patch_loaded()
+    sys.meta_path.insert(0, finder)
     try:
         yield
     finally:
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(finder)
         for owner, leaf, original in reversed(undo):
             setattr(owner, leaf, original)
+
+
+class _AfterImport:
+    """A meta path finder that calls `loaded(name)` once one of `names` has been imported."""
+
+    def __init__(self, names: set[str], loaded: Callable[[str], None]) -> None:
+        self._names = {name for name in names if name not in sys.modules}
+        self._loaded = loaded
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname not in self._names:
+            return None
+        self._names.discard(fullname)
+        for finder in list(sys.meta_path):
+            find = getattr(finder, "find_spec", None)
+            spec = find(fullname, path, target) if finder is not self and find else None
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _NotifyingLoader(spec.loader, lambda: self._loaded(fullname))
+        return spec
+
+
+class _NotifyingLoader:
+    """Delegates to the real loader, then reports that the module has been executed."""
+
+    def __init__(self, loader: Any, done: Callable[[], None]) -> None:
+        self._loader = loader
+        self._done = done
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        __tracebackhide__ = True
+        module.__loader__ = module.__spec__.loader = self._loader  # the module sees its own
+        self._loader.exec_module(module)
+        with contextlib.suppress(Exception):  # watching must never break an import
+            self._done()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
 
 
 @contextlib.contextmanager

@@ -96,7 +96,7 @@ def restore(
 ) -> Any:
     """Put an experiment's variables (all, or `names`) back into the live kernel; returns
     a report of what was restored, skipped (and why) and overwritten."""
-    from .restore import restore_into
+    from .restorer import restore_into
 
     target = _store(store)
     experiment = target.get(ref)
@@ -107,7 +107,7 @@ def restore(
 def load(ref: str, names: list[str] | None = None, *, store: Store | str | None = None) -> Any:
     """An experiment's variables as a lazy namespace (`old = load("rf-v1"); old.model`),
     loaded on first access, leaving the kernel's own variables untouched."""
-    from .restore import LazyNamespace
+    from .restorer import LazyNamespace
 
     target = _store(store)
     return LazyNamespace(target, target.get(ref), names)

@@ -278,7 +278,7 @@ class Recorder:
     def _reuse(self, store: Store, key: str, source: str) -> tuple[Experiment, Any] | None:
         """An earlier successful run with the same key whose input files are unchanged,
         restored into the kernel; None when there is none."""
-        from .restore import restore_into
+        from .restorer import restore_into
 
         earlier_id = store.cache_get(f"run:{key}")
         if not earlier_id:

@@ -158,7 +158,12 @@ def snapshot(
     one is reported as unstored instead.
     """
     result = Snapshot(imports=dict(imports or {}), secrets=list(secret_names))
-    needles = [value.encode() for value in secret_values if len(value) >= 6]
+    needles = [  # numpy str arrays hold UTF-32, everything else UTF-8
+        value.encode(encoding)
+        for value in secret_values
+        if len(value) >= 6
+        for encoding in ("utf-8", "utf-32-le")
+    ]
     pickler_class = _pickler_class()
     named: dict[int, str] = {}
     for name, value in values.items():
@@ -200,8 +205,9 @@ def _store_value(
     pickler = pickler_class(sink, named, name, buffer_callback=buffers.append)
     pickler.dump(value)
     payload = sink.getbuffer()
+    flat = payload.tobytes() if needles else b""  # `bytes in memoryview` is not a substring test
     for needle in needles:
-        if needle in payload:
+        if needle in flat:
             raise UnstorableError("holds a credential value, so it is not stored")
     content = xxhash.xxh3_128()
     size = len(payload)
@@ -211,13 +217,18 @@ def _store_value(
         result.new_bytes += len(payload)
     content.update(pickle_hash.encode())
     chunk_lists: list[list[str]] = []
+    reach = max((len(needle) for needle in needles), default=1) - 1
     for buffer in buffers:
         raw = buffer.raw()
         chunks: list[str] = []
-        for start in range(0, raw.nbytes, CHUNK):
-            piece = raw[start : start + CHUNK]
+        for start, stop in _chunk_spans(buffer, raw.nbytes):
+            piece = raw[start:stop]
             digest = xxhash.xxh3_128_hexdigest(piece)
             if not store.has_object(digest):
+                # out-of-band buffers (numpy arrays, Arrow strings) can hold a secret too
+                around = raw[max(0, start - reach) : stop + reach].tobytes() if needles else b""
+                if any(needle in around for needle in needles):
+                    raise UnstorableError("holds a credential value, so it is not stored")
                 store.put_bytes(piece)
                 result.new_bytes += piece.nbytes
             chunks.append(digest)
@@ -237,6 +248,19 @@ def _store_value(
     if pickler.references:
         entry["refs"] = sorted(pickler.references)
     return entry
+
+
+def _chunk_spans(buffer: pickle.PickleBuffer, size: int) -> Iterable[tuple[int, int]]:
+    """1 MiB pieces. A 2-D C-contiguous buffer with rows of at least 1 MiB (a pandas block:
+    one row per column) is also cut at every row start, so a column stores the same chunks
+    wherever pandas' consolidation (`copy()`, ...) moves it inside a block."""
+    view = memoryview(buffer)
+    row = view.strides[0] if view.ndim == 2 and view.c_contiguous and view.strides else 0
+    segment = row if row >= CHUNK else max(size, 1)
+    for base in range(0, size, segment):
+        end = min(base + segment, size)
+        for start in range(base, end, CHUNK):
+            yield start, min(start + CHUNK, end)
 
 
 def _break_reference_cycles(

@@ -198,6 +198,9 @@ class LazyNamespace(Mapping[str, Any]):
             raise KeyError(name)
         return self._loader.load(name)
 
+    def __contains__(self, name: object) -> bool:  # Mapping's default would load the value
+        return name in self._names
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
 

@@ -237,7 +237,8 @@ class Recorder:
         recording_began = time.perf_counter()
         try:
             with store.writing():
-                experiment = self._build(store, run)
+                with store.object_batch():
+                    experiment = self._build(store, run)
                 store.save(experiment)
             if run.cache_key and experiment.status == STATUS_OK:
                 store.cache_put(f"run:{run.cache_key}", experiment.id)

@@ -211,8 +211,9 @@ def _store_value(
             raise UnstorableError("holds a credential value, so it is not stored")
     content = xxhash.xxh3_128()
     size = len(payload)
-    existed = store.has_object(xxhash.xxh3_128_hexdigest(payload))
-    pickle_hash = store.put_bytes(payload)
+    pickle_hash = xxhash.xxh3_128_hexdigest(payload)
+    existed = store.has_object(pickle_hash)
+    store.put_bytes(payload, pickle_hash)
     if not existed:
         result.new_bytes += len(payload)
     content.update(pickle_hash.encode())
@@ -229,7 +230,7 @@ def _store_value(
                 around = raw[max(0, start - reach) : stop + reach].tobytes() if needles else b""
                 if any(needle in around for needle in needles):
                     raise UnstorableError("holds a credential value, so it is not stored")
-                store.put_bytes(piece)
+                store.put_bytes(piece, digest)
                 result.new_bytes += piece.nbytes
             chunks.append(digest)
             content.update(digest.encode())
@@ -344,11 +345,16 @@ class StateLoader:
         content = xxhash.xxh3_128(entry["pickle"].encode())
         buffers = []
         for chunks in entry.get("buffers", ()):
-            parts = [self._store.read_object(digest) for digest in chunks]
-            for digest in chunks:
+            sizes = [self._store.object_size(digest) for digest in chunks]
+            buffer = bytearray(sum(sizes))
+            view = memoryview(buffer)
+            offset = 0
+            for digest, size in zip(chunks, sizes, strict=True):
+                self._store.read_object_into(digest, view[offset : offset + size])
+                offset += size
                 content.update(digest.encode())
             content.update(b"|")
-            buffers.append(bytearray(b"".join(parts)))
+            buffers.append(buffer)
         if content.hexdigest() != entry.get("hash"):
             from .errors import IntegrityError
 

@@ -90,8 +90,17 @@ def find_git_root(start: str | os.PathLike[str] | None = None) -> Path | None:
     return None
 
 
+_repos: dict[Path, Any] = {}
+_git_results: dict[Path, tuple[Any, dict[str, Any]]] = {}
+_tracked: dict[Path, tuple[Any, list[str]]] = {}
+
+
 def git_state(start: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
-    """Commit, branch and the diff of uncommitted tracked changes; None outside a repository."""
+    """Commit, branch and the diff of uncommitted tracked changes; None outside a repository.
+
+    Asking git costs two subprocesses; when HEAD, the index and every tracked file's size and
+    mtime are as they were last time, the last answer is still true and is reused.
+    """
     root = find_git_root(start)
     if root is None:
         return None
@@ -100,31 +109,72 @@ def git_state(start: str | os.PathLike[str] | None = None) -> dict[str, Any] | N
     except ImportError:  # GitPython needs the git executable; without it, say so in the record
         return {"root": str(root), "error": "GitPython could not be imported"}
     try:
-        repo = git.Repo(root)
-        try:
-            commit = repo.head.commit.hexsha
-        except ValueError:  # a repository with no commit yet
-            return {
-                "root": str(root),
-                "commit": None,
-                "branch": _branch(repo),
-                "dirty": True,
-                "diff": "",
-            }
-        diff = repo.git.diff("HEAD", "--no-color", "--no-ext-diff")
-        truncated = len(diff.encode()) > MAX_DIFF_BYTES
-        if truncated:
-            diff = diff.encode()[:MAX_DIFF_BYTES].decode(errors="ignore")
+        repo = _repos.get(root)
+        if repo is None:
+            repo = _repos[root] = git.Repo(root)
+        signature = _work_tree_signature(root, repo)
+        cached = _git_results.get(root)
+        if signature is not None and cached is not None and cached[0] == signature:
+            return dict(cached[1])
+        result = _ask_git(root, repo)
+        if signature is not None:
+            _git_results[root] = (signature, result)
+        return dict(result)
+    except (git.GitError, OSError, ValueError) as error:
+        _repos.pop(root, None)
+        return {"root": str(root), "error": f"{type(error).__name__}: {error}"[:300]}
+
+
+def _ask_git(root: Path, repo: Any) -> dict[str, Any]:
+    try:
+        commit = repo.head.commit.hexsha
+    except ValueError:  # a repository with no commit yet
         return {
             "root": str(root),
-            "commit": commit,
+            "commit": None,
             "branch": _branch(repo),
-            "dirty": bool(diff),
-            "diff": diff,
-            "diff_truncated": truncated,
+            "dirty": True,
+            "diff": "",
         }
-    except (git.GitError, OSError) as error:
-        return {"root": str(root), "error": f"{type(error).__name__}: {error}"[:300]}
+    diff = repo.git.diff("HEAD", "--no-color", "--no-ext-diff")
+    truncated = len(diff.encode()) > MAX_DIFF_BYTES
+    if truncated:
+        diff = diff.encode()[:MAX_DIFF_BYTES].decode(errors="ignore")
+    return {
+        "root": str(root),
+        "commit": commit,
+        "branch": _branch(repo),
+        "dirty": bool(diff),
+        "diff": diff,
+        "diff_truncated": truncated,
+    }
+
+
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def _work_tree_signature(root: Path, repo: Any) -> Any:
+    """What git's answer depends on, read with stat calls only; None if it can't be read."""
+    git_dir = Path(repo.git_dir)
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+    except OSError:
+        return None
+    refs: tuple[Any, ...] = (head,)
+    if head.startswith("ref: "):
+        refs += (_stat_key(git_dir / head[5:]), _stat_key(git_dir / "packed-refs"))
+    index = _stat_key(git_dir / "index")
+    known = _tracked.get(root)
+    if known is None or known[0] != index:
+        # The list of tracked files changes only with the index.
+        files = [name for name in repo.git.ls_files("-z").split("\0") if name]
+        known = _tracked[root] = (index, files)
+    return (refs, index, tuple(_stat_key(root / name) for name in known[1]))
 
 
 def _branch(repo: Any) -> str | None:

@@ -170,7 +170,7 @@ class Experiment:
                 hashes.add(self.state["manifest"])
             for info in self.state.get("variables", {}).values():
                 hashes.update(info.get("objects", ()))
-                if info.get("pickle"):
+                if info.get("pickle") and "inline" not in info:
                     hashes.add(info["pickle"])
                 for chunks in info.get("buffers", ()):
                     hashes.update(chunks)

@@ -14,6 +14,7 @@ they cannot bind unrelated variables into one blob.
 
 from __future__ import annotations
 
+import base64
 import io
 import pickle
 import types
@@ -28,6 +29,7 @@ from .secrets import looks_like_secret
 from .store import Store
 
 STATE_FORMAT = 1
+INLINE_LIMIT = 512  # pickles this small live in the record: no object file, no fsync
 _ATOMS = (int, float, complex, str, bytes, bool, type(None), range, slice)
 
 
@@ -212,9 +214,11 @@ def _store_value(
     content = xxhash.xxh3_128()
     size = len(payload)
     pickle_hash = xxhash.xxh3_128_hexdigest(payload)
-    existed = store.has_object(pickle_hash)
-    store.put_bytes(payload, pickle_hash)
-    if not existed:
+    inline = len(payload) <= INLINE_LIMIT
+    if inline:
+        result.new_bytes += len(payload)  # it travels inside the new record
+    elif not store.has_object(pickle_hash):
+        store.put_bytes(payload, pickle_hash)
         result.new_bytes += len(payload)
     content.update(pickle_hash.encode())
     chunk_lists: list[list[str]] = []
@@ -244,6 +248,8 @@ def _store_value(
         "hash": content.hexdigest(),
         "pickle": pickle_hash,
     }
+    if inline:
+        entry["inline"] = base64.b64encode(payload).decode()
     if chunk_lists:
         entry["buffers"] = chunk_lists
     if pickler.references:
@@ -310,7 +316,7 @@ def _drop_dangling(result: Snapshot) -> None:
 
 def entry_objects(entry: Mapping[str, Any]) -> list[str]:
     """Every object hash one variable's entry needs."""
-    hashes = [entry["pickle"]] if "pickle" in entry else []
+    hashes = [entry["pickle"]] if "pickle" in entry and "inline" not in entry else []
     for chunks in entry.get("buffers", ()):
         hashes.extend(chunks)
     return hashes
@@ -341,7 +347,14 @@ class StateLoader:
         return value
 
     def _unpickle(self, name: str, entry: Mapping[str, Any]) -> Any:
-        payload = self._store.read_object(entry["pickle"])
+        if "inline" in entry:
+            payload = base64.b64decode(entry["inline"])
+            if xxhash.xxh3_128_hexdigest(payload) != entry["pickle"]:
+                from .errors import IntegrityError
+
+                raise IntegrityError(f"variable {name} does not match its recorded hash")
+        else:
+            payload = self._store.read_object(entry["pickle"])
         content = xxhash.xxh3_128(entry["pickle"].encode())
         buffers = []
         for chunks in entry.get("buffers", ()):

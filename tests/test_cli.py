@@ -302,7 +302,7 @@ def test_fsck_clean_then_names_a_flipped_object(ip: Any) -> None:
     assert result.out.startswith("ok:")
     store = open_store()
     experiment = store.get("fsck-me")
-    pickle_hash = experiment.variables["weights"]["pickle"]
+    pickle_hash = experiment.variables["weights"]["buffers"][0][0]  # the array's data chunk
     path = store.object_path(pickle_hash)
     damaged = bytearray(path.read_bytes())
     damaged[len(damaged) // 2] ^= 0x5A

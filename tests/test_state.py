@@ -593,7 +593,7 @@ def test_recompute_rebuilds_a_generator_from_its_recorded_statement(ip, capsys):
 CORRUPT_BODY = """
     import numpy as np
     good = [1, 2, 3]
-    victim = {"payload": "v" * 200}
+    victim = {"payload": "v" * 2000}
     arr_victim = np.arange(300_000.0)
     other = np.arange(10)
 """
@@ -635,7 +635,7 @@ def test_a_corrupt_object_skips_only_its_variable(ip, capsys, target):
     if victim == "victim":
         np.testing.assert_array_equal(ip.user_ns["arr_victim"], np.arange(300_000.0))
     else:
-        assert ip.user_ns["victim"] == {"payload": "v" * 200}
+        assert ip.user_ns["victim"] == {"payload": "v" * 2000}
     assert "Traceback" not in out
 
     # the lazy namespace refuses it with an nbexp error, and still serves the others
@@ -710,3 +710,15 @@ def test_credentials_inside_arrays_and_frames_are_not_written(ip, monkeypatch):
     for path, data in _store_bytes(open_store().root):
         for needle in encodings:
             assert needle not in data, path
+
+
+def test_small_values_live_in_the_record_and_cost_no_object_file(ip, capsys):
+    before = set(open_store().iter_objects())
+    experiment = record(ip, "small", "lr = 0.1\nname = 'rf'\nsteps = [1, 2, 3]")
+    entry = experiment.state["variables"]["steps"]
+    assert "inline" in entry
+    assert not open_store().object_path(entry["pickle"]).exists()
+    assert set(open_store().iter_objects()) == before
+    clobber(ip, "lr", "name", "steps")
+    exp_restore(ip, capsys, "small")
+    assert (ip.user_ns["lr"], ip.user_ns["name"], ip.user_ns["steps"]) == (0.1, "rf", [1, 2, 3])

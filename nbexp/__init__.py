@@ -6,6 +6,8 @@ are imported only when the function that needs them is called.
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from .errors import NbexpError
@@ -19,12 +21,18 @@ if TYPE_CHECKING:
 __all__ = [
     "NbexpError",
     "__version__",
+    "compare",
+    "diff",
     "experiments",
+    "export",
     "get",
     "load",
     "load_ipython_extension",
     "log",
     "open_store",
+    "plot",
+    "pull",
+    "push",
     "restore",
     "unload_ipython_extension",
 ]
@@ -58,6 +66,50 @@ def load(ref: str, names: list[str] | None = None) -> Any:
     return _load(ref, names)
 
 
+def push(remote: str | None = None, refs: list[str] | None = None) -> Any:
+    """Send experiments (all, or `refs`) to a remote (`nbexp remote add`); only what it lacks."""
+    from .api import push as _push
+
+    return _push(remote, refs)
+
+
+def pull(remote: str | None = None, refs: list[str] | None = None) -> Any:
+    """Fetch experiments (all, or `refs`) from a remote; only what this store lacks."""
+    from .api import pull as _pull
+
+    return _pull(remote, refs)
+
+
+def export(ref: str, path: Any, format: str = "script", force: bool = False) -> Any:
+    """Write a script (format="notebook": a papermill notebook) reproducing an experiment."""
+    from .api import export as _export
+
+    return _export(ref, path, format, force)
+
+
+def diff(a: Any, b: Any) -> Any:
+    """What differs between two experiments: params, metrics, code, data drift, env, state."""
+    from .api import diff as _diff
+
+    return _diff(a, b)
+
+
+def plot(metric: str, refs: list[Any] | None = None, **options: Any) -> Any:
+    """A matplotlib Figure: `metric` across experiments, `by=PARAM` (a line per `color=`),
+    its logged series (`step=True`) or `kind="parallel"`; filter with `query=` or `sweep=`."""
+    from .api import plot as _plot
+
+    return _plot(metric, refs, **options)
+
+
+def compare(refs: Any = None, query: str | None = None, **options: Any) -> Any:
+    """The experiment table (an ipywidgets widget): sort, filter, select, then Compare, Plot,
+    Restore, Export, Tag or Delete. `refs`: only these experiments, selected; `query`: a filter."""
+    from .api import compare as _compare
+
+    return _compare(refs, query, **options)
+
+
 def open_store(path: str | None = None) -> Store:
     """The store (`.nbexp/`) for `path` or the working directory, created on first use."""
     from .store import open_store as _open_store
@@ -80,3 +132,18 @@ def load_ipython_extension(ipython: Any) -> None:
 
 def unload_ipython_extension(ipython: Any) -> None:
     """`%unload_ext nbexp`: nothing to undo beyond the magics IPython drops itself."""
+
+
+class _Package(types.ModuleType):
+    """`nbexp.compare` is the table function above, and `nbexp/compare.py` the diff module.
+    Importing a submodule binds it on its package, which would replace the function after
+    the first diff; this package keeps the function. The module stays importable by its name
+    (`from nbexp.compare import diff`); renaming it would make this class unnecessary."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "compare" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

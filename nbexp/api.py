@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .record import Experiment
@@ -49,6 +50,8 @@ def experiments(
             extra[f"metrics.{key}"].append(metrics.get(key))
     frame = pd.DataFrame({**columns, **extra})
     frame["created"] = pd.to_datetime(frame["created"], utc=True, format="ISO8601")
+    if any(row.get("origin") for row in rows):  # pulled experiments: the remote they came from
+        frame.insert(len(BASE_COLUMNS), "origin", [row.get("origin") for row in rows])
     return frame
 
 
@@ -69,6 +72,84 @@ def remove(ref: str, *, store: Store | str | None = None) -> Experiment:
     experiment = target.get(ref)
     target.delete(experiment.id)
     return experiment
+
+
+def diff(a: str | Experiment, b: str | Experiment, *, store: Store | str | None = None) -> Any:
+    """What differs between two experiments (refs or records): params, metrics with deltas,
+    code, data drift from the recorded profiles (no data is read), environment, git, state."""
+    from .compare import diff as _diff
+
+    if isinstance(a, Experiment) and isinstance(b, Experiment):
+        return _diff(a, b)
+    target = _store(store)
+    return _diff(
+        a if isinstance(a, Experiment) else target.get(a),
+        b if isinstance(b, Experiment) else target.get(b),
+    )
+
+
+def plot(
+    metric: str,
+    refs: list[str | Experiment] | None = None,
+    *,
+    by: str | None = None,
+    color: str | None = None,
+    step: bool = False,
+    kind: str | None = None,
+    params: list[str] | None = None,
+    query: str | None = None,
+    sweep: str | None = None,
+    store: Store | str | None = None,
+) -> Any:
+    """A matplotlib Figure of experiments (`refs`, else those matching `query` / in `sweep`):
+    the metric across runs; against the param `by` (a line per value of `color`); its logged
+    series (`step=True`); or params against it (kind="parallel")."""
+    from .plots import plot as _plot
+
+    target = _store(store)
+    items: list[Any]
+    if refs:
+        items = [ref if isinstance(ref, Experiment) else target.get(ref) for ref in refs]
+    else:
+        rows = target.rows(query)
+        if sweep == "last":  # the newest experiment's sweep that has one
+            sweep = next((row["sweep"] for row in target.rows() if row["sweep"]), None) or ""
+        items = [row for row in rows if sweep is None or row["sweep"] == sweep]
+        if step:  # logged series live in the records, not the index
+            items = [target.load(row["id"]) for row in items]
+    return _plot(items, metric, by=by, color=color, step=step, kind=kind, params=params)
+
+
+def export(
+    ref: str,
+    path: str | os.PathLike[str] | None = None,
+    format: str = "script",
+    force: bool = False,
+    *,
+    store: Store | str | None = None,
+) -> Path:
+    """Write a standalone script (or, format="notebook", a papermill notebook) that
+    reproduces the experiment; `path` defaults to `<name>.py` / `<name>.ipynb`."""
+    from .exporter import default_path, write
+
+    experiment = _store(store).get(ref)
+    return write(experiment, path or default_path(experiment, format), format, force=force)
+
+
+def compare(
+    refs: str | list[str] | None = None,
+    query: str | None = None,
+    *,
+    store: Store | str | None = None,
+    **options: Any,
+) -> Any:
+    """The experiment table widget (SPEC §6): `refs` shows only those experiments, selected
+    (two: their diff below); `query` filters. Options: `lower_is_better=[...]`,
+    `higher_is_better=[...]` (metric names), `page_size=50`, `poll_interval=1.5` (s; None: off)."""
+    from .widgets import browse
+
+    chosen = [refs] if isinstance(refs, str) else refs
+    return browse(query, refs=chosen, store=_store(store), **options)
 
 
 def _live_namespace() -> Any:
@@ -111,3 +192,30 @@ def load(ref: str, names: list[str] | None = None, *, store: Store | str | None 
 
     target = _store(store)
     return LazyNamespace(target, target.get(ref), names)
+
+
+def push(
+    remote: str | None = None,
+    refs: list[str] | None = None,
+    *,
+    progress: bool = True,
+    store: Store | str | None = None,
+) -> Any:
+    """Send experiments (all, or `refs`) and the objects the remote lacks; returns a report."""
+    from .remote import push as _push
+
+    return _push(_store(store), remote, refs or (), progress=progress)
+
+
+def pull(
+    remote: str | None = None,
+    refs: list[str] | None = None,
+    *,
+    progress: bool = True,
+    store: Store | str | None = None,
+) -> Any:
+    """Fetch experiments (all, or `refs`, resolved on the remote) and the objects this store
+    lacks; returns a report. Their state restores only from a trusted remote."""
+    from .remote import pull as _pull
+
+    return _pull(_store(store), remote, refs or (), progress=progress)

@@ -58,6 +58,10 @@ def cmd_list(args: argparse.Namespace, store: Store) -> int:
     table = [_flatten(row, param_names, metric_names) for row in rows]
     header = ["id", "name", "created", "status", "duration", "tags"]
     header += [f"params.{k}" for k in param_names] + [f"metrics.{k}" for k in metric_names]
+    if any(row.get("origin") for row in rows):  # pulled experiments: the remote they came from
+        header.insert(header.index("tags") + 1, "origin")
+        for flat, row in zip(table, rows, strict=True):
+            flat["origin"] = row.get("origin") or ""
     if args.format == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=header)
         writer.writeheader()
@@ -127,6 +131,8 @@ def cmd_fsck(args: argparse.Namespace, store: Store) -> int:
 def cmd_gc(args: argparse.Namespace, store: Store) -> int:
     from .show import human_bytes
 
+    if args.remote:
+        return _gc_remote(args, store)
     garbage, size = store.gc(delete=args.yes)
     if not garbage:
         print("nothing to collect: every object is referenced by a record")
@@ -138,6 +144,190 @@ def cmd_gc(args: argparse.Namespace, store: Store) -> int:
             "run `nbexp gc --yes` to delete them"
         )
     return 0
+
+
+def _gc_remote(args: argparse.Namespace, store: Store) -> int:
+    from .remote import GC_GRACE_SECONDS, gc_remote
+    from .show import human_bytes
+
+    found = gc_remote(store, args.remote, delete=args.yes)
+    where = f"on remote {args.remote}"
+    if not args.yes:
+        for digest in found.objects[:20]:
+            print(f"would delete object {digest[:12]}")
+        if len(found.objects) > 20:
+            print(f"... and {len(found.objects) - 20} more")
+    if found.young:
+        print(
+            f"kept {found.young} unreferenced objects ({human_bytes(found.young_size)}) {where} "
+            f"written in the last {GC_GRACE_SECONDS / 3600:g} h: a push may still be writing "
+            "the records that need them"
+        )
+    if not found.objects and not found.temporary:
+        print(f"nothing to collect {where}: every object is referenced by a record there")
+    elif args.yes:
+        print(
+            f"deleted {len(found.objects)} unreferenced objects ({human_bytes(found.size)}) "
+            f"and {len(found.temporary)} leftover temporary files {where}"
+        )
+    else:
+        print(
+            f"{len(found.objects)} unreferenced objects ({human_bytes(found.size)}) and "
+            f"{len(found.temporary)} leftover temporary files {where} would be deleted; "
+            f"run `nbexp gc --remote {args.remote} --yes` to delete them"
+        )
+    return 0
+
+
+def cmd_remote_add(args: argparse.Namespace, store: Store) -> int:
+    from .remote import add_remote, parse_options
+
+    remote = add_remote(
+        store,
+        args.name,
+        args.url,
+        parse_options(args.option or ()),
+        trusted=args.trusted,
+        default=args.default,
+    )
+    notes = [word for word, on in (("trusted", remote.trusted), ("default", args.default)) if on]
+    print(f"added remote {remote.name}: {remote.url}" + (f" ({', '.join(notes)})" if notes else ""))
+    return 0
+
+
+def cmd_remote_list(args: argparse.Namespace, store: Store) -> int:
+    from .remote import default_remote, remotes
+
+    configured = remotes(store)
+    if not configured:
+        print("no remotes; add one with `nbexp remote add NAME URL`")
+        return 0
+    default = default_remote(store)
+    for remote in configured.values():
+        notes = [
+            w for w, on in (("trusted", remote.trusted), ("default", remote.name == default)) if on
+        ]
+        options = " ".join(f"{k}={json.dumps(v)}" for k, v in remote.options.items())
+        print(" ".join(filter(None, [remote.name, remote.url, ",".join(notes), options])))
+    return 0
+
+
+def cmd_remote_remove(args: argparse.Namespace, store: Store) -> int:
+    from .remote import remove_remote
+
+    remote = remove_remote(store, args.name)
+    print(f"removed remote {remote.name} ({remote.url}); experiments pulled from it stay")
+    return 0
+
+
+def cmd_remote_trust(args: argparse.Namespace, store: Store) -> int:
+    from .remote import set_trusted
+
+    remote = set_trusted(store, args.name, True)
+    print(f"remote {remote.name} is trusted: state pulled from it can be restored")
+    return 0
+
+
+def cmd_remote_untrust(args: argparse.Namespace, store: Store) -> int:
+    from .remote import set_trusted
+
+    remote = set_trusted(store, args.name, False)
+    print(f"remote {remote.name} is not trusted: state pulled from it will not be restored")
+    return 0
+
+
+def _remote_and_refs(store: Store, words: list[str]) -> tuple[str | None, list[str]]:
+    """`[REMOTE] [REF...]`: the first word is a remote when one has that name."""
+    from .remote import remotes
+
+    if words and words[0] in remotes(store):
+        return words[0], words[1:]
+    return None, words
+
+
+def cmd_push(args: argparse.Namespace, store: Store) -> int:
+    from .remote import push
+
+    name, refs = _remote_and_refs(store, args.words)
+    print(push(store, name, refs, workers=args.jobs, progress=not args.quiet))
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace, store: Store) -> int:
+    from .remote import pull
+
+    name, refs = _remote_and_refs(store, args.words)
+    print(pull(store, name, refs, workers=args.jobs, progress=not args.quiet))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, store: Store) -> int:
+    from .exporter import infer_format, render, write
+
+    experiment = store.get(args.ref)
+    fmt = infer_format(args.output, args.format)
+    if args.output is None:
+        sys.stdout.write(render(experiment, fmt))
+        return 0
+    path = write(experiment, args.output, fmt, force=args.force)
+    print(f"wrote {path}: {experiment.name} ({experiment.short_id}) as a {fmt}")
+    return 0
+
+
+def cmd_rerun(args: argparse.Namespace, store: Store) -> int:
+    from .rerun import report, rerun
+
+    result = rerun(
+        store, args.ref, rtol=args.rtol, atol=args.atol,
+        check_data=not args.no_check_data, timeout=args.timeout,
+    )  # fmt: skip
+    print(report(result, args.rtol, args.atol))
+    return result.exit_code
+
+
+def cmd_branch(args: argparse.Namespace, store: Store) -> int:
+    from .branch import branch
+
+    made = branch(store, args.ref, args.name)
+    changes = " + the recorded uncommitted changes" if made.diff_applied else ""
+    print(
+        f"branch {made.name} at {made.commit[:12]} (on {made.base[:12]}{changes}): "
+        + ", ".join(made.files)
+    )
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace, store: Store) -> int:
+    from .compare import diff
+
+    print(diff(store.get(args.a), store.get(args.b)))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, store: Store) -> int:
+    """Stale experiments and what changed; exit 1 when any is stale, so it can gate a pipeline."""
+    from .staleness import stale
+
+    ids = [store.resolve(args.ref)] if args.ref else None
+    rows = store.rows(ids=ids) if ids else store.rows()
+    found = stale(store, [row["id"] for row in rows])
+    for row in rows:
+        changes = found.get(row["id"])
+        if changes:
+            print(f"stale  {row['name']} ({row['id'][:SHORT_ID_LENGTH]})")
+            print("\n".join(f"  {change}" for change in changes))
+        elif args.ref:
+            print(
+                f"fresh  {row['name']} ({row['id'][:SHORT_ID_LENGTH]}): inputs and cell unchanged"
+            )
+    if not args.ref:
+        count = len(rows)
+        print(
+            f"{len(found)} of {count} experiment{'' if count == 1 else 's'} stale"
+            if found
+            else f"ok: {count} experiment{'' if count == 1 else 's'}, none stale"
+        )
+    return 1 if found else 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -194,9 +384,89 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("tag")
     add("reindex", cmd_reindex, "rebuild the index from the records")
     add("fsck", cmd_fsck, "verify every record and object")
+    compare = add("diff", cmd_diff, "what differs between two experiments (data drift included)")
+    compare.add_argument("a", metavar="REF_A", help="id prefix, name, tag, last or last~N")
+    compare.add_argument("b", metavar="REF_B", nargs="?", default="last", help="default: last")
+    status = add(
+        "status", cmd_status, "which experiments are stale (an input file or their cell changed)"
+    )
+    status.add_argument("ref", nargs="?", help="check only this experiment")
+    status.epilog = "exit codes: 0 nothing stale, 1 something stale (or a user error)"
+    export = add("export", cmd_export, "write a script (or notebook) that reproduces an experiment")
+    export.add_argument("ref", help="id prefix, name, tag, last or last~N")
+    export.add_argument("-o", "--output", help="the file to write (default: print the export)")
+    export.add_argument(
+        "--format", choices=("script", "notebook"), help="default: from -o's suffix"
+    )
+    export.add_argument("--force", action="store_true", help="overwrite the output file")
+    again = add("rerun", cmd_rerun, "run an experiment's export afresh and compare its metrics")
+    again.add_argument("ref", help="id prefix, name, tag, last or last~N")
+    again.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance (1e-6)")
+    again.add_argument("--atol", type=float, default=1e-9, help="absolute tolerance (1e-9)")
+    again.add_argument("--no-check-data", action="store_true", help="run even if inputs changed")
+    again.add_argument("--timeout", type=float, default=None, help="stop after SECONDS")
+    again.epilog = "exit codes: 0 metrics agree, 2 input data changed, 3 differ, 4 script failed"
+    fork = add("branch", cmd_branch, "a git branch holding an experiment's code, export and record")
+    fork.add_argument("ref", help="id prefix, name, tag, last or last~N")
+    fork.add_argument("name", help="the new branch's name")
     collect = add("gc", cmd_gc, "delete objects no record references (dry run unless --yes)")
     collect.add_argument("--yes", action="store_true", help="really delete them")
+    collect.add_argument(
+        "--remote", metavar="NAME", help="collect on this remote (its records define what is used)"
+    )
+    _add_remote_commands(commands)
     return parser
+
+
+def _add_remote_commands(commands: Any) -> None:
+    """`remote add/list/remove/trust/untrust`, `push`, `pull` (SPEC §9)."""
+    from .transfer import DEFAULT_WORKERS
+
+    remote = commands.add_parser("remote", help="manage remotes", description="manage remotes")
+    actions = remote.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+
+    def action(name: str, function: Command, help_text: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(func=function)
+        return sub
+
+    add = action("add", cmd_remote_add, "name a remote: any fsspec URL (file://, s3://, gs://...)")
+    add.add_argument("name")
+    add.add_argument("url", help="e.g. s3://bucket/prefix or /shared/folder")
+    add.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an fsspec storage option, e.g. endpoint_url=http://127.0.0.1:9000 (credentials "
+        "are refused: use the back end's environment variables, e.g. AWS_*)",
+    )
+    add.add_argument(
+        "--trusted",
+        action="store_true",
+        help="restore state pulled from it (unpickling runs code: trust who can write there)",
+    )
+    add.add_argument("--default", action="store_true", help="use it when no remote is named")
+    action("list", cmd_remote_list, "list remotes")
+    action("remove", cmd_remote_remove, "forget a remote").add_argument("name")
+    action("trust", cmd_remote_trust, "restore state pulled from a remote").add_argument("name")
+    action("untrust", cmd_remote_untrust, "refuse state pulled from a remote").add_argument("name")
+    for name, function, help_text in (
+        ("push", cmd_push, "send experiments and the objects the remote lacks"),
+        ("pull", cmd_pull, "fetch experiments and the objects this store lacks"),
+    ):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(func=function)
+        sub.add_argument(
+            "words",
+            nargs="*",
+            metavar="[REMOTE] [REF]",
+            help="a remote (default: the default remote), then experiments (default: all)",
+        )
+        sub.add_argument(
+            "-j", "--jobs", type=int, default=DEFAULT_WORKERS, help="parallel transfers"
+        )
+        sub.add_argument("-q", "--quiet", action="store_true", help="no progress line")
 
 
 def _version() -> str:

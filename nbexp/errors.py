@@ -29,3 +29,19 @@ class RecordError(NbexpError):
 
 class IntegrityError(StoreError):
     """An object or record whose content no longer matches its hash."""
+
+
+class RemoteError(NbexpError):
+    """A remote that is not configured, cannot be reached, or refuses an operation."""
+
+
+class UntrustedRemoteError(RemoteError):
+    """Restoring state pulled from a remote that is not marked trusted (unpickling runs code)."""
+
+
+class TransferError(RemoteError):
+    """A push or pull that moved some experiments but not all; `report` says what happened."""
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report

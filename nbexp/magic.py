@@ -17,6 +17,11 @@ from .recorder import Recorder, RunOptions, RunResult
 from .show import summary_line
 
 
+def _has_widget_frontend(shell: Any) -> bool:
+    """Whether the shell is a Jupyter kernel's (widgets can show), not terminal IPython."""
+    return any(cls.__name__ == "ZMQInteractiveShell" for cls in type(shell).__mro__)
+
+
 def _parse(magic: Any, line: str) -> Any:
     """Parse a magic's line with POSIX quoting, so --expect "f1 >= 0.9" arrives unquoted."""
     try:
@@ -82,6 +87,14 @@ class ExperimentMagics(Magics):
         help="skip the body when an earlier successful run had the same code, params, "
         "input data and input variables; restore its state instead",
     )
+    @argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="run the body once per combination (grid product of all --sweep options), "
+        "one record each, e.g. --sweep max_depth=2,4,8 --sweep lr=0.1,0.01",
+    )
     @cell_magic
     def experiment(self, line: str, cell: str) -> Any:
         """Run the cell as usual and record it as an experiment.
@@ -103,6 +116,8 @@ class ExperimentMagics(Magics):
             cache=args.cache,
             line=line,
         )
+        if args.sweep:
+            return self._sweep(cell, options, args.sweep)
         try:
             result = self._recorder.run(cell, options)
         except NbexpError as error:
@@ -140,8 +155,15 @@ class ExperimentMagics(Magics):
 
     @line_magic
     def experiments(self, line: str) -> Any:
-        """The experiments in this store as a table: %experiments [QUERY]."""
-        return self._call(api.experiments, line.strip() or None)
+        """The experiments in this store: %experiments [QUERY]. In a notebook, a table to
+        sort, filter, compare, plot, restore, export, tag and delete; in a terminal, text."""
+        query = line.strip() or None
+        if _has_widget_frontend(self.shell):
+            return self._call(api.compare, query=query)
+        from .widgets.render import text_listing
+
+        print(self._call(text_listing, query))
+        return None
 
     @magic_arguments()
     @argument("ref", help="id prefix, name, tag, last or last~N")
@@ -187,6 +209,83 @@ class ExperimentMagics(Magics):
             raise UsageError("usage: %exp_rm REF, e.g. %exp_rm last")
         experiment = self._call(api.remove, line.strip())
         print(f"deleted {experiment.name} ({experiment.short_id})")
+
+    @magic_arguments()
+    @argument("ref", nargs="?", default="last", help="id prefix, name, tag, last or last~N")
+    @argument("-o", "--output", metavar="PATH", help="the file (default: NAME.py / NAME.ipynb)")
+    @argument(
+        "--format", choices=("script", "notebook"), help="default: from PATH's suffix, else script"
+    )
+    @argument("--force", action="store_true", help="overwrite PATH when it exists")
+    @line_magic
+    def exp_export(self, line: str) -> None:
+        """Write a standalone script (or papermill notebook) that reproduces an experiment:
+        %exp_export REF [-o PATH] [--format script|notebook] [--force]."""
+        from .exporter import infer_format
+
+        args = _parse(self.exp_export, line)
+        fmt = infer_format(args.output, args.format)
+        path = self._call(api.export, args.ref, args.output, fmt, force=args.force)
+        experiment = self._call(api.get, args.ref)
+        print(f"wrote {path}: {experiment.name} ({experiment.short_id}) as a {fmt}")
+
+    def _sweep(self, cell: str, options: RunOptions, specs: list[str]) -> Any:
+        """`--sweep`: the body once per grid point, each run recorded and reported, then the
+        sweep's table as the cell's value. The cell fails only when every combination did."""
+        __tracebackhide__ = True
+        from .sweep import parse_grid, run_sweep, show_sweep
+
+        try:
+            sweep = run_sweep(
+                self._recorder,
+                cell,
+                options,
+                parse_grid(specs),
+                report=self._report,
+                namespace=self.shell.user_ns if self.shell is not None else None,
+            )
+        except NbexpError as error:
+            raise UsageError(str(error)) from None
+        errors = [result.error for result in sweep.results if result.error is not None]
+        if errors and len(errors) == len(sweep.results):
+            raise errors[-1]
+        return self._call(show_sweep, sweep.ids)
+
+    @line_magic
+    def exp_diff(self, line: str) -> Any:
+        """Compare two experiments: %exp_diff REF_A REF_B (one REF: it against `last`; none:
+        last~1 against last). Params, metrics, code, data drift, environment, git, state."""
+        refs = line.split()
+        if len(refs) > 2:
+            raise UsageError("usage: %exp_diff REF_A REF_B, e.g. %exp_diff rf-baseline last")
+        a, b = [*(["last~1"] if not refs else []), *refs, *(["last"] if len(refs) < 2 else [])]
+        return self._call(api.diff, a, b)
+
+    @magic_arguments()
+    @argument("metric", help="a metric, or with --step a series logged with nbexp.log")
+    @argument("refs", nargs="*", metavar="REF", help="only these experiments (default: all)")
+    @argument("--by", metavar="PARAM", help="plot the metric against this param")
+    @argument("--color", metavar="PARAM", help="with --by: one line per value of this param")
+    @argument("--step", action="store_true", help="overlay each experiment's logged series")
+    @argument("--parallel", action="store_true", help="parallel coordinates of params vs metric")
+    @argument("-q", "--query", metavar="QUERY", help="only matching ones, e.g. 'metrics.f1 > 0.8'")
+    @argument("--sweep", metavar="ID", help="only the experiments of this sweep (or `last`)")
+    @line_magic
+    def exp_plot(self, line: str) -> Any:
+        """A matplotlib figure: %exp_plot METRIC [REF ...] [--by PARAM [--color PARAM]]
+        [--step] [--parallel] [-q QUERY] [--sweep ID|last]."""
+        args = _parse(self.exp_plot, line)
+        return self._call(
+            api.plot,
+            args.metric,
+            args.refs or None,
+            by=args.by,
+            color=args.color,
+            step=args.step,
+            kind="parallel" if args.parallel else None,
+            query=args.query,
+            sweep=args.sweep,
+        )
 
     @staticmethod
     def _call(function: Any, *args: Any, **kwargs: Any) -> Any:

@@ -54,6 +54,7 @@ class RunOptions:
     no_state: bool = False
     cache: bool = False
     line: str = ""
+    links: dict[str, Any] = field(default_factory=dict)  # e.g. {"sweep": id}, kept as is
 
 
 @dataclass
@@ -447,7 +448,7 @@ class Recorder:
             state = snapshot.to_record()
             state["new_bytes"] = snapshot.new_bytes
             state["total_bytes"] = snapshot.total_bytes
-        links: dict[str, Any] = {}
+        links: dict[str, Any] = dict(options.links)
         if run.cache_key:
             links["cache_key"] = run.cache_key
         if missing_metrics:

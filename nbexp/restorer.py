@@ -72,6 +72,9 @@ def restore_into(
 ) -> RestoreReport:
     """Load the experiment's variables (all, or `names`) and bind them in `namespace`."""
     state = _state(experiment)
+    from .remote import require_trusted  # pulled state unpickles others' bytes
+
+    require_trusted(store, experiment)
     loader = StateLoader(store, state)
     stored = loader.names()
     unstored: Mapping[str, str] = state.get("unstored", {})
@@ -163,6 +166,9 @@ class LazyNamespace(Mapping[str, Any]):
 
     def __init__(self, store: Store, experiment: Experiment, names: Iterable[str] | None = None):
         state = _state(experiment)
+        from .remote import require_trusted  # pulled state unpickles others' bytes
+
+        require_trusted(store, experiment)
         self._experiment = experiment
         self._store = store
         self._loader = StateLoader(store, state)

@@ -5,9 +5,11 @@ Layout::
     .nbexp/
       records/ab/<id>.json   one immutable JSON record per experiment
       tags/<id>.json         tags added after the run (the only mutable per-experiment file)
+      origins/<id>.json      where a pulled experiment came from (remote name and URL)
       objects/ab/<rest>      content-addressed blobs, named by their xxh3-128 hash
       index.sqlite           listing/filtering index, rebuildable from records (`reindex`)
       tmp/                   files being written; renamed into place only once complete
+      config.json            settings, e.g. remotes (`nbexp remote add`)
 
 Every file becomes visible by an atomic rename after fsync, so a crash leaves either the
 old state or the new one, never half a record. SQLite in WAL mode with a busy timeout lets
@@ -353,6 +355,8 @@ class Store:
             self.record_path(experiment_id).unlink()
         with contextlib.suppress(FileNotFoundError):
             (self.tags_dir / f"{experiment_id}.json").unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.origins_dir / f"{experiment_id}.json").unlink()
         with self._lock, self._db:
             self._db.execute("DELETE FROM experiments WHERE id = ?", (experiment_id,))
 
@@ -376,6 +380,82 @@ class Store:
         experiment = self.load(experiment_id)
         return self.set_tags(experiment_id, (*experiment.tags, tag))
 
+    # -- origins: experiments pulled from a remote (nbexp/remote.py) ---------------
+
+    @property
+    def origins_dir(self) -> Path:
+        return self.root / "origins"
+
+    def origin(self, experiment_id: str) -> dict[str, Any] | None:
+        """Where a pulled experiment came from ({"remote", "url", "pulled"}); None if local."""
+        try:
+            value = json.loads((self.origins_dir / f"{experiment_id}.json").read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError:  # unreadable: still not local, so never trusted by default
+            return {"remote": "?", "url": ""}
+        return value if isinstance(value, dict) else {"remote": "?", "url": ""}
+
+    def origin_name(self, experiment_id: str) -> str | None:
+        origin = self.origin(experiment_id)
+        return None if origin is None else str(origin.get("remote", "?"))
+
+    def temp_path(self) -> Path:
+        """A fresh path in the store's `tmp/`, for a file to be renamed into place later."""
+        return self._temp_path()
+
+    def write_file(self, target: Path, data: bytes) -> None:
+        """Write a small file of the store (e.g. config.json) atomically and durably."""
+        self._write_atomic(target, data, sync_dir=True)
+
+    def adopt_object(self, temp: Path, digest: str) -> int:
+        """Move a file that arrived from elsewhere into the store as object `digest`, after
+        verifying that its content hashes to `digest`; returns its size. The file is
+        removed, and nothing is stored, when it does not match."""
+        try:
+            with open(temp, "rb") as handle:
+                hasher = xxhash.xxh3_128()
+                size = 0
+                while chunk := handle.read(8 * CHUNK):
+                    hasher.update(chunk)
+                    size += len(chunk)
+                os.fsync(handle.fileno())
+            if hasher.hexdigest() != digest:
+                raise IntegrityError(
+                    f"object {digest[:12]} arrived corrupt (its content does not match its hash)"
+                )
+            target = self.object_path(digest)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+        self._known_objects.add(digest)
+        return size
+
+    def import_record(self, data: bytes, origin: dict[str, Any]) -> Experiment:
+        """Add a record that arrived from a remote, byte for byte, once its content is
+        verified against its id. Its origin is written first, so a visible pulled record is
+        never mistaken for a local one. Its objects must already be in the store."""
+        try:
+            body = json.loads(data)
+            experiment = Experiment.from_dict(body)
+        except (ValueError, UnicodeDecodeError, RecordError) as error:
+            raise IntegrityError(f"a record arrived unreadable ({error})") from error
+        if self.make_id(body) != experiment.id:
+            raise IntegrityError(
+                f"record {experiment.short_id} arrived corrupt (its content does not match its id)"
+            )
+        path = self.record_path(experiment.id)
+        if not path.exists():
+            self._write_atomic(
+                self.origins_dir / f"{experiment.id}.json", json.dumps(origin).encode()
+            )
+            self._write_atomic(path, data, sync_dir=True)
+        self._index_upsert(experiment)
+        return self.load(experiment.id)
+
     # -- index ----------------------------------------------------------------------
 
     def _open_index(self) -> sqlite3.Connection:
@@ -387,6 +467,7 @@ class Store:
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.executescript(_INDEX_SCHEMA)
+            _add_origin_column(connection)
         except sqlite3.DatabaseError as error:
             raise StoreError(
                 f"the index {self.index_path} is unreadable ({error}); "
@@ -411,12 +492,13 @@ class Store:
             json.dumps(body["metrics"]),
             experiment.code.notebook,
             experiment.links.get("sweep"),
+            self.origin_name(experiment.id),
         )
 
     def _index_upsert(self, experiment: Experiment, body: dict[str, Any] | None = None) -> None:
         with self._lock, self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 self._index_row(experiment, body),
             )
 
@@ -436,7 +518,7 @@ class Store:
             try:
                 with self._db:
                     self._db.executemany(
-                        "INSERT OR REPLACE INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
+                        "INSERT OR REPLACE INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows
                     )
                     others = [
                         str(row[0])
@@ -458,7 +540,7 @@ class Store:
                 self._db = self._open_index()
                 with self._db:
                     self._db.executemany(
-                        "INSERT OR REPLACE INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
+                        "INSERT OR REPLACE INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows
                     )
             return len(rows)
 
@@ -502,6 +584,7 @@ class Store:
                 "metrics": _decode(row[8]),
                 "notebook": row[9],
                 "sweep": row[10],
+                "origin": row[11],
             }
             for row in raw
         ]

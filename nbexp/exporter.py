@@ -1,0 +1,681 @@
+"""An experiment record → a standalone script or a papermill notebook that reproduces it.
+
+The export is assembled from the record alone (no kernel): the earlier cells the body depends
+on (`slicing`), translated to plain Python for a script (`translate`), the params as
+top-level constants the command line (or papermill) can override, a check that the input
+files still have their recorded hashes, the body with its param assignments taken out, and
+the metrics printed at the end as one `NBEXP_METRICS {...}` line that `nbexp rerun` reads.
+The script needs only Python, xxhash and the user's own packages, not nbexp.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import math
+import os
+import re
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from . import slicing, translate
+from .errors import NbexpError
+from .record import Experiment
+
+METRICS_PREFIX = "NBEXP_METRICS "
+DATA_CHANGED_EXIT = 2
+FORMATS = ("script", "notebook")
+
+
+class ExportError(NbexpError):
+    """The experiment cannot be exported as asked."""
+
+
+@dataclass
+class Cell:
+    """One piece of code in two dialects: plain Python (scripts) and as typed (notebooks)."""
+
+    python: str
+    ipython: str
+    label: str
+
+
+@dataclass
+class Plan:
+    """Everything an export holds, before it is written as a script or a notebook."""
+
+    experiment: Experiment
+    params: dict[str, Any]
+    cells: list[Cell]
+    body: Cell
+    files: list[tuple[str, str]]
+    metrics: list[str]
+    history_total: int
+    uses_log: bool = False
+    uses_display: bool = False
+    headless: bool = False
+    packages: dict[str, str] = field(default_factory=dict)
+
+
+# -- planning ---------------------------------------------------------------------------
+
+
+def plan(experiment: Experiment) -> Plan:
+    """Decide what the export of `experiment` holds; ExportError when it cannot be exported."""
+    params = dict(experiment.params)
+    python_body, ipython_body = _body(experiment)
+    statements = _param_statements(python_body, params)
+    history = list(experiment.code.history)
+    pythons = [translate.to_python(cell) for cell in history]
+    facts = [slicing.facts(code) for code in pythons]
+    body_facts = slicing.facts(_remove(python_body, statements, set()))
+    if body_facts is None:  # removing whole statements keeps the code parseable
+        raise ExportError(f"cannot export {_who(experiment)}: its code could not be analysed")
+    needed = set(body_facts.reads) - set(params)
+    bound_by_body = body_facts.binds
+    wanted = set(experiment.metrics) - bound_by_body - set(params)
+    found = slicing.slice_history(facts, needed, wanted)
+    if found.unresolved:
+        raise ExportError(_missing_message(experiment, found, len(history)))
+
+    kept = found.kept
+    kept_facts = [f for f in (facts[i] for i in kept) if f is not None]
+    rebound: set[str] = set().union(*(f.binds for f in kept_facts))
+    keep_references = rebound & set(params)
+    body = Cell(
+        python=_remove(python_body, statements, keep_references).strip("\n"),
+        ipython=_remove(ipython_body, statements, keep_references).strip("\n"),
+        label=_label("the experiment", experiment.code.execution_count),
+    )
+    cells = [
+        Cell(
+            python=pythons[i].strip("\n"),
+            ipython=translate.to_ipython(history[i]).strip("\n"),
+            label=_label("an earlier cell", i + 1),
+        )
+        for i in kept
+    ]
+    code = "\n".join([*(cell.python for cell in cells), body.python])
+    reads = set().union(*(f.reads for f in kept_facts)) | needed
+    return Plan(
+        experiment=experiment,
+        params=params,
+        cells=cells,
+        body=body,
+        files=[
+            (str(item["path"]), str(item["hash"]))
+            for item in experiment.data
+            if item.get("kind") == "file" and item.get("hash")
+        ],
+        metrics=list(experiment.metrics),
+        history_total=len(history),
+        uses_log=bool(re.search(r"\bnbexp\.log\(|from nbexp import [^\n]*\blog\b", code)),
+        uses_display="display" in reads and "display" not in rebound,
+        headless=bool(re.search(r"^\s*(import|from) matplotlib\b", code, re.MULTILINE))
+        and 'matplotlib.use("Agg")' not in code,
+        packages=_packages(code, experiment.env.get("packages") or {}),
+    )
+
+
+def _label(what: str, number: int | None) -> str:
+    return f"{what}, In [{number}]" if number else what
+
+
+def _body(experiment: Experiment) -> tuple[str, str]:
+    """The body as (plain Python, as typed): from the cell as typed where it translates,
+    else from the source IPython ran, its `get_ipython()` calls written back as magics."""
+    _, raw = translate.split_experiment_line(experiment.code.cell)
+    for candidate in (raw, translate.untransform(experiment.code.source)):
+        python = translate.to_python(candidate)
+        try:
+            ast.parse(python)
+        except SyntaxError:
+            continue
+        return python, translate.to_ipython(candidate)
+    try:
+        ast.parse(experiment.code.source)
+    except SyntaxError as error:
+        raise ExportError(
+            f"cannot export {_who(experiment)}: its code does not parse "
+            f"({error.msg}, line {error.lineno}), so it never ran; fix the cell and run it again"
+        ) from error
+    raise ExportError(
+        f"cannot export {_who(experiment)}: its IPython syntax has no plain-Python translation; "
+        "rewrite the magics in the cell as Python and run it again"
+    )
+
+
+def _who(experiment: Experiment) -> str:
+    return f"{experiment.name} ({experiment.short_id})"
+
+
+def _missing_message(experiment: Experiment, found: slicing.Slice, total: int) -> str:
+    names = ", ".join(sorted(found.unresolved))
+    if total == 0:
+        where = (
+            "its record holds no earlier cells (IPython history was off, or the kernel kept none)"
+        )
+    else:
+        where = f"none of the {total} earlier cells in its history defines them"
+        if found.unparsed:
+            where += f" ({len(found.unparsed)} of them could not be parsed)"
+    return (
+        f"cannot export {_who(experiment)}: its code reads {names} from the kernel, but {where}; "
+        "only the experiment's own cell, params and data checks could be exported — define "
+        "those names in the cell (or in cells run in the same kernel before it) and run it again"
+    )
+
+
+@dataclass(frozen=True)
+class _Statement:
+    """A top-level assignment of a param's literal in the body."""
+
+    first: int
+    last: int
+    start: int
+    end: int
+    names: tuple[str, ...]
+    alone: bool
+
+
+def _param_statements(code: str, params: dict[str, Any]) -> list[_Statement]:
+    """The body's top-level literal assignments to params (what `-p` overrides)."""
+    tree = ast.parse(code)
+    lines_used: dict[int, int] = {}
+    for statement in tree.body:
+        for line in range(statement.lineno, (statement.end_lineno or statement.lineno) + 1):
+            lines_used[line] = lines_used.get(line, 0) + 1
+    found = []
+    for statement in tree.body:
+        if isinstance(statement, ast.Assign):
+            targets: list[ast.expr] = list(statement.targets)
+            value: ast.expr | None = statement.value
+        elif isinstance(statement, ast.AnnAssign):
+            targets, value = [statement.target], statement.value
+        else:
+            continue
+        if value is None or not all(isinstance(t, ast.Name) and t.id in params for t in targets):
+            continue
+        try:
+            ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            continue
+        first, last = statement.lineno, statement.end_lineno or statement.lineno
+        found.append(
+            _Statement(
+                first=first,
+                last=last,
+                start=statement.col_offset,
+                end=statement.end_col_offset or 0,
+                names=tuple(t.id for t in targets if isinstance(t, ast.Name)),
+                alone=all(lines_used[line] == 1 for line in range(first, last + 1)),
+            )
+        )
+    return found
+
+
+def _remove(code: str, statements: list[_Statement], references: set[str]) -> str:
+    """The code without its param assignments; a param that an earlier kept cell rebinds is
+    set again from the params block instead (`depth = NBEXP_PARAMS["depth"]`)."""
+    lines = code.split("\n")
+    for statement in sorted(statements, key=lambda s: s.first, reverse=True):
+        kept = [name for name in statement.names if name in references]
+        replacement = "; ".join(f"{name} = NBEXP_PARAMS[{name!r}]" for name in kept)
+        if statement.alone:
+            indent = lines[statement.first - 1][: statement.start]
+            lines[statement.first - 1 : statement.last] = (
+                [indent + replacement] if replacement else []
+            )
+            continue
+        first, last = lines[statement.first - 1], lines[statement.last - 1]
+        prefix = first.encode()[: statement.start].decode(errors="ignore")
+        suffix = last.encode()[statement.end :].decode(errors="ignore")
+        lines[statement.first - 1 : statement.last] = [prefix + (replacement or "pass") + suffix]
+    return "\n".join(lines)
+
+
+def _packages(code: str, recorded: dict[str, str]) -> dict[str, str]:
+    """{distribution: recorded version} for the third-party modules the exported code imports."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return {}
+    modules: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            modules.add(node.module.split(".")[0])
+    modules -= set(sys.stdlib_module_names)
+    by_key = {_normal(name): (name, version) for name, version in recorded.items()}
+    found: dict[str, str] = {}
+    for module in sorted(modules):
+        hit = by_key.get(_normal(module))
+        names = [hit[0]] if hit else _distributions().get(module, [])
+        for name in names:
+            if _normal(name) in by_key:
+                found[by_key[_normal(name)][0]] = by_key[_normal(name)][1]
+    return dict(sorted(found.items(), key=lambda item: item[0].lower()))
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    from importlib.metadata import packages_distributions
+
+    return dict(packages_distributions())
+
+
+# -- literals -------------------------------------------------------------------------------
+
+
+def python_literal(value: Any) -> str:
+    """Python source for a recorded param value (JSON types, nan and inf included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if math.isnan(value):
+            return 'float("nan")'
+        return 'float("inf")' if value > 0 else '-float("inf")'
+    if isinstance(value, dict):
+        items = ", ".join(f"{python_literal(k)}: {python_literal(v)}" for k, v in value.items())
+        return "{" + items + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(python_literal(item) for item in value) + "]"
+    if isinstance(value, tuple):
+        inner = ", ".join(python_literal(item) for item in value)
+        return "(" + inner + ("," if len(value) == 1 else "") + ")"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return repr(value)
+    raise ExportError(f"a param of type {type(value).__name__} cannot be written as a literal")
+
+
+# -- the header ---------------------------------------------------------------------------
+
+
+def header_lines(p: Plan) -> list[str]:
+    """What the export reproduces and what it needs, one fact a line (values that vary in
+    length, like paths and versions, each on a line of their own, so nothing is re-wrapped)."""
+    e = p.experiment
+    more = " " * 13
+    created = e.created
+    try:
+        moment = dt.datetime.fromisoformat(created).astimezone(dt.timezone.utc)
+        created = moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        pass
+    lines = [
+        f"experiment:  {e.name} (id {e.id})",
+        f"recorded:    {created}, status {e.status}, {e.outcome.duration:.2f} s",
+    ]
+    if e.code.notebook:
+        lines.append(f"notebook:    {e.code.notebook}")
+    cwd = e.env.get("cwd")
+    if cwd:
+        lines.append(f"working dir: {cwd}")
+        lines.append(f"{more}(run from there: the code's paths are relative to it)")
+    lines.extend(_git_lines(e, more))
+    if p.files:
+        lines.append("input data:  (xxh3-128 content hashes, checked before running)")
+        lines.extend(f"  {path}  {digest}" for path, digest in p.files)
+    variables = [item for item in e.data if item.get("kind") == "variable"]
+    if variables:
+        lines.append("input variables read from the kernel (rebuilt by the cells below):")
+        lines.extend(f"  {item.get('name')}  {item.get('hash')}" for item in variables)
+    needs = [f"Python {e.env.get('python', '3')}"]
+    if p.files:
+        needs.append("xxhash (for the input-data check)")
+    if p.uses_log:
+        needs.append("nbexp (the code calls nbexp.log)")
+    needs.extend(f"{name} {version} (as recorded)" for name, version in p.packages.items())
+    lines.append(f"needs:       {needs[0]}")
+    lines.extend(more + need for need in needs[1:])
+    if not p.history_total:
+        lines.append("cells:       the record holds no earlier cells; the experiment needs none")
+    elif not p.cells:
+        lines.append(f"cells:       none of the {p.history_total} earlier cells defines anything")
+        lines.append(f"{more}the experiment uses")
+    else:
+        kept = ", ".join(cell.label.split(", ")[-1] for cell in p.cells)
+        lines.extend(
+            textwrap.wrap(
+                f"cells:       {len(p.cells)} of {p.history_total} earlier cells kept ({kept}); "
+                "the others define nothing the experiment uses",
+                width=92,
+                subsequent_indent=more,
+            )
+        )
+    return [line.replace("\n", " ") for line in lines]
+
+
+def _git_lines(e: Experiment, more: str) -> list[str]:
+    git = e.git
+    if not git:
+        return ["git:         not recorded inside a git repository"]
+    if git.get("error") or not git.get("commit"):
+        why = git.get("error") or "the repository had no commit"
+        return ["git:         no commit recorded", f"{more}({why})"]
+    lines = [
+        f"git:         commit {git['commit']}"
+        + (f" on {git['branch']}" if git.get("branch") else "")
+    ]
+    if git.get("dirty"):
+        lines.append(f"{more}plus uncommitted changes, kept in the record:")
+        lines.append(f"{more}`nbexp branch {e.short_id} NAME` makes a branch with them")
+    return lines
+
+
+def _usage(p: Plan, filename: str) -> str:
+    example = ""
+    if p.params:
+        numbers = [
+            (k, v)
+            for k, v in p.params.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ]
+        name, value = (numbers or list(p.params.items()))[0]
+        example = f" [--{name} {_example_value(value)}]"
+    return f"python {filename}{example} [--no-check-data] [--help]"
+
+
+def _example_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(not value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, str):
+        return value if value and " " not in value else f"'{value}'"
+    return f"'{python_literal(value)}'"
+
+
+# -- the script -----------------------------------------------------------------------------
+
+_ARGUMENTS = '''\
+def _nbexp_arguments(params):
+    """The params with command-line overrides, each typed like its recorded value (lists,
+    dicts and None as Python literals); and whether to check the input data."""
+    import argparse
+    import ast
+
+    def typed(recorded):
+        def convert(text):
+            if isinstance(recorded, bool):
+                if text.lower() in ("true", "1", "yes"):
+                    return True
+                if text.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError(text)
+            if isinstance(recorded, (int, float, str)):
+                return type(recorded)(text)
+            try:
+                return ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                if recorded is None:
+                    return text
+                raise ValueError(text) from None
+
+        convert.__name__ = "literal" if recorded is None else type(recorded).__name__
+        return convert
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    for name, recorded in params.items():
+        flags = dict.fromkeys(["--" + name, "--" + name.replace("_", "-")])
+        parser.add_argument(
+            *flags, dest=name, type=typed(recorded), default=recorded, metavar="VALUE",
+            help=f"default (recorded): {recorded!r}",
+        )
+    parser.add_argument(
+        "--no-check-data", action="store_true",
+        help="run even when an input file is missing or changed",
+    )
+    arguments = vars(parser.parse_args())
+    return {name: arguments[name] for name in params}, not arguments["no_check_data"]
+'''
+
+_CHECK = '''\
+def _nbexp_check_data(files):
+    """Stop when an input file is missing or no longer has its recorded content hash."""
+    import os
+
+    import xxhash
+
+    for path, recorded in files:
+        if not os.path.isfile(path):
+            problem = f"input data {path} is missing (recorded xxh3-128 {recorded})"
+        else:
+            hasher = xxhash.xxh3_128()
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    hasher.update(chunk)
+            if hasher.hexdigest() == recorded:
+                continue
+            problem = (
+                f"input data {path} changed: recorded xxh3-128 {recorded}, "
+                f"now {hasher.hexdigest()}"
+            )
+        __STOP__
+'''
+
+_REPORT = '''\
+def _nbexp_report(names, logged=None):
+    """Print the recorded metrics' new values as one JSON line (`nbexp rerun` reads it)."""
+    import json
+    import math
+    import numbers
+
+    def plain(value):
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real):
+            value = float(value)
+            if math.isfinite(value):
+                return value
+            return {"$float": "nan" if value != value else ("inf" if value > 0 else "-inf")}
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        if isinstance(value, dict):
+            return {str(key): plain(item) for key, item in value.items()}
+        if hasattr(value, "tolist"):
+            return plain(value.tolist())
+        return repr(value)[:500]
+
+    found = dict(logged or {})
+    found.update({name: globals()[name] for name in names if name in globals()})
+    metrics = {name: plain(found[name]) for name in names if name in found}
+    print("__PREFIX__" + json.dumps(metrics), flush=True)
+'''
+
+
+def _helpers(p: Plan, *, notebook: bool) -> str:
+    parts = []
+    if not notebook:
+        parts.append(_ARGUMENTS)
+    if p.files:
+        if notebook:
+            stop = "raise RuntimeError(problem + '; restore it, or set NBEXP_CHECK_DATA = False')"
+            parts.append(_CHECK.replace("__STOP__", stop))
+        else:
+            check = _CHECK.replace("    import os\n", "    import os\n    import sys\n")
+            stop = (
+                'print(f"nbexp: {problem}; restore it, or pass --no-check-data", file=sys.stderr)'
+                f"\n        sys.exit({DATA_CHANGED_EXIT})"
+            )
+            parts.append(check.replace("__STOP__", stop))
+    parts.append(_REPORT.replace("__PREFIX__", METRICS_PREFIX))
+    return "\n\n".join(parts)
+
+
+def _files_literal(p: Plan) -> str:
+    if len(p.files) == 1:
+        return f"[{p.files[0]!r}]"
+    return "[\n" + "".join(f"    {item!r},\n" for item in p.files) + "]"
+
+
+def _setup_lines(p: Plan, *, notebook: bool) -> list[str]:
+    """After the helpers: overrides applied, data checked, display and nbexp.log provided."""
+    lines = []
+    names = ", ".join(f"{name!r}: {name}" for name in p.params)
+    if len(names) > 60:
+        names = "\n" + "".join(f"    {name!r}: {name},\n" for name in p.params)
+    if notebook:
+        lines.append(f"NBEXP_PARAMS = {{{names}}}")
+        if p.files:
+            lines.append(f"if NBEXP_CHECK_DATA:\n    _nbexp_check_data({_files_literal(p)})")
+    else:
+        lines.append(f"NBEXP_PARAMS, _nbexp_check = _nbexp_arguments({{{names}}})")
+        if p.params:
+            lines.append("globals().update(NBEXP_PARAMS)")
+        if p.files:
+            lines.append(f"if _nbexp_check:\n    _nbexp_check_data({_files_literal(p)})")
+        if p.headless:
+            lines.append(
+                'import matplotlib\n\nmatplotlib.use("Agg")  # no screen: figures are drawn, not shown'
+            )
+        if p.uses_display:
+            lines.append(
+                "try:\n    from IPython.display import display\n"
+                "except ImportError:  # no IPython: show things the plain way\n"
+                "    display = print"
+            )
+    return lines
+
+
+_LOG_SETUP = (
+    "from nbexp.series import collecting as _nbexp_collecting\n\n"
+    "_nbexp_collector = _nbexp_collecting()  # kept referenced: it collects until the end\n"
+    "_nbexp_series = _nbexp_collector.__enter__()"
+)
+
+
+def _report_call(p: Plan) -> str:
+    logged = ", _nbexp_series.last_values()" if p.uses_log else ""
+    return f"_nbexp_report({p.metrics!r}{logged})"
+
+
+def to_script(experiment: Experiment, filename: str = "run.py") -> str:
+    """The standalone Python script reproducing `experiment` (`filename` for its usage line)."""
+    p = plan(experiment)
+    e = p.experiment
+    out = ["#!/usr/bin/env python3"]
+    out.append(repr(f"Reproduces the nbexp experiment {e.name} ({e.short_id}).") + "\n")
+    out.extend(f"# {line}" for line in header_lines(p))
+    out.append(f"#\n# usage: {_usage(p, filename)}")
+    out.append(f"# The last line printed holds the metrics: {METRICS_PREFIX}{{...}} (JSON).")
+    out.append("")
+    out.append("# %% parameters (override any on the command line: --NAME VALUE)")
+    out.extend(f"{name} = {python_literal(value)}" for name, value in p.params.items())
+    if not p.params:
+        out.append("# none recorded")
+    out.append("")
+    out.append("# %% nbexp: command-line overrides and the input-data check")
+    out.append(_helpers(p, notebook=False))
+    out.append("")
+    out.extend(_setup_lines(p, notebook=False))
+    for cell in p.cells:
+        out.extend(["", "", f"# %% {cell.label}", cell.python])
+    if p.uses_log:
+        out.extend(["", "", "# %% nbexp: collect nbexp.log() series as %%experiment does"])
+        out.append(_LOG_SETUP)
+    out.extend(["", "", f"# %% {p.body.label}: {e.name}", p.body.python])
+    out.extend(["", "", "# %% nbexp: the metrics, as one JSON line", _report_call(p), ""])
+    return "\n".join(out)
+
+
+def to_notebook(experiment: Experiment) -> Any:
+    """An nbformat v4 notebook reproducing `experiment`, with a papermill `parameters` cell."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    p = plan(experiment)
+    e = p.experiment
+    intro = [f"# Reproduces the nbexp experiment {e.name} ({e.short_id})", ""]
+    intro.extend(f"    {line}" for line in header_lines(p))
+    intro.extend(
+        [
+            "",
+            "Override the params with papermill: "
+            f"`papermill in.ipynb out.ipynb -p NAME VALUE`. The last cell prints the metrics "
+            f"as one `{METRICS_PREFIX.strip()} {{...}}` JSON line.",
+        ]
+    )
+    params = [f"{name} = {python_literal(value)}" for name, value in p.params.items()]
+    params.append("NBEXP_CHECK_DATA = True  # False runs even when an input file changed")
+    setup = [_helpers(p, notebook=True).rstrip(), "", "", *_setup_lines(p, notebook=True)]
+    cells = [
+        new_markdown_cell("\n".join(intro)),
+        new_code_cell("# parameters\n" + "\n".join(params), metadata={"tags": ["parameters"]}),
+        new_code_cell("\n".join(setup)),
+        *(new_code_cell(cell.ipython) for cell in p.cells),
+    ]
+    if p.uses_log:
+        cells.append(new_code_cell(_LOG_SETUP))
+    cells.append(new_code_cell(p.body.ipython))
+    cells.append(new_code_cell(_report_call(p)))
+    for number, cell in enumerate(cells):
+        cell.id = f"nbexp-{number}"
+    notebook = new_notebook(cells=cells)
+    notebook.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+        "nbexp": {"experiment": e.id, "name": e.name},
+    }
+    nbformat.validate(notebook)
+    return notebook
+
+
+def render(experiment: Experiment, format: str = "script", *, filename: str = "run.py") -> str:
+    """The export as text: a script, or a notebook's JSON."""
+    if format == "script":
+        return to_script(experiment, filename)
+    if format == "notebook":
+        import nbformat
+
+        text: str = nbformat.writes(to_notebook(experiment))
+        return text + "\n"
+    raise ExportError(f"unknown export format {format!r}; use one of: {', '.join(FORMATS)}")
+
+
+def infer_format(path: str | os.PathLike[str] | None, format: str | None) -> str:
+    """The format asked for, else the one the path's suffix names (.ipynb: notebook)."""
+    if format is not None:
+        return format
+    return "notebook" if path is not None and str(path).endswith(".ipynb") else "script"
+
+
+def default_path(experiment: Experiment, format: str) -> Path:
+    """`<name>.py` (or `.ipynb`) in the working directory, for an export without a path."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment.name).strip("-.") or experiment.short_id
+    return Path(slug + (".ipynb" if format == "notebook" else ".py"))
+
+
+def write(
+    experiment: Experiment,
+    path: str | os.PathLike[str],
+    format: str = "script",
+    *,
+    force: bool = False,
+) -> Path:
+    """Write the export to `path` (atomically); refuses to overwrite unless `force`."""
+    target = Path(path)
+    if format == "script" and target.suffix == ".ipynb":
+        raise ExportError(
+            f"{target} is a notebook name; export with format notebook, or a .py path"
+        )
+    if target.exists() and not force:
+        raise ExportError(f"{target} already exists; pass --force (force=True) to overwrite it")
+    text = render(experiment, format, filename=target.name)
+    temporary = target.with_name(f".{target.name}.nbexp-{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, target)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise ExportError(f"cannot write {target}: {error.strerror or error}") from error
+    return target

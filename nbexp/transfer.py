@@ -1,0 +1,343 @@
+"""Moving files to and from a remote: atomic writes over fsspec, a thread pool, progress.
+
+`RemoteFiles` is one remote's folder seen as keys (`records/ab/<id>.json`,
+`objects/ab/<rest>`, `tags/<id>.json`). A key becomes visible whole or not at all: object
+stores (S3, GCS, Azure) make a single PUT atomic, so keys are written directly; on file
+systems (`file://`, SFTP, ...) the bytes go to `tmp/` first and are then moved into place.
+Listings are one paginated request per thousand keys on object stores, which is what keeps
+the number of requests of a push or pull proportional to what is new. Nothing here knows
+what a record is; `remote.py` decides what travels and verifies it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
+
+# Back ends whose single PUT of a whole object is atomic: readers see all of it or nothing.
+ATOMIC_PUT_PROTOCOLS = frozenset(
+    {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "memory"}
+)
+DEFAULT_WORKERS = 16
+# Up to this size an object is read into memory, verified and sent as those exact bytes.
+IN_MEMORY_LIMIT = 64 * 2**20
+# Listing one `objects/ab/` prefix per object is cheaper than one listing of everything
+# only while few prefixes are involved (there are 256).
+PREFIX_LISTING_LIMIT = 48
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One key of a listing: its size and, where the back end says, when it was written."""
+
+    size: int
+    modified: float | None = None
+    stamp: str = ""
+
+
+class RemoteFiles:
+    """The keys under `root` of an fsspec filesystem."""
+
+    def __init__(self, fs: Any, root: str) -> None:
+        from fsspec.implementations.local import LocalFileSystem
+
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.is_local = isinstance(fs, LocalFileSystem)
+        protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+        self._protocols = frozenset(protocols)
+        self.atomic_put = any(protocol in ATOMIC_PUT_PROTOCOLS for protocol in protocols)
+
+    def path(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    # -- listing --------------------------------------------------------------------
+
+    def listing(self, prefix: str) -> dict[str, Entry]:
+        """Every key under `prefix` (which ends with `/`), with its size and time."""
+        if self.is_local:
+            return self._local_listing(prefix)
+        try:
+            if self.atomic_put and "s3" in self._protocols:
+                # a server-side prefix: no extra requests to tell "empty" from "missing"
+                found = self.fs.find(self.root, prefix=prefix, detail=True)
+            else:
+                found = self.fs.find(self.path(prefix.rstrip("/")), detail=True)
+        except FileNotFoundError:
+            return {}
+        cut = len(self.root) + 1
+        entries: dict[str, Entry] = {}
+        for name, info in found.items():
+            if info.get("type") == "directory":
+                continue
+            key = self.fs._strip_protocol(name)[cut:]
+            entries[key] = Entry(
+                size=int(info.get("size") or 0),
+                modified=_modified(info),
+                stamp=str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or ""),
+            )
+        return entries
+
+    def _local_listing(self, prefix: str) -> dict[str, Entry]:
+        entries: dict[str, Entry] = {}
+        base = Path(self.path(prefix.rstrip("/")))
+        folders = [base]
+        while folders:
+            folder = folders.pop()
+            try:
+                items = list(os.scandir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for item in items:
+                if item.is_dir(follow_symlinks=False):
+                    folders.append(Path(item.path))
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    stat = item.stat()
+                    key = os.path.relpath(item.path, self.root).replace(os.sep, "/")
+                    entries[key] = Entry(stat.st_size, stat.st_mtime, str(stat.st_mtime_ns))
+        return entries
+
+    def listing_of(self, kind: str, keys: Iterable[str]) -> dict[str, Entry]:
+        """A listing that covers `keys` (all under `kind/ab/`): per 2-character prefix when few
+        prefixes are involved, else one listing of all of `kind/`."""
+        prefixes = sorted({key.split("/")[1] for key in keys})
+        if not prefixes:
+            return {}
+        if len(prefixes) > PREFIX_LISTING_LIMIT:
+            return self.listing(f"{kind}/")
+        entries: dict[str, Entry] = {}
+        with ThreadPoolExecutor(max_workers=min(len(prefixes), DEFAULT_WORKERS)) as pool:
+            for part in pool.map(lambda p: self.listing(f"{kind}/{p}/"), prefixes):
+                entries.update(part)
+        return entries
+
+    # -- reading --------------------------------------------------------------------
+
+    def read(self, key: str) -> bytes:
+        """A key's bytes; FileNotFoundError when it does not exist."""
+        if self.is_local:
+            return Path(self.path(key)).read_bytes()
+        data: bytes = self.fs.cat_file(self.path(key))
+        return data
+
+    def download(self, key: str, destination: Path) -> None:
+        """Copy a key into a local file (not yet verified: the caller hashes it)."""
+        if self.is_local:
+            import shutil
+
+            shutil.copyfile(self.path(key), destination)
+        else:
+            self.fs.get_file(self.path(key), str(destination))
+
+    # -- writing --------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Make sure the root exists where a file system needs folders."""
+        if self.is_local:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def write(self, key: str, data: bytes) -> None:
+        """Make `key` hold `data`, atomically."""
+        if self.is_local:
+            self._local_write(key, lambda sink: sink.write(data))
+        elif self.atomic_put:
+            self.fs.pipe_file(self.path(key), data)
+        else:
+            temp = self._temp_key()
+            self._making_folders(temp, self.fs.pipe_file, self.path(temp), data)
+            self._making_folders(key, self.fs.mv, self.path(temp), self.path(key))
+
+    def upload(self, source: Path, key: str) -> None:
+        """Make `key` hold the content of a local file, atomically."""
+        if self.is_local:
+            import shutil
+
+            def copy(sink: IO[bytes]) -> None:
+                with open(source, "rb") as handle:
+                    shutil.copyfileobj(handle, sink, 8 * 2**20)
+
+            self._local_write(key, copy)
+        elif self.atomic_put:
+            self.fs.put_file(str(source), self.path(key))
+        else:
+            temp = self._temp_key()
+            self._making_folders(temp, self.fs.put_file, str(source), self.path(temp))
+            self._making_folders(key, self.fs.mv, self.path(temp), self.path(key))
+
+    def _making_folders(self, key: str, call: Callable[..., Any], *args: Any) -> None:
+        """`call(*args)`, which writes `key`, creating its folder if the back end needs one
+        (an extra request only the first time a folder is used)."""
+        try:
+            call(*args)
+        except FileNotFoundError:
+            self.fs.makedirs(self.path(key).rsplit("/", 1)[0], exist_ok=True)
+            call(*args)
+
+    def delete(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        if self.is_local:
+            for key in keys:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path(key))
+            return
+        self.fs.rm([self.path(key) for key in keys])
+
+    def _temp_key(self) -> str:
+        return f"tmp/{os.getpid()}-{secrets.token_hex(8)}.tmp"
+
+    def _local_write(self, key: str, fill: Callable[[IO[bytes]], Any]) -> None:
+        temp = Path(self.path(self._temp_key()))
+        target = Path(self.path(key))
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(temp, "wb") as sink:
+                fill(sink)
+                sink.flush()
+                os.fsync(sink.fileno())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+
+
+def _modified(info: Mapping[str, Any]) -> float | None:
+    """The write time of a listing entry in seconds since the epoch, if the back end says."""
+    for field in ("mtime", "LastModified", "last_modified", "updated", "created", "time"):
+        value = info.get(field)
+        if value is None:
+            continue
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, dt.datetime):
+            moment = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+            return moment.timestamp()
+        with contextlib.suppress(ValueError):
+            moment = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+            return moment.timestamp()
+    return None
+
+
+class Progress:
+    """A one-line progress report on stderr: items, bytes, rate. Thread-safe.
+
+    On a terminal the line is rewritten in place; elsewhere (a notebook, a CI log) a line
+    is printed at most every few seconds and once at the end.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        *,
+        unit: str = "objects",
+        total_bytes: int | None = None,
+        enabled: bool = True,
+        stream: IO[str] | None = None,
+    ) -> None:
+        self.label = label
+        self.total = total
+        self.unit = unit
+        self.total_bytes = total_bytes
+        self.done = 0
+        self.bytes = 0
+        self.enabled = enabled and total > 0
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._started = time.perf_counter()
+        self._last = self._started
+        self._live = bool(getattr(self._out, "isatty", lambda: False)())
+
+    @property
+    def _out(self) -> IO[str]:
+        return self._stream if self._stream is not None else sys.stderr
+
+    def advance(self, nbytes: int) -> None:
+        with self._lock:
+            self.done += 1
+            self.bytes += nbytes
+            now = time.perf_counter()
+            if self.enabled and now - self._last >= (0.2 if self._live else 5.0):
+                self._last = now
+                self._print(final=False)
+
+    def close(self) -> None:
+        if self.enabled:
+            with self._lock:
+                self._print(final=True)
+
+    def _line(self) -> str:
+        elapsed = max(time.perf_counter() - self._started, 1e-9)
+        size = f"{self.bytes / 1e6:.1f}"
+        if self.total_bytes:
+            size += f"/{self.total_bytes / 1e6:.1f}"
+        return (
+            f"{self.label}: {self.done}/{self.total} {self.unit}, {size} MB, "
+            f"{self.bytes / 1e6 / elapsed:.1f} MB/s"
+        )
+
+    def _print(self, *, final: bool) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if self._live:
+                self._out.write("\r" + self._line() + ("\n" if final else ""))
+            else:
+                self._out.write(self._line() + "\n")
+            self._out.flush()
+
+
+def run_parallel(
+    items: Sequence[T],
+    work: Callable[[T], int],
+    *,
+    workers: int = DEFAULT_WORKERS,
+    progress: Progress | None = None,
+) -> dict[T, Exception]:
+    """Run `work` on every item in a thread pool; returns the items that failed, with why.
+
+    `work` returns the bytes it moved (for the progress line). An interrupt (Ctrl-C, or any
+    exception that is not an `Exception`) cancels what has not started and is re-raised.
+    """
+    failures: dict[T, Exception] = {}
+    if not items:
+        return failures
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))))
+    pending: dict[Future[int], T] = {}
+    try:
+        pending = {pool.submit(work, item): item for item in items}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                item = pending.pop(future)
+                error = future.exception()
+                if error is None:
+                    if progress is not None:
+                        progress.advance(future.result())
+                elif isinstance(error, Exception):
+                    failures[item] = error
+                else:
+                    raise error
+    except BaseException:
+        # transfers already running finish (each is one key); the rest never start
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+    pool.shutdown(wait=True)
+    return failures

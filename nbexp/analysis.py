@@ -130,11 +130,43 @@ def free_names(tree: ast.Module) -> set[str]:
     """
     bound: set[str] = set()
     free: set[str] = set()
-    for statement in tree.body:
-        reads, stores = _reads_and_stores(statement)
-        free |= reads - bound
-        bound |= stores
+    _free_in_block(tree.body, bound, free)
     return free
+
+
+def _free_in_block(statements: list[ast.stmt], bound: set[str], free: set[str]) -> None:
+    """Walk statements in execution order; compound statements bind their targets (loop
+    variables, `with … as`, `except … as`) before their bodies read them."""
+    for statement in statements:
+        if isinstance(statement, (ast.For, ast.AsyncFor)):
+            free |= _reads_and_stores(statement.iter)[0] - bound
+            bound |= _reads_and_stores(statement.target)[1]
+            _free_in_block(statement.body, bound, free)
+            _free_in_block(statement.orelse, bound, free)
+        elif isinstance(statement, (ast.While, ast.If)):
+            free |= _reads_and_stores(statement.test)[0] - bound
+            _free_in_block(statement.body, bound, free)
+            _free_in_block(statement.orelse, bound, free)
+        elif isinstance(statement, (ast.With, ast.AsyncWith)):
+            for item in statement.items:
+                free |= _reads_and_stores(item.context_expr)[0] - bound
+                if item.optional_vars is not None:
+                    bound |= _reads_and_stores(item.optional_vars)[1]
+            _free_in_block(statement.body, bound, free)
+        elif isinstance(statement, ast.Try):
+            _free_in_block(statement.body, bound, free)
+            for handler in statement.handlers:
+                if handler.type is not None:
+                    free |= _reads_and_stores(handler.type)[0] - bound
+                if handler.name:
+                    bound.add(handler.name)
+                _free_in_block(handler.body, bound, free)
+            _free_in_block(statement.orelse, bound, free)
+            _free_in_block(statement.finalbody, bound, free)
+        else:
+            reads, stores = _reads_and_stores(statement)
+            free |= reads - bound
+            bound |= stores
 
 
 _SCOPES = (

@@ -92,6 +92,7 @@ class _Run:
     logged: Any = None
     watch: Any = None
     error: dict[str, Any] | None = None
+    bound_before: dict[str, int] = field(default_factory=dict)
 
 
 class _Tee(io.TextIOBase):
@@ -211,6 +212,10 @@ class Recorder:
                 return result
 
         run.execution_count = _this_cell_number(shell, cell)
+        if info is not None:  # to tell, after a failure, which assignments actually ran
+            run.bound_before = {
+                n: id(shell.user_ns[n]) for n in info.assigned if n in shell.user_ns
+            }
         run.started = _utc_now()
         begin = time.perf_counter()
         run.stdout, run.stderr = _Tee(sys.stdout), _Tee(sys.stderr)
@@ -371,6 +376,8 @@ class Recorder:
             for name in info.assigned:
                 if name in params or name.startswith("_") or looks_like_secret(name):
                     continue
+                if run.error and id(namespace.get(name)) == run.bound_before.get(name):
+                    continue  # the run failed before assigning it: the value is an older one
                 number = _json_number(namespace.get(name))
                 if number is not None:
                     metrics[name] = number

@@ -439,3 +439,18 @@ def test_the_magic_help_mentions_its_flags(ip):
     doc = ip.find_cell_magic("experiment").__doc__
     for flag in ("-p", "KEY=VALUE", "-d", "-m", "-t", "--note", "--expect", "--no-state", "name"):
         assert flag in doc, flag
+
+
+def test_a_failed_run_does_not_report_metrics_it_never_computed(ip):
+    run(ip, "score = 0.9")
+    result = run(ip, "%%experiment broken\nloss = 0.25 * 2\nraise ValueError('boom')\nscore = 0.1\n")
+    assert not result.success
+    metrics = nbexp.get("broken").metrics
+    assert metrics == {"loss": 0.5}  # `score` kept its old 0.9: that is not this run's metric
+
+
+def test_a_loop_variable_is_not_an_input_of_the_cell(ip):
+    run(ip, "import numpy as np\nrow = np.zeros(3)\nrows = np.ones((2, 3))")
+    assert run(ip, "%%experiment loop\nfor row in rows:\n    total = float(row.sum())\n").success
+    inputs = {item["name"] for item in nbexp.get("loop").data if item["kind"] == "variable"}
+    assert inputs == {"rows"}

@@ -119,6 +119,8 @@ def populate(store, count: int, via_save: bool) -> float:
                 store._db.executemany(sql, batch)
             batch.clear()
             print(f"  {i + 1:,} written ({time.perf_counter() - begin:.0f} s)", flush=True)
+    if hasattr(store, "rebuild_columns"):  # the index's list of param/metric names
+        store.rebuild_columns()
     return time.perf_counter() - begin
 
 

@@ -26,32 +26,14 @@ def experiments(
     then `params.*` and `metrics.*` columns. `query` filters, e.g. "metrics.f1 > 0.8"."""
     import pandas as pd
 
-    rows = _store(store).rows(query, sort=sort)
-    columns: dict[str, list[Any]] = {name: [] for name in BASE_COLUMNS}
-    param_names: dict[str, None] = {}
-    metric_names: dict[str, None] = {}
-    for row in rows:
-        param_names.update(dict.fromkeys(row["params"]))
-        metric_names.update(dict.fromkeys(row["metrics"]))
-    extra: dict[str, list[Any]] = {f"params.{k}": [] for k in param_names} | {
-        f"metrics.{k}": [] for k in metric_names
-    }
-    for row in rows:
-        columns["id"].append(row["id"][:8])
-        columns["name"].append(row["name"])
-        columns["created"].append(row["created"])
-        columns["status"].append(row["status"])
-        columns["duration"].append(row["duration"])
-        columns["tags"].append(row["tags"])
-        params, metrics = row["params"], row["metrics"]
-        for key in param_names:
-            extra[f"params.{key}"].append(params.get(key))
-        for key in metric_names:
-            extra[f"metrics.{key}"].append(metrics.get(key))
-    frame = pd.DataFrame({**columns, **extra})
+    names, rows = _store(store).table(query, sort=sort)
+    frame = pd.DataFrame.from_records(rows, columns=names) if rows else pd.DataFrame(columns=names)
+    frame["id"] = frame["id"].str.slice(0, 8)
     frame["created"] = pd.to_datetime(frame["created"], utc=True, format="ISO8601")
-    if any(row.get("origin") for row in rows):  # pulled experiments: the remote they came from
-        frame.insert(len(BASE_COLUMNS), "origin", [row.get("origin") for row in rows])
+    if not frame["origin"].notna().any():  # only pulled experiments have an origin
+        frame = frame.drop(columns="origin")
+    else:
+        frame = frame[[*BASE_COLUMNS, "origin", *names[len(BASE_COLUMNS) + 1 :]]]
     return frame
 
 

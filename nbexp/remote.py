@@ -526,8 +526,11 @@ def push(
             sizes[digest] = store.object_path(digest).stat().st_size
         except FileNotFoundError:
             broken[digest] = f"object {digest[:12]} is missing from this store"
+    # about how many objects the remote holds, to choose how to list them (see listing_of)
+    per_record = len(users) / max(1, len(experiments))
+    expected = int(len(on_remote) * per_record) + len(users)
     remote_objects = _object_digests(
-        _reaching(spec, files.listing_of, "objects", [_object_key(d) for d in sizes])
+        _reaching(spec, files.listing_of, "objects", [_object_key(d) for d in sizes], expected)
     )
     upload = [d for d in sizes if d not in remote_objects or remote_objects[d].size != sizes[d]]
 
@@ -562,7 +565,7 @@ def push(
         # arrived whole, and what was already there is still there (a gc elsewhere may
         # have taken an unreferenced object that a new record is about to reference).
         arrived = _object_digests(
-            _reaching(spec, files.listing_of, "objects", [_object_key(d) for d in sizes])
+            _reaching(spec, files.listing_of, "objects", [_object_key(d) for d in sizes], expected)
         )
         for digest in sizes:
             if digest not in broken and (
@@ -596,7 +599,11 @@ def push(
     written = [i for i in ready if i not in report.failed]
     if written:
         arrived_records = _reaching(
-            spec, files.listing_of, "records", [_record_key(i) for i in written]
+            spec,
+            files.listing_of,
+            "records",
+            [_record_key(i) for i in written],
+            len(on_remote) + len(written),
         )
         for experiment_id in written:
             entry = arrived_records.get(_record_key(experiment_id))
@@ -716,6 +723,7 @@ def pull(
             if not store.has_object(digest):
                 users.setdefault(digest, []).append(experiment_id)
     broken: dict[str, str] = {}
+    arrived: dict[str, Path] = {}
 
     def fetch_object(digest: str) -> int:
         temp = store.temp_path()
@@ -724,11 +732,18 @@ def pull(
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        return store.adopt_object(temp, digest)
+        size = store.check_arrival(temp, digest)  # hashed before it may become an object
+        arrived[digest] = temp
+        return size
 
     with store.writing():
         meter = Progress(f"pull {spec.name}", len(users), enabled=progress)
-        failures = run_parallel(list(users), fetch_object, workers=workers, progress=meter)
+        try:
+            failures = run_parallel(list(users), fetch_object, workers=workers, progress=meter)
+            store.adopt_objects(arrived)
+        finally:
+            for temp in arrived.values():
+                temp.unlink(missing_ok=True)
         for digest, error in failures.items():
             remote_path = files.path(_object_key(digest))
             if isinstance(error, IntegrityError):

@@ -57,7 +57,27 @@ CREATE TABLE IF NOT EXISTS file_hashes (
     path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, inode INTEGER, hash TEXT
 );
 CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS columns (
+    section TEXT NOT NULL, key TEXT NOT NULL, scalar INTEGER NOT NULL,
+    PRIMARY KEY (section, key)
+);
 """
+# Every param and metric name ever indexed, and whether all its values are plain numbers or
+# strings: listings then ask SQLite for flat columns (json_extract) instead of parsing two
+# JSON documents per row in Python — the difference between 0.5 s and 4 s at 100k rows.
+_REBUILD_COLUMNS = """
+DELETE FROM columns;
+INSERT OR IGNORE INTO columns
+    SELECT 'params', j.key, min(j.type IN ('integer', 'real', 'text', 'null'))
+    FROM experiments e, json_each(e.params) j GROUP BY j.key ORDER BY min(e.created);
+INSERT OR IGNORE INTO columns
+    SELECT 'metrics', j.key, min(j.type IN ('integer', 'real', 'text', 'null'))
+    FROM experiments e, json_each(e.metrics) j GROUP BY j.key ORDER BY min(e.created);
+"""
+_UPSERT_COLUMN = (
+    "INSERT INTO columns VALUES (?, ?, ?) "
+    "ON CONFLICT (section, key) DO UPDATE SET scalar = min(scalar, excluded.scalar)"
+)
 
 FEW_OBJECTS = 16  # batches up to this many objects are fsynced file by file
 SORTABLE = ("created", "name", "status", "duration", "id")
@@ -408,31 +428,40 @@ class Store:
         """Write a small file of the store (e.g. config.json) atomically and durably."""
         self._write_atomic(target, data, sync_dir=True)
 
-    def adopt_object(self, temp: Path, digest: str) -> int:
-        """Move a file that arrived from elsewhere into the store as object `digest`, after
-        verifying that its content hashes to `digest`; returns its size. The file is
-        removed, and nothing is stored, when it does not match."""
+    def check_arrival(self, temp: Path, digest: str) -> int:
+        """Verify that a file that arrived from elsewhere hashes to `digest`; returns its size.
+        A file that does not match is deleted. `adopt_objects` then makes it an object."""
         try:
+            hasher = xxhash.xxh3_128()
+            size = 0
             with open(temp, "rb") as handle:
-                hasher = xxhash.xxh3_128()
-                size = 0
                 while chunk := handle.read(8 * CHUNK):
                     hasher.update(chunk)
                     size += len(chunk)
-                os.fsync(handle.fileno())
             if hasher.hexdigest() != digest:
                 raise IntegrityError(
                     f"object {digest[:12]} arrived corrupt (its content does not match its hash)"
                 )
-            target = self.object_path(digest)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(temp, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise
-        self._known_objects.add(digest)
         return size
+
+    def adopt_objects(self, arrived: dict[str, Path]) -> None:
+        """Move verified files (`check_arrival`) into the store as the objects they hash to.
+        Their bytes are made durable first and their names after, with one filesystem sync
+        each rather than one fsync per file, so a record saved afterwards never names a
+        missing or partial object."""
+        if not arrived:
+            return
+        _sync_filesystem(self.tmp_dir)
+        for digest, temp in arrived.items():
+            target = self.object_path(digest)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, target)
+            self._known_objects.add(digest)
+        _sync_filesystem(self.objects_dir)
 
     def import_record(self, data: bytes, origin: dict[str, Any]) -> Experiment:
         """Add a record that arrived from a remote, byte for byte, once its content is
@@ -448,13 +477,12 @@ class Store:
                 f"record {experiment.short_id} arrived corrupt (its content does not match its id)"
             )
         path = self.record_path(experiment.id)
-        if not path.exists():
-            self._write_atomic(
-                self.origins_dir / f"{experiment.id}.json", json.dumps(origin).encode()
-            )
-            self._write_atomic(path, data, sync_dir=True)
+        if path.exists():  # recorded or pulled here already: the same content, by its id
+            return self.load(experiment.id)
+        self._write_atomic(self.origins_dir / f"{experiment.id}.json", json.dumps(origin).encode())
+        self._write_atomic(path, data, sync_dir=True)
         self._index_upsert(experiment)
-        return self.load(experiment.id)
+        return experiment
 
     # -- index ----------------------------------------------------------------------
 
@@ -468,6 +496,12 @@ class Store:
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.executescript(_INDEX_SCHEMA)
             _add_origin_column(connection)
+            empty = connection.execute("SELECT NOT EXISTS (SELECT 1 FROM columns)").fetchone()[0]
+            if (
+                empty
+                and connection.execute("SELECT EXISTS (SELECT 1 FROM experiments)").fetchone()[0]
+            ):
+                connection.executescript(f"BEGIN; {_REBUILD_COLUMNS} COMMIT;")
         except sqlite3.DatabaseError as error:
             raise StoreError(
                 f"the index {self.index_path} is unreadable ({error}); "
@@ -496,11 +530,18 @@ class Store:
         )
 
     def _index_upsert(self, experiment: Experiment, body: dict[str, Any] | None = None) -> None:
+        body = body if body is not None else experiment.to_dict()
+        keys = [
+            (section, key, int(_is_flat(value)))
+            for section in ("params", "metrics")
+            for key, value in body[section].items()
+        ]
         with self._lock, self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 self._index_row(experiment, body),
             )
+            self._db.executemany(_UPSERT_COLUMN, keys)
 
     def reindex(self) -> int:
         """Rebuild the index from the records; returns how many were indexed.
@@ -528,6 +569,9 @@ class Store:
                     # rows not rebuilt: keep those saved meanwhile by another process
                     gone = [(i,) for i in others if not self._loadable(i)]
                     self._db.executemany("DELETE FROM experiments WHERE id = ?", gone)
+                    for statement in _REBUILD_COLUMNS.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
             except sqlite3.DatabaseError as error:
                 if "locked" in str(error) or "busy" in str(error):
                     raise StoreError(
@@ -542,6 +586,9 @@ class Store:
                     self._db.executemany(
                         "INSERT OR REPLACE INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows
                     )
+                    for statement in _REBUILD_COLUMNS.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
             return len(rows)
 
     def _loadable(self, experiment_id: str) -> bool:
@@ -588,6 +635,60 @@ class Store:
             }
             for row in raw
         ]
+
+    def rebuild_columns(self) -> None:
+        """Recompute the param/metric name list from the index (after bulk index writes)."""
+        with self._lock, self._db:
+            for statement in _REBUILD_COLUMNS.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+
+    def table(
+        self,
+        query: str | None = None,
+        *,
+        sort: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> tuple[list[str], list[list[Any]]]:
+        """The listing as flat columns — id, name, created, status, duration, tags, origin,
+        then `params.*` and `metrics.*` — computed by SQLite in one query. Columns no listed
+        experiment has a value for are left out."""
+        with self._lock:
+            keys = self._db.execute(
+                "SELECT section, key, scalar FROM columns ORDER BY section = 'metrics', rowid"
+            ).fetchall()
+        names = ["id", "name", "created", "status", "duration", "tags", "origin"]
+        select = list(names)
+        args: list[Any] = []
+        nested: list[int] = []
+        for section, key, scalar in keys:
+            # `->` keeps JSON types (true, lists, {"$float": "nan"}) for non-flat columns
+            select.append(f"json_extract({section}, ?)" if scalar else f"{section} -> ?")
+            args.append('$."' + key.replace('"', '\\"') + '"')
+            if not scalar:
+                nested.append(len(names))
+            names.append(f"{section}.{key}")
+        sql, where_args = self._select(query, None, columns=", ".join(select))
+        sql += f" ORDER BY {_order_clause(sort, False)}"
+        args += where_args
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args += [limit, offset]
+        with self._lock:
+            rows = [list(row) for row in self._db.execute(sql, args)]
+        from .record import decode_value
+
+        for row in rows:
+            row[5] = json.loads(row[5]) if row[5] != "[]" else []
+            for position in nested:
+                if row[position] is not None:
+                    row[position] = decode_value(json.loads(row[position]))
+        present = [i for i in range(len(names)) if i < 7 or any(row[i] is not None for row in rows)]
+        if len(present) < len(names):
+            names = [names[i] for i in present]
+            rows = [[row[i] for i in present] for row in rows]
+        return names, rows
 
     def count(self, query: str | None = None) -> int:
         sql, args = self._select(query, None, columns="COUNT(*)")
@@ -830,6 +931,11 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _is_flat(value: Any) -> bool:
+    """A value json_extract returns unchanged: a number (not a bool), a string or null."""
+    return value is None or (isinstance(value, (int, float, str)) and not isinstance(value, bool))
 
 
 def _decode(text: str) -> dict[str, Any]:

@@ -33,9 +33,8 @@ ATOMIC_PUT_PROTOCOLS = frozenset(
 DEFAULT_WORKERS = 16
 # Up to this size an object is read into memory, verified and sent as those exact bytes.
 IN_MEMORY_LIMIT = 64 * 2**20
-# Listing one `objects/ab/` prefix per object is cheaper than one listing of everything
-# only while few prefixes are involved (there are 256).
-PREFIX_LISTING_LIMIT = 48
+# A listing request returns up to this many keys (S3, GCS and Azure all page by 1,000).
+LISTING_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -110,13 +109,16 @@ class RemoteFiles:
                     entries[key] = Entry(stat.st_size, stat.st_mtime, str(stat.st_mtime_ns))
         return entries
 
-    def listing_of(self, kind: str, keys: Iterable[str]) -> dict[str, Entry]:
-        """A listing that covers `keys` (all under `kind/ab/`): per 2-character prefix when few
-        prefixes are involved, else one listing of all of `kind/`."""
+    def listing_of(self, kind: str, keys: Iterable[str], expected: int) -> dict[str, Entry]:
+        """A listing that covers `keys` (all under `kind/ab/`, of which the remote holds about
+        `expected`) in the fewest requests: one listing per 2-character prefix involved, or
+        one listing of all of `kind/`, whichever needs fewer pages."""
         prefixes = sorted({key.split("/")[1] for key in keys})
         if not prefixes:
             return {}
-        if len(prefixes) > PREFIX_LISTING_LIMIT:
+        whole = -(-max(expected, 1) // LISTING_PAGE)
+        per_prefix = len(prefixes) * -(-max(expected, 1) // (256 * LISTING_PAGE))
+        if whole <= per_prefix:
             return self.listing(f"{kind}/")
         entries: dict[str, Entry] = {}
         with ThreadPoolExecutor(max_workers=min(len(prefixes), DEFAULT_WORKERS)) as pool:
@@ -130,7 +132,8 @@ class RemoteFiles:
         """A key's bytes; FileNotFoundError when it does not exist."""
         if self.is_local:
             return Path(self.path(key)).read_bytes()
-        data: bytes = self.fs.cat_file(self.path(key))
+        # from offset 0: one ranged GET, where a plain cat_file asks for the size first
+        data: bytes = self.fs.cat_file(self.path(key), start=0)
         return data
 
     def download(self, key: str, destination: Path) -> None:

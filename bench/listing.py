@@ -113,7 +113,9 @@ def populate(store, count: int, via_save: bool) -> float:
             handle.write(canonical_json(body) + b"\n")
         batch.append(store._index_row(experiment))
         if not sql:  # as many placeholders as the index row has columns
-            sql = f"INSERT OR REPLACE INTO experiments VALUES ({','.join('?' * len(batch[0]))})"
+            sql = getattr(sys.modules[type(store).__module__], "_INSERT_ROW", None) or (
+                f"INSERT OR REPLACE INTO experiments VALUES ({','.join('?' * len(batch[0]))})"
+            )
         if len(batch) >= 10_000 or i == count - 1:
             with store._lock, store._db:
                 store._db.executemany(sql, batch)

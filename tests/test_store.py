@@ -616,3 +616,44 @@ def test_non_finite_metric_recorded_through_the_magic(ip: Any) -> None:
     assert math.isnan(loaded.metrics["score"]) and loaded.metrics["best"] == math.inf
     assert loaded.params["huge"] == math.inf  # a literal: a param, encoded the same way
     assert schema_errors(loaded.to_dict()) == []
+
+
+def test_listing_columns_keep_types_across_mixed_values_and_reindex(project):
+    from nbexp import api
+
+    store = open_store()
+    first = _listing_experiment(store, "a", {"lr": 0.1, "layers": 2}, {"acc": 0.5})
+    second = _listing_experiment(store, "b", {"lr": 0.2, "layers": [64, 32]}, {"acc": float("nan")})
+    names, rows = store.table()
+    by_name = {row[names.index("name")]: row for row in rows}
+    assert by_name["a"][names.index("params.layers")] == 2
+    assert by_name["b"][names.index("params.layers")] == [64, 32]
+    assert math.isnan(by_name["b"][names.index("metrics.acc")])
+    frame = api.experiments(store=store)
+    assert list(frame["params.lr"]) == [0.2, 0.1]
+    store.reindex()
+    assert store.table() == (names, rows) or _same_listing(store.table(), (names, rows))
+    assert {first.id, second.id} == {row[0] for row in store.table()[1]}
+
+
+def _same_listing(left, right) -> bool:
+    return json.dumps(left, default=str, sort_keys=True).replace("NaN", "nan") == json.dumps(
+        right, default=str, sort_keys=True
+    ).replace("NaN", "nan")
+
+
+def _listing_experiment(store, name, params, metrics):
+    from nbexp.record import Code, Experiment, Outcome
+
+    draft = Experiment(
+        id="",
+        name=name,
+        created=f"2026-11-23T00:00:0{len(store.rows())}.000000+00:00",
+        code=Code(cell="", source=""),
+        outcome=Outcome(status="ok", started="2026-11-23T00:00:00+00:00", duration=0.1),
+        params=params,
+        metrics=metrics,
+    )
+    body = draft.to_dict()
+    body["id"] = store.make_id(body)
+    return store.save(Experiment.from_dict(body))

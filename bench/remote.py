@@ -139,10 +139,20 @@ class _nothing:
         return None
 
 
-def timed(function: Any) -> tuple[Any, float]:
+def timed(function: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
     begin = time.perf_counter()
-    result = function()
+    result = function(*args, **kwargs)
     return result, time.perf_counter() - begin
+
+
+class Requests:
+    """Counts the HTTP requests a botocore client sends (`before-send` event)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def __call__(self, **kwargs: Any) -> None:
+        self.sent.append(str(kwargs.get("event_name")).split(".")[-1])
 
 
 def main() -> int:
@@ -153,6 +163,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=None, help="nbexp's parallel transfers")
     parser.add_argument("--dir", help="where the temp stores go (default: system temp)")
     parser.add_argument("--profile", action="store_true", help="cProfile the push and the pull")
+    parser.add_argument(
+        "--repeat", type=int, help="rounds; the best of each is shown (default: 3 quick, 1 full)"
+    )
     args = parser.parse_args()
 
     experiments = args.experiments or (100 if args.quick else 1000)
@@ -161,7 +174,8 @@ def main() -> int:
     notes: list[str] = []
     base = Path(args.dir or tempfile.gettempdir())
     need_disk = 3 * experiments * objects_each * MIB + 500 * MB
-    need_memory = 2.5 * experiments * objects_each * MIB + 1000 * MB
+    rounds = args.repeat or (3 if args.quick else 1)
+    need_memory = (2 * rounds + 0.5) * experiments * objects_each * MIB + 1000 * MB
     free_disk = shutil.disk_usage(base).free
     free_memory = available_memory()
     if free_disk < need_disk or free_memory < need_memory:
@@ -172,6 +186,7 @@ def main() -> int:
             f"{free_memory / 1e9:.1f} GB memory free"
         )
     size = experiments * objects_each * MIB
+    repeat = args.repeat or (3 if args.quick else 1)
 
     os.environ.update(CREDENTIALS)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
@@ -200,49 +215,68 @@ def main() -> int:
             flush=True,
         )
         a = Store(work / "a" / ".nbexp")
-        _, setup = timed(lambda: fill_store(a, experiments, objects_each))
+        _, setup = timed(fill_store, a, experiments, objects_each)
         print(f"  setup {setup:.1f} s", flush=True)
-        url = "s3://bench/nbexp"
-        add_remote(a, "bench", url, {"endpoint_url": endpoint})
-        b = Store(work / "b" / ".nbexp")
-        add_remote(b, "bench", url, {"endpoint_url": endpoint})
-
-        profiler = cProfile.Profile() if args.profile else None
-        if profiler:
-            profiler.enable()
-        first, push_seconds = timed(lambda: push(a, workers=workers, progress=False))
-        if profiler:
-            profiler.disable()
-        print(f"  {first}", flush=True)
-
-        fs = open_remote(get_remote(a, "bench")).fs
-        fs.connect()
-        sent: list[str] = []
-        fs.s3.meta.events.register(
-            "before-send.s3", lambda **kw: sent.append(str(kw.get("event_name")).split(".")[-1])
-        )
-        again, again_seconds = timed(lambda: push(a, workers=workers, progress=False))
-        again_requests = list(sent)  # the same client serves the pull below
-        print(f"  {again} ({len(sent)} requests: {', '.join(sorted(set(sent)))})", flush=True)
-
         # the same bytes as nbexp moves: every object file and every record file
         moved = sorted(str(p) for p in a.objects_dir.glob("*/*"))
         moved += sorted(str(p) for p in a.records_dir.glob("*/*.json"))
-        raw_keys = [f"bench/raw/{Path(p).parent.name}{Path(p).name}" for p in moved]
         moved_bytes = sum(os.path.getsize(p) for p in moved)
-        _, raw_put_seconds = timed(lambda: raw_fs.put(moved, raw_keys))
+        profiler = cProfile.Profile() if args.profile else None
+        times: dict[str, list[float]] = {}
+        again_requests: list[str] = []
+        problems: list[Any] = []
+        for round_ in range(repeat):
+            # each round: a fresh remote prefix, raw keys and pulling store, nbexp and raw
+            # s3fs alternating so that a change in the machine's load hits both
+            name = f"bench{round_}"
+            url = f"s3://bench/nbexp-{round_}"
+            add_remote(a, name, url, {"endpoint_url": endpoint})
+            b = Store(work / f"b{round_}" / ".nbexp")
+            add_remote(b, name, url, {"endpoint_url": endpoint})
+            raw_keys = [f"bench/raw-{round_}/{Path(p).parent.name}{Path(p).name}" for p in moved]
 
-        if profiler:
-            profiler.enable()
-        pulled, pull_seconds = timed(lambda: pull(b, workers=workers, progress=False))
-        if profiler:
-            profiler.disable()
-        print(f"  {pulled}", flush=True)
-        fetched = work / "raw-get"
-        fetched.mkdir()
-        local_targets = [str(fetched / key.rsplit("/", 1)[-1]) for key in raw_keys]
-        _, raw_get_seconds = timed(lambda: raw_fs.get(raw_keys, local_targets))
-        problems = b.fsck()
+            if profiler:
+                profiler.enable()
+            first, seconds = timed(push, a, name, workers=workers, progress=False)
+            if profiler:
+                profiler.disable()
+            times.setdefault("push", []).append(seconds)
+            print(f"  {first}", flush=True)
+
+            fs = open_remote(get_remote(a, name)).fs
+            fs.connect()
+            counter = Requests()
+            fs.s3.meta.events.register("before-send.s3", counter)
+            again, seconds = timed(push, a, name, workers=workers, progress=False)
+            fs.s3.meta.events.unregister("before-send.s3", counter)
+            times.setdefault("again", []).append(seconds)
+            again_requests = counter.sent
+            kinds = ", ".join(sorted(set(again_requests)))
+            print(f"  {again} ({len(again_requests)} requests: {kinds})", flush=True)
+
+            _, seconds = timed(raw_fs.put, moved, raw_keys)
+            times.setdefault("put", []).append(seconds)
+
+            if profiler:
+                profiler.enable()
+            pulled, seconds = timed(pull, b, name, workers=workers, progress=False)
+            if profiler:
+                profiler.disable()
+            times.setdefault("pull", []).append(seconds)
+            print(f"  {pulled}", flush=True)
+            fetched = work / f"raw-get-{round_}"
+            fetched.mkdir()
+            local_targets = [str(fetched / key.rsplit("/", 1)[-1]) for key in raw_keys]
+            _, seconds = timed(raw_fs.get, raw_keys, local_targets)
+            times.setdefault("get", []).append(seconds)
+            problems = b.fsck()
+            b.close()
+            shutil.rmtree(b.root.parent, ignore_errors=True)
+            shutil.rmtree(fetched, ignore_errors=True)
+
+        push_seconds, again_seconds = min(times["push"]), min(times["again"])
+        raw_put_seconds, pull_seconds = min(times["put"]), min(times["pull"])
+        raw_get_seconds = min(times["get"])
 
         def rate(seconds: float) -> float:
             return moved_bytes / MB / seconds
@@ -276,6 +310,7 @@ def main() -> int:
         f"remote: {experiments} experiments, {experiments * objects_each} objects of 1 MiB "
         f"({size / MB:.0f} MB; with the records {moved_bytes / MB:.0f} MB in "
         f"{len(moved)} keys), moto S3 server on localhost, nbexp workers {workers}, "
+        f"best of {repeat} round{'s' if repeat > 1 else ''}, "
         f"{cores()} cores, load average {load_before:.2f} at start, "
         f"{os.getloadavg()[0]:.2f} at end"
     )

@@ -704,26 +704,9 @@ def pull(
         bodies[experiment_id] = (data, experiment)
         return len(data)
 
-    for experiment_id, error in run_parallel(fetch, fetch_record, workers=workers).items():
-        report.failed[experiment_id] = (
-            str(error)
-            if isinstance(error, IntegrityError)
-            else f"record {experiment_id[:SHORT_ID_LENGTH]} could not be read ({_describe(error)})"
-        )
-    if refs and wanted is None:
-        selected = _resolve_on_remote(store, spec, refs, here, bodies)
-        report.failed = {i: why for i, why in report.failed.items() if i in selected}
-    else:
-        selected = set(wanted) if wanted is not None else set(on_remote)
-    chosen = [i for i in new if i in selected and i in bodies]
-    report.present = len([i for i in selected if i in here])
-    users: dict[str, list[str]] = {}
-    for experiment_id in chosen:
-        for digest in bodies[experiment_id][1].object_hashes():
-            if not store.has_object(digest):
-                users.setdefault(digest, []).append(experiment_id)
-    broken: dict[str, str] = {}
+    users: dict[str, list[str]] = {}  # object → the records that need it, of those chosen
     arrived: dict[str, Path] = {}
+    sizes: dict[str, int] = {}
 
     def fetch_object(digest: str) -> int:
         temp = store.temp_path()
@@ -734,33 +717,81 @@ def pull(
             raise
         size = store.check_arrival(temp, digest)  # hashed before it may become an object
         arrived[digest] = temp
+        sizes[digest] = size
         return size
 
+    def fetch_one(item: tuple[str, str]) -> int:
+        kind, key = item
+        return fetch_record(key) if kind == "record" else fetch_object(key)
+
+    def objects_of(item: tuple[str, str]) -> list[tuple[str, str]]:
+        """The objects a record needs that no earlier record asked for and we lack."""
+        kind, experiment_id = item
+        if kind != "record":
+            return []
+        missing = []
+        for digest in bodies[experiment_id][1].object_hashes():
+            if digest in users:
+                users[digest].append(experiment_id)
+            elif not store.has_object(digest):
+                users[digest] = [experiment_id]
+                missing.append(("object", digest))
+        return missing
+
+    # Without names, tags or `last` to resolve, the records to pull are known from the
+    # listing: a record's objects are fetched as soon as it arrives, beside other records.
+    resolving = bool(refs) and wanted is None
     with store.writing():
-        meter = Progress(f"pull {spec.name}", len(users), enabled=progress)
+        meter = Progress(f"pull {spec.name}", len(fetch), unit="files", enabled=progress)
         try:
-            failures = run_parallel(list(users), fetch_object, workers=workers, progress=meter)
+            failures = run_parallel(
+                [("record", i) for i in fetch],
+                fetch_one,
+                workers=workers,
+                progress=None if resolving else meter,
+                then=None if resolving else objects_of,
+            )
+            if resolving:
+                selected = _resolve_on_remote(store, spec, refs, here, bodies)
+                for experiment_id in [i for i in fetch if i in selected and i in bodies]:
+                    objects_of(("record", experiment_id))
+                meter = Progress(f"pull {spec.name}", len(users), enabled=progress)
+                failures |= run_parallel(
+                    [("object", d) for d in users], fetch_one, workers=workers, progress=meter
+                )
+            else:
+                selected = set(wanted) if wanted is not None else set(on_remote)
             store.adopt_objects(arrived)
         finally:
             for temp in arrived.values():
                 temp.unlink(missing_ok=True)
-        for digest, error in failures.items():
-            remote_path = files.path(_object_key(digest))
-            if isinstance(error, IntegrityError):
-                broken[digest] = (
-                    f"object {digest[:12]} on the remote is corrupt (its content does not match "
-                    f"its hash), so nothing that needs it was pulled; delete {remote_path} and "
-                    f"push it again from a store that has it intact: `nbexp push {spec.name} {{ref}}`"
+        broken: dict[str, str] = {}
+        for (kind, key), error in failures.items():
+            if kind == "record":
+                if key in selected:
+                    report.failed[key] = (
+                        str(error)
+                        if isinstance(error, IntegrityError)
+                        else f"record {key[:SHORT_ID_LENGTH]} could not be read ({_describe(error)})"
+                    )
+            elif isinstance(error, IntegrityError):
+                broken[key] = (
+                    f"object {key[:12]} on the remote is corrupt (its content does not match "
+                    f"its hash), so nothing that needs it was pulled; delete "
+                    f"{files.path(_object_key(key))} and push it again from a store that has "
+                    f"it intact: `nbexp push {spec.name} {{ref}}`"
                 )
             elif isinstance(error, FileNotFoundError):
-                broken[digest] = (
-                    f"object {digest[:12]} is missing on the remote; push it again from a store "
+                broken[key] = (
+                    f"object {key[:12]} is missing on the remote; push it again from a store "
                     f"that has it: `nbexp push {spec.name} {{ref}}`"
                 )
             else:
-                broken[digest] = f"object {digest[:12]} could not be read ({_describe(error)})"
-        report.objects = len(users) - len(failures)
-        report.bytes = meter.bytes
+                broken[key] = f"object {key[:12]} could not be read ({_describe(error)})"
+        chosen = [i for i in new if i in selected and i in bodies]
+        report.present = len([i for i in selected if i in here])
+        report.objects = len(sizes)
+        report.bytes = sum(sizes.values())
         for digest, reason in broken.items():
             for experiment_id in users[digest]:
                 experiment = bodies[experiment_id][1]

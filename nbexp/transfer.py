@@ -260,6 +260,7 @@ class Progress:
         self.total_bytes = total_bytes
         self.done = 0
         self.bytes = 0
+        self.requested = enabled
         self.enabled = enabled and total > 0
         self._stream = stream
         self._lock = threading.Lock()
@@ -279,6 +280,12 @@ class Progress:
             if self.enabled and now - self._last >= (0.2 if self._live else 5.0):
                 self._last = now
                 self._print(final=False)
+
+    def extend(self, count: int) -> None:
+        """More items turned out to be part of this transfer."""
+        with self._lock:
+            self.total += count
+            self.enabled = self.requested and self.total > 0
 
     def close(self) -> None:
         if self.enabled:
@@ -310,16 +317,21 @@ def run_parallel(
     *,
     workers: int = DEFAULT_WORKERS,
     progress: Progress | None = None,
+    then: Callable[[T], Sequence[T]] | None = None,
 ) -> dict[T, Exception]:
     """Run `work` on every item in a thread pool; returns the items that failed, with why.
 
-    `work` returns the bytes it moved (for the progress line). An interrupt (Ctrl-C, or any
-    exception that is not an `Exception`) cancels what has not started and is re-raised.
+    `work` returns the bytes it moved (for the progress line). `then(item)`, called in this
+    thread after an item succeeded, may return more items to run in the same pool (a pull
+    fetches a record's objects while other records are still arriving). An interrupt
+    (Ctrl-C, or any exception that is not an `Exception`) cancels what has not started and
+    is re-raised.
     """
     failures: dict[T, Exception] = {}
     if not items:
         return failures
-    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))))
+    size = workers if then is not None else min(workers, len(items))
+    pool = ThreadPoolExecutor(max_workers=max(1, size))
     pending: dict[Future[int], T] = {}
     try:
         pending = {pool.submit(work, item): item for item in items}
@@ -331,6 +343,11 @@ def run_parallel(
                 if error is None:
                     if progress is not None:
                         progress.advance(future.result())
+                    more = then(item) if then is not None else ()
+                    if more and progress is not None:
+                        progress.extend(len(more))
+                    for follow in more:
+                        pending[pool.submit(work, follow)] = follow
                 elif isinstance(error, Exception):
                     failures[item] = error
                 else:

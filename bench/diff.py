@@ -8,7 +8,7 @@ In one process:
    (4 numeric columns, 2 categorical) and a 1M-row Parquet file; the second run's data has
    drifted (shifted means, changed category shares, one column retyped, one added), so every
    input's hash differs and the diff computes drift for every column;
-3. ``nbexp.diff(a, b)`` timed: the first call in the process (imports ``nbexp.compare``), then
+3. ``nbexp.diff(a, b)`` timed: the first call in the process (imports ``nbexp.comparison``), then
    the median of repeated calls, and ``str()`` of the result; and ``nbexp diff A B`` as a
    subprocess (interpreter start-up included).
 
@@ -138,7 +138,7 @@ def main() -> int:
             ("inputs changed / columns compared", f"{len(first.data)} / {columns}", ""),
             ("record sizes", ", ".join(f"{s / 1024:.0f} KB" for s in sizes), ""),
             ("recording each run (setup, not timed)", recording, ""),
-            ("nbexp.diff first call (imports compare)", f"{first_call * 1000:.1f} ms", "≤ 2 s"),
+            ("nbexp.diff first call (imports comparison)", f"{first_call * 1000:.1f} ms", "≤ 2 s"),
             ("nbexp.diff median / max", f"{median:.1f} / {worst:.1f} ms", "≤ 2 s"),
             ("str() + _repr_html_()", f"{render * 1000:.1f} ms ({len(html) // 1024} KB html)", ""),
             ("`nbexp diff A B` subprocess, best of 3", f"{min(cli_times):.2f} s", ""),

@@ -6,8 +6,6 @@ are imported only when the function that needs them is called.
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from .errors import NbexpError
@@ -128,22 +126,10 @@ def load_ipython_extension(ipython: Any) -> None:
     # Mapping modules to distributions reads every installed package's metadata (~0.5 s);
     # do it now, in the background, rather than during the first experiment.
     threading.Thread(target=warm_up, name="nbexp-warm-up", daemon=True).start()
+    from .widgets import warm_up as warm_up_widgets
+
+    warm_up_widgets(ipython)  # in a notebook kernel: import the table's code in the background
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """`%unload_ext nbexp`: nothing to undo beyond the magics IPython drops itself."""
-
-
-class _Package(types.ModuleType):
-    """`nbexp.compare` is the table function above, and `nbexp/compare.py` the diff module.
-    Importing a submodule binds it on its package, which would replace the function after
-    the first diff; this package keeps the function. The module stays importable by its name
-    (`from nbexp.compare import diff`); renaming it would make this class unnecessary."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "compare" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -59,7 +59,7 @@ def remove(ref: str, *, store: Store | str | None = None) -> Experiment:
 def diff(a: str | Experiment, b: str | Experiment, *, store: Store | str | None = None) -> Any:
     """What differs between two experiments (refs or records): params, metrics with deltas,
     code, data drift from the recorded profiles (no data is read), environment, git, state."""
-    from .compare import diff as _diff
+    from .comparison import diff as _diff
 
     if isinstance(a, Experiment) and isinstance(b, Experiment):
         return _diff(a, b)

@@ -56,7 +56,9 @@ def cmd_list(args: argparse.Namespace, store: Store) -> int:
     for name, cells in zip(header, text, strict=True):
         width = max(len(name), max(map(len, cells)))
         padded.append([name.ljust(width), *(cell.ljust(width) for cell in cells)])
-    sys.stdout.write("\n".join(" ".join(line).rstrip() for line in zip(*padded, strict=True)) + "\n")
+    sys.stdout.write(
+        "\n".join(" ".join(line).rstrip() for line in zip(*padded, strict=True)) + "\n"
+    )
     return 0
 
 
@@ -287,7 +289,7 @@ def cmd_branch(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_diff(args: argparse.Namespace, store: Store) -> int:
-    from .compare import diff
+    from .comparison import diff
 
     print(diff(store.get(args.a), store.get(args.b)))
     return 0

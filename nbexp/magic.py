@@ -17,11 +17,6 @@ from .recorder import Recorder, RunOptions, RunResult
 from .show import summary_line
 
 
-def _has_widget_frontend(shell: Any) -> bool:
-    """Whether the shell is a Jupyter kernel's (widgets can show), not terminal IPython."""
-    return any(cls.__name__ == "ZMQInteractiveShell" for cls in type(shell).__mro__)
-
-
 def _parse(magic: Any, line: str) -> Any:
     """Parse a magic's line with POSIX quoting, so --expect "f1 >= 0.9" arrives unquoted."""
     try:
@@ -157,10 +152,12 @@ class ExperimentMagics(Magics):
     def experiments(self, line: str) -> Any:
         """The experiments in this store: %experiments [QUERY]. In a notebook, a table to
         sort, filter, compare, plot, restore, export, tag and delete; in a terminal, text."""
-        query = line.strip() or None
-        if _has_widget_frontend(self.shell):
-            return self._call(api.compare, query=query)
+        from .widgets import has_widget_frontend
         from .widgets.render import text_listing
+
+        query = line.strip() or None
+        if has_widget_frontend(self.shell):
+            return self._call(api.compare, query=query)
 
         print(self._call(text_listing, query))
         return None

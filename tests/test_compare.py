@@ -1,4 +1,4 @@
-"""`nbexp.compare`: drift statistics on known distributions, and the diff of two records."""
+"""`nbexp.comparison`: drift statistics on known distributions, and the diff of two records."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import nbexp
-from nbexp.compare import (
+from nbexp.comparison import (
     Diff,
     column_drift,
     diff,

@@ -443,7 +443,9 @@ def test_the_magic_help_mentions_its_flags(ip):
 
 def test_a_failed_run_does_not_report_metrics_it_never_computed(ip):
     run(ip, "score = 0.9")
-    result = run(ip, "%%experiment broken\nloss = 0.25 * 2\nraise ValueError('boom')\nscore = 0.1\n")
+    result = run(
+        ip, "%%experiment broken\nloss = 0.25 * 2\nraise ValueError('boom')\nscore = 0.1\n"
+    )
     assert not result.success
     metrics = nbexp.get("broken").metrics
     assert metrics == {"loss": 0.5}  # `score` kept its old 0.9: that is not this run's metric

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 import nbexp
-from nbexp import magic as magic_module
 from nbexp import store as store_module
+from nbexp import widgets as widgets_package
 from nbexp.store import Store, open_store
 from nbexp.widgets import render, watch
 from nbexp.widgets.browser import ExperimentBrowser
@@ -81,7 +81,7 @@ def message(browser: ExperimentBrowser) -> str:
 
 
 def output(browser: ExperimentBrowser) -> dict[str, Any]:
-    outputs = browser.result.outputs
+    outputs = browser.bar.result.outputs
     assert len(outputs) == 1, outputs
     data: dict[str, Any] = outputs[0]["data"]
     return data
@@ -179,7 +179,16 @@ def test_one_row_per_experiment_with_id_name_time_status_params_and_metrics(make
     assert column(browser, "created")[0] == "2024-01-01 00:04:00"
     assert all(text == "✓ ok" for text in column(browser, "status"))
     assert browser.grid.pager.value == "rows 1–5 of 5"
-    assert [check.layout.display for check in browser.grid.checks[:6]] == [None] * 5 + ["none"]
+    assert len(browser.grid.checks) == 5  # a checkbox per row on the page, not per page_size
+
+
+def test_every_param_and_metric_is_a_column_even_the_oldest_experiments(make, store):
+    make_experiment(store, "oldest", params={"rare": 1}, metrics={"old_metric": 0.5}, minutes=0)
+    for i in range(1, 60):
+        make_experiment(store, f"new-{i}", params={"common": i}, minutes=i)
+    browser = make()
+    assert browser.columns[5:] == ["params.rare", "params.common", "metrics.old_metric"]
+    assert "oldest" not in column(browser, "name")  # on page 2, yet its columns are there
 
 
 def test_an_empty_store_says_so(make):
@@ -270,7 +279,7 @@ def test_selection_is_kept_across_pages_and_sorts(make, store):
     checked = [c.value for c in browser.grid.checks]
     assert checked[5] and sum(checked) == 1  # e05 is 6th when sorted by i; e59 is on page 2
     assert "nbexp-selected" in page(browser).row_classes[5]
-    assert "2 selected" in browser.selection.value
+    assert "2 selected" in browser.bar.selection.value
 
 
 def test_the_page_checkbox_selects_and_clears_the_page(make, five):
@@ -278,11 +287,14 @@ def test_the_page_checkbox_selects_and_clears_the_page(make, five):
     browser.grid.check_page.value = True
     assert len(browser.selected) == 5 and all(c.value for c in browser.grid.checks[:5])
     browser.grid.check_page.value = False
-    assert browser.selected == [] and browser.selection.value.startswith("nothing selected")
+    assert browser.selected == [] and browser.bar.selection.value.startswith("nothing selected")
 
 
 def test_the_column_chooser_hides_and_shows_columns(make, five):
     browser = make()
+    assert browser.chooser.children == ()  # made when first opened
+    browser.columns_toggle.value = True
+    assert browser.chooser.layout.display == "flex"
     boxes = {box.description: box for box in browser.chooser.children}
     assert set(boxes) == {c.key for c in browser.model.columns()}
     assert not boxes["duration"].value  # hidden by default
@@ -296,8 +308,8 @@ def test_the_column_chooser_hides_and_shows_columns(make, five):
     browser.show_columns(["name", "metrics.acc"])
     assert browser.columns == ["name", "metrics.acc"]
     assert boxes["params.depth"].value is False
-    browser.columns_toggle.value = True
-    assert browser.chooser.layout.display == "flex"
+    browser.columns_toggle.value = False
+    assert browser.chooser.layout.display == "none"
 
 
 def test_the_best_value_of_each_metric_is_highlighted(make, five, store):
@@ -376,13 +388,13 @@ def test_stale_experiments_are_marked(ip, project, make):
 
 def test_compare_two_selected_shows_their_diff(make, five):
     browser = make()
-    assert browser.compare_button.disabled
+    assert browser.bar.compare_button.disabled
     check_row(browser, "run-1")
-    browser.compare_button.click()
-    assert "exactly two" in message(browser) and browser.result.outputs == ()
+    browser.bar.compare_button.click()
+    assert "exactly two" in message(browser) and browser.bar.result.outputs == ()
     check_row(browser, "run-3")
-    assert not browser.compare_button.disabled
-    browser.compare_button.click()
+    assert not browser.bar.compare_button.disabled
+    browser.bar.compare_button.click()
     shown = output(browser)
     assert "run-1" in shown["text/plain"] and "run-3" in shown["text/plain"]
     assert "depth" in shown["text/html"]
@@ -390,19 +402,19 @@ def test_compare_two_selected_shows_their_diff(make, five):
 
 def test_plot_a_metric_against_a_param_and_across_experiments(make, five):
     browser = make()
-    assert browser.plot_y.value == "acc"
-    browser.plot_button.click()  # nothing selected: every filtered experiment
+    assert browser.bar.plot_y.value == "acc"
+    browser.bar.plot_button.click()  # nothing selected: every filtered experiment
     assert output(browser)["image/png"]
     assert "plotted the 5 filtered experiments" in message(browser)
     check_row(browser, "run-1")
     check_row(browser, "run-2")
-    browser.plot_x.value = "params.depth"
-    browser.plot_y.value = "loss"
-    browser.plot_button.click()
+    browser.bar.plot_x.value = "params.depth"
+    browser.bar.plot_y.value = "loss"
+    browser.bar.plot_button.click()
     assert output(browser)["image/png"] and message(browser) == ""
-    browser.plot_x.value = "series"
-    assert browser.plot_y.options == ()  # these runs logged no series
-    browser.plot_button.click()
+    browser.bar.plot_x.value = "series"
+    assert browser.bar.plot_y.options == ()  # these runs logged no series
+    browser.bar.plot_button.click()
     assert "nothing to plot" in message(browser)
 
 
@@ -410,9 +422,9 @@ def test_plot_logged_series(ip, make):
     body = "import nbexp\nfor step in range(3):\n    nbexp.log('curve', step * 0.5)\nscore = 1\n"
     assert run(ip, cell("logged", body)).success
     browser = make()
-    browser.plot_x.value = "series"
-    assert browser.plot_y.options == ("curve",)
-    browser.plot_button.click()
+    browser.bar.plot_x.value = "series"
+    assert browser.bar.plot_y.options == ("curve",)
+    browser.bar.plot_button.click()
     assert output(browser)["image/png"]
 
 
@@ -420,9 +432,9 @@ def test_restore_puts_the_variables_into_the_kernel(ip, make):
     assert run(ip, cell("first", "numbers = [1, 2, 3]\nscore = 0.9\n")).success
     ip.user_ns["numbers"] = "clobbered"
     browser = make()
-    assert browser.restore_button.disabled
+    assert browser.bar.restore_button.disabled
     check_row(browser, "first")
-    browser.restore_button.click()
+    browser.bar.restore_button.click()
     assert ip.user_ns["numbers"] == [1, 2, 3]
     assert "restored" in output(browser)["text/plain"]
     assert "numbers" in output(browser)["text/html"]
@@ -432,7 +444,7 @@ def test_restore_outside_a_kernel_says_so(make, five, monkeypatch):
     monkeypatch.setattr("IPython.get_ipython", lambda: None)
     browser = make()
     check_row(browser, "run-0")
-    browser.restore_button.click()
+    browser.bar.restore_button.click()
     assert "needs a running IPython kernel" in message(browser)
 
 
@@ -440,12 +452,12 @@ def test_export_writes_a_script_per_selected_experiment(ip, project, make):
     assert run(ip, cell("exported", "alpha = 0.5\nscore = alpha * 2\n")).success
     browser = make()
     check_row(browser, "exported")
-    browser.export_button.click()
+    browser.bar.export_button.click()
     short = nbexp.get("exported").short_id
     script = project / f"exported-{short}.py"
     assert script.exists() and "alpha" in script.read_text()
     assert str(script.name) in output(browser)["text/plain"]
-    browser.export_button.click()  # the file exists now: said, not overwritten
+    browser.bar.export_button.click()  # the file exists now: said, not overwritten
     assert "not exported" in output(browser)["text/plain"]
 
 
@@ -453,11 +465,11 @@ def test_tag_the_selection(make, five, store):
     browser = make()
     check_row(browser, "run-0")
     check_row(browser, "run-1")
-    browser.tag_text.value = "two words"
-    browser.tag_button.click()
+    browser.bar.tag_text.value = "two words"
+    browser.bar.tag_button.click()
     assert "one word" in message(browser)
-    browser.tag_text.value = "baseline"
-    browser.tag_button.click()
+    browser.bar.tag_text.value = "baseline"
+    browser.bar.tag_button.click()
     assert message(browser) == "tagged 2 experiments baseline"
     assert column(browser, "tags") == ["", "", "", "baseline", "baseline"]
     assert store.get("baseline").name == "run-1"
@@ -469,13 +481,13 @@ def test_delete_asks_first(make, five, store):
     browser = make()
     check_row(browser, "run-0")
     check_row(browser, "run-4")
-    browser.delete_button.click()
-    assert browser.confirm.layout.display == "flex"
-    assert "Delete 2 experiments" in browser.confirm_text.value and store.count() == 5
-    browser.confirm.children[2].click()  # Cancel
-    assert browser.confirm.layout.display == "none" and store.count() == 5
-    browser.delete_button.click()
-    browser.confirm.children[1].click()  # Delete
+    browser.bar.delete_button.click()
+    assert browser.bar.confirm.layout.display == "flex"
+    assert "Delete 2 experiments" in browser.bar.confirm_text.value and store.count() == 5
+    browser.bar.confirm.children[2].click()  # Cancel
+    assert browser.bar.confirm.layout.display == "none" and store.count() == 5
+    browser.bar.delete_button.click()
+    browser.bar.confirm.children[1].click()  # Delete
     assert store.count() == 3 and browser.total == 3 and browser.selected == []
     assert column(browser, "name") == ["run-3", "run-2", "run-1"]
     assert "deleted run-0" in message(browser)
@@ -484,9 +496,9 @@ def test_delete_asks_first(make, five, store):
 def test_changing_the_selection_withdraws_a_pending_delete(make, five, store):
     browser = make()
     check_row(browser, "run-0")
-    browser.delete_button.click()
+    browser.bar.delete_button.click()
     check_row(browser, "run-1")
-    assert browser.confirm.layout.display == "none"
+    assert browser.bar.confirm.layout.display == "none"
 
 
 # -- refreshing ----------------------------------------------------------------------------
@@ -506,9 +518,14 @@ def test_experiments_saved_by_another_process_appear(make, five, store):
     other.close()
 
 
-def test_closing_the_table_stops_its_polling(make, five):
+def test_closing_the_table_stops_its_polling_and_frees_its_widgets(make, five):
+    from ipywidgets.widgets.widget import _instances
+
+    before = len(_instances)
     browser = make(poll_interval=0.05)
+    browser.columns_toggle.value = True
     browser.close()
+    assert len(_instances) == before
     time.sleep(0.1)
     assert not [t for t in threading.enumerate() if t.name.startswith("nbexp-watch")]
     assert not watch._watchers
@@ -568,7 +585,7 @@ def test_experiments_magic_prints_a_text_table_in_a_terminal(ip, capsys):
 
 def test_experiments_magic_shows_the_table_in_a_notebook_kernel(ip, monkeypatch):
     assert run(ip, cell("alpha", "depth = 3\nscore = depth / 6\n")).success
-    monkeypatch.setattr(magic_module, "_has_widget_frontend", lambda shell: True)
+    monkeypatch.setattr(widgets_package, "has_widget_frontend", lambda shell: True)
     result = run(ip, "%experiments metrics.score > 0.1")
     table = result.result
     try:
@@ -594,8 +611,17 @@ def test_nbexp_compare_with_refs_shows_them_selected_and_their_diff(make, five):
         table.close()
 
 
+def test_nbexp_compare_with_an_unknown_ref_raises_and_leaves_no_widgets(five):
+    from ipywidgets.widgets.widget import _instances
+
+    before = len(_instances)
+    with pytest.raises(nbexp.NbexpError, match="no experiment matches"):
+        nbexp.compare(["run-1", "nope"], poll_interval=None)
+    assert len(_instances) == before and not watch._watchers
+
+
 def test_nbexp_compare_stays_the_table_function_after_the_diff_module_loads(five):
-    from nbexp.compare import diff  # a submodule named like the function
+    from nbexp.comparison import diff  # the diff module must not shadow the function
 
     assert callable(diff)
     assert nbexp.compare.__module__ == "nbexp"
@@ -605,3 +631,22 @@ def test_text_repr_outside_a_widget_frontend(make, five):
     assert repr(make("params.depth > 4")) == (
         "<nbexp: 2 experiments matching 'params.depth > 4'; shown as a table in Jupyter>"
     )
+
+
+def test_a_notebook_kernel_imports_the_table_in_the_background(monkeypatch):
+    started: list[str] = []
+
+    class FakeThread:
+        def __init__(self, *, target: Any, name: str, daemon: bool) -> None:
+            started.append(name)
+
+        def start(self) -> None:
+            pass
+
+    class ZMQInteractiveShell:  # the class name is what tells a notebook kernel
+        pass
+
+    monkeypatch.setattr(widgets_package.threading, "Thread", FakeThread)
+    widgets_package.warm_up(ZMQInteractiveShell())
+    widgets_package.warm_up(object())  # terminal IPython: nothing
+    assert started == ["nbexp-warm-widgets"]

@@ -1,7 +1,10 @@
 """The experiment table in the notebook (SPEC §6): the only part of nbexp that imports
 ipywidgets, and only when a table is made.
 
-- `browser`: the ipywidgets table (sort, filter, page, columns, selection and its actions)
+- `browser`: `ExperimentBrowser`, the table widget: filter box, columns, grid, action bar
+- `grid`: the header of sort buttons, the row checkboxes and the page as one HTML table
+- `actionbar`: Compare, Plot, Restore, Export, Tag, Delete and the result area
+- `model`: what the table shows (filter, sort, page, selection, columns, best values)
 - `render`: the page as HTML and the listing as text, from index rows (no widgets)
 - `actions`: what the buttons do, over the store (diff, plot, restore, export, tag, delete)
 - `watch`: noticing new experiments (this kernel's cells, other kernels) to refresh tables
@@ -9,6 +12,8 @@ ipywidgets, and only when a table is made.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,4 +27,22 @@ def browse(query: str | None = None, **options: Any) -> ExperimentBrowser:
     return _browse(query, **options)
 
 
-__all__ = ["browse"]
+def has_widget_frontend(shell: Any) -> bool:
+    """Whether the shell is a Jupyter kernel's (widgets can show), not terminal IPython."""
+    return any(cls.__name__ == "ZMQInteractiveShell" for cls in type(shell).__mro__)
+
+
+def warm_up(shell: Any) -> None:
+    """In a notebook kernel, import ipywidgets and the table in a background thread, so the
+    first `%experiments` does not pay for it (about 0.3 s, more on a busy machine)."""
+    if has_widget_frontend(shell):
+        threading.Thread(target=_import_table, name="nbexp-warm-widgets", daemon=True).start()
+
+
+def _import_table() -> None:
+    with contextlib.suppress(Exception):  # only a head start: the table imports them anyway
+        from .. import staleness  # noqa: F401
+        from . import browser  # noqa: F401
+
+
+__all__ = ["browse", "has_widget_frontend", "warm_up"]

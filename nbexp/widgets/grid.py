@@ -2,8 +2,9 @@
 HTML table of the page's rows, and the pager.
 
 Redrawing a page sends one HTML value and only the checkbox and button traits that changed,
-so sorting or paging 10,000 experiments costs one small round trip. The checkboxes and header
-buttons are made once and reused; rows and checkboxes line up because both are ROW_HEIGHT.
+so sorting or paging 10,000 experiments costs one small round trip. The checkboxes (as many
+as the longest page so far) and header buttons are made once and reused; rows and checkboxes
+line up because both are ROW_HEIGHT.
 """
 
 from __future__ import annotations
@@ -12,18 +13,54 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import ipywidgets as w
+from ipywidgets.widgets.widget_bool import CheckboxStyle
+from ipywidgets.widgets.widget_string import HTMLStyle
 
 from .render import ROW_HEIGHT, Column
 
 CHECK_WIDTH = 28
 
 
-def button(description: str, tooltip: str, css: str, **layout: Any) -> w.Button:
-    """A compact button (as wide as its text unless told) with a CSS class to find it by."""
-    layout.setdefault("width", "auto")
-    made = w.Button(description=description, tooltip=tooltip, layout=w.Layout(**layout))
-    made.add_class(css)
-    return made
+class Kit:
+    """Layouts and styles shared by many widgets. Each widget otherwise brings a Layout and a
+    style model of its own, and a table of 300 models took the browser over a second to show;
+    sharing them halves the count."""
+
+    def __init__(self) -> None:
+        self.auto = w.Layout(width="auto")
+        self.button_style = w.ButtonStyle()
+        self.check_style = CheckboxStyle()
+        self.html_style = HTMLStyle()
+        self.row = w.Layout(height=f"{ROW_HEIGHT}px", width=f"{CHECK_WIDTH}px", margin="0")
+        self.row_hidden = w.Layout(display="none")
+        self.fixed = w.Layout(flex="0 0 auto")
+
+    def button(self, description: str, tooltip: str, css: str, **layout: Any) -> w.Button:
+        """A compact button (as wide as its text unless told) with a CSS class to find it by."""
+        made = w.Button(
+            description=description,
+            tooltip=tooltip,
+            layout=w.Layout(**layout) if layout else self.auto,
+            style=self.button_style,
+        )
+        made.add_class(css)
+        return made
+
+    def html(self, value: str = "", **layout: Any) -> w.HTML:
+        return w.HTML(
+            value, layout=w.Layout(**layout) if layout else self.auto, style=self.html_style
+        )
+
+    def owned(self) -> list[w.Widget]:
+        return [
+            self.auto,
+            self.button_style,
+            self.check_style,
+            self.html_style,
+            self.row,
+            self.row_hidden,
+            self.fixed,
+        ]
 
 
 class Grid(w.VBox):
@@ -31,13 +68,14 @@ class Grid(w.VBox):
 
     def __init__(
         self,
-        page_size: int,
         *,
         on_sort: Callable[[str], object],
         on_check: Callable[[int, bool], None],
         on_check_page: Callable[[bool], None],
         on_turn: Callable[[int], object],
+        kit: Kit,
     ) -> None:
+        self.kit = kit
         self._on_sort = on_sort
         self._syncing = False
         self.heads: dict[str, w.Button] = {}
@@ -45,31 +83,28 @@ class Grid(w.VBox):
         self.check_page.observe(
             lambda change: None if self._syncing else on_check_page(change["new"]), "value"
         )
-        self.checks = [self._checkbox("", "nbexp-row-check") for _ in range(page_size)]
-        for index, check in enumerate(self.checks):
-            check.observe(
-                lambda change, i=index: None if self._syncing else on_check(i, change["new"]),
-                "value",
-            )
-        self.header = w.HBox([self.check_page], layout=w.Layout(flex="0 0 auto"))
+        self._on_check = on_check
+        self.checks: list[w.Checkbox] = []  # one per row shown so far, reused page to page
+        self.check_column = w.VBox([], layout=kit.fixed)
+        self.header = w.HBox([self.check_page], layout=kit.fixed)
         self.header.add_class("nbexp-header")
-        self.table = w.HTML("", layout=w.Layout(flex="0 0 auto", margin="0"))
+        self.table = w.HTML("", layout=kit.fixed, style=kit.html_style)
         self.table.add_class("nbexp-grid")
         body = w.HBox(
-            [w.VBox(self.checks, layout=w.Layout(flex="0 0 auto")), self.table],
-            layout=w.Layout(flex="0 0 auto"),
+            [self.check_column, self.table],
+            layout=kit.fixed,
         )
         scroller = w.VBox(
             [self.header, body],
             layout=w.Layout(overflow="auto hidden", max_width="100%", align_items="flex-start"),
         )
-        self.prev_button = button("◀ Prev", "previous page", "nbexp-prev", width="80px")
+        self.prev_button = kit.button("◀ Prev", "previous page", "nbexp-prev")
         self.prev_button.on_click(lambda _: on_turn(-1))
-        self.next_button = button("Next ▶", "next page", "nbexp-next", width="80px")
+        self.next_button = kit.button("Next ▶", "next page", "nbexp-next")
         self.next_button.on_click(lambda _: on_turn(+1))
-        self.pager = w.HTML("")
+        self.pager = kit.html()
         self.pager.add_class("nbexp-pager")
-        self.legend = w.HTML("")
+        self.legend = kit.html()
         pager = w.HBox(
             [
                 self.prev_button,
@@ -82,17 +117,25 @@ class Grid(w.VBox):
         )
         super().__init__([scroller, pager], layout=w.Layout(width="100%"))
 
-    @staticmethod
-    def _checkbox(tooltip: str, css: str) -> w.Checkbox:
+    def _checkbox(self, tooltip: str, css: str) -> w.Checkbox:
         check = w.Checkbox(
             value=False,
             indent=False,
             description="",
             tooltip=tooltip or None,
-            layout=w.Layout(height=f"{ROW_HEIGHT}px", width=f"{CHECK_WIDTH}px", margin="0"),
+            layout=self.kit.row,
+            style=self.kit.check_style,
         )
         check.add_class("nbexp-check")
         check.add_class(css)
+        return check
+
+    def _row_check(self, index: int) -> w.Checkbox:
+        check = self._checkbox("", "nbexp-row-check")
+        check.observe(
+            lambda change: None if self._syncing else self._on_check(index, change["new"]),
+            "value",
+        )
         return check
 
     def draw(
@@ -110,12 +153,15 @@ class Grid(w.VBox):
     ) -> None:
         self._draw_header(columns, widths, sort_key, descending)
         self.table.value = html
+        if len(checked) > len(self.checks):
+            self.checks += [self._row_check(i) for i in range(len(self.checks), len(checked))]
+            self.check_column.children = self.checks
         self._syncing = True
         try:
             for index, check in enumerate(self.checks):
                 shown = index < len(checked)
                 check.value = shown and checked[index]
-                check.layout.display = None if shown else "none"
+                check.layout = self.kit.row if shown else self.kit.row_hidden
             self.check_page.value = bool(checked) and all(checked)
         finally:
             self._syncing = False
@@ -130,7 +176,7 @@ class Grid(w.VBox):
         for column, width in zip(columns, widths, strict=True):
             head = self.heads.get(column.key)
             if head is None:
-                head = button(column.label, "", "nbexp-head")
+                head = self.kit.button(column.label, "", "nbexp-head", flex="0 0 auto")
                 head.add_class(f"nbexp-head-{column.group}")
                 head.on_click(lambda _, key=column.key: self._on_sort(key))
                 self.heads[column.key] = head
@@ -139,13 +185,10 @@ class Grid(w.VBox):
             head.tooltip = f"{column.key}: click to sort" if column.sortable else column.key
             head.disabled = not column.sortable
             head.layout.width = f"{width}px"
-            head.layout.height = f"{ROW_HEIGHT}px"
-            head.layout.margin = "0"
-            head.layout.flex = "0 0 auto"
             children.append(head)
         if list(self.header.children) != children:
             self.header.children = children
 
     def owned(self) -> list[w.Widget]:
         """Every widget the grid made (to close them with it)."""
-        return [*self.heads.values(), *self.checks, self.check_page, self.header, self.table]
+        return [*self.heads.values(), *self.checks, self.check_page, self.check_column]

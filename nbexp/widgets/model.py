@@ -2,8 +2,8 @@
 
 Everything heavy happens in the store's SQL: a page is `Store.rows(limit=, offset=)`, the
 total is `Store.count`, the best value of each metric is one ORDER BY … LIMIT query per
-metric (cached until the filter or the store changes). Only learning the names of all params
-and metrics reads every row, once; after that only new experiments are read.
+metric (cached until the filter or the store changes), and the names of every param and
+metric (the columns) come from `Store.table`, then from the new experiments only.
 """
 
 from __future__ import annotations
@@ -70,16 +70,43 @@ class TableModel:
         if known == self._known and not full:
             return
         added = count - self._known[0]
-        incremental = not full and self._known[0] >= 0 and 0 < added <= INCREMENTAL_LIMIT
-        if incremental:
-            rows = self.store.rows(limit=added)  # the newest; see the README on pulled ones
+        if not full and self._known[0] >= 0 and added <= 0:
+            # deletions: keep the names (an emptied column goes at the next ↻), skip the scan
+            self._known = known
+            self._best_key = None
+        elif not full and self._known[0] >= 0 and added <= INCREMENTAL_LIMIT:
+            # the newest rows; experiments pulled from a remote may be older (↻ reads all)
+            self._learn(self.store.rows(limit=added))
+            self._known = known
+            self._best_key = None
         else:
-            rows = self.store.rows()
-            self._params, self._metrics = {}, {}
+            self.adopt(self.scan())
+
+    def scan(self) -> tuple[dict[str, None], dict[str, None], tuple[int, str | None]]:
+        """Every param and metric name in the store, in first-seen order (SQL: `Store.table`
+        lists them without parsing any row in Python, 50 ms for 10,000 experiments)."""
+        names, rows = self.store.table()
+        params = {n[len("params.") :]: None for n in names if n.startswith("params.")}
+        metrics = {n[len("metrics.") :]: None for n in names if n.startswith("metrics.")}
+        newest = self.store.rows(limit=1)
+        return params, metrics, (len(rows), newest[0]["id"] if newest else None)
+
+    def adopt(
+        self, scanned: tuple[dict[str, None], dict[str, None], tuple[int, str | None]]
+    ) -> bool:
+        """Take a scan's names; True when the columns changed."""
+        params, metrics, known = scanned
+        changed = list(params) != list(self._params) or list(metrics) != list(self._metrics)
+        self._params, self._metrics, self._known = params, metrics, known
+        self._best_key = None
+        return changed
+
+    def _learn(self, rows: Iterable[Row]) -> None:
+        params, metrics = dict(self._params), dict(self._metrics)  # new dicts: readers iterate
         for row in rows:
-            self._params.update(dict.fromkeys(row["params"]))
-            self._metrics.update(dict.fromkeys(row["metrics"]))
-        self._known = known
+            params.update(dict.fromkeys(row["params"]))
+            metrics.update(dict.fromkeys(row["metrics"]))
+        self._params, self._metrics = params, metrics
         self._best_key = None
 
     def columns(self) -> list[Column]:
@@ -89,20 +116,27 @@ class TableModel:
         return [c for c in self.columns() if c.key not in self.hidden]
 
     def best(self) -> dict[str, Any]:
-        """The best value of each metric among the filtered experiments."""
+        """The best value of each metric among the filtered experiments: one `Store.table`
+        query (SQLite computes the flat metric columns), however many metrics there are."""
         key = (self.query, tuple(self.pinned or ()), self._known, tuple(self._metrics))
         if key == self._best_key:
             return self._best
+        columns: dict[str, list[Any]] = {}
+        if self.pinned is not None:
+            for row in self.store.rows(self.query, ids=self.pinned):
+                for name, value in row["metrics"].items():
+                    columns.setdefault(f"metrics.{name}", []).append(value)
+        else:
+            names, rows = self.store.table(self.query)
+            for index, name in enumerate(names):
+                if name.startswith("metrics."):
+                    columns[name] = [row[index] for row in rows]
         best: dict[str, Any] = {}
-        for name in self._metrics:
-            lower = render.lower_is_better(name, self.lower_is_better, self.higher_is_better)
-            top = self.store.rows(
-                self.query, sort=f"metrics.{name}", descending=not lower, limit=5, ids=self.pinned
-            )
-            values = [row["metrics"].get(name) for row in top]
-            found = next((value for value in values if render.is_number(value)), None)
-            if found is not None:
-                best[f"metrics.{name}"] = found
+        for name, values in columns.items():
+            numbers = [value for value in values if render.is_number(value)]
+            if numbers:
+                lower = render.lower_is_better(name, self.lower_is_better, self.higher_is_better)
+                best[name] = min(numbers) if lower else max(numbers)
         self._best, self._best_key = best, key
         return best
 

@@ -13,12 +13,10 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..record import SHORT_ID_LENGTH
-
-if TYPE_CHECKING:
-    from ..store import Store
+from ..store import SORTABLE, Store, open_store
 
 ROW_HEIGHT = 24  # px; the checkbox column beside the table uses the same height
 CHAR_WIDTH = 7.4  # px per character at the table's 12px font, a little generous
@@ -44,7 +42,6 @@ _BASE = {
     "duration": "duration",
     "tags": "tags",
 }
-SORTABLE = ("id", "name", "created", "status", "duration")
 HIDDEN_BY_DEFAULT = ("duration",)
 
 
@@ -58,12 +55,7 @@ class Column:
 
     @property
     def sortable(self) -> bool:
-        return self.group != "base" or self.key in SORTABLE
-
-    @property
-    def name(self) -> str:
-        """The param's or metric's own name (the key without its group)."""
-        return self.key.split(".", 1)[1] if self.group != "base" else self.key
+        return self.group != "base" or self.key in SORTABLE  # the store sorts by these
 
 
 def columns_for(params: Iterable[str], metrics: Iterable[str]) -> list[Column]:
@@ -201,17 +193,15 @@ def page_html(
         out.append(f"<tr class='{' '.join(classes)}' data-id='{row['id'][:SHORT_ID_LENGTH]}'>")
         for column in columns:
             value = value_of(row, column.key)
-            if column.key == "status":
-                body = _status_cell(row, marks)
-            else:
-                body = html.escape(cell_text(column.key, value))
             text = cell_text(column.key, value)
-            title = f" title='{html.escape(text, quote=True)}'" if len(text) > 12 else ""
+            body = _status_cell(row, marks) if column.key == "status" else html.escape(text)
+            attributes = f"data-col='{html.escape(column.key, quote=True)}'"
             css = _cell_class(column, value, row, marks)
-            out.append(
-                f"<td data-col='{html.escape(column.key, quote=True)}'"
-                f"{f' class={chr(39)}{css}{chr(39)}' if css else ''}{title}>{body}</td>"
-            )
+            if css:
+                attributes += f" class='{css}'"
+            if len(text) > 12:  # may be cut off: the whole value on hover
+                attributes += f" title='{html.escape(text, quote=True)}'"
+            out.append(f"<td {attributes}>{body}</td>")
         out.append("</tr>")
     out.append("</tbody></table>")
     return "".join(out)
@@ -241,8 +231,6 @@ def text_table(
 
 def text_listing(query: str | None = None, store: Store | None = None, shown: int = 50) -> str:
     """`%experiments` in terminal IPython: the newest `shown` matching rows as text."""
-    from ..store import open_store
-
     store = store if store is not None else open_store()
     return text_table(store.rows(query, limit=shown), store.count(query), query=query, shown=shown)
 

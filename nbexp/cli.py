@@ -38,13 +38,15 @@ def cmd_list(args: argparse.Namespace, store: Store) -> int:
         sys.stdout.write("\n")
         return 0
     header, table = store.table(args.query, sort=args.sort, limit=args.limit)
-    origin = header.index("origin")
-    if not any(row[origin] for row in table):  # only pulled experiments have an origin
-        header = header[:origin] + header[origin + 1 :]
-        table = [row[:origin] + row[origin + 1 :] for row in table]
     columns = list(zip(*table, strict=True)) if table else [() for _ in header]
-    text = [_column_text(name, values) for name, values in zip(header, columns, strict=True)]
-    if args.format == "csv":
+    origin = header.index("origin")
+    if not any(columns[origin]):  # only pulled experiments have an origin
+        del header[origin], columns[origin]
+    if args.format == "csv":  # numbers at full precision; only ids, tags and lists are rewritten
+        text = [
+            _column_text(name, values, exact=True)
+            for name, values in zip(header, columns, strict=True)
+        ]
         writer = csv.writer(sys.stdout)
         writer.writerow(header)
         writer.writerows(zip(*text, strict=True))
@@ -52,25 +54,41 @@ def cmd_list(args: argparse.Namespace, store: Store) -> int:
     if not table:
         print("no experiments" + (f" match `{args.query}`" if args.query else " yet"))
         return 0
-    padded = []
-    for name, cells in zip(header, text, strict=True):
-        width = max(len(name), max(map(len, cells)))
-        padded.append([name.ljust(width), *(cell.ljust(width) for cell in cells)])
-    sys.stdout.write(
-        "\n".join(" ".join(line).rstrip() for line in zip(*padded, strict=True)) + "\n"
-    )
+    text = [_column_text(name, values) for name, values in zip(header, columns, strict=True)]
+    widths = [
+        max(len(name), max(map(len, cells))) for name, cells in zip(header, text, strict=True)
+    ]
+    line = " ".join(f"{{:<{width}}}" for width in widths)
+    out = [line.format(*header).rstrip()]
+    out.extend(line.format(*cells).rstrip() for cells in zip(*text, strict=True))
+    sys.stdout.write("\n".join(out) + "\n")
     return 0
 
 
-def _column_text(name: str, values: tuple[Any, ...]) -> list[str]:
-    """One column's cells as text, formatted column-wise (fast for 100k rows)."""
+_NONE = type(None)
+
+
+def _column_text(name: str, values: tuple[Any, ...], *, exact: bool = False) -> list[Any]:
+    """One column's cells, formatted column-wise by the column's types (fast for 100k rows).
+    With `exact`, numbers and strings are passed through as they are (for CSV)."""
     if name == "id":
         return [value[:SHORT_ID_LENGTH] for value in values]
     if name == "created":
         return [value[:19].replace("T", " ") for value in values]
     if name == "tags":
         return [",".join(value) for value in values]
-    return [_cell(value) for value in values]
+    kinds = set(map(type, values))
+    if kinds <= {int, str, _NONE} or (exact and kinds <= {int, float, str, _NONE}):
+        return (
+            ["" if value is None else value for value in values]
+            if exact
+            else ["" if value is None else str(value) for value in values]
+        )
+    if kinds <= {float, int, _NONE}:
+        return ["" if value is None else f"{value:.4g}" for value in values]
+    return [
+        _cell(value) if not exact or isinstance(value, (list, dict)) else value for value in values
+    ]
 
 
 def cmd_show(args: argparse.Namespace, store: Store) -> int:

@@ -61,13 +61,14 @@ def _module_level(tree: ast.Module) -> list[ast.stmt]:
     return statements
 
 
-def _target_names(target: ast.AST) -> list[str]:
+def target_names(target: ast.AST) -> list[str]:
+    """The plain names an assignment target binds (`a`, `a, (b, *c)`), not attributes/items."""
     if isinstance(target, ast.Name):
         return [target.id]
     if isinstance(target, (ast.Tuple, ast.List)):
-        return [name for element in target.elts for name in _target_names(element)]
+        return [name for element in target.elts for name in target_names(element)]
     if isinstance(target, ast.Starred):
-        return _target_names(target.value)
+        return target_names(target.value)
     return []
 
 
@@ -92,15 +93,15 @@ def analyze(source: str) -> CodeInfo:
         value: ast.expr | None = None
         if isinstance(statement, ast.Assign):
             for target in statement.targets:
-                names.extend(_target_names(target))
+                names.extend(target_names(target))
             value = statement.value
             simple = all(isinstance(target, ast.Name) for target in statement.targets)
         elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
-            names = _target_names(statement.target)
+            names = target_names(statement.target)
             value = statement.value
             simple = isinstance(statement.target, ast.Name)
         elif isinstance(statement, ast.AugAssign):
-            names = _target_names(statement.target)
+            names = target_names(statement.target)
             simple = False
         else:
             continue

@@ -17,7 +17,7 @@ import builtins
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .analysis import free_names
+from .analysis import free_names, target_names
 
 # Calls that only look at their arguments (or show them): a cell of these changes nothing.
 _PURE_FUNCTIONS = {
@@ -135,11 +135,11 @@ def _reads(body: list[ast.stmt], bound: set[str]) -> set[str]:
                 free |= _expression_reads(item.context_expr) - bound
                 if item.optional_vars is not None:
                     free |= _target_reads(item.optional_vars) - bound
-                    bound |= set(_target_names(item.optional_vars))
+                    bound |= set(target_names(item.optional_vars))
             free |= _reads(statement.body, bound)
         elif isinstance(statement, (ast.For, ast.AsyncFor)):
             free |= _expression_reads(statement.iter) - bound
-            inner = bound | set(_target_names(statement.target))
+            inner = bound | set(target_names(statement.target))
             free |= _target_reads(statement.target) - bound
             free |= _reads(statement.body, inner) | _reads(statement.orelse, inner)
         elif isinstance(statement, (ast.If, ast.While)):
@@ -220,7 +220,7 @@ def _bound(statement: ast.stmt, *, top: bool) -> set[str]:
         parts = [item.optional_vars for item in statement.items if item.optional_vars]
     else:
         parts = []
-    names = {name for part in parts for name in _target_names(part)}
+    names = {name for part in parts for name in target_names(part)}
     # walrus anywhere in the statement's own expressions binds at module level
     for node in _own_nodes(statement):
         if isinstance(node, ast.NamedExpr) and isinstance(node.target, ast.Name):
@@ -243,16 +243,6 @@ def _own_nodes(statement: ast.stmt) -> list[ast.AST]:
             continue
         pending.extend(ast.iter_child_nodes(node))
     return nodes
-
-
-def _target_names(target: ast.AST) -> list[str]:
-    if isinstance(target, ast.Name):
-        return [target.id]
-    if isinstance(target, (ast.Tuple, ast.List)):
-        return [name for element in target.elts for name in _target_names(element)]
-    if isinstance(target, ast.Starred):
-        return _target_names(target.value)
-    return []
 
 
 def _root(node: ast.AST) -> str | None:

@@ -134,6 +134,12 @@ class ExperimentMagics(Magics):
             print(f"nbexp: this run was NOT recorded: {result.not_recorded}", file=sys.stderr)
         elif result.experiment is not None and self.summary:
             print(summary_line(result.experiment, result.recording_seconds))
+        if result.experiment is not None:
+            for name in result.experiment.links.get("missing_metrics", ()):
+                print(
+                    f"nbexp: -m {name}: no variable {name!r} after the run, so no such metric",
+                    file=sys.stderr,
+                )
         for item in result.failed_expectations:
             shown = ", ".join(f"{k} = {v}" for k, v in item.get("values", {}).items())
             why = item.get("error") or shown

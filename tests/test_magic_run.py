@@ -456,3 +456,9 @@ def test_a_loop_variable_is_not_an_input_of_the_cell(ip):
     assert run(ip, "%%experiment loop\nfor row in rows:\n    total = float(row.sum())\n").success
     inputs = {item["name"] for item in nbexp.get("loop").data if item["kind"] == "variable"}
     assert inputs == {"rows"}
+
+
+def test_a_misspelled_metric_name_is_reported(ip, capsys):
+    assert run(ip, "%%experiment -m acuracy\naccuracy = 0.5 + 0.4").success
+    assert "no variable 'acuracy'" in capsys.readouterr().err
+    assert "acuracy" not in nbexp.get("last").metrics

@@ -539,13 +539,9 @@ def diff(a: Experiment, b: Experiment) -> Diff:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, _Absent):
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, default=str)
+    from .show import format_value
+
+    return "—" if isinstance(value, _Absent) else format_value(value)
 
 
 def _delta_text(change: ValueChange) -> str:

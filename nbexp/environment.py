@@ -65,8 +65,13 @@ def imported_packages() -> dict[str, str]:
     return dict(ordered)
 
 
-def environment(seeds: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The record's `env` section."""
+def environment(
+    seeds: dict[str, Any] | None = None,
+    *,
+    cwd: str | None = None,
+    packages: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The record's `env` section (`cwd` and `packages` given when describing another process)."""
     return {
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
@@ -75,8 +80,8 @@ def environment(seeds: dict[str, Any] | None = None) -> dict[str, Any]:
         "machine": platform.machine(),
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
-        "cwd": os.getcwd(),
-        "packages": imported_packages(),
+        "cwd": os.getcwd() if cwd is None else cwd,
+        "packages": imported_packages() if packages is None else packages,
         "seeds": dict(seeds or {}),
         "variables": allowed_environment(),
     }

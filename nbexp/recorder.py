@@ -166,12 +166,9 @@ class Recorder:
     def run(self, cell: str, options: RunOptions) -> RunResult:
         """Run the body and record it. User mistakes in `options` raise NbexpError first."""
         __tracebackhide__ = True
-        overrides = {
-            key: literal for key, literal, _ in map(analysis.parse_override, options.params)
-        }
-        override_values = {
-            key: value for key, _, value in map(analysis.parse_override, options.params)
-        }
+        parsed = [analysis.parse_override(text) for text in options.params]
+        overrides = {key: literal for key, literal, _ in parsed}
+        override_values = {key: value for key, _, value in parsed}
         for expression in options.expect:
             try:
                 ast.parse(expression, mode="eval")

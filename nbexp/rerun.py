@@ -26,7 +26,6 @@ from . import environment
 from .errors import NbexpError
 from .exporter import DATA_CHANGED_EXIT, METRICS_PREFIX, to_script
 from .record import STATUS_FAILED, STATUS_OK, Experiment, Outcome, decode_value
-from .secrets import allowed_environment
 from .store import Store
 
 DEFAULT_RTOL = 1e-6
@@ -204,9 +203,9 @@ def _record(
 def _environment(cwd: str, recorded_packages: dict[str, str]) -> dict[str, Any]:
     """Where the rerun ran: this interpreter, and today's versions of the recorded packages
     (the script's own imports are not visible from here)."""
-    import platform
-    import socket
     from importlib.metadata import PackageNotFoundError, version
+
+    from .environment import environment
 
     packages = {}
     for name in recorded_packages:
@@ -214,18 +213,9 @@ def _environment(cwd: str, recorded_packages: dict[str, str]) -> dict[str, Any]:
             packages[name] = version(name)
         except PackageNotFoundError:
             continue
-    return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "executable": sys.executable,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "hostname": socket.gethostname(),
-        "cwd": cwd,
-        "packages": packages,
-        "seeds": {},
-        "variables": allowed_environment(),
-    }
+    described = environment(cwd=cwd, packages=packages)
+    del described["pid"]  # this process only launched the script
+    return described
 
 
 def _utc_now() -> str:

@@ -61,7 +61,8 @@ def summary_line(experiment: Experiment, recording_seconds: float | None = None)
     return " · ".join(parts)
 
 
-def _value(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A param/metric value for people: floats to 6 significant digits, others as JSON."""
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, str):
@@ -81,11 +82,13 @@ def text_view(experiment: Experiment) -> str:
         if mapping:
             lines.append(f"{title}:")
             width = max(len(key) for key in mapping)
-            lines.extend(f"  {key:<{width}}  {_value(value)}" for key, value in mapping.items())
+            lines.extend(
+                f"  {key:<{width}}  {format_value(value)}" for key, value in mapping.items()
+            )
     if experiment.series:
         lines.append("series:")
         lines.extend(
-            f"  {name}: {len(points)} points, last {_value(points[-1][1])}"
+            f"  {name}: {len(points)} points, last {format_value(points[-1][1])}"
             for name, points in experiment.series.items()
             if points
         )
@@ -166,7 +169,7 @@ def text_view(experiment: Experiment) -> str:
 def _table(mapping: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td style='text-align:left'><code>{html.escape(str(k))}</code></td>"
-        f"<td style='text-align:left'>{html.escape(_value(v))}</td></tr>"
+        f"<td style='text-align:left'>{html.escape(format_value(v))}</td></tr>"
         for k, v in mapping.items()
     )
     return f"<table>{rows}</table>"

@@ -27,10 +27,10 @@ import shutil
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import xxhash
 
@@ -159,18 +159,7 @@ class Store:
         self, target: Path, data: bytes | bytearray | memoryview, *, sync_dir: bool = False
     ) -> None:
         """Write `data` to `target` so that readers see all of it or nothing."""
-        temp = self._temp_path()
-        try:
-            with open(temp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(temp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise
+        write_atomically(self._temp_path(), target, lambda handle: handle.write(data))
         if sync_dir:
             _fsync_dir(target.parent)
 
@@ -1023,6 +1012,22 @@ def _order_clause(sort: str | None, descending: bool) -> str:
         f"cannot sort by `{sort}`; sort by {', '.join(SORTABLE)}, params.NAME or metrics.NAME "
         "(prefix with - to reverse)"
     )
+
+
+def write_atomically(temp: Path, target: Path, fill: Callable[[IO[bytes]], Any]) -> None:
+    """Fill `temp`, fsync it, rename it to `target`: readers see all of it or nothing, and a
+    failure leaves no temp file behind."""
+    try:
+        with open(temp, "wb") as handle:
+            fill(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
 
 
 def _fsync_file(path: Path) -> None:

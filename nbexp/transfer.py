@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from .store import write_atomically
+
 T = TypeVar("T")
 
 # Back ends whose single PUT of a whole object is atomic: readers see all of it or nothing.
@@ -204,19 +206,8 @@ class RemoteFiles:
 
     def _local_write(self, key: str, fill: Callable[[IO[bytes]], Any]) -> None:
         temp = Path(self.path(self._temp_key()))
-        target = Path(self.path(key))
         temp.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(temp, "wb") as sink:
-                fill(sink)
-                sink.flush()
-                os.fsync(sink.fileno())
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(temp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise
+        write_atomically(temp, Path(self.path(key)), fill)
 
 
 def _modified(info: Mapping[str, Any]) -> float | None:

@@ -283,6 +283,16 @@ def cmd_export(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+def cmd_artifact(args: argparse.Namespace, store: Store) -> int:
+    from .artifacts import write_artifact
+
+    experiment = store.get(args.ref)
+    where = write_artifact(store, experiment, args.path, args.output, force=args.force)
+    if where != "-":
+        print(f"wrote {where}: {args.path} of {experiment.name} ({experiment.short_id})")
+    return 0
+
+
 def cmd_rerun(args: argparse.Namespace, store: Store) -> int:
     from .rerun import report, rerun
 
@@ -408,6 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("script", "notebook"), help="default: from -o's suffix"
     )
     export.add_argument("--force", action="store_true", help="overwrite the output file")
+    artifact = add(
+        "artifact", cmd_artifact, "write a file an experiment wrote back out, byte-identical"
+    )
+    artifact.add_argument("ref", help="id prefix, name, tag, last or last~N")
+    artifact.add_argument("path", help="the file as recorded (`nbexp show REF` lists them)")
+    artifact.add_argument(
+        "-o", "--output", help="where to write it (default: its recorded path; - for stdout)"
+    )
+    artifact.add_argument("--force", action="store_true", help="overwrite a different file")
     again = add("rerun", cmd_rerun, "run an experiment's export afresh and compare its metrics")
     again.add_argument("ref", help="id prefix, name, tag, last or last~N")
     again.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance (1e-6)")

@@ -33,6 +33,9 @@ class CodeInfo:
     assigned: list[str]
     loaded: set[str]
     seeds: dict[str, Any]
+    # names the code binds to an expression that is not a literal param (`x = f()`, `a, b = 1, 2`,
+    # `if c: x = 3`): a `-p` value injected before the body would be silently overwritten
+    computed: set[str] = field(default_factory=set)
 
 
 def literal_value(node: ast.AST) -> tuple[bool, Any]:
@@ -87,6 +90,7 @@ def analyze(source: str) -> CodeInfo:
         raise CodeError(f"the cell does not parse: {error.msg} (line {error.lineno})") from error
     params: dict[str, Param] = {}
     assigned: list[str] = []
+    computed: set[str] = set()
     top_level = tree.body
     for statement in _module_level(tree):
         names: list[str] = []
@@ -109,16 +113,23 @@ def analyze(source: str) -> CodeInfo:
             if name not in assigned:
                 assigned.append(name)
         if value is None or not simple or statement not in top_level:
+            if value is not None:
+                computed.update(names)
             continue
         is_literal, literal = literal_value(value)
         if not is_literal:
+            computed.update(names)
             continue
         for name in names:
             param = params.setdefault(name, Param(name, literal))
             param.spans.append(_span(value))
 
     return CodeInfo(
-        params=params, assigned=assigned, loaded=free_names(tree), seeds=find_seeds(tree)
+        params=params,
+        assigned=assigned,
+        loaded=free_names(tree),
+        seeds=find_seeds(tree),
+        computed=computed,
     )
 
 

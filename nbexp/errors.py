@@ -19,6 +19,10 @@ class RefError(NbexpError):
     """An experiment reference that matches nothing, or more than one experiment."""
 
 
+class AmbiguousRefError(RefError):
+    """An id prefix that starts more than one experiment's id."""
+
+
 class QueryError(NbexpError):
     """A query that does not parse or names an unknown field."""
 
@@ -29,6 +33,10 @@ class RecordError(NbexpError):
 
 class IntegrityError(StoreError):
     """An object or record whose content no longer matches its hash."""
+
+
+class DamagedIndexError(StoreError):
+    """The SQLite index file is damaged; `nbexp reindex` rebuilds it from the records."""
 
 
 class RemoteError(NbexpError):

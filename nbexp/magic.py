@@ -140,6 +140,8 @@ class ExperimentMagics(Magics):
                     f"nbexp: -m {name}: no variable {name!r} after the run, so no such metric",
                     file=sys.stderr,
                 )
+            for path, why in result.experiment.links.get("unstored_artifacts", {}).items():
+                print(f"nbexp: the file {path} the run wrote {why}", file=sys.stderr)
         for item in result.failed_expectations:
             shown = ", ".join(f"{k} = {v}" for k, v in item.get("values", {}).items())
             why = item.get("error") or shown

@@ -193,8 +193,13 @@ def describe_variable(name: str, value: Any) -> dict[str, Any] | None:
     return None
 
 
-def describe_file(store: Store, path: str, *, base: str | None = None) -> dict[str, Any]:
-    """A data entry for a file: hash and size, plus rows/columns/dtypes/profile when tabular."""
+def describe_file(
+    store: Store, path: str, *, base: str | None = None, redact: Any = None
+) -> dict[str, Any]:
+    """A data entry for a file: hash and size, plus rows/columns/dtypes/profile when tabular.
+
+    `redact` (a secrets.Redactor) scrubs the profile before the store caches it: its top
+    values would otherwise put a credential the file holds into the index."""
     digest, size = store.file_hash(path)
     shown = os.path.relpath(path, base) if base and path.startswith(base + os.sep) else path
     entry: dict[str, Any] = {
@@ -210,6 +215,8 @@ def describe_file(store: Store, path: str, *, base: str | None = None) -> dict[s
         summary = store.cache_get(key)
         if summary is None:
             summary = _tabular_summary(path, fmt)
+            if redact is not None:
+                summary = redact(summary)
             store.cache_put(key, summary)
         entry.update(summary)
     return entry

@@ -6,7 +6,9 @@ not inside it: it names them by content hash and the store keeps the bytes.
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -14,6 +16,12 @@ from .errors import RecordError
 
 SCHEMA_VERSION = 1
 SHORT_ID_LENGTH = 8
+
+# Upgrades of older record bodies, keyed by the schema version each one reads: MIGRATIONS[n]
+# turns a version-n body into a version-(n + 1) body. Records on disk are never rewritten (their
+# id is the hash of their bytes); they are upgraded in memory each time they are read. v1 is
+# the first schema, so there is nothing to migrate yet: a version below 1 is refused.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -123,15 +131,37 @@ class Experiment:
 
     @classmethod
     def from_dict(cls, body: dict[str, Any]) -> Experiment:
+        if not isinstance(body, dict):
+            raise RecordError("a record must be a JSON object; it was not written by nbexp")
+        short = str(body.get("id", "?"))[:SHORT_ID_LENGTH]
         version = body.get("schema_version")
-        if not isinstance(version, int):
-            raise RecordError("record has no schema_version; it was not written by nbexp")
+        if isinstance(version, bool) or not isinstance(version, int):  # True is an int too
+            raise RecordError(
+                f"record {short} has no valid schema_version ({version!r}): it is damaged or "
+                "was not written by nbexp; run `nbexp fsck` to list damaged records"
+            )
         if version > SCHEMA_VERSION:
             raise RecordError(
-                f"record {str(body.get('id', '?'))[:SHORT_ID_LENGTH]} uses record schema "
+                f"record {short} uses record schema "
                 f"{version}, newer than this nbexp understands ({SCHEMA_VERSION}); "
                 "upgrade nbexp: pip install -U nbexp"
             )
+        if version < SCHEMA_VERSION:
+            oldest = SCHEMA_VERSION
+            while oldest - 1 in MIGRATIONS:
+                oldest -= 1
+            if version < oldest:
+                readable = f"{oldest} to {SCHEMA_VERSION}" if oldest < SCHEMA_VERSION else oldest
+                raise RecordError(
+                    f"record {short} uses record schema {version}, which this nbexp cannot read "
+                    f"(it reads schema {readable}): the record is damaged or was not written by "
+                    "nbexp; run `nbexp fsck` to list damaged records"
+                )
+            body = copy.deepcopy(body)  # the caller's body still hashes to the record's id
+            while version < SCHEMA_VERSION:
+                body = MIGRATIONS[version](body)
+                version += 1
+                body["schema_version"] = version
         try:
             code = body["code"]
             outcome = body["outcome"]
@@ -155,7 +185,7 @@ class Experiment:
                 links=dict(body.get("links", {})),
                 schema_version=version,
             )
-        except (KeyError, TypeError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError) as error:  # damaged fields
             raise RecordError(
                 f"record {str(body.get('id', '?'))[:SHORT_ID_LENGTH]} is malformed ({error}); "
                 "run `nbexp fsck` to list damaged records"

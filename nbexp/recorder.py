@@ -9,11 +9,13 @@ is guarded: if recording fails, the body's work stays in the kernel and the user
 from __future__ import annotations
 
 import ast
+import contextlib
 import datetime as dt
 import io
 import json
 import numbers
 import os
+import re
 import sys
 import time
 import tokenize
@@ -180,6 +182,13 @@ class Recorder:
         for path in options.data:
             if not os.path.exists(path):
                 raise NbexpError(f"-d {path}: no such file or folder")
+        if any(not tag.strip() for tag in options.tags):  # a record's tags are never empty
+            raise NbexpError("-t needs a tag name, e.g. -t baseline")
+        if options.name and re.fullmatch(r"last(~\d+)?", options.name.strip()):
+            raise NbexpError(
+                f"`{options.name}` cannot name an experiment: it already means the newest "
+                "experiment (last~N: the Nth before it); choose another name"
+            )
 
         shell = self.shell
         transformed = shell.transform_cell(cell)
@@ -187,6 +196,13 @@ class Recorder:
             info: analysis.CodeInfo | None = analysis.analyze(transformed)
         except analysis.CodeError:
             info = None  # the body will raise its SyntaxError when run, like any cell
+        for key in overrides:
+            if info is not None and key in info.computed and key not in info.params:
+                raise NbexpError(
+                    f"-p {key}: the body assigns {key} a computed value, not a literal, so the "
+                    f"run would not use {overrides[key]}; assign it a literal "
+                    f"({key} = ...) or drop -p {key}"
+                )
         source = analysis.apply_overrides(transformed, info, overrides) if info else transformed
         if info and overrides:
             info = analysis.analyze(source)
@@ -244,7 +260,9 @@ class Recorder:
                     experiment = self._build(store, run)
                 store.save(experiment)
             if run.cache_key and experiment.status == STATUS_OK:
-                store.cache_put(f"run:{run.cache_key}", experiment.id)
+                # only the --cache shortcut: the run is saved even if the index is damaged
+                with contextlib.suppress(NbexpError):
+                    store.cache_put(f"run:{run.cache_key}", experiment.id)
             result.experiment = experiment
             result.recording_seconds = time.perf_counter() - recording_began
             result.failed_expectations = [e for e in experiment.expectations if not e["passed"]]
@@ -389,6 +407,8 @@ class Recorder:
 
         cwd = os.getcwd()
         read, written = watch.files()
+        secrets = secret_values(namespace)
+        redact = Redactor(secrets)
         data = list(run.inputs)
         seen_paths = set()
         for path in [*read, *_expand(options.data)]:
@@ -396,11 +416,15 @@ class Recorder:
             if absolute in seen_paths or absolute in written:
                 continue
             seen_paths.add(absolute)
-            data.append(profiles.describe_file(store, absolute, base=cwd))
+            data.append(profiles.describe_file(store, absolute, base=cwd, redact=redact))
         artifacts = []
+        unstored_artifacts: dict[str, str] = {}
         for path in written:
-            digest, size = store.put_file(path)
             shown = os.path.relpath(path, cwd) if path.startswith(cwd + os.sep) else path
+            if secrets and _file_holds_any(path, secrets):  # as state.snapshot does for pickles
+                unstored_artifacts[shown] = "holds a credential value, so it is not stored"
+                continue
+            digest, size = store.put_file(path)
             artifacts.append({"path": shown, "abspath": path, "hash": digest, "size": size})
 
         figures = tuple(store.put_bytes(png) for png in _new_figures(run.figures_before))
@@ -438,7 +462,6 @@ class Recorder:
             figures=figures,
             output_truncated=run.stdout.truncated or run.stderr.truncated,
         )
-        secrets = secret_values(namespace)
         state = None
         if not options.no_state:
             from . import state as state_module
@@ -457,6 +480,8 @@ class Recorder:
             links["cache_key"] = run.cache_key
         if missing_metrics:
             links["missing_metrics"] = missing_metrics
+        if unstored_artifacts:
+            links["unstored_artifacts"] = unstored_artifacts
         draft = Experiment(
             id="",
             name=options.name or self._generated_name(store, notebook),
@@ -476,8 +501,12 @@ class Recorder:
             note=options.note,
             links=links,
         )
-        body = Redactor(secrets)(draft.to_dict())
-        body["id"] = Store.make_id(body)
+        body = redact(draft.to_dict())
+        try:
+            body["id"] = Store.make_id(body)
+        except UnicodeEncodeError:  # e.g. a file name whose bytes are not UTF-8 (see _valid_text)
+            body = _valid_text(body)
+            body["id"] = Store.make_id(body)
         return Experiment.from_dict(body)
 
     def _evaluate(
@@ -506,6 +535,50 @@ class Recorder:
     def _generated_name(store: Store, notebook: str | None) -> str:
         stem = os.path.splitext(os.path.basename(notebook))[0] if notebook else "exp"
         return f"{stem}-{store.names_count(stem + '-') + 1}"
+
+
+def _valid_text(value: Any) -> Any:
+    """`value` with every string made valid Unicode, recursively. A file name whose bytes are
+    not UTF-8 reaches Python with lone surrogates (os.fsdecode), which a UTF-8 record cannot
+    hold: such bytes are kept visible as `\\xff` escapes instead of losing the whole record."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            try:
+                return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+                return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_valid_text(key): _valid_text(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_valid_text(item) for item in value)
+    return value
+
+
+def _file_holds_any(path: str, values: list[str]) -> bool:
+    """True when the file's bytes contain one of `values` (UTF-8 or UTF-16), read in chunks
+    that overlap by the longest needle, so a value split across two chunks is found too."""
+    needles = []
+    for value in values:
+        for encoding in ("utf-8", "utf-16-le"):
+            with contextlib.suppress(UnicodeEncodeError):  # cannot be in a file this way
+                needles.append(value.encode(encoding, "surrogateescape"))
+    if not needles:
+        return False
+    reach = max(len(needle) for needle in needles) - 1
+    tail = b""
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(8 << 20):
+                window = tail + chunk
+                if any(needle in window for needle in needles):
+                    return True
+                tail = window[-reach:] if reach else b""
+    except OSError:
+        return False  # put_file then reports the problem as it always has
+    return False
 
 
 def _user_traceback(error: BaseException) -> str:

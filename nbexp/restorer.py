@@ -93,6 +93,8 @@ def restore_into(
         elif name in stored:
             try:
                 values[name] = loader.load(name)
+            except NbexpError as error:  # ours end with what to do: never cut short
+                report.skipped[name] = f"{type(error).__name__}: {error}"
             except Exception as error:  # any one variable may fail; the rest still restore
                 report.skipped[name] = f"{type(error).__name__}: {error}"[:300]
         elif name in unstored:
@@ -202,7 +204,14 @@ class LazyNamespace(Mapping[str, Any]):
     def __getitem__(self, name: str) -> Any:
         if name not in self._names:
             raise KeyError(name)
-        return self._loader.load(name)
+        try:
+            return self._loader.load(name)
+        except NbexpError as error:  # say which variable: the store's message names an object
+            experiment = self._experiment
+            raise type(error)(
+                f"variable {name!r} of {experiment.name} ({experiment.short_id}) cannot be "
+                f"loaded: {error}"
+            ) from error
 
     def __contains__(self, name: object) -> bool:  # Mapping's default would load the value
         return name in self._names

@@ -24,6 +24,7 @@ from typing import Any
 
 import xxhash
 
+from .errors import StoreError
 from .hashing import CHUNK
 from .secrets import looks_like_secret
 from .store import Store
@@ -183,6 +184,8 @@ def snapshot(
         except UnstorableError as error:
             result.unstored[name] = str(error)
             continue
+        except StoreError:  # the store cannot take it (disk full): no variable's fault
+            raise
         except Exception as error:  # pickling arbitrary user objects can raise anything
             result.unstored[name] = f"cannot be pickled: {type(error).__name__}: {error}"[:300]
             continue
@@ -218,7 +221,7 @@ def _store_value(
     if inline:
         result.new_bytes += len(payload)  # it travels inside the new record
     elif not store.has_object(pickle_hash):
-        store.put_bytes(payload, pickle_hash)
+        _put(store, payload, pickle_hash)
         result.new_bytes += len(payload)
     content.update(pickle_hash.encode())
     chunk_lists: list[list[str]] = []
@@ -234,7 +237,7 @@ def _store_value(
                 around = raw[max(0, start - reach) : stop + reach].tobytes() if needles else b""
                 if any(needle in around for needle in needles):
                     raise UnstorableError("holds a credential value, so it is not stored")
-                store.put_bytes(piece, digest)
+                _put(store, piece, digest)
                 result.new_bytes += piece.nbytes
             chunks.append(digest)
             content.update(digest.encode())
@@ -255,6 +258,19 @@ def _store_value(
     if pickler.references:
         entry["refs"] = sorted(pickler.references)
     return entry
+
+
+def _put(store: Store, data: memoryview, digest: str) -> None:
+    """Store one object. A write the store refuses (disk full, file too large, I/O error)
+    fails the whole recording — the user is told the run was not recorded — instead of
+    passing for a variable that "cannot be pickled" in a record that looks complete."""
+    try:
+        store.put_bytes(data, digest)
+    except OSError as error:
+        raise StoreError(
+            f"cannot write to the store at {store.root} ({error.strerror or error}); free "
+            "some space or fix the folder, then run the cell again"
+        ) from error
 
 
 def _chunk_spans(buffer: pickle.PickleBuffer, size: int) -> Iterable[tuple[int, int]]:
@@ -348,11 +364,17 @@ class StateLoader:
 
     def _unpickle(self, name: str, entry: Mapping[str, Any]) -> Any:
         if "inline" in entry:
-            payload = base64.b64decode(entry["inline"])
+            try:
+                payload = base64.b64decode(entry["inline"], validate=True)
+            except ValueError:  # damaged base64 in the record: refused just below
+                payload = b""
             if xxhash.xxh3_128_hexdigest(payload) != entry["pickle"]:
                 from .errors import IntegrityError
 
-                raise IntegrityError(f"variable {name} does not match its recorded hash")
+                raise IntegrityError(
+                    f"variable {name} does not match its recorded hash; "
+                    "run `nbexp fsck` to see what is affected"
+                )
         else:
             payload = self._store.read_object(entry["pickle"])
         content = xxhash.xxh3_128(entry["pickle"].encode())
@@ -371,7 +393,10 @@ class StateLoader:
         if content.hexdigest() != entry.get("hash"):
             from .errors import IntegrityError
 
-            raise IntegrityError(f"variable {name} does not match its recorded hash")
+            raise IntegrityError(
+                f"variable {name} does not match its recorded hash; "
+                "run `nbexp fsck` to see what is affected"
+            )
         resolve: Callable[[str], Any] = self.load
         unpickler = pickle.Unpickler(io.BytesIO(payload), buffers=buffers)
         unpickler.persistent_load = resolve  # type: ignore[method-assign]

@@ -12,13 +12,16 @@ Layout::
       config.json            settings, e.g. remotes (`nbexp remote add`)
 
 Every file becomes visible by an atomic rename after fsync, so a crash leaves either the
-old state or the new one, never half a record. SQLite in WAL mode with a busy timeout lets
-many kernels and CLI processes share a store. Nothing here imports IPython.
+old state or the new one, never half a record (files a killed process left in tmp/ are never
+read). A record killed between its file and its index row is indexed by the next process that
+opens the store (`_publishing`). SQLite in WAL mode with a busy timeout lets many kernels and
+CLI processes share a store. Nothing here imports IPython.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -27,6 +30,7 @@ import shutil
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +39,15 @@ from typing import IO, Any
 import xxhash
 
 from . import query as query_language
-from .errors import IntegrityError, RecordError, RefError, StoreError
+from .errors import (
+    AmbiguousRefError,
+    DamagedIndexError,
+    IntegrityError,
+    NbexpError,
+    RecordError,
+    RefError,
+    StoreError,
+)
 from .hashing import CHUNK, canonical_json, hash_bytes, hash_file, hash_json
 from .record import SHORT_ID_LENGTH, Experiment
 
@@ -80,6 +92,9 @@ _INSERT_ROW = (
     "INSERT OR REPLACE INTO experiments (id, name, created, status, duration, note, tags, "
     "params, metrics, notebook, sweep, origin) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+_ROW_COLUMNS = (
+    "id, name, created, status, duration, note, tags, params, metrics, notebook, sweep, origin"
+)
 MAX_PHYSICAL_COLUMNS = 1500  # SQLite allows 2000 columns a table; the rest stay JSON-only
 _UPSERT_COLUMN = (
     "INSERT INTO columns (section, key, scalar) VALUES (?, ?, ?) "
@@ -87,6 +102,7 @@ _UPSERT_COLUMN = (
 )
 
 FEW_OBJECTS = 16  # batches up to this many objects are fsynced file by file
+UNINDEXED_SUFFIX = ".unindexed"  # tmp/<id>.unindexed: a record being published (_publishing)
 SORTABLE = ("created", "name", "status", "duration", "id")
 
 
@@ -146,6 +162,7 @@ class Store:
                 f"make it writable or point {STORE_ENV} at a writable folder"
             ) from error
         self._db = self._open_index()
+        self._index_orphans()
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -191,8 +208,13 @@ class Store:
             self._known_objects.add(digest)
         elif digest not in batch:
             temp = self._temp_path()
-            with open(temp, "wb") as handle:
-                handle.write(data)
+            try:
+                with open(temp, "wb") as handle:
+                    handle.write(data)
+            except BaseException:  # a full disk: no partial file left behind in tmp/
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+                raise
             batch[digest] = temp
         return digest
 
@@ -338,9 +360,72 @@ class Store:
         path = self.record_path(experiment.id)
         if path.exists():
             raise StoreError(f"experiment {experiment.short_id} already exists")
-        self._write_atomic(path, canonical_json(body) + b"\n", sync_dir=True)
-        self._index_upsert(experiment, body)
+        with self._publishing(experiment.id, path):
+            self._write_atomic(path, canonical_json(body) + b"\n", sync_dir=True)
+            # The record is written, and records are the truth: a damaged index says to run
+            # `nbexp reindex` wherever it is read, and reindex lists this experiment too.
+            with contextlib.suppress(DamagedIndexError):
+                self._index_upsert(experiment, body)
         return experiment
+
+    @contextlib.contextmanager
+    def _publishing(self, experiment_id: str, path: Path) -> Iterator[None]:
+        """Around writing a record and then its index row. A process killed between the two
+        would leave a record that `nbexp list` never shows and `fsck` reports; so meanwhile
+        a note in tmp/, locked by this process, names the record, and the next process to
+        open the store indexes the records of notes whose writer died (`_index_orphans`).
+        If the row cannot be written (disk full, read-only index), the record is taken
+        back: the caller then says it was not recorded, and that is true."""
+        import fcntl
+
+        note = self.tmp_dir / f"{experiment_id}{UNINDEXED_SUFFIX}"
+        temp = self._temp_path()
+        with open(temp, "wb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                os.replace(temp, note)  # appears already locked
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+                raise
+            taken_back = True
+            try:
+                yield
+            except BaseException:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    taken_back = False  # the note stays: the next open indexes the record
+                raise
+            finally:
+                if taken_back:
+                    with contextlib.suppress(OSError):
+                        note.unlink()
+
+    def _index_orphans(self) -> None:
+        """Index the records whose writer was killed between writing the record and its
+        index row (`_publishing`): their notes are no longer locked by anyone."""
+        import fcntl
+
+        try:
+            notes = [p for p in self.tmp_dir.iterdir() if p.name.endswith(UNINDEXED_SUFFIX)]
+        except OSError:
+            return
+        for note in notes:
+            experiment_id = note.name[: -len(UNINDEXED_SUFFIX)]
+            # OSError: the note is gone (its writer finished) or still locked (its writer is
+            # at work), or indexing failed (the note stays; `nbexp fsck` names the fix)
+            with contextlib.suppress(OSError), open(note, "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.fstat(handle.fileno()).st_nlink == 0:
+                    continue  # its writer finished meanwhile
+                try:
+                    self._index_upsert(self.load(experiment_id))
+                except RefError:
+                    pass  # killed before the record was written: nothing to index
+                except (NbexpError, sqlite3.Error):
+                    continue
+                note.unlink()
 
     def load(self, experiment_id: str) -> Experiment:
         path = self.record_path(experiment_id)
@@ -355,6 +440,11 @@ class Store:
                 f"record {experiment_id[:SHORT_ID_LENGTH]} is corrupt ({error}); run `nbexp fsck`"
             ) from error
         experiment = Experiment.from_dict(body)
+        if experiment.id != experiment_id:  # the id field itself was damaged
+            raise RecordError(
+                f"record {experiment_id[:SHORT_ID_LENGTH]} is corrupt (its id field says "
+                f"{str(experiment.id)[:SHORT_ID_LENGTH]!r}); run `nbexp fsck`"
+            )
         extra = self._read_tags(experiment_id)
         return experiment.with_tags(extra) if extra is not None else experiment
 
@@ -476,8 +566,9 @@ class Store:
         if path.exists():  # recorded or pulled here already: the same content, by its id
             return self.load(experiment.id)
         self._write_atomic(self.origins_dir / f"{experiment.id}.json", json.dumps(origin).encode())
-        self._write_atomic(path, data, sync_dir=True)
-        self._index_upsert(experiment)
+        with self._publishing(experiment.id, path):
+            self._write_atomic(path, data, sync_dir=True)
+            self._index_upsert(experiment)
         return experiment
 
     # -- index ----------------------------------------------------------------------
@@ -488,7 +579,7 @@ class Store:
                 self.index_path, timeout=60, isolation_level=None, check_same_thread=False
             )
             connection.execute("PRAGMA busy_timeout = 60000")
-            connection.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(connection)
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.executescript(_INDEX_SCHEMA)
             _add_origin_column(connection)
@@ -553,7 +644,7 @@ class Store:
                 assignments = ", ".join(f"{column} = ?" for _, column in values)
                 self._db.execute(
                     f"UPDATE experiments SET {assignments} WHERE id = ?",
-                    [value for value, _ in values] + [experiment.id],
+                    [_sqlite_number(value) for value, _ in values] + [experiment.id],
                 )
 
     def reindex(self) -> int:
@@ -571,6 +662,11 @@ class Store:
         with self._lock:
             try:
                 with self._db:
+                    # damage in pages this rebuild never touches (the name index, the caches)
+                    # would outlive it: a damaged index is replaced instead
+                    check = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+                    if check != "ok":
+                        raise sqlite3.DatabaseError(f"damaged: {check}")
                     self._db.executemany(_INSERT_ROW, rows)
                     others = [
                         str(row[0])
@@ -614,7 +710,9 @@ class Store:
         ids: Iterable[str] | None = None,
     ) -> list[dict[str, Any]]:
         """Index rows (id, name, created, status, duration, note, tags, params, metrics)."""
-        sql, args = self._select(query, ids)
+        # named, not `*`: in an index from an older layout the columns are in another order
+        # (`origin` was added after the plain columns), and positions below would mislead
+        sql, args = self._select(query, ids, columns=_ROW_COLUMNS)
         order = _order_clause(sort, descending)
         sql += f" ORDER BY {order}"
         if limit is not None:
@@ -702,6 +800,33 @@ class Store:
         with self._lock:
             return int(self._db.execute(sql, args).fetchone()[0])
 
+    def keys(self, section: str, query: str | None = None) -> list[str]:
+        """The param or metric names (`section`: "params" or "metrics") the experiments
+        matching `query` have: the most common first, then the first indexed. Counted over
+        the plain columns, so it costs about what `count` does."""
+        if section not in ("params", "metrics"):
+            raise ValueError(f"section must be params or metrics, not {section!r}")
+        with self._lock:
+            known = self._db.execute(
+                "SELECT key, scalar, physical FROM columns WHERE section = ? ORDER BY rowid",
+                (section,),
+            ).fetchall()
+        counts: list[int] = []
+        for start in range(0, len(known), 500):  # SQLite caps a SELECT at 2000 columns
+            counted: list[str] = []
+            paths: list[str] = []
+            for key, scalar, physical in known[start : start + 500]:
+                if scalar and physical:
+                    counted.append(f"COUNT({physical})")
+                else:
+                    counted.append(f"COUNT({section} -> ?)")
+                    paths.append('$."' + key.replace('"', '\\"') + '"')
+            sql, args = self._select(query, None, columns=", ".join(counted))
+            with self._lock:
+                counts.extend(self._db.execute(sql, paths + args).fetchone())
+        ranked = sorted((-n, i) for i, n in enumerate(counts) if n)
+        return [str(known[i][0]) for _, i in ranked]
+
     def _select(
         self, query: str | None, ids: Iterable[str] | None, columns: str = "*"
     ) -> tuple[str, list[Any]]:
@@ -759,7 +884,7 @@ class Store:
                     return str(matches[0])
                 if len(matches) > 1:
                     shown = ", ".join(m[: SHORT_ID_LENGTH + 2] for m in matches[:5])
-                    raise RefError(
+                    raise AmbiguousRefError(
                         f"`{ref}` is ambiguous: it starts {len(matches)}"
                         f"{'+' if len(matches) > 5 else ''} experiment ids ({shown}); "
                         "give more characters"
@@ -797,6 +922,8 @@ class Store:
     def file_hash(self, path: str | os.PathLike[str]) -> tuple[str, int]:
         """(hash, size) of a file, re-read only when its size, mtime or inode changed."""
         absolute = os.path.abspath(path)
+        if not _is_utf8(absolute):  # SQLite keeps text as UTF-8: such a name is not cached
+            return hash_file(absolute)
         stat = os.stat(absolute)
         key = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
         with self._lock:
@@ -856,8 +983,16 @@ class Store:
         for experiment_id in self.iter_record_ids():
             try:
                 referenced |= self.load(experiment_id).object_hashes()
-            except (RecordError, RefError):
+            except RefError:  # deleted meanwhile
                 continue
+            except RecordError as error:
+                # its objects look unreferenced: collecting them would make the damage
+                # permanent (the record may yet be put back from a backup or a remote)
+                raise StoreError(
+                    f"record {experiment_id[:SHORT_ID_LENGTH]} is unreadable, so gc cannot "
+                    "tell which objects it needs; repair or delete it first (`nbexp fsck` "
+                    "says how)"
+                ) from error
         return referenced
 
     def gc(self, *, delete: bool = False) -> tuple[list[str], int]:
@@ -876,11 +1011,15 @@ class Store:
                         with contextlib.suppress(FileNotFoundError):
                             size += path.stat().st_size
                             garbage.append(digest)
-                            if delete:
-                                path.unlink()
                 if delete and garbage:
+                    # A new generation before the first deletion, not after the last: a gc
+                    # killed halfway must still make every kernel forget which objects it
+                    # believed stored (`writing`), or its next record names deleted ones.
                     self._write_atomic(self.root / "gc.generation", secrets.token_hex(8).encode())
                     self._known_objects.clear()
+                    for digest in garbage:
+                        with contextlib.suppress(FileNotFoundError):
+                            self.object_path(digest).unlink()
                 return garbage, size
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -890,33 +1029,44 @@ class Store:
     def fsck(self) -> list[Problem]:
         """Verify every record and object; returns the problems (empty means healthy)."""
         problems: list[Problem] = []
-        referenced: dict[str, str] = {}
+        referenced: dict[str, list[str]] = {}  # object → every experiment that uses it
         record_ids = set()
+        unreadable = set()  # named once, as a record problem, not again as index problems
         for experiment_id in self.iter_record_ids():
-            record_ids.add(experiment_id)
             short = experiment_id[:SHORT_ID_LENGTH]
+            relative = self.record_path(experiment_id).relative_to(self.root)
+            fix = f"; delete {relative} (then `nbexp pull` it again if a remote has it)"
             try:
                 body = json.loads(self.record_path(experiment_id).read_bytes())
                 experiment = Experiment.from_dict(body)
             except (ValueError, UnicodeDecodeError, RecordError) as error:
-                problems.append(Problem("record", short, f"unreadable: {error}"))
+                problems.append(Problem("record", short, f"unreadable: {error}{fix}"))
+                unreadable.add(experiment_id)
                 continue
-            if self.make_id(body) != experiment_id:
-                problems.append(Problem("record", short, "content does not match its id"))
+            record_ids.add(experiment_id)  # readable: the index should list it
+            # the id field is not hashed into the id, so it is compared on its own
+            if self.make_id(body) != experiment_id or body.get("id") != experiment_id:
+                problems.append(Problem("record", short, f"content does not match its id{fix}"))
             for digest in experiment.object_hashes():
-                referenced.setdefault(digest, short)
-        for digest, owner in referenced.items():
+                referenced.setdefault(digest, []).append(short)
+        for digest, owners in sorted(referenced.items()):
+            users = ", ".join(sorted(owners)[:3]) + (
+                f" and {len(owners) - 3} more" if len(owners) > 3 else ""
+            )
             path = self.object_path(digest)
             if not path.exists():
-                problems.append(Problem("object", digest[:12], f"missing (used by {owner})"))
+                problems.append(Problem("object", digest[:12], f"missing (used by {users})"))
             elif hash_file(path)[0] != digest:
-                problems.append(Problem("object", digest[:12], f"corrupt (used by {owner})"))
+                problems.append(Problem("object", digest[:12], f"corrupt (used by {users})"))
         try:
             with self._lock:
+                check = [row[0] for row in self._db.execute("PRAGMA quick_check(3)")]
                 indexed = {row[0] for row in self._db.execute("SELECT id FROM experiments")}
         except sqlite3.DatabaseError as error:
+            check = [str(error)]
+        if check != ["ok"]:  # pages SQLite can no longer trust, even where a listing still works
             problems.append(
-                Problem("index", "index.sqlite", f"unreadable ({error}); run `nbexp reindex`")
+                Problem("index", "index.sqlite", f"damaged ({check[0]}); run `nbexp reindex`")
             )
             return problems
         for missing in sorted(record_ids - indexed):
@@ -927,7 +1077,7 @@ class Store:
                     "record not in the index; run `nbexp reindex`",
                 )
             )
-        for stale in sorted(indexed - record_ids):
+        for stale in sorted(indexed - record_ids - unreadable):
             problems.append(
                 Problem(
                     "index", stale[:SHORT_ID_LENGTH], "indexed but no record; run `nbexp reindex`"
@@ -938,6 +1088,51 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _index_guard(method: Callable[..., Any]) -> Callable[..., Any]:
+    """`method` with a damaged index file (SQLite's CORRUPT / NOTADB, which Python raises as
+    the bare DatabaseError; busy, locked, full and I/O errors are OperationalError), or one
+    whose layout lacks a table or column this version needs (one from another nbexp), raised
+    as one DamagedIndexError line naming the fix, instead of a traceback from sqlite3."""
+
+    @functools.wraps(method)
+    def guarded(self: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as error:
+            if type(error) is sqlite3.DatabaseError:
+                what = "is damaged"
+            elif str(error).startswith(("no such column", "no such table", "table experiments")):
+                what = "has a layout this nbexp does not know"
+            else:
+                raise
+            raise DamagedIndexError(
+                f"the index {self.index_path} {what} ({error}); rebuild it from the "
+                "records with `nbexp reindex`"
+            ) from error
+
+    return guarded
+
+
+# Every method that reads or writes the index once the store is open (opening it is checked
+# in _open_index; reindex and fsck handle damage themselves).
+for _name in (
+    "_index_upsert", "delete", "rows", "table", "count", "keys", "resolve", "names_count",
+    "file_hash", "cache_get", "cache_put", "rebuild_columns",
+):  # fmt: skip
+    if hasattr(Store, _name):
+        setattr(Store, _name, _index_guard(getattr(Store, _name)))
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a path holding bytes the file system could not decode (os.fsdecode turns
+    them into lone surrogates, which neither SQLite nor JSON-as-UTF-8 can keep)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _materialise_columns(
@@ -980,6 +1175,14 @@ def _rebuild_columns(connection: sqlite3.Connection) -> None:
         )
         paths = ['$."' + key.replace('"', '\\"') + '"' for (_, key) in physical]
         connection.execute(f"UPDATE experiments SET {assignments}", paths)
+
+
+def _sqlite_number(value: Any) -> Any:
+    """An int beyond SQLite's 64 bits as the REAL json_extract would give for it (binding it
+    as it is raises OverflowError, which would lose the whole record for `seed = 10**20`)."""
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        return float(value)
+    return value
 
 
 def _is_flat(value: Any) -> bool:
@@ -1051,6 +1254,26 @@ def _sync_filesystem(folder: Path) -> None:
         finally:
             os.close(descriptor)
     os.sync()
+
+
+def _enable_wal(connection: sqlite3.Connection, patience: float = 60.0) -> None:
+    """Put the index in WAL mode. Switching a new index file to WAL takes an exclusive lock
+    without waiting out the busy timeout, so processes creating a store at the same moment
+    got "database is locked" here (and were told the index was unreadable): wait for it
+    as long as the busy timeout would. An index already in WAL mode needs no lock at all."""
+    if str(connection.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + patience
+    pause = 0.001
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL").fetchall()
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _add_origin_column(connection: sqlite3.Connection) -> None:

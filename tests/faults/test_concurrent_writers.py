@@ -1,0 +1,155 @@
+"""Four kernels recording 100 experiments each into one store, while another process lists
+it, deletes throwaway experiments and runs `nbexp gc --yes` over and over (SPEC §2: "any
+number of kernels and CLI processes may use one store at once").
+
+The writers are real IPython shells recording through the `%%experiment` magic. Every tenth
+run each writer also records a throwaway experiment whose content repeats, and deletes the
+variable; the janitor removes those experiments and gc deletes their objects while the
+writers run — so a writer must notice gc's work instead of trusting its memory of which
+objects are stored.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nbexp.restorer import restore_into
+from nbexp.store import Store
+from tests.faults import figures
+from tests.faults.checks import assert_fsck_clean, check_layout, leftover_temps, listed, nbexp
+from tests.faults.workers import REPO, worker_env
+
+WRITERS = 4
+RUNS = 100
+PROBLEMS = ("database is locked", "OperationalError", "Traceback", "NOT recorded", "Error")
+
+
+def test_four_kernels_and_a_janitor(tmp_path: Path) -> None:
+    root = tmp_path / "shared" / ".nbexp"  # created by the racing processes themselves
+    go, stop = tmp_path / "go", tmp_path / "stop"
+    env = worker_env(NBEXP_STORE=str(root))
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def spawn(*argv: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.faults.workers", *argv],
+            cwd=REPO,
+            env={**env, "PYTHONPATH": env["PYTHONPATH"]},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    writers = [spawn("writer", str(w), str(RUNS), str(go)) for w in range(1, WRITERS + 1)]
+    janitor = spawn("janitor", str(root), str(go), str(stop))
+    time.sleep(3)  # the writers import IPython, numpy and nbexp before they wait for `go`
+    go.touch()
+    began = time.monotonic()
+    results = []
+    try:
+        for process in writers:
+            out, err = process.communicate(timeout=600)
+            results.append((process.returncode, out, err))
+        elapsed = time.monotonic() - began
+        stop.touch()
+        janitor_out, janitor_err = janitor.communicate(timeout=300)
+    finally:
+        for process in (*writers, janitor):
+            if process.poll() is None:
+                process.kill()
+
+    for code, out, err in results:
+        assert code == 0, out[-3000:] + err[-3000:]
+        for problem in PROBLEMS:  # IPython prints tracebacks on stdout
+            found = [line for line in (out + err).splitlines() if problem in line]
+            assert not found, (problem, found[:5], err[-3000:])
+        assert out.count("✓ recorded w") == RUNS, out[-3000:]
+    assert janitor.returncode == 0, janitor_out + janitor_err
+    for problem in PROBLEMS:
+        assert problem not in janitor_err, janitor_err
+    work_done = json.loads(janitor_out.strip().splitlines()[-1])
+
+    expected = {f"w{w}-{i}" for w in range(1, WRITERS + 1) for i in range(RUNS)}
+    names = listed(root)
+    assert set(names) == expected  # every throwaway removed, none of the 400 lost
+    code, out, err = nbexp(root, "fsck", fresh_process=True)
+    assert code == 0 and out.startswith("ok:"), out + err
+    assert_fsck_clean(root)
+    check_layout(root)
+    assert leftover_temps(root) == 0  # nobody was killed: nothing may be left in tmp/
+
+    # every experiment's state restores; a sample is compared value by value
+    store = Store(root)
+    try:
+        sample = random.Random(0).sample(sorted(expected), 24)
+        for name in sample:
+            worker, step = (int(part) for part in name[1:].split("-"))
+            experiment = store.get(name)
+            assert experiment.params == {"worker": worker, "step": step}
+            namespace: dict = {}
+            report = restore_into(namespace, store, experiment)
+            assert not report.skipped, report.skipped
+            assert namespace["shared"].sum() == sum(range(300_000))
+            assert namespace["score"] == float(sum(range(300_000))) + step
+            last_own = step - step % 3
+            assert (namespace["mine"] == worker * 1000.0 + last_own).all()
+            assert "junk" not in namespace
+        assert store.reindex() == WRITERS * RUNS
+    finally:
+        store.close()
+
+    figures.report("concurrency: experiments recorded by 4 kernels at once", len(names))
+    figures.report(
+        "concurrency: throughput (experiments/s, 4 kernels, 2 cores)",
+        round(WRITERS * RUNS / elapsed, 1),
+    )
+    figures.report(
+        "concurrency: janitor lists / rm / gc runs (objects gc deleted)",
+        f"{work_done['lists']} / {work_done['removed']} / {work_done['gcs']} "
+        f"({work_done['deleted']})",
+    )
+    assert work_done["gcs"] >= 5 and work_done["deleted"] > 0, work_done
+
+
+# Six `nbexp list` processes released at the same instant onto a store that does not exist.
+OPENER = """
+import os, sys, time
+from nbexp.cli import main
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.001)
+sys.exit(main(["--store", sys.argv[1], "list"]))
+"""
+
+
+def test_processes_creating_one_store_at_once(tmp_path: Path) -> None:
+    """The first use of a store by several processes at once: each gets a working index.
+    (Switching a new index to WAL mode did not wait for other processes: ~1 in 4 such
+    races failed with "database is locked", reported as an unreadable index.)"""
+    failures = []
+    for trial in range(10):
+        root, go = tmp_path / f"store{trial}" / ".nbexp", tmp_path / f"go{trial}"
+        openers = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPENER, str(root), str(go)],
+                cwd=REPO,
+                env=worker_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(6)
+        ]
+        time.sleep(0.5)  # all imported and waiting
+        go.touch()
+        for opener in openers:
+            out, err = opener.communicate(timeout=120)
+            if opener.returncode != 0 or err:
+                failures.append(err.strip() or out)
+    figures.report("concurrency: processes creating one store at once (10 x 6)", 60 - len(failures))
+    assert not failures, failures[:3]

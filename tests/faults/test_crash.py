@@ -1,0 +1,689 @@
+"""SIGKILL at random moments (SPEC §2: "a crash at any moment leaves every earlier experiment
+intact and never leaves a half-written record visible"; §9 for remotes).
+
+Kernels are real IPython shells running the real `%%experiment` magic (forked warm from a
+zygote, tests/faults/workers.py); gc and push are real `nbexp` processes. Each is killed with
+SIGKILL after a random delay within the operation's measured duration, or — where the
+interesting part is short beside process start-up — after a random number of its own
+deletions or uploads (counted by a wrapper around the killed process; nbexp has no hooks).
+After every kill:
+
+- `nbexp fsck` exits 0 and reports nothing (leftover temp files in `tmp/` are allowed);
+- `nbexp list` shows every experiment that finished, plus at most the one in flight, which
+  must then be complete;
+- those experiments load and their state restores to the values the kernel had;
+- the next record works (the next kernel records, or the same kernel records again).
+
+The schedule is seeded: NBEXP_FAULT_SEED=N reproduces it (the seed is printed with the
+suite's figures). NBEXP_FAULTS_LONG=1 (scripts/test_faults_long.sh) runs the `faults_long`
+cases: hundreds of kills.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbexp.hashing import hash_file
+from nbexp.record import Experiment
+from nbexp.remote import add_remote, pull, push
+from nbexp.restorer import restore_into
+from nbexp.store import UNINDEXED_SUFFIX, Store
+from tests.faults import figures
+from tests.faults.checks import (
+    assert_fsck_clean,
+    assert_restores,
+    check_layout,
+    forget_stores,
+    leftover_temps,
+    listed,
+    nbexp,
+    step_of,
+)
+from tests.faults.workers import REPO, Zygote, record_cell, worker_env
+
+try:  # the moto S3 server fixture, shared with tests/test_remote_s3.py
+    from tests.test_remote_s3 import (  # noqa: F401 (fixtures)
+        DUMMY_CREDENTIALS,
+        bucket,
+        moto_endpoint,
+    )
+
+    HAVE_S3 = True
+except pytest.skip.Exception:
+    DUMMY_CREDENTIALS = {}
+    HAVE_S3 = False
+
+SEED = int(os.environ.get("NBEXP_FAULT_SEED") or random.SystemRandom().randrange(2**31))
+LONG = os.environ.get("NBEXP_FAULTS_LONG") == "1"
+KILLS = {
+    "default": {"record": 30, "snapshot": 16, "gc": 12, "push": 12, "s3": 4},
+    "long": {"record": 180, "snapshot": 110, "gc": 45, "push": 48, "s3": 12},
+}
+LANE = 30  # kill rounds per store: then a fresh store, so fsck's cost per round stays flat
+PUSH_LANE = 16  # push rounds per store and remote
+JUNK = 1500  # gc rounds: small arrays in `junk`, one object each, for gc to delete
+
+SCALES = [
+    pytest.param("default", id="default"),
+    pytest.param(
+        "long",
+        id="long",
+        marks=[
+            pytest.mark.faults_long,
+            pytest.mark.timeout(1800),
+            pytest.mark.skipif(
+                not LONG,
+                reason="hundreds of kills: NBEXP_FAULTS_LONG=1 (bash scripts/test_faults_long.sh)",
+            ),
+        ],
+    ),
+]
+
+_TALLY: Counter[str] = Counter()
+
+
+def _tally(figure: str, count: int = 1) -> None:
+    _TALLY[figure] += count
+    figures.report(figure, _TALLY[figure])
+
+
+figures.report("crash: seed (NBEXP_FAULT_SEED to repeat)", SEED)
+
+
+@pytest.fixture(scope="module")
+def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
+    folder = tmp_path_factory.mktemp("zygote")
+    started = Zygote(folder / "scratch" / ".nbexp")
+    yield started
+    started.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_stores() -> Iterator[None]:
+    forget_stores()
+    yield
+    forget_stores()
+
+
+def _rng(test: str, scale: str) -> random.Random:
+    print(f"NBEXP_FAULT_SEED={SEED}")
+    return random.Random(f"{SEED}:{test}:{scale}")
+
+
+# -- (a), (b): kernels killed while recording ------------------------------------------
+
+
+@dataclass
+class Lane:
+    """One store and the experiments known to have finished in it."""
+
+    root: Path
+    work: Path
+    log: Path
+    kind: str
+    known: set[str] = field(default_factory=set)
+    rounds: int = 0
+
+    @classmethod
+    def make(cls, base: Path, kind: str, number: int) -> Lane:
+        work = base / f"{kind}-lane{number}"
+        work.mkdir(parents=True)
+        return cls(root=work / ".nbexp", work=work, log=work / "kernel.log", kind=kind)
+
+
+def _events_until(zygote: Zygote, child: int, wanted: Any, deadline: float) -> list[dict]:
+    """Events of `child` up to the first one `wanted(event)` accepts."""
+    seen: list[dict] = []
+    while True:
+        event = zygote.next_event(child, deadline - time.monotonic())
+        if event is None:
+            raise AssertionError(f"kernel {child} went quiet; events so far: {seen[-5:]}")
+        seen.append(event)
+        if event["event"] == "done" and not (event["success"] and event["recorded"]):
+            raise AssertionError(f"a run failed or was not recorded: {event}")
+        if wanted(event):
+            return seen
+
+
+def _calibrate(zygote: Zygote, lane: Lane, runs: int = 3) -> dict[str, float]:
+    """Let a kernel record `runs` experiments undisturbed; how long the parts took."""
+    lane.rounds += 1
+    child = zygote.fork(
+        "loop",
+        lane.root,
+        lane.work,
+        lane.log,
+        kind=lane.kind,
+        prefix=f"{lane.kind}-r{lane.rounds}-calm",
+        runs=runs,
+    )
+    events = _events_until(
+        zygote,
+        child,
+        lambda e: e["event"] == "done" and e["step"] == runs - 1,
+        time.monotonic() + 120,
+    )
+    end = zygote.reap(child)
+    assert end["code"] == 0, lane.log.read_text()[-3000:]
+    done = [e for e in events if e["event"] == "done"]
+    bodies = {e["step"]: e["t"] for e in events if e["event"] == "body"}
+    lane.known |= {e["name"] for e in done}
+    timing = {"run": statistics.median(e["seconds"] for e in done)}
+    if bodies:
+        timing["record"] = statistics.median(e["t"] - bodies[e["step"]] for e in done)
+    return timing
+
+
+def _kill_recording_kernel(
+    zygote: Zygote, lane: Lane, rng: random.Random, timing: dict[str, float]
+) -> tuple[set[str], set[str], str]:
+    """One round: a kernel records until SIGKILL; returns (finished, in flight, phase)."""
+    lane.rounds += 1
+    child = zygote.fork(
+        "loop", lane.root, lane.work, lane.log, kind=lane.kind, prefix=f"{lane.kind}-r{lane.rounds}"
+    )
+    deadline = time.monotonic() + 120
+    if lane.kind == "record":  # any moment of a run: body, snapshot, record, index
+        events = _events_until(zygote, child, lambda e: e["event"] == "started", deadline)
+        kill_at = events[-1]["t"] + rng.uniform(0, 2.5 * timing["run"])
+    else:  # inside the snapshot: after the body's last line, within the recording's length
+        target = rng.randint(0, 1)
+        events = _events_until(
+            zygote, child, lambda e: e["event"] == "body" and e["step"] == target, deadline
+        )
+        kill_at = events[-1]["t"] + rng.uniform(0, timing["record"])
+    time.sleep(max(0.0, kill_at - time.monotonic()))
+    end = zygote.kill(child)
+    events += zygote.drain(child)
+    assert end["signal"] == signal.SIGKILL, (end, lane.log.read_text()[-3000:])
+    for event in events:
+        assert event["event"] != "done" or (event["success"] and event["recorded"]), event
+    finished = {e["name"] for e in events if e["event"] == "done"}
+    started = {e["name"] for e in events if e["event"] == "started"}
+    in_flight = started - finished
+    assert len(in_flight) <= 1
+    phase = "between runs"
+    if in_flight:  # the body signals its end: after it, nbexp snapshots, writes, indexes
+        last = [e["event"] for e in events if e["event"] in ("started", "body", "done")][-1]
+        phase = "running the body" if last == "started" else "recording (after the body)"
+    return finished, in_flight, phase
+
+
+def _tally_orphans(root: Path) -> None:
+    """Count kills that landed between a record's file and its index row: the record is
+    there, its note in tmp/ too; the next process to open the store indexes it."""
+    notes = [p for p in (root / "tmp").glob(f"*{UNINDEXED_SUFFIX}")]
+    ids = {p.name[: -len(UNINDEXED_SUFFIX)] for p in notes}
+    orphans = [i for i in ids if (root / "records" / i[:2] / f"{i}.json").exists()]
+    if orphans:
+        _tally("crash: kills between a record and its index row (indexed at the next open)")
+
+
+def _verify_after_kill(
+    lane: Lane, finished: set[str], in_flight: set[str], rng: random.Random, *, full: bool
+) -> None:
+    _tally_orphans(lane.root)
+    assert_fsck_clean(lane.root, fresh_process=full)
+    _tally("crash: fsck runs after kills, all clean")
+    names = set(listed(lane.root))
+    expected = lane.known | finished
+    assert expected <= names, f"finished experiments missing: {sorted(expected - names)}"
+    visible_in_flight = names - expected
+    assert visible_in_flight <= in_flight, f"unexpected records: {sorted(visible_in_flight)}"
+    if visible_in_flight:
+        _tally("crash: in-flight runs visible after the kill (verified complete)")
+    store = Store(lane.root)
+    try:
+        older = sorted(lane.known)
+        check = finished | visible_in_flight | set(rng.sample(older, min(2, len(older))))
+        for name in sorted(check):
+            assert_restores(store, name, step_of(name), lane.kind)
+        _tally(
+            "crash: experiments verified intact (loaded, state restored and compared)", len(check)
+        )
+    finally:
+        store.close()
+    lane.known = names
+    if full:
+        check_layout(lane.root)
+
+
+def _close_lane(zygote: Zygote, lane: Lane) -> None:
+    """After the last kill: the next kernel records; everything restores; reindex agrees."""
+    _calibrate(zygote, lane, runs=1)
+    assert_fsck_clean(lane.root, fresh_process=True)
+    store = Store(lane.root)
+    try:
+        for name in sorted(lane.known):
+            assert_restores(store, name, step_of(name), lane.kind)
+        _tally(
+            "crash: experiments verified intact (loaded, state restored and compared)",
+            len(lane.known),
+        )
+    finally:
+        store.close()
+    check_layout(lane.root)
+    code, out, err = nbexp(lane.root, "reindex")
+    assert code == 0 and out.startswith(f"indexed {len(lane.known)} experiment"), out + err
+    _tally(
+        "crash: leftover temp files in tmp/ (harmless, never records)", leftover_temps(lane.root)
+    )
+
+
+def _kill_kernels(
+    zygote: Zygote, tmp_path: Path, kind: str, kills: int, rng: random.Random
+) -> Counter[str]:
+    phases: Counter[str] = Counter()
+    lane = Lane.make(tmp_path, kind, 0)
+    timing = _calibrate(zygote, lane)
+    for number in range(kills):
+        if number and number % LANE == 0:
+            _close_lane(zygote, lane)
+            shutil.rmtree(lane.work)  # verified: its hundreds of MB are not needed any more
+            lane = Lane.make(tmp_path, kind, number // LANE)
+            timing = _calibrate(zygote, lane)
+        finished, in_flight, phase = _kill_recording_kernel(zygote, lane, rng, timing)
+        phases[phase] += 1
+        _tally(
+            f"crash: SIGKILLs of a kernel while {'recording' if kind == 'record' else 'snapshotting'}"
+        )
+        _verify_after_kill(lane, finished, in_flight, rng, full=number % 10 == 9)
+    _close_lane(zygote, lane)
+    return phases
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_kills_while_recording(zygote: Zygote, tmp_path: Path, scale: str) -> None:
+    """(a) Kernels killed at any moment of a run: executing the body, snapshotting its
+    state (a few MB of new arrays and frames per run), writing the record, indexing it."""
+    rng = _rng("record", scale)
+    phases = _kill_kernels(zygote, tmp_path, "record", KILLS[scale]["record"], rng)
+    figures.report("crash: where recording kills landed", dict(phases))
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_kills_while_snapshotting(zygote: Zygote, tmp_path: Path, scale: str) -> None:
+    """(b) Kernels killed inside the state snapshot: after the body's last line, within the
+    measured length of the recording (6 MB of new chunks, shared references, a notebook
+    class, an unchanged array)."""
+    rng = _rng("snapshot", scale)
+    phases = _kill_kernels(zygote, tmp_path, "snapshot", KILLS[scale]["snapshot"], rng)
+    figures.report("crash: where snapshotting kills landed", dict(phases))
+    assert phases["recording (after the body)"] >= KILLS[scale]["snapshot"] // 3, phases
+
+
+# -- (c): nbexp gc killed while a kernel keeps recording -----------------------------------
+
+# `nbexp gc --yes`, killed by SIGKILL right after its K-th deletion of an object file.
+GC_KILLED_AFTER = textwrap.dedent(
+    """
+    import os, pathlib, signal, sys
+    from nbexp.cli import main
+
+    left = int(sys.argv[2])
+    real_unlink = pathlib.Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        global left
+        real_unlink(self, *args, **kwargs)
+        if "/objects/" in str(self):
+            left -= 1
+            if left == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    pathlib.Path.unlink = unlink
+    sys.exit(main(["--store", sys.argv[1], "gc", "--yes"]))
+    """
+)
+
+
+def _junk_cell(name: str, content: int) -> str:
+    return (
+        f"%%experiment {name} -t junk\n"
+        f"junk = [np.full(64, float(k + 1000 * {content})) for k in range({JUNK})]\n"
+        "score = 1.0\n"
+    )
+
+
+def _expected_junk(content: int) -> list[Any]:
+    import numpy as np
+
+    return [np.full(64, float(k + 1000 * content)) for k in range(JUNK)]
+
+
+def _ran(answer: dict[str, Any], recorded: str | None = None) -> dict[str, Any]:
+    assert answer["event"] == "ran" and answer["success"], answer
+    assert "NOT recorded" not in answer["stderr"] and "Traceback" not in answer["stdout"], answer
+    if recorded:
+        assert f"✓ recorded {recorded} " in answer["stdout"], answer
+    return answer
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_kills_during_gc(zygote: Zygote, tmp_path: Path, scale: str) -> None:
+    """(c) `nbexp gc --yes` killed while it deletes what removed experiments left behind,
+    beside a kernel that stays alive: the kernel then records the same content again, which
+    it believes is still stored — it must notice gc's work, or its record would name
+    objects gc deleted."""
+    rng = _rng("gc", scale)
+    work = tmp_path / "gc"
+    work.mkdir()
+    root = work / ".nbexp"
+    kernel = zygote.fork("serve", root, work, work / "kernel.log")
+    keepers = [f"keep-{k}" for k in range(3)]
+    for step, name in enumerate(keepers):
+        _ran(zygote.command(kernel, cell=record_cell(name, step)), recorded=name)
+    env = worker_env()
+
+    def make_garbage(name: str, content: int) -> None:
+        _ran(zygote.command(kernel, cell=_junk_cell(name, content)), recorded=name)
+        _ran(zygote.command(kernel, cell="del junk"))
+        for old in [n for n in listed(root) if n.startswith("junk-")]:
+            code, _, err = nbexp(root, "rm", old)
+            assert code == 0, err
+
+    make_garbage("junk-calibrate", 9)
+    timings = []
+    for _ in range(3):  # a dry run does all a gc does but delete
+        began = time.monotonic()
+        code, out, err = nbexp(root, "gc", fresh_process=True)
+        timings.append(time.monotonic() - began)
+        assert code == 0 and "would be deleted" in out, out + err
+    duration = statistics.median(timings)
+    code, out, err = nbexp(root, "gc", "--yes")
+    assert code == 0 and out.startswith("deleted "), out + err
+
+    outcomes: Counter[str] = Counter()
+    kills = KILLS[scale]["gc"]
+    for number in range(kills):
+        content = number % 2
+        make_garbage(f"junk-{number}", content)
+        if number % 2 == 0:  # any moment of the gc process
+            process = subprocess.Popen(
+                [sys.executable, "-m", "nbexp.cli", "--store", str(root), "gc", "--yes"],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            time.sleep(rng.uniform(0, duration))
+            process.send_signal(signal.SIGKILL)
+            process.communicate(timeout=60)
+            how = "random moment"
+        else:  # inside its deletions
+            process = subprocess.Popen(
+                [sys.executable, "-c", GC_KILLED_AFTER, str(root), str(rng.randint(1, JUNK))],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            process.communicate(timeout=120)
+            how = "after its k-th deletion"
+        if process.returncode == -signal.SIGKILL:
+            outcomes[f"killed at a {how}" if how == "random moment" else f"killed {how}"] += 1
+            _tally("crash: SIGKILLs of `nbexp gc --yes`")
+        else:
+            assert process.returncode == 0, process.returncode
+            outcomes["finished before the kill"] += 1
+
+        assert_fsck_clean(root, fresh_process=number % 5 == 4)
+        _tally("crash: fsck runs after kills, all clean")
+        assert set(listed(root)) == set(keepers)
+        again = f"junk-{number}-again"  # the next record: content gc may just have deleted
+        _ran(zygote.command(kernel, cell=_junk_cell(again, content)), recorded=again)
+        assert_fsck_clean(root)
+        _tally("crash: fsck runs after kills, all clean")
+        store = Store(root)
+        try:
+            for step, name in enumerate(keepers):
+                assert_restores(store, name, step, "record")
+            namespace: dict[str, Any] = {}
+            restore_into(namespace, store, store.get(again), ["junk"])
+            expected = _expected_junk(content)
+            assert all((a == b).all() for a, b in zip(namespace["junk"], expected, strict=True))
+            _tally(
+                "crash: experiments verified intact (loaded, state restored and compared)",
+                len(keepers) + 1,
+            )
+        finally:
+            store.close()
+        _ran(zygote.command(kernel, cell="del junk"))
+    zygote.kill(kernel)
+    check_layout(root)
+    figures.report("crash: gc kill outcomes", dict(outcomes))
+    assert outcomes["finished before the kill"] <= kills // 2, outcomes
+
+
+# -- (d): nbexp push killed mid-transfer -----------------------------------------------
+
+# `nbexp push`, killed by SIGKILL right after the remote acknowledged its K-th key.
+PUSH_KILLED_AFTER = textwrap.dedent(
+    """
+    import os, signal, sys, threading
+    from nbexp import transfer
+    from nbexp.cli import main
+
+    left = int(sys.argv[2])
+    lock = threading.Lock()
+
+    def counting(method):
+        def wrapper(self, *args, **kwargs):
+            global left
+            method(self, *args, **kwargs)
+            with lock:
+                left -= 1
+                if left == 0:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        return wrapper
+
+    transfer.RemoteFiles.write = counting(transfer.RemoteFiles.write)
+    transfer.RemoteFiles.upload = counting(transfer.RemoteFiles.upload)
+    sys.exit(main(["--store", sys.argv[1], "push", "origin"]))
+    """
+)
+
+
+def _remote_records(fresh: Store) -> set[str]:
+    return set(fresh.iter_record_ids())
+
+
+def _check_file_remote(folder: Path) -> int:
+    """Every record on a file:// remote is whole and names only whole objects there."""
+    count = 0
+    for path in (folder / "records").rglob("*.json"):
+        data = path.read_bytes()
+        experiment = Experiment.from_dict(json.loads(data))
+        assert Store.make_id(experiment.to_dict()) == path.stem, f"record {path.stem} is damaged"
+        for digest in experiment.object_hashes():
+            target = folder / "objects" / digest[:2] / digest[2:]
+            assert target.is_file(), f"{path.stem} names {digest[:12]}, missing on the remote"
+            assert hash_file(target)[0] == digest, f"object {digest[:12]} is damaged"
+        count += 1
+    return count
+
+
+def _push_rounds(
+    zygote: Zygote,
+    tmp_path: Path,
+    rng: random.Random,
+    kills: int,
+    url_of_lane: Callable[[int], str],
+    options: dict[str, str],
+    env: dict[str, str],
+    label: str,
+) -> Counter[str]:
+    """`kills` pushes killed mid-way, in lanes of PUSH_LANE: each lane a new store and a
+    new remote, so what a fresh pull copies stays bounded."""
+    outcomes: Counter[str] = Counter()
+    for lane in range(-(-kills // PUSH_LANE)):
+        count = min(PUSH_LANE, kills - lane * PUSH_LANE)
+        work = tmp_path / f"push-lane{lane}"
+        _push_lane(zygote, work, rng, count, url_of_lane(lane), options, env, label, outcomes)
+        shutil.rmtree(work)
+    return outcomes
+
+
+def _push_lane(
+    zygote: Zygote,
+    work: Path,
+    rng: random.Random,
+    kills: int,
+    url: str,
+    options: dict[str, str],
+    env: dict[str, str],
+    label: str,
+    outcomes: Counter[str],
+) -> None:
+    work.mkdir()
+    root = work / ".nbexp"
+    option_words = [w for key, value in options.items() for w in ("--option", f"{key}={value}")]
+    code, _, err = nbexp(root, "remote", "add", "origin", url, *option_words)
+    assert code == 0, err
+    kernel = zygote.fork("serve", root, work, work / "kernel.log")
+    recorded: dict[str, int] = {}
+    step = 0
+
+    def record(count: int) -> None:
+        nonlocal step
+        for _ in range(count):
+            name = f"exp-{step}"
+            _ran(zygote.command(kernel, cell=record_cell(name, step)), recorded=name)
+            recorded[name] = step
+            step += 1
+
+    def cli_push(*argv: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
+    record(2)
+    began = time.monotonic()
+    first = cli_push(sys.executable, "-m", "nbexp.cli", "--store", str(root), "push", "origin")
+    _, err_bytes = first.communicate(timeout=120)
+    assert first.returncode == 0, err_bytes.decode()
+    duration = time.monotonic() - began
+
+    for number in range(kills):
+        record(2)
+        if number % 2 == 0:  # any moment of the push process
+            process = cli_push(
+                sys.executable, "-m", "nbexp.cli", "--store", str(root), "push", "origin"
+            )
+            time.sleep(rng.uniform(0, duration))
+            process.send_signal(signal.SIGKILL)
+            how = "killed at a random moment"
+        else:  # inside its uploads (about 8 keys per new experiment)
+            process = cli_push(
+                sys.executable, "-c", PUSH_KILLED_AFTER, str(root), str(rng.randint(1, 14))
+            )
+            how = "killed after its k-th upload"
+        _, err_bytes = process.communicate(timeout=120)
+        if process.returncode == -signal.SIGKILL:
+            outcomes[how] += 1
+            _tally(f"crash: SIGKILLs of `nbexp push` ({label})")
+        else:
+            assert process.returncode == 0, err_bytes.decode()
+            outcomes["finished before the kill"] += 1
+
+        # the local store is untouched by a push; the remote is consistent
+        assert_fsck_clean(root)
+        _tally("crash: fsck runs after kills, all clean")
+        if url.startswith("file://"):
+            _check_file_remote(Path(url[len("file://") :]))
+        fresh_root = work / "fresh" / ".nbexp"
+        fresh_root.mkdir(parents=True)
+        fresh = Store(fresh_root)
+        try:
+            add_remote(fresh, "origin", url, options, trusted=True)
+            report = pull(fresh, "origin", progress=False)
+            assert not report.failed, report.failed
+            arrived = _remote_records(fresh)
+            local = Store(root)
+            try:
+                assert arrived <= set(local.iter_record_ids())
+            finally:
+                local.close()
+            assert fresh.fsck() == []
+            new_names = {fresh.load(i).name for i in arrived} & set(recorded)
+            for name in sorted(new_names, key=step_of)[-4:]:
+                assert_restores(fresh, name, recorded[name], "record")
+            outcomes["pulls into a fresh store verified"] += 1
+            _tally(
+                "crash: experiments verified intact (loaded, state restored and compared)",
+                min(4, len(new_names)),
+            )
+            # a re-push completes, and then the remote holds everything
+            local = Store(root)
+            try:
+                again = push(local, "origin", progress=False)
+                assert not again.failed, again.failed
+                everything = set(local.iter_record_ids())
+            finally:
+                local.close()
+            assert not pull(fresh, "origin", progress=False).failed
+            assert _remote_records(fresh) == everything
+            assert fresh.fsck() == []
+        finally:
+            fresh.close()
+        shutil.rmtree(fresh_root.parent)
+    zygote.kill(kernel)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_kills_during_push(zygote: Zygote, tmp_path: Path, scale: str) -> None:
+    """(d) `nbexp push` to a file:// remote killed mid-transfer: the remote stays
+    consistent (a pull into a fresh store gets intact experiments) and a re-push completes."""
+    rng = _rng("push", scale)
+    outcomes = _push_rounds(
+        zygote,
+        tmp_path,
+        rng,
+        KILLS[scale]["push"],
+        lambda lane: f"file://{tmp_path}/remote-{lane}",
+        {},
+        worker_env(),
+        "file://",
+    )
+    figures.report("crash: push kill outcomes (file://)", dict(outcomes))
+    assert outcomes["finished before the kill"] < KILLS[scale]["push"] // 2, outcomes
+
+
+@pytest.mark.skipif(not HAVE_S3, reason="s3fs and moto are needed for the S3 remote")
+@pytest.mark.parametrize("scale", SCALES)
+def test_kills_during_push_to_an_s3_remote(
+    zygote: Zygote, tmp_path: Path, scale: str, bucket: str, moto_endpoint: str
+) -> None:
+    """(d) The same against moto's S3 server: keys are single PUTs there, so a killed push
+    leaves whole objects and no partial record."""
+    rng = _rng("s3", scale)
+    env = worker_env(**DUMMY_CREDENTIALS)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        env.pop(name, None)
+    outcomes = _push_rounds(
+        zygote,
+        tmp_path,
+        rng,
+        KILLS[scale]["s3"],
+        lambda lane: f"s3://{bucket}/team-{lane}",
+        {"endpoint_url": moto_endpoint},
+        env,
+        "S3/moto",
+    )
+    figures.report("crash: push kill outcomes (S3/moto)", dict(outcomes))

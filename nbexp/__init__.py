@@ -133,3 +133,16 @@ def load_ipython_extension(ipython: Any) -> None:
 
 def unload_ipython_extension(ipython: Any) -> None:
     """`%unload_ext nbexp`: nothing to undo beyond the magics IPython drops itself."""
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """The Jupyter server extension serving the store to the lab panel (enabled on install);
+    `nbexp.server_extension` (which imports jupyter_server) loads only when the server asks."""
+    return [{"module": "nbexp.server_extension"}]
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """The prebuilt JupyterLab extension (the Experiments panel), built from `labextension/`
+    into `nbexp/labextension/`; used by `jupyter labextension develop`. Wheels install it
+    under `share/jupyter/labextensions/nbexp` (shared-data)."""
+    return [{"src": "labextension", "dest": "nbexp"}]

@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
 # Create .venv and install nbexp with its test extras and a Jupyter kernel for it.
-# Needs only python3 (≥3.10), git and network access to PyPI.
+# Needs only python3 (≥3.10), git and network access to PyPI; building the JupyterLab panel
+# (labextension/, during the install) also needs Node.js ≥ 18 and the npm registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The panel is built by jlpm (it comes with jupyterlab in pip's build environment) on node,
+# unless a build is already there (nbexp/labextension/).
+if [ ! -f nbexp/labextension/package.json ] && ! command -v node >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs; } \
+      >/dev/null 2>&1 || true
+  fi
+  command -v node >/dev/null \
+    || { echo "setup failed: Node.js (≥ 18) is needed to build the JupyterLab panel" >&2; exit 1; }
+fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

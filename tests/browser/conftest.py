@@ -1,5 +1,6 @@
-"""Fixtures for the real-browser tests: one JupyterLab server and one headless Chromium for
-the session (see lab.py), each on fresh temp folders; skipped when Chromium is missing."""
+"""Fixtures for the real-browser tests: one JupyterLab server for the session and one headless
+Chromium per test module (see lab.py), each on fresh temp folders; skipped when Chromium is
+missing."""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lab_module.Lab]:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium(lab: lab_module.Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Per module: playwright's sync API keeps an asyncio loop running in this thread while it
+    is open, which breaks later async tests (pytest-jupyter's server) if it outlives us."""
     with lab_module.chromium(tmp_path_factory.mktemp("chromium-profile")) as context:
         yield context
 

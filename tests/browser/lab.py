@@ -196,11 +196,12 @@ def chromium(profile: Path, *, width: int = 1400, height: int = 1000) -> Iterato
 
 
 def open_notebook(context: Any, lab: Lab, name: str, *, timeout: float = 60_000) -> tuple[Any, Any]:
-    """Open a notebook; returns (page, its tab panel) once its kernel says Idle."""
+    """Open a notebook (`name`: its path under the root); returns (page, its tab panel) once
+    its kernel says Idle."""
     page = context.new_page()
     page.set_default_timeout(timeout)
     page.goto(lab.notebook_url(name))
-    panel = page.get_by_role("tabpanel", name=name)
+    panel = page.get_by_role("tabpanel", name=name.rsplit("/", 1)[-1])
     panel.locator(".jp-Notebook").wait_for()
     wait_idle(page)
     return page, panel
@@ -238,3 +239,26 @@ def wait_cells_done(page: Any, panel: Any, count: int, timeout: float = 120) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"cells did not finish: prompts {texts}")
         time.sleep(0.2)
+
+
+def run_cell(page: Any, cell: Any, *, attempts: int = 5, timeout: float = 120) -> str:
+    """Run one cell (its locator) with Ctrl+Enter and wait until it has finished; returns its
+    output's text. Retries the key press until the prompt changes (an early run is dropped)."""
+    prompt = cell.locator(".jp-InputArea-prompt")
+    before = prompt.inner_text()
+    for _ in range(attempts):
+        prompt.click()
+        page.keyboard.press("Control+Enter")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and prompt.inner_text() == before:
+            time.sleep(0.05)
+        if prompt.inner_text() != before:
+            break
+    else:
+        raise AssertionError(f"the cell never started (prompt {before!r})")
+    deadline = time.monotonic() + timeout
+    while "*" in (text := prompt.inner_text()) or not any(ch.isdigit() for ch in text):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the cell did not finish: prompt {text!r}")
+        time.sleep(0.1)
+    return str(cell.locator(".jp-OutputArea").inner_text())

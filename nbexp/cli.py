@@ -336,8 +336,15 @@ def cmd_status(args: argparse.Namespace, store: Store) -> int:
             print(f"stale  {row['name']} ({row['id'][:SHORT_ID_LENGTH]})")
             print("\n".join(f"  {change}" for change in changes))
         elif args.ref:
+            origin = store.origin_name(row["id"])
+            unchecked = (
+                f"; pulled from {origin}, so inputs not on this machine are not checked"
+                if origin
+                else ""
+            )
             print(
-                f"fresh  {row['name']} ({row['id'][:SHORT_ID_LENGTH]}): inputs and cell unchanged"
+                f"fresh  {row['name']} ({row['id'][:SHORT_ID_LENGTH]}): inputs and cell "
+                f"unchanged{unchecked}"
             )
     if not args.ref:
         count = len(rows)

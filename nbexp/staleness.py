@@ -87,7 +87,10 @@ class Checker:
 
     def check(self, experiment: Experiment | str) -> list[Change]:
         """The changes that make an experiment (a record or a full id) stale; empty when it
-        is fresh. Given an id whose inputs are memoised, the record is not even read."""
+        is fresh. Given an id whose inputs are memoised, the record is not even read.
+
+        A pulled experiment ran on another machine: its inputs missing here say nothing about
+        it, so only inputs present here and different count."""
         if isinstance(experiment, str):
             cached = self.store.cache_get(f"inputs:{experiment}")
             inputs = (
@@ -95,16 +98,21 @@ class Checker:
             )
         else:
             inputs = self.inputs(experiment)
+        experiment_id = experiment if isinstance(experiment, str) else experiment.id
+        pulled = self.store.origin(experiment_id) is not None
         changes = []
         for shown, path, digest in inputs["files"]:
             current = self._hash(path)
+            if current is None and pulled:
+                continue
             if current != digest:
                 changes.append(Change("file", shown, MISSING if current is None else MODIFIED))
         if inputs["notebook"]:
             path, digest, body = inputs["notebook"]
             current = self._hash(path)
             if current is None:
-                changes.append(Change("notebook", path, MISSING))
+                if not pulled:
+                    changes.append(Change("notebook", path, MISSING))
             elif current != digest:
                 cells = self._notebook_cells(path)
                 if cells is None or body not in cells:

@@ -109,3 +109,32 @@ def test_the_notebook_changing_the_experiments_cell_makes_it_stale(
 
     notebook.unlink()
     assert f"notebook {notebook} missing" in nbexp_cli("status", cwd=project).out
+
+
+def test_a_pulled_experiment_is_not_stale_for_inputs_that_are_not_on_this_machine(
+    ip, project: Path, tmp_path: Path
+) -> None:
+    (project / "data.csv").write_text("a,b\n1,2\n")
+    _record(ip, "made-elsewhere")
+    remote = tmp_path / "team-remote"
+    assert nbexp_cli("remote", "add", "team", str(remote), cwd=project).code == 0
+    assert nbexp_cli("push", "-q", cwd=project).code == 0, "push failed"
+
+    laptop = tmp_path / "laptop"
+    (laptop / ".nbexp").mkdir(parents=True)
+    assert nbexp_cli("remote", "add", "team", str(remote), cwd=laptop).code == 0
+    assert nbexp_cli("pull", "-q", cwd=laptop).code == 0
+    # the input is not on "this machine" (both stores share a disk here, so remove it)
+    (project / "data.csv").unlink()
+    here = nbexp_cli("status", cwd=laptop)
+    assert here.code == 0, here
+    assert "none stale" in here.out
+    one = nbexp_cli("status", "made-elsewhere", cwd=laptop)
+    assert one.code == 0 and "pulled from team" in one.out, one
+    # on the machine that recorded it, a missing input still counts
+    assert "file data.csv missing" in nbexp_cli("status", cwd=project).out
+
+    # an input that is on this machine and differs still makes the pulled one stale
+    _rewrite(project / "data.csv", "a,b\n9,9\n")
+    changed = nbexp_cli("status", cwd=laptop)
+    assert changed.code == 1 and "file data.csv modified" in changed.out, changed

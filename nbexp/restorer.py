@@ -18,6 +18,7 @@ from .errors import NbexpError
 from .record import Experiment
 from .state import StateLoader
 from .store import Store
+from .watcher import refusing_writes
 
 
 @dataclass
@@ -117,7 +118,8 @@ def restore_into(
                 )
                 continue
             try:
-                exec(compile(statement, f"<recompute {name}>", "exec"), namespace)
+                with refusing_writes():
+                    exec(compile(statement, f"<recompute {name}>", "exec"), namespace)
             except Exception as error:
                 report.skipped[name] = f"recomputing `{statement.strip()}` failed: {error}"
                 continue

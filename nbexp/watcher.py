@@ -45,27 +45,44 @@ class FileWatch:
         self._thread = threading.get_ident()
 
     def note(self, path: Any, writing: bool) -> None:
+        absolute = self._user_file(path)
+        if absolute is not None:
+            (self.writes if writing else self.reads).setdefault(absolute, None)
+
+    def _user_file(self, path: Any) -> str | None:
+        """The absolute path when `path` is one of the user's files (not a library's, a
+        cache's or the store's), else None."""
         if isinstance(path, int) or path is None:
-            return
+            return None
         try:
             text = os.fsdecode(path)
         except (TypeError, ValueError):
-            return
+            return None
         absolute = os.path.abspath(text)
         if absolute.endswith(_IGNORED_SUFFIXES) or any(
             part in _IGNORED_NAMES for part in absolute.split(os.sep)
         ):
-            return
+            return None
         real = os.path.realpath(absolute)
         if any(real == root or real.startswith(root + os.sep) for root in self._ignore):
-            return
-        (self.writes if writing else self.reads).setdefault(absolute, None)
+            return None
+        return absolute
 
     def files(self) -> tuple[list[str], list[str]]:
         """(read, written): regular files that exist now; a file both read and written is written."""
         written = [path for path in self.writes if os.path.isfile(path)]
         read = [path for path in self.reads if path not in self.writes and os.path.isfile(path)]
         return read, written
+
+
+class _WriteRefusal(FileWatch):
+    """Makes opening one of the user's files for writing fail, for code nbexp replays on its
+    own initiative (`--recompute`): replaying `f = open("out.csv", "w")` would truncate it."""
+
+    def note(self, path: Any, writing: bool) -> None:
+        absolute = self._user_file(path) if writing else None
+        if absolute is not None:
+            raise PermissionError(f"it would write {absolute}, and replaying never writes files")
 
 
 def _is_write(mode: Any, flags: Any) -> bool:
@@ -217,3 +234,17 @@ def watch_files(ignore: tuple[str, ...] = ()) -> Iterator[FileWatch]:
             yield watch
     finally:
         _active.remove(watch)
+
+
+@contextlib.contextmanager
+def refusing_writes() -> Iterator[None]:
+    """Make code run in the block (in this thread) unable to open the user's files for
+    writing; reading is untouched."""
+    _install_hook()
+    refusal = _WriteRefusal()
+    _active.append(refusal)
+    try:
+        with _patched_readers():
+            yield
+    finally:
+        _active.remove(refusal)

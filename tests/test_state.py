@@ -588,6 +588,29 @@ def test_recompute_rebuilds_a_generator_from_its_recorded_statement(ip, capsys):
     assert list(ip.user_ns["squares"]) == [0, 1, 4, 9]
 
 
+def test_recompute_never_replays_a_write_that_would_truncate_a_file(ip, capsys):
+    Path("results.csv").write_text("a,b\n1,2\n")
+    record(
+        ip,
+        "writer",
+        """
+        log = open("results.csv", "a")
+        rows = open("results.csv").read().splitlines()
+        gen = (row for row in rows)
+    """,
+    )
+    ip.user_ns["log"].close()
+    Path("results.csv").write_text("the user's later results\n")
+    clobber(ip, "log", "gen")
+    out = exp_restore(ip, capsys, "writer --recompute")
+    assert Path("results.csv").read_text() == "the user's later results\n"
+    assert "recomputing `log = open" in out and "never writes files" in out, out
+    assert ip.user_ns["log"] == "clobbered"
+    # statements that write nothing are still replayed, over the restored values
+    assert "recomputed by replaying their code: gen" in out, out
+    assert list(ip.user_ns["gen"]) == ["a,b", "1,2"]
+
+
 # -- 8. corruption --------------------------------------------------------------------------
 
 CORRUPT_BODY = """

@@ -42,10 +42,16 @@ def get(ref: str, *, store: Store | str | None = None) -> Experiment:
     return _store(store).get(ref)
 
 
-def tag(ref: str, tag_name: str, *, store: Store | str | None = None) -> Experiment:
-    """Add a tag to an experiment (records stay immutable; tags live beside them)."""
+def tag(
+    ref: str, tag_name: str, *, remove: bool = False, store: Store | str | None = None
+) -> Experiment:
+    """Add a tag to an experiment, or take it off with `remove=True` (records stay immutable;
+    tags live beside them, and push/pull carry additions and removals to remotes)."""
     target = _store(store)
-    return target.add_tag(target.resolve(ref), tag_name)
+    experiment_id = target.resolve(ref)
+    if remove:
+        return target.remove_tag(experiment_id, tag_name)
+    return target.add_tag(experiment_id, tag_name)
 
 
 def remove(ref: str, *, store: Store | str | None = None) -> Experiment:

@@ -112,7 +112,13 @@ def cmd_rm(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_tag(args: argparse.Namespace, store: Store) -> int:
-    experiment = store.add_tag(store.resolve(args.ref), args.tag)
+    experiment_id = store.resolve(args.ref)
+    if args.remove:
+        experiment = store.remove_tag(experiment_id, args.tag)
+        left = ", ".join(experiment.tags) or "no tags left"
+        print(f"untagged {args.tag} from {experiment.name} ({experiment.short_id}): {left}")
+        return 0
+    experiment = store.add_tag(experiment_id, args.tag)
     print(f"tagged {experiment.name} ({experiment.short_id}): {', '.join(experiment.tags)}")
     return 0
 
@@ -405,9 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print the record as JSON")
     remove = add("rm", cmd_rm, "delete experiments (objects are freed by `nbexp gc`)")
     remove.add_argument("refs", nargs="+", metavar="REF")
-    tag = add("tag", cmd_tag, "tag an experiment")
+    tag = add("tag", cmd_tag, "tag an experiment (or remove a tag with --remove)")
     tag.add_argument("ref")
     tag.add_argument("tag")
+    tag.add_argument("--remove", action="store_true", help="take the tag off instead")
     add("reindex", cmd_reindex, "rebuild the index from the records")
     add("fsck", cmd_fsck, "verify every record and object")
     compare = add("diff", cmd_diff, "what differs between two experiments (data drift included)")

@@ -469,8 +469,14 @@ def _marker_key(remote: Remote, experiment_id: str) -> str:
     return f"remote-tags:{remote.url}:{experiment_id}"
 
 
-def _merge(first: Sequence[str], second: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys([*first, *second]))
+def _merge(ours: Sequence[str], theirs: Sequence[str], base: Sequence[str] | None) -> list[str]:
+    """Both sides' tags after a three-way merge against `base`, the tags both had when they
+    were last exchanged: a tag added on either side is kept, one removed on either side since
+    then is dropped. Never exchanged (no base): everything from both sides is kept."""
+    removed = (
+        set() if base is None else {tag for tag in base if tag not in ours or tag not in theirs}
+    )
+    return [tag for tag in dict.fromkeys([*ours, *theirs]) if tag not in removed]
 
 
 def _parse_tags(data: bytes) -> list[str]:
@@ -621,7 +627,7 @@ def push(
 
 def _push_tags(store: Store, spec: Remote, files: RemoteFiles, ids: set[str], workers: int) -> int:
     """Send tags changed here since they were last exchanged with this remote, merged with
-    the remote's (a tag added on either side survives)."""
+    the remote's (a tag added on either side survives, one removed on either side goes)."""
     changed: list[tuple[str, list[str]]] = []
     for path in store.tags_dir.glob("*.json"):
         if path.stem not in ids:
@@ -642,7 +648,8 @@ def _push_tags(store: Store, spec: Remote, files: RemoteFiles, ids: set[str], wo
             theirs = _parse_tags(files.read(_tags_key(experiment_id)))
         except FileNotFoundError:
             theirs = []
-        merged = _merge(local, theirs)
+        base = (store.cache_get(_marker_key(spec, experiment_id)) or {}).get("tags")
+        merged = _merge(local, theirs, base)
         if merged != theirs:
             files.write(_tags_key(experiment_id), json.dumps(merged).encode())
             updated.append(experiment_id)
@@ -839,7 +846,8 @@ def _pull_tags(store: Store, spec: Remote, files: RemoteFiles, ids: set[str], wo
         experiment_id, key, stamp = item
         theirs = _parse_tags(files.read(key))
         ours = list(store.load(experiment_id).tags)
-        merged = _merge(ours, theirs)
+        base = (store.cache_get(_marker_key(spec, experiment_id)) or {}).get("tags")
+        merged = _merge(ours, theirs, base)
         if merged != ours:
             store.set_tags(experiment_id, merged)
             updated.append(experiment_id)

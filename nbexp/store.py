@@ -486,6 +486,15 @@ class Store:
         experiment = self.load(experiment_id)
         return self.set_tags(experiment_id, (*experiment.tags, tag))
 
+    def remove_tag(self, experiment_id: str, tag: str) -> Experiment:
+        experiment = self.load(experiment_id)
+        if tag not in experiment.tags:
+            has = ", ".join(experiment.tags) or "none"
+            raise NbexpError(
+                f"{experiment.name} ({experiment.short_id}) has no tag {tag!r} (its tags: {has})"
+            )
+        return self.set_tags(experiment_id, (t for t in experiment.tags if t != tag))
+
     # -- origins: experiments pulled from a remote (nbexp/remote.py) ---------------
 
     @property

@@ -348,6 +348,33 @@ def test_only_missing_objects_travel_and_tags_follow(two, capsys) -> None:
     assert code == 0 and [row["name"] for row in json.loads(out)] == ["first"]
 
 
+def test_a_tag_removed_on_one_machine_is_removed_on_the_other(two, capsys) -> None:
+    a, b, shared = two
+    run = fake(a, "run", blobs_for("run", 1), tags=("candidate",))
+    a.add_tag(run.id, "best")
+    push(a, progress=False)
+    pull(b, progress=False)
+    assert b.load(run.id).tags == ("candidate", "best")
+
+    # B takes `best` off while A adds `checked`: after both sync, both have exactly that
+    code, out, _ = cli(capsys, "--store", str(b.root), "tag", run.id[:8], "best", "--remove")
+    assert code == 0 and "untagged best from run" in out and "candidate" in out
+    push(b, progress=False)
+    a.add_tag(run.id, "checked")
+    push(a, progress=False)
+    pull(b, progress=False)
+    pull(a, progress=False)
+    assert a.load(run.id).tags == b.load(run.id).tags == ("candidate", "checked")
+    assert json.loads((shared / "tags" / f"{run.id}.json").read_text()) == ["candidate", "checked"]
+    # and nothing moves once they agree
+    assert push(a, progress=False).tags == 0 and pull(b, progress=False).tags == 0
+
+    code, _, err = cli(capsys, "--store", str(a.root), "tag", "run", "nope", "--remove")
+    assert code == 1 and one_error_line(err).endswith(
+        "has no tag 'nope' (its tags: candidate, checked)"
+    )
+
+
 def test_push_and_pull_named_experiments(two, capsys) -> None:
     a, b, _ = two
     keep = fake(a, "keep", blobs_for("keep", 1))

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from .errors import NbexpError, StoreError
+from .errors import DamagedIndexError, NbexpError
 from .record import SHORT_ID_LENGTH, encode_value
 from .store import Store, discard_index, open_store, store_root
 
@@ -149,15 +149,16 @@ def cmd_gc(args: argparse.Namespace, store: Store) -> int:
     if args.remote:
         return _gc_remote(args, store)
     garbage, size = store.gc(delete=args.yes)
-    if not garbage:
+    temps, temps_size = store.clean_tmp(delete=args.yes)
+    found = f"{len(garbage)} unreferenced objects ({human_bytes(size)})"
+    if temps:  # what killed processes left in tmp/ (see Store.clean_tmp)
+        found += f" and {temps} leftover temporary files ({human_bytes(temps_size)}) in tmp/"
+    if not garbage and not temps:
         print("nothing to collect: every object is referenced by a record")
     elif args.yes:
-        print(f"deleted {len(garbage)} unreferenced objects ({human_bytes(size)})")
+        print(f"deleted {found}")
     else:
-        print(
-            f"{len(garbage)} unreferenced objects ({human_bytes(size)}) would be deleted; "
-            "run `nbexp gc --yes` to delete them"
-        )
+        print(f"{found} would be deleted; run `nbexp gc --yes` to delete them")
     return 0
 
 
@@ -451,7 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     fork = add("branch", cmd_branch, "a git branch holding an experiment's code, export and record")
     fork.add_argument("ref", help="id prefix, name, tag, last or last~N")
     fork.add_argument("name", help="the new branch's name")
-    collect = add("gc", cmd_gc, "delete objects no record references (dry run unless --yes)")
+    collect = add(
+        "gc",
+        cmd_gc,
+        "delete objects no record references, and temp files killed processes left in tmp/ "
+        "over an hour ago (dry run unless --yes)",
+    )
     collect.add_argument("--yes", action="store_true", help="really delete them")
     collect.add_argument(
         "--remote", metavar="NAME", help="collect on this remote (its records define what is used)"
@@ -524,11 +530,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             store = open_store(args.store)
-        except StoreError:
+        except DamagedIndexError:
             if args.func is not cmd_reindex:
                 raise
-            # an index SQLite cannot open must not stop its own rebuild; an unusable
-            # store fails again just below, with its own message
+            # an index SQLite cannot read must not stop its own rebuild (a locked, read-only
+            # or full one is no DamagedIndexError: discarding it would not help)
             with contextlib.suppress(OSError):
                 discard_index(store_root(args.store))
             store = open_store(args.store)

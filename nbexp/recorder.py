@@ -259,17 +259,19 @@ class Recorder:
                 with store.object_batch():
                     experiment = self._build(store, run)
                 store.save(experiment)
-            if run.cache_key and experiment.status == STATUS_OK:
-                # only the --cache shortcut: the run is saved even if the index is damaged
-                with contextlib.suppress(NbexpError):
-                    store.cache_put(f"run:{run.cache_key}", experiment.id)
-            result.experiment = experiment
-            result.recording_seconds = time.perf_counter() - recording_began
-            result.failed_expectations = [e for e in experiment.expectations if not e["passed"]]
         except Exception as error:  # recording must never cost the user their run
             result.not_recorded = (
                 str(error) if isinstance(error, NbexpError) else f"{type(error).__name__}: {error}"
             )
+            return result
+        result.experiment = experiment
+        result.recording_seconds = time.perf_counter() - recording_began
+        result.failed_expectations = [e for e in experiment.expectations if not e["passed"]]
+        if run.cache_key and experiment.status == STATUS_OK:
+            # Only the --cache shortcut's lookup: the run is saved, so whatever goes wrong
+            # here (a damaged or locked index) must not make it look unrecorded.
+            with contextlib.suppress(Exception):
+                store.cache_put(f"run:{run.cache_key}", experiment.id)
         return result
 
     def _cache_key(
@@ -302,7 +304,10 @@ class Recorder:
         restored into the kernel; None when there is none."""
         from .restorer import restore_into
 
-        earlier_id = store.cache_get(f"run:{key}")
+        try:
+            earlier_id = store.cache_get(f"run:{key}")
+        except NbexpError:  # an index it cannot read (damaged, locked): run the body
+            return None
         if not earlier_id:
             return None
         try:

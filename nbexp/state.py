@@ -262,15 +262,10 @@ def _store_value(
 
 def _put(store: Store, data: memoryview, digest: str) -> None:
     """Store one object. A write the store refuses (disk full, file too large, I/O error)
-    fails the whole recording — the user is told the run was not recorded — instead of
-    passing for a variable that "cannot be pickled" in a record that looks complete."""
-    try:
-        store.put_bytes(data, digest)
-    except OSError as error:
-        raise StoreError(
-            f"cannot write to the store at {store.root} ({error.strerror or error}); free "
-            "some space or fix the folder, then run the cell again"
-        ) from error
+    is a StoreError, which `snapshot` lets through: it fails the whole recording — the user
+    is told the run was not recorded — instead of passing for a variable that "cannot be
+    pickled" in a record that looks complete."""
+    store.put_bytes(data, digest)
 
 
 def _chunk_spans(buffer: pickle.PickleBuffer, size: int) -> Iterable[tuple[int, int]]:

@@ -13,14 +13,18 @@ Layout::
 
 Every file becomes visible by an atomic rename after fsync, so a crash leaves either the
 old state or the new one, never half a record (files a killed process left in tmp/ are never
-read). A record killed between its file and its index row is indexed by the next process that
-opens the store (`_publishing`). SQLite in WAL mode with a busy timeout lets many kernels and
-CLI processes share a store. Nothing here imports IPython.
+read, and `nbexp gc` removes them once they are old: `clean_tmp`). Saving and deleting touch
+two places, a record file and its index row; a locked note in tmp/ covers the moment between,
+and the next process to open the store finishes what a killed one left half done
+(`_finish_interrupted`). SQLite in WAL mode with a busy timeout lets many kernels and CLI
+processes share a store. A write the disk or SQLite refuses (full, read-only, locked) is one
+StoreError line saying what is wrong and what to do. Nothing here imports IPython.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -103,6 +107,10 @@ _UPSERT_COLUMN = (
 
 FEW_OBJECTS = 16  # batches up to this many objects are fsynced file by file
 UNINDEXED_SUFFIX = ".unindexed"  # tmp/<id>.unindexed: a record being published (_publishing)
+DELETING_SUFFIX = ".deleting"  # tmp/<id>.deleting: an experiment being deleted (delete)
+TEMP_GRACE_SECONDS = 3600.0  # tmp/ files younger than this are never collected (as remote gc)
+_TEMP_NAME = re.compile(r"^(?:\.probe-)?(\d+)-[0-9a-f]+(?:\.tmp)?$")  # _temp_path, the probe
+BUSY_TIMEOUT = 60.0  # seconds a process waits for another's lock on the index
 SORTABLE = ("created", "name", "status", "duration", "id")
 
 
@@ -162,7 +170,7 @@ class Store:
                 f"make it writable or point {STORE_ENV} at a writable folder"
             ) from error
         self._db = self._open_index()
-        self._index_orphans()
+        self._finish_interrupted()
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -176,9 +184,36 @@ class Store:
         self, target: Path, data: bytes | bytearray | memoryview, *, sync_dir: bool = False
     ) -> None:
         """Write `data` to `target` so that readers see all of it or nothing."""
-        write_atomically(self._temp_path(), target, lambda handle: handle.write(data))
+        with self._file_writes():
+            write_atomically(self._temp_path(), target, lambda handle: handle.write(data))
         if sync_dir:
             _fsync_dir(target.parent)
+
+    @contextlib.contextmanager
+    def _file_writes(self) -> Iterator[None]:
+        """Around writes to the store's files: an OSError (disk full, file too large,
+        read-only) becomes one StoreError line that says what to do, with the system's
+        reason in parentheses, instead of a bare "OSError: [Errno 28]"."""
+        try:
+            yield
+        except OSError as error:
+            raise self._write_failure(error) from error
+
+    def _write_failure(self, error: OSError) -> StoreError:
+        reason = error.strerror or str(error)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            what, fix = "the disk is full", "free some space, then try again"
+        elif error.errno == errno.EFBIG:
+            what = "a file would exceed the size limit"
+            fix = "raise the limit (`ulimit -f`) or free some space, then try again"
+        elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            what = "it is read-only"
+            fix = f"make it writable (chmod/chattr) or point {STORE_ENV} at a writable folder"
+        elif error.errno == errno.EIO:
+            what, fix = "the disk reported an error", "check the disk, then try again"
+        else:
+            what, fix = "a write failed", "fix the folder, then try again"
+        return StoreError(f"cannot write to the store at {self.root}: {what} ({reason}); {fix}")
 
     # -- objects --------------------------------------------------------------------
 
@@ -209,7 +244,7 @@ class Store:
         elif digest not in batch:
             temp = self._temp_path()
             try:
-                with open(temp, "wb") as handle:
+                with self._file_writes(), open(temp, "wb") as handle:
                     handle.write(data)
             except BaseException:  # a full disk: no partial file left behind in tmp/
                 with contextlib.suppress(OSError):
@@ -232,32 +267,38 @@ class Store:
         self._batch.pending = pending
         try:
             yield
-            if pending:
-                # A few files: fsync each (cheap, touches only ours). Many: one syncfs, which
-                # beats a thousand fsyncs but also flushes other processes' dirty pages.
-                few = len(pending) <= FEW_OBJECTS
-                if few:
-                    for temp in pending.values():
-                        _fsync_file(temp)
-                else:
-                    _sync_filesystem(self.tmp_dir)
-                folders = set()
-                for digest, temp in pending.items():
-                    target = self.object_path(digest)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(temp, target)
-                    folders.add(target.parent)
-                    self._known_objects.add(digest)
-                if few:
-                    for folder in folders:
-                        _fsync_dir(folder)
-                else:
-                    _sync_filesystem(self.objects_dir)
+            with self._file_writes():
+                self._publish_batch(pending)
         finally:
             self._batch.pending = None
             for temp in pending.values():
                 with contextlib.suppress(OSError):
                     temp.unlink()
+
+    def _publish_batch(self, pending: dict[str, Path]) -> None:
+        """Make the staged objects durable, then visible."""
+        if not pending:
+            return
+        # A few files: fsync each (cheap, touches only ours). Many: one syncfs, which
+        # beats a thousand fsyncs but also flushes other processes' dirty pages.
+        few = len(pending) <= FEW_OBJECTS
+        if few:
+            for temp in pending.values():
+                _fsync_file(temp)
+        else:
+            _sync_filesystem(self.tmp_dir)
+        folders = set()
+        for digest, temp in pending.items():
+            target = self.object_path(digest)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, target)
+            folders.add(target.parent)
+            self._known_objects.add(digest)
+        if few:
+            for folder in folders:
+                _fsync_dir(folder)
+        else:
+            _sync_filesystem(self.objects_dir)
 
     def put_file(self, path: str | os.PathLike[str]) -> tuple[str, int]:
         """Copy a file into the object store while hashing it; returns (hash, size)."""
@@ -265,7 +306,8 @@ class Store:
         hasher = xxhash.xxh3_128()
         size = 0
         try:
-            with open(path, "rb") as source, open(temp, "wb") as sink:
+            # a file that cannot be opened is the caller's problem; what fails after, ours
+            with open(path, "rb") as source, self._file_writes(), open(temp, "wb") as sink:
                 while chunk := source.read(8 * CHUNK):
                     hasher.update(chunk)
                     sink.write(chunk)
@@ -277,8 +319,9 @@ class Store:
                 temp.unlink()
             else:
                 target = self.object_path(digest)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(temp, target)
+                with self._file_writes():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(temp, target)
                 self._known_objects.add(digest)
             return digest, size
         except BaseException:
@@ -360,7 +403,7 @@ class Store:
         path = self.record_path(experiment.id)
         if path.exists():
             raise StoreError(f"experiment {experiment.short_id} already exists")
-        with self._publishing(experiment.id, path):
+        with self._file_writes(), self._publishing(experiment.id, path):
             self._write_atomic(path, canonical_json(body) + b"\n", sync_dir=True)
             # The record is written, and records are the truth: a damaged index says to run
             # `nbexp reindex` wherever it is read, and reindex lists this experiment too.
@@ -373,21 +416,10 @@ class Store:
         """Around writing a record and then its index row. A process killed between the two
         would leave a record that `nbexp list` never shows and `fsck` reports; so meanwhile
         a note in tmp/, locked by this process, names the record, and the next process to
-        open the store indexes the records of notes whose writer died (`_index_orphans`).
+        open the store indexes the records of notes whose writer died (`_finish_interrupted`).
         If the row cannot be written (disk full, read-only index), the record is taken
         back: the caller then says it was not recorded, and that is true."""
-        import fcntl
-
-        note = self.tmp_dir / f"{experiment_id}{UNINDEXED_SUFFIX}"
-        temp = self._temp_path()
-        with open(temp, "wb") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                os.replace(temp, note)  # appears already locked
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    temp.unlink()
-                raise
+        with self._locked_note(f"{experiment_id}{UNINDEXED_SUFFIX}") as note:
             taken_back = True
             try:
                 yield
@@ -402,25 +434,55 @@ class Store:
                     with contextlib.suppress(OSError):
                         note.unlink()
 
-    def _index_orphans(self) -> None:
-        """Index the records whose writer was killed between writing the record and its
-        index row (`_publishing`): their notes are no longer locked by anyone."""
+    @contextlib.contextmanager
+    def _locked_note(self, name: str) -> Iterator[Path]:
+        """tmp/NAME, locked by this process while the block runs: it names work in progress
+        that the next process to open the store finishes if this one dies before removing
+        the note (`_finish_interrupted`). It appears already locked, so live work is never
+        finished by someone else, nor collected by `clean_tmp`."""
+        import fcntl
+
+        note = self.tmp_dir / name
+        temp = self._temp_path()
+        with open(temp, "wb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                os.replace(temp, note)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+                raise
+            yield note
+
+    def _finish_interrupted(self) -> None:
+        """Finish what processes killed between a record file and its index row left half
+        done, as their notes, no longer locked by anyone, say: index a record written
+        without its row (`_publishing`), or remove the files of an experiment whose row is
+        already deleted (`delete`)."""
         import fcntl
 
         try:
-            notes = [p for p in self.tmp_dir.iterdir() if p.name.endswith(UNINDEXED_SUFFIX)]
+            notes = [
+                p
+                for p in self.tmp_dir.iterdir()
+                if p.name.endswith((UNINDEXED_SUFFIX, DELETING_SUFFIX))
+            ]
         except OSError:
             return
         for note in notes:
-            experiment_id = note.name[: -len(UNINDEXED_SUFFIX)]
+            experiment_id, suffix = os.path.splitext(note.name)
             # OSError: the note is gone (its writer finished) or still locked (its writer is
-            # at work), or indexing failed (the note stays; `nbexp fsck` names the fix)
+            # at work), or the work failed again (the note stays; `nbexp fsck` names the fix)
             with contextlib.suppress(OSError), open(note, "rb") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 if os.fstat(handle.fileno()).st_nlink == 0:
                     continue  # its writer finished meanwhile
                 try:
-                    self._index_upsert(self.load(experiment_id))
+                    if suffix == DELETING_SUFFIX:
+                        self._delete_row(experiment_id)
+                        self._delete_files(experiment_id)
+                    else:
+                        self._index_upsert(self.load(experiment_id))
                 except RefError:
                     pass  # killed before the record was written: nothing to index
                 except (NbexpError, sqlite3.Error):
@@ -456,15 +518,34 @@ class Store:
                         yield item.stem
 
     def delete(self, experiment_id: str) -> None:
-        """Remove a record (its objects stay until `nbexp gc`)."""
-        with contextlib.suppress(FileNotFoundError):
-            self.record_path(experiment_id).unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (self.tags_dir / f"{experiment_id}.json").unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (self.origins_dir / f"{experiment_id}.json").unlink()
+        """Remove an experiment: its index row, record, tags and origin (its objects stay
+        until `nbexp gc`).
+
+        The row goes first, under a locked note, so no process lists an experiment whose
+        record is gone; if this one is killed before the files are gone too, the next
+        process to open the store removes them (`_finish_interrupted`). Either way the
+        experiment ends fully present or fully gone."""
+        with self._file_writes(), self._locked_note(f"{experiment_id}{DELETING_SUFFIX}") as note:
+            try:
+                self._delete_row(experiment_id)
+            except BaseException:  # nothing was deleted: nothing to finish later
+                with contextlib.suppress(OSError):
+                    note.unlink()
+                raise
+            self._delete_files(experiment_id)  # if this fails, the note stays: retried
+            note.unlink()
+
+    def _delete_row(self, experiment_id: str) -> None:
         with self._lock, self._db:
             self._db.execute("DELETE FROM experiments WHERE id = ?", (experiment_id,))
+
+    def _delete_files(self, experiment_id: str) -> None:
+        for path in (
+            self.record_path(experiment_id),
+            self.tags_dir / f"{experiment_id}.json",
+            self.origins_dir / f"{experiment_id}.json",
+        ):
+            path.unlink(missing_ok=True)
 
     # -- tags -----------------------------------------------------------------------
 
@@ -575,7 +656,7 @@ class Store:
         if path.exists():  # recorded or pulled here already: the same content, by its id
             return self.load(experiment.id)
         self._write_atomic(self.origins_dir / f"{experiment.id}.json", json.dumps(origin).encode())
-        with self._publishing(experiment.id, path):
+        with self._file_writes(), self._publishing(experiment.id, path):
             self._write_atomic(path, data, sync_dir=True)
             self._index_upsert(experiment)
         return experiment
@@ -585,10 +666,10 @@ class Store:
     def _open_index(self) -> sqlite3.Connection:
         try:
             connection = sqlite3.connect(
-                self.index_path, timeout=60, isolation_level=None, check_same_thread=False
+                self.index_path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
-            connection.execute("PRAGMA busy_timeout = 60000")
-            _enable_wal(connection)
+            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            _enable_wal(connection, BUSY_TIMEOUT)
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.executescript(_INDEX_SCHEMA)
             _add_origin_column(connection)
@@ -604,12 +685,59 @@ class Store:
                 _rebuild_columns(connection)
                 connection.execute("COMMIT")
         except sqlite3.DatabaseError as error:
-            raise StoreError(
-                f"the index {self.index_path} is unreadable ({error}); "
-                "rebuild it from the records with `nbexp reindex`"
-            ) from error
+            raise self._index_failure(error, opening=True) from error
         connection.isolation_level = "DEFERRED"
         return connection
+
+    def _index_failure(self, error: sqlite3.DatabaseError, *, opening: bool = False) -> StoreError:
+        """An index error as one line naming the fix, SQLite's reason in parentheses.
+
+        A damaged file (SQLite's CORRUPT / NOTADB, which Python raises as the bare
+        DatabaseError) or a layout lacking a table or column this version needs (one from
+        another nbexp) is a DamagedIndexError: `nbexp reindex` rebuilds it. A lock another
+        process kept past the busy timeout, a read-only file, a full disk or a failed write
+        is not damage, and rebuilding would not help: each says its own fix. Any other
+        error while opening counts as damage: SQLite reads the header and schema there."""
+        reason = str(error)
+        name = str(getattr(error, "sqlite_errorname", "") or "")  # Python 3.11+
+        where = f"the store's index {self.index_path}"
+        rebuild = "rebuild it from the records with `nbexp reindex`"
+        if type(error) is sqlite3.DatabaseError:
+            return DamagedIndexError(f"{where} is damaged ({reason}); {rebuild}")
+        if reason.startswith(("no such column", "no such table", "table experiments")):
+            return DamagedIndexError(
+                f"{where} has a layout this nbexp does not know ({reason}); {rebuild}"
+            )
+        if "locked" in reason or "busy" in reason:
+            return StoreError(
+                f"{where} is locked: another process held it for over {BUSY_TIMEOUT:g} s "
+                f"({reason}); try again once that process is done"
+            )
+        if "readonly" in reason or "read-only" in reason:
+            return StoreError(
+                f"{where} is read-only ({reason}); make it and its folder writable "
+                "(`chmod u+w`, or `chattr -i` if it is immutable), then try again"
+            )
+        if "full" in reason:
+            return StoreError(
+                f"cannot write to the store at {self.root}: the disk is full ({reason}); "
+                "free some space, then try again"
+            )
+        if name.startswith("SQLITE_IOERR_") and not name.endswith("READ"):  # not damage
+            return StoreError(
+                f"cannot write to {where}: the disk refused a write ({reason}, {name}); it "
+                "may be full or at a size limit: free some space, then try again"
+            )
+        if opening:
+            return DamagedIndexError(f"{where} is unreadable ({reason}); {rebuild}")
+        if "disk I/O error" in reason:
+            return StoreError(
+                f"{where} could not be read or written ({reason}): the disk may be full or "
+                f"failing; free some space, then try again, and if it keeps failing, {rebuild}"
+            )
+        return StoreError(
+            f"{where} failed ({reason}); try again, and if it keeps failing, {rebuild}"
+        )
 
     def _index_row(
         self, experiment: Experiment, body: dict[str, Any] | None = None
@@ -687,11 +815,9 @@ class Store:
                     self._db.executemany("DELETE FROM experiments WHERE id = ?", gone)
                     _rebuild_columns(self._db)
             except sqlite3.DatabaseError as error:
-                if "locked" in str(error) or "busy" in str(error):
-                    raise StoreError(
-                        f"the index {self.index_path} stayed locked by another process; "
-                        "try `nbexp reindex` again"
-                    ) from error
+                failure = self._index_failure(error, opening=True)
+                if not isinstance(failure, DamagedIndexError):  # locked, read-only, disk full
+                    raise failure from error
                 with contextlib.suppress(sqlite3.Error):
                     self._db.close()
                 discard_index(self.root)
@@ -968,15 +1094,24 @@ class Store:
         Taking it also notices a gc by another process since the last write, and forgets
         which objects this process believed present (gc may have deleted them).
         """
+        with self._gc_lock(exclusive=False):
+            generation = self._gc_generation()
+            if generation != self._seen_gc_generation:
+                self._known_objects.clear()
+                self._seen_gc_generation = generation
+            yield
+
+    @contextlib.contextmanager
+    def _gc_lock(self, *, exclusive: bool) -> Iterator[None]:
+        """gc.lock: shared by every process writing objects or staging files in tmp/ for a
+        record (`writing`), exclusive for `gc` and `clean_tmp`."""
         import fcntl
 
-        with open(self.root / "gc.lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_SH)
+        with self._file_writes():
+            handle = open(self.root / "gc.lock", "a+")  # noqa: SIM115 (closed below)
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             try:
-                generation = self._gc_generation()
-                if generation != self._seen_gc_generation:
-                    self._known_objects.clear()
-                    self._seen_gc_generation = generation
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -1006,32 +1141,58 @@ class Store:
 
     def gc(self, *, delete: bool = False) -> tuple[list[str], int]:
         """Objects no record references, and their total size; deleted only if `delete`."""
-        import fcntl
+        with self._gc_lock(exclusive=True):
+            referenced = self.referenced_objects()
+            garbage: list[str] = []
+            size = 0
+            for digest in self.iter_objects():
+                if digest not in referenced:
+                    path = self.object_path(digest)
+                    with contextlib.suppress(FileNotFoundError):
+                        size += path.stat().st_size
+                        garbage.append(digest)
+            if delete and garbage:
+                # A new generation before the first deletion, not after the last: a gc
+                # killed halfway must still make every kernel forget which objects it
+                # believed stored (`writing`), or its next record names deleted ones.
+                self._write_atomic(self.root / "gc.generation", secrets.token_hex(8).encode())
+                self._known_objects.clear()
+                for digest in garbage:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.object_path(digest).unlink()
+            return garbage, size
 
-        with open(self.root / "gc.lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                referenced = self.referenced_objects()
-                garbage: list[str] = []
-                size = 0
-                for digest in self.iter_objects():
-                    if digest not in referenced:
-                        path = self.object_path(digest)
-                        with contextlib.suppress(FileNotFoundError):
-                            size += path.stat().st_size
-                            garbage.append(digest)
-                if delete and garbage:
-                    # A new generation before the first deletion, not after the last: a gc
-                    # killed halfway must still make every kernel forget which objects it
-                    # believed stored (`writing`), or its next record names deleted ones.
-                    self._write_atomic(self.root / "gc.generation", secrets.token_hex(8).encode())
-                    self._known_objects.clear()
-                    for digest in garbage:
-                        with contextlib.suppress(FileNotFoundError):
-                            self.object_path(digest).unlink()
-                return garbage, size
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def clean_tmp(
+        self, *, delete: bool = False, grace: float = TEMP_GRACE_SECONDS
+    ) -> tuple[int, int]:
+        """Temp files killed processes left in tmp/ (never read, but some are whole staged
+        chunks): how many and their size; deleted only if `delete`.
+
+        Only files older than `grace` whose writer (the pid in their name) is no longer
+        running count, and only under gc's exclusive lock, which no recording or pull
+        staging files there holds (`writing`). The notes of `_locked_note` are never
+        touched: the next open finishes their work, and a locked one is live."""
+        cutoff = time.time() - grace
+        found = size = 0
+        with self._gc_lock(exclusive=True):
+            for path in list(self.tmp_dir.iterdir()):
+                match = _TEMP_NAME.match(path.name)
+                if match is None:
+                    continue
+                try:
+                    stat = path.lstat()
+                except FileNotFoundError:
+                    continue
+                if stat.st_mtime > cutoff or _process_alive(int(match.group(1))):
+                    continue
+                if delete:
+                    try:
+                        path.unlink()
+                    except FileNotFoundError:
+                        continue
+                found += 1
+                size += stat.st_size
+        return found, size
 
     # -- verification ---------------------------------------------------------------
 
@@ -1072,6 +1233,8 @@ class Store:
                 check = [row[0] for row in self._db.execute("PRAGMA quick_check(3)")]
                 indexed = {row[0] for row in self._db.execute("SELECT id FROM experiments")}
         except sqlite3.DatabaseError as error:
+            if "locked" in str(error) or "busy" in str(error):  # no damage: say so
+                raise self._index_failure(error) from error
             check = [str(error)]
         if check != ["ok"]:  # pages SQLite can no longer trust, even where a listing still works
             problems.append(
@@ -1100,26 +1263,19 @@ class Store:
 
 
 def _index_guard(method: Callable[..., Any]) -> Callable[..., Any]:
-    """`method` with a damaged index file (SQLite's CORRUPT / NOTADB, which Python raises as
-    the bare DatabaseError; busy, locked, full and I/O errors are OperationalError), or one
-    whose layout lacks a table or column this version needs (one from another nbexp), raised
-    as one DamagedIndexError line naming the fix, instead of a traceback from sqlite3."""
+    """`method` with the index's failures (damage, a foreign layout, a lock held too long, a
+    read-only file, a full disk) raised as one StoreError line naming the fix
+    (`_index_failure`), instead of a traceback from sqlite3. Errors that mean a bug in
+    nbexp (ProgrammingError, IntegrityError, ...) pass unchanged."""
 
     @functools.wraps(method)
     def guarded(self: Store, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as error:
-            if type(error) is sqlite3.DatabaseError:
-                what = "is damaged"
-            elif str(error).startswith(("no such column", "no such table", "table experiments")):
-                what = "has a layout this nbexp does not know"
-            else:
+            if type(error) not in (sqlite3.DatabaseError, sqlite3.OperationalError):
                 raise
-            raise DamagedIndexError(
-                f"the index {self.index_path} {what} ({error}); rebuild it from the "
-                "records with `nbexp reindex`"
-            ) from error
+            raise self._index_failure(error) from error
 
     return guarded
 
@@ -1127,11 +1283,22 @@ def _index_guard(method: Callable[..., Any]) -> Callable[..., Any]:
 # Every method that reads or writes the index once the store is open (opening it is checked
 # in _open_index; reindex and fsck handle damage themselves).
 for _name in (
-    "_index_upsert", "delete", "rows", "table", "count", "keys", "resolve", "names_count",
+    "_index_upsert", "_delete_row", "rows", "table", "count", "keys", "resolve", "names_count",
     "file_hash", "cache_get", "cache_put", "rebuild_columns",
 ):  # fmt: skip
     if hasattr(Store, _name):
         setattr(Store, _name, _index_guard(getattr(Store, _name)))
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process of this pid runs here (a reused pid errs on the side of keeping)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it runs, as another user
+        return True
+    return True
 
 
 def _is_utf8(text: str) -> bool:

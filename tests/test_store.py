@@ -171,7 +171,7 @@ def test_a_crash_during_save_leaves_no_half_written_record(
 
     monkeypatch.setattr(store_module.os, "replace", power_cut)
     doomed = make_experiment(store, "doomed", minutes=1, save=False)
-    with pytest.raises(OSError):
+    with pytest.raises(StoreError, match=r"the disk is full .*; free some space"):
         store.save(doomed)
     monkeypatch.undo()
     assert record_files(store) == [store.record_path(before.id)]

@@ -23,6 +23,7 @@ from nbexp.store import Store
 from tests.faults import figures
 from tests.faults.checks import assert_fsck_clean, check_layout, leftover_temps, listed, nbexp
 from tests.faults.workers import REPO, worker_env
+from tests.test_store import make_experiment
 
 WRITERS = 4
 RUNS = 100
@@ -153,3 +154,65 @@ def test_processes_creating_one_store_at_once(tmp_path: Path) -> None:
                 failures.append(err.strip() or out)
     figures.report("concurrency: processes creating one store at once (10 x 6)", 60 - len(failures))
     assert not failures, failures[:3]
+
+
+# A process that keeps the index to itself (an exclusive SQLite lock) until it is killed.
+LOCKER = """
+import sqlite3, sys, time
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("PRAGMA locking_mode = EXCLUSIVE")
+connection.execute("BEGIN EXCLUSIVE")
+connection.execute("SELECT COUNT(*) FROM experiments").fetchall()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+# `nbexp ARGV...` waiting 0.3 s, not 60, for another process's lock on the index.
+IMPATIENT = """
+import sys
+from nbexp import store
+store.BUSY_TIMEOUT = 0.3
+from nbexp.cli import main
+sys.exit(main(["--store", *sys.argv[1:]]))
+"""
+
+
+def test_an_index_locked_by_another_process_is_not_called_damaged(tmp_path: Path) -> None:
+    """A lock held past the busy timeout is said to be one — retry once the other process
+    is done — as one line with exit 1; not "unreadable; run `nbexp reindex`", and reindex
+    does not throw the index away under the process holding it. (Opening the index used to
+    report any database error, a lock timeout too, as damage.)"""
+    root = tmp_path / ".nbexp"
+    code, _, err = nbexp(root, "list")
+    assert code == 0, err
+    store = Store(root)
+    make_experiment(store, "kept")
+    store.close()
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(root / "index.sqlite")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+        for argv in (["list"], ["reindex"], ["rm", "kept"]):
+            done = subprocess.run(
+                [sys.executable, "-c", IMPATIENT, str(root), *argv],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                env=worker_env(),
+                timeout=60,
+            )
+            lines = done.stderr.splitlines()
+            assert done.returncode == 1 and len(lines) == 1, done
+            assert lines[0].startswith("nbexp: ") and "is locked" in lines[0], lines
+            assert "try again" in lines[0] and "(database is locked)" in lines[0], lines
+            assert "reindex" not in lines[0] and "unreadable" not in lines[0], lines
+        assert (root / "index.sqlite").exists()
+    finally:
+        locker.kill()  # SIGKILL: its lock goes with it
+        locker.wait()
+    assert set(listed(root)) == {"kept"}
+    assert_fsck_clean(root)
+    figures.report("concurrency: commands told the index is locked (not damaged)", 3)

@@ -302,8 +302,18 @@ def test_random_bit_flips_in_objects_and_records_are_each_named_by_fsck(ip: Any)
                     owner, name = users[key]
                     with pytest.raises(NbexpError, match=name):
                         nbexp.load(owner)[name]
-            named = {(p.kind, p.item) for p in store.fsck()}
-            assert named == expected, (kind, key, named)
+            problems = store.fsck()
+            if kind == "record":
+                # a flip inside what the record says about an object (its hash, or whether a
+                # value is inline) makes it name an object that is not there: fsck rightly
+                # reports that too, as used by this record alone
+                problems = [
+                    p
+                    for p in problems
+                    if not (p.kind == "object" and p.detail == f"missing (used by {key[:8]})")
+                ]
+            named = {(p.kind, p.item) for p in problems}
+            assert named == expected, (kind, key, [str(p) for p in problems])
             flips += 1
             caught += bool(expected)
         finally:

@@ -2,7 +2,7 @@
 intact and never leaves a half-written record visible"; §9 for remotes).
 
 Kernels are real IPython shells running the real `%%experiment` magic (forked warm from a
-zygote, tests/faults/workers.py); gc and push are real `nbexp` processes. Each is killed with
+zygote, tests/faults/workers.py); gc, push and rm are real `nbexp` processes. Each is killed with
 SIGKILL after a random delay within the operation's measured duration, or — where the
 interesting part is short beside process start-up — after a random number of its own
 deletions or uploads (counted by a wrapper around the killed process; nbexp has no hooks).
@@ -12,7 +12,10 @@ After every kill:
 - `nbexp list` shows every experiment that finished, plus at most the one in flight, which
   must then be complete;
 - those experiments load and their state restores to the values the kernel had;
-- the next record works (the next kernel records, or the same kernel records again).
+- the next record works (the next kernel records, or the same kernel records again);
+- a killed `nbexp rm` leaves its experiment fully present or fully gone;
+- `nbexp gc --yes` removes the temp files killed processes left in `tmp/` once they are old,
+  and never one a live process may still use.
 
 The schedule is seeded: NBEXP_FAULT_SEED=N reproduces it (the seed is printed with the
 suite's figures). NBEXP_FAULTS_LONG=1 (scripts/test_faults_long.sh) runs the `faults_long`
@@ -43,7 +46,8 @@ from nbexp.hashing import hash_file
 from nbexp.record import Experiment
 from nbexp.remote import add_remote, pull, push
 from nbexp.restorer import restore_into
-from nbexp.store import UNINDEXED_SUFFIX, Store
+from nbexp.show import human_bytes
+from nbexp.store import DELETING_SUFFIX, TEMP_GRACE_SECONDS, UNINDEXED_SUFFIX, Store
 from tests.faults import figures
 from tests.faults.checks import (
     assert_fsck_clean,
@@ -72,8 +76,8 @@ except pytest.skip.Exception:
 SEED = int(os.environ.get("NBEXP_FAULT_SEED") or random.SystemRandom().randrange(2**31))
 LONG = os.environ.get("NBEXP_FAULTS_LONG") == "1"
 KILLS = {
-    "default": {"record": 30, "snapshot": 16, "gc": 12, "push": 12, "s3": 4},
-    "long": {"record": 180, "snapshot": 110, "gc": 45, "push": 48, "s3": 12},
+    "default": {"record": 30, "snapshot": 16, "gc": 12, "push": 12, "s3": 4, "rm": 12},
+    "long": {"record": 180, "snapshot": 110, "gc": 45, "push": 48, "s3": 12, "rm": 60},
 }
 LANE = 30  # kill rounds per store: then a fresh store, so fsck's cost per round stays flat
 PUSH_LANE = 16  # push rounds per store and remote
@@ -580,7 +584,11 @@ def _push_lane(
     assert first.returncode == 0, err_bytes.decode()
     duration = time.monotonic() - began
 
-    for number in range(kills):
+    # Under load a push may finish before its kill lands: rounds go on until `kills` kills
+    # have landed (at most three times as many rounds), so every run proves as much.
+    landed = rounds = 0
+    while landed < kills and rounds < 3 * kills:
+        number, rounds = rounds, rounds + 1
         record(2)
         if number % 2 == 0:  # any moment of the push process
             process = cli_push(
@@ -597,6 +605,7 @@ def _push_lane(
         _, err_bytes = process.communicate(timeout=120)
         if process.returncode == -signal.SIGKILL:
             outcomes[how] += 1
+            landed += 1
             _tally(f"crash: SIGKILLs of `nbexp push` ({label})")
         else:
             assert process.returncode == 0, err_bytes.decode()
@@ -662,7 +671,8 @@ def test_kills_during_push(zygote: Zygote, tmp_path: Path, scale: str) -> None:
         "file://",
     )
     figures.report("crash: push kill outcomes (file://)", dict(outcomes))
-    assert outcomes["finished before the kill"] < KILLS[scale]["push"] // 2, outcomes
+    killed = outcomes["killed at a random moment"] + outcomes["killed after its k-th upload"]
+    assert killed == KILLS[scale]["push"], outcomes
 
 
 @pytest.mark.skipif(not HAVE_S3, reason="s3fs and moto are needed for the S3 remote")
@@ -687,3 +697,193 @@ def test_kills_during_push_to_an_s3_remote(
         "S3/moto",
     )
     figures.report("crash: push kill outcomes (S3/moto)", dict(outcomes))
+
+
+# -- (e): nbexp rm killed mid-deletion --------------------------------------------------
+
+# `nbexp rm REF`, killed by SIGKILL right before its K-th step on the experiment's files:
+# 1 the note appears in tmp/ (then the index row goes), 2 the record goes, 3 the tags, 4 the
+# origin, 5 the note. K > 5: it finishes.
+RM_KILLED_BEFORE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from nbexp.cli import main
+
+    left = int(sys.argv[3])
+    real_replace, real_unlink = os.replace, os.unlink
+
+    def step(path):
+        global left
+        name = os.fspath(path)
+        if any(part in name for part in ("/records/", "/tags/", "/origins/", ".deleting")):
+            left -= 1
+            if left == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def replace(source, target, *args, **kwargs):
+        step(target)
+        return real_replace(source, target, *args, **kwargs)
+
+    def unlink(path, *args, **kwargs):
+        step(path)
+        return real_unlink(path, *args, **kwargs)
+
+    os.replace, os.unlink = replace, unlink
+    sys.exit(main(["--store", sys.argv[1], "rm", sys.argv[2]]))
+    """
+)
+RM_STEPS = 5
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_kills_during_rm(zygote: Zygote, tmp_path: Path, scale: str) -> None:
+    """(e) `nbexp rm` killed at a random moment or right before any of its steps, beside a
+    kernel that stays alive: the experiment is then fully present (listed, loads, restores,
+    keeps its tags) or fully gone (not listed, no record, no tags), and fsck is clean."""
+    rng = _rng("rm", scale)
+    kills = KILLS[scale]["rm"]
+    work = tmp_path / "rm"
+    work.mkdir()
+    root = work / ".nbexp"
+    kernel = zygote.fork("serve", root, work, work / "kernel.log")
+    steps: dict[str, int] = {}
+    env = worker_env()
+
+    def record(count: int) -> None:
+        for _ in range(count):
+            name = f"rm-{len(steps)}"
+            _ran(zygote.command(kernel, cell=record_cell(name, len(steps))), recorded=name)
+            steps[name] = len(steps)
+            if len(steps) % 2:  # a tags file too, for rm to delete
+                code, _, err = nbexp(root, "tag", name, "tagged")
+                assert code == 0, err
+
+    record(min(kills, 12) + 2)
+    known = set(listed(root))
+    ids = dict(listed(root))
+    began = time.monotonic()
+    code, _, err = nbexp(root, "rm", "rm-0", fresh_process=True)  # undisturbed, to time it
+    duration = time.monotonic() - began
+    assert code == 0, err
+    known.discard("rm-0")
+
+    outcomes: Counter[str] = Counter()
+    order = rng.sample(range(1, RM_STEPS + 2), RM_STEPS + 1)  # every step, in a random order
+    for number in range(kills):
+        if len(known) < 3:
+            record(4)
+            known = set(listed(root))
+            ids = dict(listed(root))
+        victim = rng.choice(sorted(known))
+        victim_id = ids[victim]
+        if number % 2 == 0:  # any moment of the rm process
+            argv = [sys.executable, "-m", "nbexp.cli", "--store", str(root), "rm", victim]
+            process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE)
+            time.sleep(rng.uniform(0.5, 1.0) * duration)
+            process.send_signal(signal.SIGKILL)
+            how = "at a random moment"
+        else:  # right before one of its steps (K > RM_STEPS: it finishes)
+            before = order[(number // 2) % len(order)]
+            argv = [sys.executable, "-c", RM_KILLED_BEFORE, str(root), victim, str(before)]
+            process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE)
+            how = f"before step {before}"
+        process.communicate(timeout=120)
+        if process.returncode == -signal.SIGKILL:
+            _tally("crash: SIGKILLs of `nbexp rm`")
+        else:
+            assert process.returncode == 0, process.returncode
+            how = "finished before the kill"
+        interrupted = (root / "tmp" / f"{victim_id}{DELETING_SUFFIX}").exists()
+
+        assert_fsck_clean(root, fresh_process=number % 5 == 4)  # opens: finishes a deletion
+        _tally("crash: fsck runs after kills, all clean")
+        names = set(listed(root))
+        record_file = root / "records" / victim_id[:2] / f"{victim_id}.json"
+        tags_file = root / "tags" / f"{victim_id}.json"
+        assert not list((root / "tmp").glob(f"*{DELETING_SUFFIX}"))
+        if victim in names:
+            assert names == known, sorted(names ^ known)
+            assert record_file.exists() and tags_file.exists() == (steps[victim] % 2 == 0)
+            store = Store(root)
+            try:
+                assert_restores(store, victim, steps[victim], "record")
+                assert ("tagged" in store.get(victim).tags) == tags_file.exists()
+            finally:
+                store.close()
+            outcomes[f"{how}: still present (verified complete)"] += 1
+        else:
+            assert names == known - {victim}, sorted(names ^ known)
+            assert not record_file.exists() and not tags_file.exists()
+            code, _, err = nbexp(root, "show", victim_id)
+            assert code == 1 and len(err.splitlines()) == 1, err
+            gone = "gone (finished by the next open)" if interrupted else "gone"
+            outcomes[f"{how}: {gone}"] += 1
+        known = names
+    _ran(zygote.command(kernel, cell=record_cell("rm-after", 99)), recorded="rm-after")
+    zygote.kill(kernel)
+    assert_fsck_clean(root, fresh_process=True)
+    code, out, err = nbexp(root, "reindex")
+    assert code == 0 and out.startswith(f"indexed {len(known) + 1} experiment"), out + err
+    check_layout(root)
+    figures.report("crash: rm kill outcomes", dict(sorted(outcomes.items())))
+
+
+# -- (f): what killed processes leave in tmp/, and gc ---------------------------------------
+
+
+def test_gc_removes_what_killed_kernels_left_in_tmp(zygote: Zygote, tmp_path: Path) -> None:
+    """(f) Kernels killed inside their snapshot leave staged chunks in tmp/. `nbexp gc`
+    reports, and with --yes deletes, those older than the grace period whose writer is gone,
+    while a live kernel keeps recording beside it; younger ones, and an old one named for a
+    process that still runs, stay. Every experiment stays intact and fsck clean."""
+    rng = _rng("tmp", "default")
+    lane = Lane.make(tmp_path, "snapshot", 0)
+    timing = _calibrate(zygote, lane, runs=2)
+    tmp = lane.root / "tmp"
+
+    def leftovers() -> list[Path]:
+        notes = (UNINDEXED_SUFFIX, DELETING_SUFFIX)
+        return sorted(p for p in tmp.iterdir() if not p.name.endswith(notes))
+
+    rounds = 0
+    while len(leftovers()) < 4 and rounds < 12:
+        finished, in_flight, _ = _kill_recording_kernel(zygote, lane, rng, timing)
+        rounds += 1
+        _tally("crash: SIGKILLs of a kernel while snapshotting")
+        _verify_after_kill(lane, finished, in_flight, rng, full=False)
+    found = leftovers()
+    assert len(found) >= 2, f"{rounds} kills left {len(found)} temp files"
+    old, young = found[::2], found[1::2]
+    past = time.time() - TEMP_GRACE_SECONDS - 60
+    for path in old:
+        os.utime(path, (past, past))
+    old_size = sum(path.stat().st_size for path in old)
+
+    live = zygote.fork(
+        "loop", lane.root, lane.work, lane.log, kind="snapshot", prefix="snapshot-live", runs=3
+    )
+    deadline = time.monotonic() + 120
+    _events_until(zygote, live, lambda e: e["event"] == "body", deadline)  # staging now
+    held = tmp / f"{live}-{'0' * 16}.tmp"  # as old, but its writer runs: kept
+    held.write_bytes(b"x" * 1000)
+    os.utime(held, (past, past))
+
+    code, out, err = nbexp(lane.root, "gc", fresh_process=True)
+    assert code == 0 and f"and {len(old)} leftover temporary files" in out, out + err
+    assert "would be deleted" in out and all(path.exists() for path in old), out
+    code, out, err = nbexp(lane.root, "gc", "--yes", fresh_process=True)
+    summary = f"and {len(old)} leftover temporary files ({human_bytes(old_size)}) in tmp/"
+    assert code == 0 and out.startswith("deleted ") and summary in out, out + err
+    assert not any(path.exists() for path in old)
+    assert all(path.exists() for path in young) and held.exists()
+
+    events = _events_until(
+        zygote, live, lambda e: e["event"] == "done" and e["step"] == 2, deadline
+    )  # every run of the live kernel recorded, through both gcs
+    assert zygote.reap(live)["code"] == 0, lane.log.read_text()[-3000:]
+    finished = {e["name"] for e in events if e["event"] == "done"}
+    _verify_after_kill(lane, finished, set(), rng, full=True)
+    figures.report(
+        "crash: tmp/ files killed kernels left (removed by gc once old / kept: young, live)",
+        f"{len(old)} ({human_bytes(old_size)}) / {len(young)}, 1",
+    )

@@ -5,17 +5,23 @@ is told that this run was not recorded and why").
 Simulated with RLIMIT_FSIZE in the kernel (SIGXFSZ ignored, so a write past the limit fails
 with EFBIG), with a small tmpfs that really fills up (when this process may mount one), and
 with an index file made immutable (`chattr +i`, which binds root too). In every case: the
-cell completes and its variables stay, stderr says "this run was NOT recorded" and why, the
+cell completes and its variables stay, stderr says "this run was NOT recorded", what is wrong
+and what to do (SPEC §11: never a bare "OSError: [Errno 28]" or "OperationalError"), the
 store stays valid (fsck clean, earlier experiments intact, no partial record, the index
-answers), and once the cause is gone the next run records normally.
+answers), and once the cause is gone the next run records normally. `nbexp` commands that
+hit the same cause say the same as one `nbexp: ...` line and exit 1.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import resource
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +40,7 @@ from tests.faults.checks import (
     listed,
     nbexp,
 )
-from tests.faults.workers import Zygote, content_seed, record_cell
+from tests.faults.workers import REPO, Zygote, content_seed, record_cell, worker_env
 
 NOT_RECORDED = "nbexp: this run was NOT recorded: "
 _TOLD: list[str] = []
@@ -78,16 +84,16 @@ class Kernel:
         assert answer["success"] and f"✓ recorded {name} " in answer["stdout"], answer
         assert NOT_RECORDED not in answer["stderr"], answer
 
-    def refused(self, cell: str, *reasons: str) -> str:
+    def refused(self, cell: str, reasons: tuple[str, ...], fixes: tuple[str, ...]) -> str:
         """Run a cell whose recording must fail: the cell itself succeeds, the user is told
-        on stderr that it was not recorded, and why. Returns the reason given."""
+        on stderr that it was not recorded, what is wrong and what to do. Returns why."""
         answer = self.run(cell)
         assert answer["success"], answer  # the user's cell completed
         assert "✓ recorded" not in answer["stdout"], answer
         lines = [line for line in answer["stderr"].splitlines() if line.startswith(NOT_RECORDED)]
         assert len(lines) == 1, answer
         why = lines[0][len(NOT_RECORDED) :]
-        assert any(reason in why for reason in reasons), why
+        _names_the_fix(why, reasons, fixes)
         assert "Traceback" not in answer["stdout"] + answer["stderr"], answer
         _TOLD.append(why)
         figures.report("disk full: runs refused, user told NOT recorded", len(_TOLD))
@@ -100,9 +106,53 @@ class Kernel:
 
 def _gist(why: str) -> str:
     """A reason without its paths, for the figures."""
-    return why.split(" at /")[0] + (
-        f" ({why.split('(')[1].split(')')[0]})" if " at /" in why else ""
+    return re.sub(r"(?<!\w)/[^\s:]+", "PATH", why)
+
+
+def _names_the_fix(message: str, reasons: tuple[str, ...], fixes: tuple[str, ...]) -> None:
+    """A message the user can act on: no bare exception name from Python or SQLite, the
+    underlying reason kept in parentheses, and what to do."""
+    assert not re.match(r"^\w*(Error|Exception)\b", message), message
+    assert "OperationalError" not in message and "Errno" not in message, message
+    assert any(re.search(r"\([^)]*" + re.escape(r), message) for r in reasons), message
+    assert any(fix in message for fix in fixes), message
+
+
+def _cli_refused(
+    root: Path,
+    argv: tuple[str, ...],
+    reasons: tuple[str, ...],
+    fixes: tuple[str, ...],
+    fsize: int | None = None,
+) -> str:
+    """`nbexp ARGV` as a real process (under RLIMIT_FSIZE `fsize`, SIGXFSZ ignored, when
+    given) fails as SPEC §11 says: exit 1, one `nbexp: ...` line naming the fix."""
+
+    def limit() -> None:
+        if fsize is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, hard))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "nbexp.cli", "--store", str(root), *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=worker_env(),
+        preexec_fn=limit,
+        timeout=120,
     )
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("nbexp: "), done
+    _names_the_fix(lines[0][len("nbexp: ") :], reasons, fixes)
+    _CLI_TOLD.append(lines[0])
+    figures.report("disk full: nbexp commands refused with one line, exit 1", len(_CLI_TOLD))
+    figures.report("disk full: what those commands said", sorted({_gist(t) for t in _CLI_TOLD}))
+    return lines[0]
+
+
+_CLI_TOLD: list[str] = []
 
 
 def _big_is_there(kernel: Kernel, name: str) -> None:
@@ -138,7 +188,9 @@ def test_file_size_limit_while_writing_objects(zygote: Zygote, tmp_path: Path) -
     try:
         kernel.recorded("before", 1)
         kernel.file_size_limit(256 * 1024)  # below one 1 MiB chunk
-        why = kernel.refused(record_cell("too-big", 2), "File too large")
+        why = kernel.refused(
+            record_cell("too-big", 2), ("File too large",), ("ulimit -f", "free some space")
+        )
         assert str(root) in why  # names the store it could not write
         _big_is_there(kernel, "too-big")
         _store_is_valid(root, {"before": 1})
@@ -178,11 +230,20 @@ def test_file_size_limit_while_writing_the_index(zygote: Zygote, tmp_path: Path)
         kernel.file_size_limit(wal.stat().st_size)
         why = kernel.refused(
             "%%experiment unindexed --no-state\nstep = 2\nscore = 4.0\n",
-            "disk I/O error",
-            "database or disk is full",
+            ("disk I/O error", "database or disk is full"),
+            ("free some space",),
         )
-        assert "OperationalError" in why
+        assert str(root) in why
         assert kernel.value("score") == "4.0"
+        _store_is_valid(root, {"before": 1})
+        # `nbexp rm` under the same limit: its index write fails, and nothing is deleted
+        _cli_refused(
+            root,
+            ("rm", "before"),
+            ("disk I/O error", "database or disk is full"),
+            ("free some space",),
+            fsize=wal.stat().st_size,
+        )
         _store_is_valid(root, {"before": 1})
         code, out, _ = nbexp(root, "reindex")  # the index and the records agree
         assert code == 0 and out.startswith("indexed 1 experiment"), out
@@ -213,10 +274,12 @@ def test_read_only_index(zygote: Zygote, tmp_path: Path) -> None:
     try:
         kernel = Kernel(zygote, root, tmp_path / "project")
         try:
-            kernel.refused(
-                record_cell("on-read-only", 2), "readonly database", "read-only", "index"
+            why = kernel.refused(
+                record_cell("on-read-only", 2), ("readonly database",), ("chattr -i", "chmod")
             )
+            assert str(index) in why and "read-only" in why
             _big_is_there(kernel, "on-read-only")
+            _cli_refused(root, ("rm", "before"), ("readonly database",), ("chattr -i",))
             assert set(listed(root)) == {"before"}
             assert sorted(p.name for p in (root / "records").rglob("*.json")) == [
                 f"{Store(root).resolve('before')}.json"
@@ -278,18 +341,27 @@ def test_small_disk_fills_up(zygote: Zygote, tmp_path: Path) -> None:
         try:
             kernel.recorded("before", 1)
             filler = _fill(disk, leave=1 << 20)  # 1 MB left; a run stores ~3 MB new
-            kernel.refused(record_cell("no-room", 2), "No space left on device")
+            kernel.refused(
+                record_cell("no-room", 2), ("No space left on device",), ("free some space",)
+            )
             _big_is_there(kernel, "no-room")
             _store_is_valid(root, {"before": 1})
 
             filler.unlink()
             filler = _fill(disk, leave=0)  # not a byte left: not even the record fits
-            kernel.refused(
+            why = kernel.refused(
                 "%%experiment no-room-at-all --no-state\nstep = 3\nscore = 1.0\n",
-                "No space left on device",
-                "database or disk is full",
-                "disk I/O error",
+                ("No space left on device", "database or disk is full", "disk I/O error"),
+                ("free some space",),
             )
+            assert "full" in why
+            for argv in (("tag", "before", "best"), ("rm", "before")):
+                _cli_refused(
+                    root,
+                    argv,
+                    ("No space left on device", "database or disk is full", "disk I/O error"),
+                    ("free some space",),
+                )
             _store_is_valid(root, {"before": 1})
 
             filler.unlink()  # space returns

@@ -270,3 +270,41 @@ def test_an_index_from_another_layout_answers_the_same_or_says_reindex(
     store_module._stores.clear()
     later = make_experiment(open_store(), "later", params={"depth": 9}, minutes=99)
     assert nbexp.get("last").id == later.id  # and it takes new records
+
+
+# -- the --cache lookup in an index whose cache table has another layout ----------------------
+
+
+CACHE_LAYOUTS = {
+    # writing the lookup fails: "table cache has 3 columns but 2 values were supplied"
+    "an-extra-column": "key TEXT PRIMARY KEY, value TEXT NOT NULL, at TEXT NOT NULL DEFAULT ''",
+    # reading it fails before the body runs: "no such column: value"
+    "a-renamed-column": "key TEXT PRIMARY KEY, payload TEXT NOT NULL",
+}
+
+
+@pytest.mark.parametrize("layout", list(CACHE_LAYOUTS))
+def test_a_cache_table_it_cannot_use_never_skips_or_unrecords_a_run(
+    store: Store, ip: Any, capsys: Any, layout: str
+) -> None:
+    """An index from a newer nbexp whose `cache` table has another layout: `--cache` can
+    neither look the run up nor note it after the save. The body still runs, the run is
+    saved, and the user is told it was recorded — never "NOT recorded" for a saved run —
+    and the next identical run runs and records again."""
+    store.close()
+    store_module._stores.clear()
+    connection = sqlite3.connect(store.index_path)
+    connection.executescript(f"DROP TABLE cache; CREATE TABLE cache ({CACHE_LAYOUTS[layout]})")
+    connection.close()
+    for attempt in ("first", "again"):
+        capsys.readouterr()
+        assert run(ip, "%%experiment cached --cache\nscore = 3 * 7\n").success
+        captured = capsys.readouterr()
+        assert "✓ recorded cached " in captured.out, (attempt, captured)
+        assert "NOT recorded" not in captured.err and "Traceback" not in captured.err, captured
+        assert ip.user_ns["score"] == 21
+    assert [row["name"] for row in json.loads(cli("list", "--format", "json").out)] == [
+        "cached",
+        "cached",
+    ]
+    assert cli("fsck").code == 0

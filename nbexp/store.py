@@ -556,11 +556,28 @@ class Store:
             return None
 
     def set_tags(self, experiment_id: str, tags: Iterable[str]) -> Experiment:
+        """Replace an experiment's tags: the tags file, then its index row. If the row is
+        refused (disk full, read-only index), the old tags file is put back, so nothing
+        changed; a process killed in between leaves a locked note, and the next process to
+        open the store re-indexes the experiment from its files (`_finish_interrupted`)."""
         experiment = self.load(experiment_id)
         ordered = tuple(dict.fromkeys(tags))
-        self._write_atomic(self.tags_dir / f"{experiment_id}.json", json.dumps(ordered).encode())
         updated = experiment.with_tags(ordered)
-        self._index_upsert(updated)
+        path = self.tags_dir / f"{experiment_id}.json"
+        previous = path.read_bytes() if path.exists() else None
+        with self._file_writes(), self._locked_note(f"{experiment_id}{UNINDEXED_SUFFIX}") as note:
+            try:
+                self._write_atomic(path, json.dumps(ordered).encode())
+                self._index_upsert(updated)
+            except BaseException:
+                with contextlib.suppress(OSError):  # if this fails too, the note stays
+                    if previous is None:
+                        path.unlink(missing_ok=True)
+                    else:
+                        self._write_atomic(path, previous)
+                    note.unlink()
+                raise
+            note.unlink()
         return updated
 
     def add_tag(self, experiment_id: str, tag: str) -> Experiment:

@@ -35,7 +35,13 @@ from .record import (
     Experiment,
     Outcome,
 )
-from .secrets import Redactor, looks_like_secret, redact_assignments, secret_values
+from .secrets import (
+    Redactor,
+    encoded_secrets,
+    looks_like_secret,
+    redact_assignments,
+    secret_values,
+)
 from .store import Store, open_store
 from .watcher import watch_files
 
@@ -563,13 +569,10 @@ def _valid_text(value: Any) -> Any:
 
 
 def _file_holds_any(path: str, values: list[str]) -> bool:
-    """True when the file's bytes contain one of `values` (UTF-8 or UTF-16), read in chunks
-    that overlap by the longest needle, so a value split across two chunks is found too."""
-    needles = []
-    for value in values:
-        for encoding in ("utf-8", "utf-16-le"):
-            with contextlib.suppress(UnicodeEncodeError):  # cannot be in a file this way
-                needles.append(value.encode(encoding, "surrogateescape"))
+    """True when the file's bytes contain one of `values` (as `encoded_secrets` spells
+    them), read in chunks that overlap by the longest needle, so a value split across two
+    chunks is found too."""
+    needles = encoded_secrets(values)
     if not needles:
         return False
     reach = max(len(needle) for needle in needles) - 1

@@ -7,6 +7,7 @@ of such variables and environment variables are scrubbed from every string that 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -49,6 +50,26 @@ def secret_values(
                 found.add(value)
     # Longest first, so a secret that contains another is replaced whole.
     return sorted(found, key=len, reverse=True)
+
+
+# The bytes a secret can take in what we store: UTF-8 (text, pickles), UTF-16 (files some
+# tools write) and UTF-32 (numpy str arrays).
+SECRET_ENCODINGS = ("utf-8", "utf-16-le", "utf-32-le")
+
+
+def encoded_secrets(values: Iterable[str]) -> list[bytes]:
+    """Each secret value as the byte strings to look for in pickles, buffers and files. A
+    value holding lone surrogates (undecodable bytes of an environment variable) is looked
+    for both as pickle writes it (surrogatepass) and as the original bytes (surrogateescape)."""
+    found: dict[bytes, None] = {}
+    for value in values:
+        if len(value) < MIN_SECRET_LENGTH:
+            continue
+        for encoding in SECRET_ENCODINGS:
+            for errors in ("surrogatepass", "surrogateescape"):
+                with contextlib.suppress(UnicodeEncodeError):
+                    found.setdefault(value.encode(encoding, errors), None)
+    return list(found)
 
 
 class Redactor:

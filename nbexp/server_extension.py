@@ -74,7 +74,7 @@ from tornado import web
 from . import query as query_language
 from .errors import AmbiguousRefError, NbexpError, RefError, StoreError
 from .record import SHORT_ID_LENGTH, Experiment, encode_value
-from .store import SORTABLE, STORE_DIRNAME, STORE_ENV, Store, find_store_root
+from .store import STORE_DIRNAME, STORE_ENV, Store, find_store_root, order_clause
 
 API_PATH = "nbexp/api/experiments"
 DEFAULT_LIMIT = 100
@@ -143,15 +143,10 @@ def parse_listing(argument: Callable[[str], str | None]) -> Listing:
     if limit > MAX_LIMIT:
         raise _Refused(400, f"limit must be at most {MAX_LIMIT}; page with offset")
     sort = argument("sort") or None
-    if sort is not None:
-        key = sort.removeprefix("-")
-        section, _, name = key.partition(".")
-        if key not in SORTABLE and not (section in ("params", "metrics") and name):
-            raise _Refused(
-                400,
-                f"cannot sort by `{sort}`; sort by {', '.join(SORTABLE)}, params.NAME or "
-                "metrics.NAME (prefix with - to reverse)",
-            )
+    try:
+        order_clause(sort, False)
+    except StoreError as error:
+        raise _Refused(400, str(error)) from error
     desc = (argument("desc") or "").strip().lower()
     if desc not in _TRUE + _FALSE:
         raise _Refused(400, f"desc must be 1 or 0, not `{desc}`")

@@ -26,7 +26,7 @@ import xxhash
 
 from .errors import StoreError
 from .hashing import CHUNK
-from .secrets import looks_like_secret
+from .secrets import encoded_secrets, looks_like_secret
 from .store import Store
 
 STATE_FORMAT = 1
@@ -161,12 +161,7 @@ def snapshot(
     one is reported as unstored instead.
     """
     result = Snapshot(imports=dict(imports or {}), secrets=list(secret_names))
-    needles = [  # numpy str arrays hold UTF-32, everything else UTF-8
-        value.encode(encoding)
-        for value in secret_values
-        if len(value) >= 6
-        for encoding in ("utf-8", "utf-32-le")
-    ]
+    needles = encoded_secrets(secret_values)
     pickler_class = _pickler_class()
     named: dict[int, str] = {}
     for name, value in values.items():

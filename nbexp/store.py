@@ -865,7 +865,7 @@ class Store:
         # named, not `*`: in an index from an older layout the columns are in another order
         # (`origin` was added after the plain columns), and positions below would mislead
         sql, args = self._select(query, ids, columns=_ROW_COLUMNS)
-        order = _order_clause(sort, descending)
+        order = order_clause(sort, descending)
         sql += f" ORDER BY {order}"
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
@@ -927,7 +927,7 @@ class Store:
                     nested.append(len(names))
             names.append(f"{section}.{key}")
         sql, where_args = self._select(query, None, columns=", ".join(select))
-        sql += f" ORDER BY {_order_clause(sort, False)}"
+        sql += f" ORDER BY {order_clause(sort, False)}"
         args += where_args
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
@@ -1390,7 +1390,9 @@ def _decode(text: str) -> dict[str, Any]:
     return value
 
 
-def _order_clause(sort: str | None, descending: bool) -> str:
+def order_clause(sort: str | None, descending: bool) -> str:
+    """The SQL ORDER BY for a sort key (`created`, `-metrics.f1`, ...); a `StoreError` naming
+    the keys there are for any other (the server extension validates requests with it)."""
     if not sort:
         return "created DESC, id"
     key = sort.lstrip("-")

@@ -90,6 +90,20 @@ class ExperimentMagics(Magics):
         help="run the body once per combination (grid product of all --sweep options), "
         "one record each, e.g. --sweep max_depth=2,4,8 --sweep lr=0.1,0.01",
     )
+    @argument(
+        "--max-runs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="allow a --sweep of up to N combinations (default 1000)",
+    )
+    @argument(
+        "--allow-secret",
+        action="append",
+        default=[],
+        metavar="VAR",
+        help="snapshot VAR although its keys or columns look like credentials (password, token)",
+    )
     @cell_magic
     def experiment(self, line: str, cell: str) -> Any:
         """Run the cell as usual and record it as an experiment.
@@ -109,6 +123,8 @@ class ExperimentMagics(Magics):
             expect=args.expect,
             no_state=args.no_state or not self.state,
             cache=args.cache,
+            allow_secrets=args.allow_secret,
+            max_runs=args.max_runs,
             line=line,
         )
         if args.sweep:
@@ -142,6 +158,12 @@ class ExperimentMagics(Magics):
                 )
             for path, why in result.experiment.links.get("unstored_artifacts", {}).items():
                 print(f"nbexp: the file {path} the run wrote {why}", file=sys.stderr)
+            for name, fields in result.experiment.links.get("credential_containers", {}).items():
+                print(
+                    f"nbexp: {name} was not snapshotted: it holds credential-looking keys "
+                    f"({', '.join(fields[:5])}); pass --allow-secret {name} to store it anyway",
+                    file=sys.stderr,
+                )
         for item in result.failed_expectations:
             shown = ", ".join(f"{k} = {v}" for k, v in item.get("values", {}).items())
             why = item.get("error") or shown

@@ -361,39 +361,56 @@ def to_sql(node: Node) -> tuple[str, list[Any]]:
     if op not in (*OPERATORS, "in") or field.name not in (*COLUMNS, *JSON_COLUMNS):
         raise QueryError(f"query: cannot compile {op!r} on field {str(field)!r}; {_FIELDS_HINT}")
     if field.name == "tags":
-        cond, args = _any_equal("type", "value", [], values)
+        cond, args = _any_equal("type", "value", [], [], values)
         negate = node.negate if isinstance(node, In) else op == "!="
         sub = f"EXISTS (SELECT 1 FROM json_each(experiments.tags) WHERE {cond})"
         return f"({'NOT ' if negate else ''}{sub})", args
     if field.key is None:  # typeof() of a plain column: 'text', 'real', 'integer' or 'null'
-        typ, val, path = f"typeof({field.name})", field.name, []
+        typ, val, tpath, vpath = f"typeof({field.name})", field.name, [], []
     else:  # json_type(): 'text', 'integer', 'real', 'true', 'false', 'null', 'array', ...
-        typ, val = f"json_type({field.name}, ?)", f"json_extract({field.name}, ?)"
-        path = [f'$."{field.key}"']
+        typ, val = json_number_sql(field.name)
+        tpath = vpath = [f'$."{field.key}"'] * 3  # each `?` in typ and in val is the path
     if isinstance(node, Compare) and op in _ORDER:
         types = "'integer', 'real'" if _kind(node.value) == "num" else "'text'"
-        return f"coalesce({typ} IN ({types}) AND {val} {op} ?, 0)", [*path, *path, node.value]
-    cond, args = _any_equal(typ, val, path, values)
+        return f"coalesce({typ} IN ({types}) AND {val} {op} ?, 0)", [*tpath, *vpath, node.value]
+    cond, args = _any_equal(typ, val, tpath, vpath, values)
     if op == "!=" or (isinstance(node, In) and node.negate):
-        return f"(NOT ({typ} IS NULL OR {typ} = 'null') AND NOT {cond})", path + path + args
+        return f"(NOT ({typ} IS NULL OR {typ} = 'null') AND NOT {cond})", tpath + tpath + args
     return cond, args
 
 
+def json_number_sql(column: str) -> tuple[str, str]:
+    """SQL for a key's JSON type and value, each taking the key's path as its three
+    parameters. A non-finite float is stored as {"$float": "inf"}:
+    it reads as type 'real' with the value ±inf (SQLite's 9e999), and nan as 'real' with no
+    value, so comparisons behave as Python's floats do (nan compares false, `!=` true)."""
+    kind = f"json_type({column}, ?)"
+    special = f"json_extract({column}, ? || '.\"$float\"')"
+    typ = (
+        f"(CASE {kind} WHEN 'object' THEN iif({special} IS NULL, 'object', 'real') ELSE {kind} END)"
+    )
+    val = (
+        f"(CASE {kind} WHEN 'object' THEN (CASE {special} WHEN 'inf' THEN 9e999 "
+        f"WHEN '-inf' THEN -9e999 END) ELSE json_extract({column}, ?) END)"
+    )
+    return typ, val
+
+
 def _any_equal(
-    typ: str, val: str, path: list[Any], values: tuple[Scalar, ...]
+    typ: str, val: str, tpath: list[Any], vpath: list[Any], values: tuple[Scalar, ...]
 ) -> tuple[str, list[Any]]:
     """SQL true (never NULL) when the value equals one of values, by _equal's rules."""
     parts, args = [], []
     if None in values:
         parts.append(f"({typ} IS NULL OR {typ} = 'null')")
-        args += path + path
+        args += tpath + tpath
     bools = sorted({"'true'" if v else "'false'" for v in values if isinstance(v, bool)})
     if bools:
         parts.append(f"{typ} IN ({', '.join(bools)})")
-        args += path
+        args += tpath
     for kind, types in (("num", "'integer', 'real'"), ("str", "'text'")):
         group = [v for v in values if _kind(v) == kind]
         if group:
             parts.append(f"({typ} IN ({types}) AND {val} IN ({', '.join('?' * len(group))}))")
-            args += path + path + group
+            args += tpath + vpath + group
     return (f"coalesce({' OR '.join(parts)}, 0)" if parts else "0"), args

@@ -11,20 +11,21 @@ from __future__ import annotations
 import ast
 import contextlib
 import datetime as dt
+import functools
 import io
 import json
 import numbers
 import os
-import re
 import sys
 import time
 import tokenize
 import traceback
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import analysis, environment, profiles, series
+from . import analysis, environment, profiles, refs, series
 from .errors import NbexpError
 from .hashing import hash_bytes, hash_json
 from .record import (
@@ -37,8 +38,11 @@ from .record import (
 )
 from .secrets import (
     Redactor,
+    credential_fields,
+    derived_secret_values,
     encoded_secrets,
     looks_like_secret,
+    mask_credential_keys,
     redact_assignments,
     secret_values,
 )
@@ -61,6 +65,8 @@ class RunOptions:
     expect: list[str] = field(default_factory=list)
     no_state: bool = False
     cache: bool = False
+    allow_secrets: list[str] = field(default_factory=list)  # containers to store anyway
+    max_runs: int | None = None  # --sweep: the most combinations allowed (sweep.MAX_RUNS)
     line: str = ""
     links: dict[str, Any] = field(default_factory=dict)  # e.g. {"sweep": id}, kept as is
 
@@ -188,13 +194,10 @@ class Recorder:
         for path in options.data:
             if not os.path.exists(path):
                 raise NbexpError(f"-d {path}: no such file or folder")
-        if any(not tag.strip() for tag in options.tags):  # a record's tags are never empty
-            raise NbexpError("-t needs a tag name, e.g. -t baseline")
-        if options.name and re.fullmatch(r"last(~\d+)?", options.name.strip()):
-            raise NbexpError(
-                f"`{options.name}` cannot name an experiment: it already means the newest "
-                "experiment (last~N: the Nth before it); choose another name"
-            )
+        for tag in options.tags:  # a tag or name that reads as a reference is refused
+            refs.check_label(tag, "tag")
+        if options.name:
+            refs.check_label(options.name, "name")
 
         shell = self.shell
         transformed = shell.transform_cell(cell)
@@ -395,7 +398,11 @@ class Recorder:
         if info is not None:
             params = {name: _jsonable(p.value) for name, p in info.params.items()}
         params.update({key: _jsonable(value) for key, value in run.overrides.items()})
-        params = {key: value for key, value in params.items() if not looks_like_secret(key)}
+        params = {
+            key: mask_credential_keys(value)
+            for key, value in params.items()
+            if not looks_like_secret(key)
+        }
 
         metrics: dict[str, Any] = {}
         if info is not None:
@@ -412,13 +419,25 @@ class Recorder:
         missing_metrics = []
         for name in options.metrics:
             if name in namespace:
-                metrics[name] = _jsonable(namespace[name])
+                metrics[name] = mask_credential_keys(_jsonable(namespace[name]))
             else:
                 missing_metrics.append(name)
 
         cwd = os.getcwd()
         read, written = watch.files()
-        secrets = secret_values(namespace)
+        history_raw = list(getattr(shell.history_manager, "input_hist_raw", []) or [])
+        count = run.execution_count
+        history = tuple(history_raw[1:count] if count else history_raw[1:])
+        secrets = list(
+            dict.fromkeys(
+                [
+                    *secret_values(namespace),
+                    *derived_secret_values(
+                        namespace, [*(_python(shell, t) for t in history), source]
+                    ),
+                ]
+            )
+        )
         redact = Redactor(secrets)
         data = list(run.inputs)
         seen_paths = set()
@@ -450,9 +469,6 @@ class Recorder:
         notebook_hash = None
         if notebook and os.path.isfile(notebook):
             notebook_hash = store.file_hash(notebook)[0]
-        history_raw = list(getattr(shell.history_manager, "input_hist_raw", []) or [])
-        count = run.execution_count
-        history = tuple(history_raw[1:count] if count else history_raw[1:])
         code = Code(
             cell=redact_assignments(
                 cell if not options.line else f"%%experiment {options.line}\n{cell}"
@@ -474,12 +490,19 @@ class Recorder:
             output_truncated=run.stdout.truncated or run.stderr.truncated,
         )
         state = None
+        credential_containers: dict[str, list[str]] = {}
         if not options.no_state:
             from . import state as state_module
 
             values, imports, secret_names = state_module.select_variables(
                 namespace, getattr(shell, "user_ns_hidden", {})
             )
+            for name in list(values):  # a dict with a "password" key, a `token` column
+                fields = credential_fields(values[name])
+                if fields and name not in options.allow_secrets:
+                    del values[name]
+                    secret_names.append(name)
+                    credential_containers[name] = fields
             snapshot = state_module.snapshot(
                 store, values, imports=imports, secret_names=secret_names, secret_values=secrets
             )
@@ -493,6 +516,8 @@ class Recorder:
             links["missing_metrics"] = missing_metrics
         if unstored_artifacts:
             links["unstored_artifacts"] = unstored_artifacts
+        if credential_containers:
+            links["credential_containers"] = credential_containers
         draft = Experiment(
             id="",
             name=options.name or self._generated_name(store, notebook),
@@ -645,6 +670,20 @@ def _expand(paths: list[str]) -> list[str]:
         else:
             files.append(path)
     return files
+
+
+@functools.lru_cache(maxsize=4096)
+def _python_cached(transform: Callable[[str], str], text: str) -> str:
+    try:
+        return transform(text)
+    except Exception:  # a cell IPython itself could not run: no Python to follow
+        return ""
+
+
+def _python(shell: Any, text: str) -> str:
+    """A history cell as the Python IPython ran (magics turned into calls), cached by text:
+    the same cells are looked at on every run."""
+    return _python_cached(shell.transform_cell, text)
 
 
 def _figure_numbers() -> set[int]:

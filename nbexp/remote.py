@@ -48,7 +48,8 @@ from .errors import (
 )
 from .hashing import hash_bytes, hash_file
 from .record import SHORT_ID_LENGTH, Experiment
-from .store import MIN_PREFIX, Store
+from .refs import could_be_id, is_hex, steps_back
+from .store import Store
 from .transfer import DEFAULT_WORKERS, IN_MEMORY_LIMIT, Entry, Progress, RemoteFiles, run_parallel
 
 CONFIG_NAME = "config.json"
@@ -58,8 +59,6 @@ GC_GRACE_SECONDS = 3600.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CREDENTIAL = re.compile(r"(key|secret|token|passw|credential)", re.IGNORECASE)
 _HASH = re.compile(r"^[0-9a-f]{32}$")
-_LAST = re.compile(r"^last(?:~(\d+))?$")
-_HEX = re.compile(r"^[0-9a-f]+$")
 # s3fs passes these to the botocore client, not to itself.
 _S3_CLIENT_OPTIONS = ("endpoint_url", "region_name", "verify")
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure"}
@@ -864,7 +863,7 @@ def _prefix_matches(refs: Sequence[str], on_remote: Mapping[str, str]) -> set[st
     chosen: set[str] = set()
     for ref in refs:
         lowered = ref.strip().lower()
-        if len(lowered) < SHORT_ID_LENGTH or not _HEX.match(lowered):
+        if len(lowered) < SHORT_ID_LENGTH or not is_hex(lowered):
             return None
         matches = [i for i in on_remote if i.startswith(lowered)]
         if len(matches) != 1:
@@ -890,21 +889,16 @@ def _resolve_on_remote(
     for ref in refs:
         ref = ref.strip()
         lowered = ref.lower()
-        last = _LAST.match(ref)
+        back = steps_back(ref)
         by_name = [row[0] for row in newest if row[1] == ref]
         by_prefix = (
-            [row[0] for row in newest if row[0].startswith(lowered)]
-            if _HEX.match(lowered) and len(lowered) >= MIN_PREFIX
-            else []
+            [row[0] for row in newest if row[0].startswith(lowered)] if could_be_id(lowered) else []
         )
         by_tag = [row[0] for row in newest if ref in row[3]]
-        if last:
-            back = int(last.group(1) or 0)
+        if back is not None:
             if back >= len(newest):
                 raise RefError(f"`{ref}` does not exist on remote `{spec.name}`")
             chosen.add(newest[back][0])
-        elif by_name:
-            chosen.add(by_name[0])
         elif len(by_prefix) == 1:
             chosen.add(by_prefix[0])
         elif len(by_prefix) > 1:
@@ -912,6 +906,8 @@ def _resolve_on_remote(
                 f"`{ref}` is ambiguous on remote `{spec.name}`: it starts {len(by_prefix)} "
                 "experiment ids; give more characters"
             )
+        elif by_name:
+            chosen.add(by_name[0])
         elif by_tag:
             chosen.add(by_tag[0])
         else:

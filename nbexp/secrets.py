@@ -1,12 +1,18 @@
 """Keeping credentials out of records, exports and remotes.
 
-Two defences: names that look like credentials are never snapshotted or shown, and the values
-of such variables and environment variables are scrubbed from every string that is recorded
-(code, history, printed output, tracebacks, git diffs) before anything is written.
+The defences: names that look like credentials are never snapshotted or shown; the values of
+such variables and environment variables, of variables computed from them, and the password
+of any URL that carries one (`scheme://user:password@host`) are scrubbed from every string
+that is recorded (code, history, printed output, tracebacks, git diffs, params, tags) before
+anything is written; and containers whose keys or columns are credential names (a dict with
+a "password" key, a DataFrame with a `token` column) are not snapshotted unless the user asks.
+What is not caught: a secret under an innocent name that never passes through a credential-
+named variable, a URL, or a credential-named key (e.g. a bare literal assigned to `x`).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import re
@@ -20,6 +26,10 @@ _SECRET_NAME = re.compile(
 )
 REDACTED = "***"
 MIN_SECRET_LENGTH = 6
+# The password part of a URL: scheme://user:password@host (RFC 3986 userinfo).
+_URL_PASSWORD = re.compile(
+    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@'\"]*:)(?P<password>[^\s/?#@'\"]+)(?=@)"
+)
 
 # Environment variables worth recording because they change results; nothing else is kept.
 ENV_ALLOW_LIST = (
@@ -45,9 +55,12 @@ def secret_values(
     found: set[str] = set()
     for source in (namespace or {}, os.environ if environ is None else environ):
         for name, value in list(source.items()):
-            is_secret = looks_like_secret(str(name)) and isinstance(value, str)
-            if is_secret and len(value) >= MIN_SECRET_LENGTH:
+            if not isinstance(value, str):
+                continue
+            if looks_like_secret(str(name)) and len(value) >= MIN_SECRET_LENGTH:
                 found.add(value)
+            elif "://" in value:  # a URL's password is a secret whatever holds it
+                found.update(url_passwords(value))
     # Longest first, so a secret that contains another is replaced whole.
     return sorted(found, key=len, reverse=True)
 
@@ -72,8 +85,121 @@ def encoded_secrets(values: Iterable[str]) -> list[bytes]:
     return list(found)
 
 
+@lru_cache(maxsize=4096)
+def _assignments(source: str) -> tuple[tuple[tuple[str, ...], frozenset[str]], ...]:
+    """(names bound, names read) of each assignment in a cell; () if it does not parse."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ()
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.NamedExpr)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            bound = tuple(
+                name.id
+                for target in targets
+                for name in ast.walk(target)
+                if isinstance(name, ast.Name)
+            )
+            value = node.value
+            reads = (
+                frozenset(name.id for name in ast.walk(value) if isinstance(name, ast.Name))
+                if value is not None
+                else frozenset()
+            )
+            found.append((bound, reads))
+    return tuple(found)
+
+
+def derived_secret_values(namespace: Mapping[str, Any], cells: Iterable[str]) -> list[str]:
+    """String values of variables computed from a credential (`pw = my_password.upper()`,
+    `auth = "Bearer " + token`), following assignments through the cells in order: they are
+    as secret as what they came from, though their names look innocent."""
+    assignments = [item for cell in cells for item in _assignments(cell)]
+    tainted: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for bound, reads in assignments:
+            if any(looks_like_secret(name) or name in tainted for name in reads):
+                new = [
+                    name for name in bound if name not in tainted and not looks_like_secret(name)
+                ]
+                if new:
+                    tainted.update(new)
+                    changed = True
+    values = []
+    for name in tainted:
+        value = namespace.get(name)
+        if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH:
+            values.append(value)
+    return values
+
+
+def url_passwords(text: str) -> list[str]:
+    """The passwords of URLs in `text` (`postgresql://admin:pg_pass@db/x` → `pg_pass`)."""
+    return [
+        match.group("password")
+        for match in _URL_PASSWORD.finditer(text)
+        if match.group("password") != REDACTED
+    ]
+
+
+def mask_urls(text: str) -> str:
+    """`text` with every URL password masked: `postgresql://admin:***@db/x`."""
+    if "://" not in text:
+        return text
+    return _URL_PASSWORD.sub(lambda match: match.group("head") + REDACTED, text)
+
+
+def mask_credential_keys(value: Any) -> Any:
+    """A JSON-like user value (a param, a metric) with whatever sits under a credential-named
+    key masked: `{"user": "a", "password": "x"}` → `{"user": "a", "password": "***"}`."""
+    if isinstance(value, dict):
+        return {
+            key: REDACTED
+            if isinstance(key, str) and looks_like_secret(key)
+            else mask_credential_keys(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return type(value)(mask_credential_keys(item) for item in value)
+    return value
+
+
+def credential_fields(value: Any, depth: int = 3) -> list[str]:
+    """Credential-looking keys or columns a container holds (a dict's `password` key, a
+    DataFrame's `api_token` column, a structured array's `secret` field), looked for a few
+    levels deep: storing such a container would store the credentials with it."""
+    found: list[str] = []
+    if depth <= 0:
+        return found
+    if isinstance(value, Mapping):
+        for key, item in list(value.items())[:10_000]:
+            if isinstance(key, str) and looks_like_secret(key):
+                found.append(key)
+            elif isinstance(item, (Mapping, list, tuple)):
+                found += credential_fields(item, depth - 1)
+    elif isinstance(value, (list, tuple)):
+        for item in value[:100]:
+            if isinstance(item, (Mapping, list, tuple)):
+                found += credential_fields(item, depth - 1)
+    else:
+        module = type(value).__module__ or ""
+        if module.startswith("pandas") and hasattr(value, "columns"):
+            labels: Iterable[Any] = list(value.columns)[:10_000]
+        elif module.startswith("numpy") and getattr(getattr(value, "dtype", None), "names", None):
+            labels = value.dtype.names
+        else:
+            labels = ()
+        found += [str(label) for label in labels if looks_like_secret(str(label))]
+    return list(dict.fromkeys(found))
+
+
 class Redactor:
-    """Replaces known secret values in strings, recursively through JSON-like structures."""
+    """Replaces known secret values and URL passwords in strings, recursively through
+    JSON-like structures."""
 
     def __init__(self, values: Iterable[str]) -> None:
         self._values = [value for value in values if len(value) >= MIN_SECRET_LENGTH]
@@ -84,13 +210,13 @@ class Redactor:
         )
 
     def text(self, value: str) -> str:
-        if self._pattern is None or not value:
+        if not value:
             return value
-        return self._pattern.sub(REDACTED, value)
+        if self._pattern is not None:
+            value = self._pattern.sub(REDACTED, value)
+        return mask_urls(value)
 
     def __call__(self, value: Any) -> Any:
-        if self._pattern is None:
-            return value
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):

@@ -74,7 +74,7 @@ from tornado import web
 from . import query as query_language
 from .errors import AmbiguousRefError, NbexpError, RefError, StoreError
 from .record import SHORT_ID_LENGTH, Experiment, encode_value
-from .store import STORE_DIRNAME, STORE_ENV, Store, find_store_root, order_clause
+from .store import STORE_DIRNAME, STORE_ENV, Store, find_store_root, sort_key
 
 API_PATH = "nbexp/api/experiments"
 DEFAULT_LIMIT = 100
@@ -144,7 +144,7 @@ def parse_listing(argument: Callable[[str], str | None]) -> Listing:
         raise _Refused(400, f"limit must be at most {MAX_LIMIT}; page with offset")
     sort = argument("sort") or None
     try:
-        order_clause(sort, False)
+        sort_key(sort)
     except StoreError as error:
         raise _Refused(400, str(error)) from error
     desc = (argument("desc") or "").strip().lower()

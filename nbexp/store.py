@@ -27,6 +27,7 @@ import contextlib
 import errno
 import functools
 import json
+import math
 import os
 import re
 import secrets
@@ -43,6 +44,7 @@ from typing import IO, Any
 import xxhash
 
 from . import query as query_language
+from . import refs
 from .errors import (
     AmbiguousRefError,
     DamagedIndexError,
@@ -57,9 +59,7 @@ from .record import SHORT_ID_LENGTH, Experiment
 
 STORE_DIRNAME = ".nbexp"
 STORE_ENV = "NBEXP_STORE"
-MIN_PREFIX = 4
-_LAST = re.compile(r"^last(?:~(\d+))?$")
-_HEX = re.compile(r"^[0-9a-f]+$")
+MIN_PREFIX = refs.MIN_PREFIX
 
 _INDEX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
@@ -84,11 +84,13 @@ CREATE TABLE IF NOT EXISTS columns (
 _REBUILD_COLUMNS = """
 UPDATE columns SET scalar = 1;
 INSERT INTO columns (section, key, scalar)
-    SELECT 'params', j.key, min(j.type IN ('integer', 'real', 'text', 'null'))
+    SELECT 'params', j.key, min(j.type IN ('integer', 'real', 'text', 'null')
+        OR coalesce((CASE j.type WHEN 'object' THEN j.value ->> '$."$float"' END) IN ('inf', '-inf'), 0))
     FROM experiments e, json_each(e.params) j GROUP BY j.key ORDER BY min(e.created)
     ON CONFLICT (section, key) DO UPDATE SET scalar = excluded.scalar;
 INSERT INTO columns (section, key, scalar)
-    SELECT 'metrics', j.key, min(j.type IN ('integer', 'real', 'text', 'null'))
+    SELECT 'metrics', j.key, min(j.type IN ('integer', 'real', 'text', 'null')
+        OR coalesce((CASE j.type WHEN 'object' THEN j.value ->> '$."$float"' END) IN ('inf', '-inf'), 0))
     FROM experiments e, json_each(e.metrics) j GROUP BY j.key ORDER BY min(e.created)
     ON CONFLICT (section, key) DO UPDATE SET scalar = excluded.scalar;
 """
@@ -112,6 +114,7 @@ TEMP_GRACE_SECONDS = 3600.0  # tmp/ files younger than this are never collected 
 _TEMP_NAME = re.compile(r"^(?:\.probe-)?(\d+)-[0-9a-f]+(?:\.tmp)?$")  # _temp_path, the probe
 BUSY_TIMEOUT = 60.0  # seconds a process waits for another's lock on the index
 SORTABLE = ("created", "name", "status", "duration", "id")
+_PHYSICAL = re.compile(r"^v[0-9]+$")  # the plain columns' names, chosen by _materialise_columns
 
 
 def find_store_root(start: str | os.PathLike[str] | None = None) -> Path:
@@ -865,8 +868,9 @@ class Store:
         # named, not `*`: in an index from an older layout the columns are in another order
         # (`origin` was added after the plain columns), and positions below would mislead
         sql, args = self._select(query, ids, columns=_ROW_COLUMNS)
-        order = order_clause(sort, descending)
+        order, order_args = self._order(sort, descending)
         sql += f" ORDER BY {order}"
+        args += order_args
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
             args += [limit, offset]
@@ -920,15 +924,15 @@ class Store:
             if scalar and physical:
                 select.append(physical)  # a plain column: no JSON parsing at all
             else:
-                # `->` keeps JSON types (true, lists, {"$float": "nan"}) for non-flat columns
-                select.append(f"json_extract({section}, ?)" if scalar else f"{section} -> ?")
-                args.append('$."' + key.replace('"', '\\"') + '"')
-                if not scalar:
-                    nested.append(len(names))
+                # `->` keeps JSON types (true, lists, {"$float": "nan"}), decoded below
+                select.append(f"{section} -> ?")
+                args.append(_json_path(key))
+                nested.append(len(names))
             names.append(f"{section}.{key}")
         sql, where_args = self._select(query, None, columns=", ".join(select))
-        sql += f" ORDER BY {order_clause(sort, False)}"
-        args += where_args
+        order, order_args = self._order(sort, False)
+        sql += f" ORDER BY {order}"
+        args += where_args + order_args
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
             args += [limit, offset]
@@ -972,12 +976,41 @@ class Store:
                     counted.append(f"COUNT({physical})")
                 else:
                     counted.append(f"COUNT({section} -> ?)")
-                    paths.append('$."' + key.replace('"', '\\"') + '"')
+                    paths.append(_json_path(key))
             sql, args = self._select(query, None, columns=", ".join(counted))
             with self._lock:
                 counts.extend(self._db.execute(sql, paths + args).fetchone())
         ranked = sorted((-n, i) for i, n in enumerate(counts) if n)
         return [str(known[i][0]) for _, i in ranked]
+
+    def _order(self, sort: str | None, descending: bool) -> tuple[str, list[Any]]:
+        """ORDER BY text and its parameters for a sort key (`sort_key`). A param or metric is
+        looked up in the store's own column table: its plain column (a name nbexp chose) or
+        a bound JSON path, never text from the caller; a key no experiment has is refused."""
+        if not sort:
+            return "created DESC, id", []
+        column, key, reverse = sort_key(sort)
+        direction = "DESC" if descending != reverse else "ASC"
+        if key is None:
+            return f"{column} {direction}, created DESC", []
+        with self._lock:
+            found = self._db.execute(
+                "SELECT scalar, physical FROM columns WHERE section = ? AND key = ?",
+                (column, key),
+            ).fetchone()
+        if found is None:
+            known = self.keys(column)[:8]
+            listed = ", ".join(f"{column}.{name}" for name in known) or "none yet"
+            raise StoreError(
+                f"cannot sort by `{sort}`: no experiment has {column}.{key}; "
+                f"{column} there are: {listed}"
+            )
+        scalar, physical = found
+        if scalar and physical and _PHYSICAL.match(str(physical)):
+            value, args = str(physical), []
+        else:
+            value, args = f"json_extract({column}, ?)", [_json_path(key)]
+        return f"{value} IS NULL, {value} {direction}, created DESC", args + args
 
     def _select(
         self, query: str | None, ids: Iterable[str] | None, columns: str = "*"
@@ -1000,31 +1033,20 @@ class Store:
     # -- references -----------------------------------------------------------------
 
     def resolve(self, ref: str) -> str:
-        """The full id for a reference: `last`, `last~N`, a name, an id prefix, or a tag."""
+        """The full id for a reference (`refs`): `last` / `last~N`, a unique id prefix, a name
+        (its newest run), a tag. Ids are tried before names and tags, and among experiments
+        with one name or tag those recorded here come before pulled ones; `last` counts only
+        experiments recorded here (all of them when none were), so a pulled record — whose
+        `created` its author wrote — never stands in for a local one."""
         ref = str(ref).strip()
         if not ref:
             raise RefError("empty experiment reference; give an id prefix, a name, a tag or `last`")
         with self._lock:
-            last = _LAST.match(ref)
-            if last:
-                back = int(last.group(1) or 0)
-                row = self._db.execute(
-                    "SELECT id FROM experiments ORDER BY created DESC, id LIMIT 1 OFFSET ?", (back,)
-                ).fetchone()
-                if row is None:
-                    total = self.count()
-                    raise RefError(
-                        f"`{ref}` does not exist: the store holds {total} experiment"
-                        f"{'' if total == 1 else 's'}"
-                    )
-                return str(row[0])
-            row = self._db.execute(
-                "SELECT id FROM experiments WHERE name = ? ORDER BY created DESC LIMIT 1", (ref,)
-            ).fetchone()
-            if row is not None:
-                return str(row[0])
+            back = refs.steps_back(ref)
+            if back is not None:
+                return self._last(ref, back)
             lowered = ref.lower()
-            if _HEX.match(lowered) and len(lowered) >= MIN_PREFIX:
+            if refs.could_be_id(lowered):
                 matches = [
                     r[0]
                     for r in self._db.execute(
@@ -1042,19 +1064,44 @@ class Store:
                         "give more characters"
                     )
             row = self._db.execute(
-                "SELECT e.id FROM experiments e, json_each(e.tags) t WHERE t.value = ? "
-                "ORDER BY e.created DESC LIMIT 1",
+                "SELECT id FROM experiments WHERE name = ? "
+                "ORDER BY origin IS NOT NULL, created DESC LIMIT 1",
                 (ref,),
             ).fetchone()
+            if row is None:
+                row = self._db.execute(
+                    "SELECT e.id FROM experiments e, json_each(e.tags) t WHERE t.value = ? "
+                    "ORDER BY e.origin IS NOT NULL, e.created DESC LIMIT 1",
+                    (ref,),
+                ).fetchone()
             if row is not None:
                 return str(row[0])
-            if _HEX.match(lowered) and len(lowered) < MIN_PREFIX:
+            if refs.is_hex(lowered) and len(lowered) < refs.MIN_PREFIX:
                 raise RefError(
-                    f"`{ref}` is too short to be an id prefix; give at least {MIN_PREFIX} characters"
+                    f"`{ref}` is too short to be an id prefix; give at least {refs.MIN_PREFIX} "
+                    "characters"
                 )
         raise RefError(
             f"no experiment matches `{ref}`; use an id prefix, a name, a tag, `last` or "
             "`last~N` (`nbexp list` shows them)"
+        )
+
+    def _last(self, ref: str, back: int) -> str:
+        local = self._db.execute(
+            "SELECT EXISTS (SELECT 1 FROM experiments WHERE origin IS NULL)"
+        ).fetchone()[0]
+        where = "WHERE origin IS NULL " if local else ""
+        row = self._db.execute(
+            f"SELECT id FROM experiments {where}ORDER BY created DESC, id LIMIT 1 OFFSET ?",
+            (back,),
+        ).fetchone()
+        if row is not None:
+            return str(row[0])
+        total = int(self._db.execute(f"SELECT COUNT(*) FROM experiments {where}").fetchone()[0])
+        here = " recorded here" if local else ""
+        raise RefError(
+            f"`{ref}` does not exist: the store holds {total} experiment"
+            f"{'' if total == 1 else 's'}{here}"
         )
 
     def get(self, ref: str) -> Experiment:
@@ -1301,6 +1348,7 @@ def _index_guard(method: Callable[..., Any]) -> Callable[..., Any]:
 # in _open_index; reindex and fsck handle damage themselves).
 for _name in (
     "_index_upsert", "_delete_row", "rows", "table", "count", "keys", "resolve", "names_count",
+    "_order",
     "file_hash", "cache_get", "cache_put", "rebuild_columns",
 ):  # fmt: skip
     if hasattr(Store, _name):
@@ -1364,23 +1412,39 @@ def _rebuild_columns(connection: sqlite3.Connection) -> None:
     physical = _materialise_columns(connection)
     if physical:
         assignments = ", ".join(
-            f"{column} = json_extract({section}, ?)" for (section, _), column in physical.items()
+            f"{column} = {query_language.json_number_sql(section)[1]}"
+            for (section, _), column in physical.items()
         )
-        paths = ['$."' + key.replace('"', '\\"') + '"' for (_, key) in physical]
+        paths = [_json_path(key) for (_, key) in physical for _ in range(3)]
         connection.execute(f"UPDATE experiments SET {assignments}", paths)
 
 
 def _sqlite_number(value: Any) -> Any:
-    """An int beyond SQLite's 64 bits as the REAL json_extract would give for it (binding it
-    as it is raises OverflowError, which would lose the whole record for `seed = 10**20`)."""
+    """A flat value as its plain column holds it: an int beyond SQLite's 64 bits as the REAL
+    json_extract would give for it (binding it as it is raises OverflowError, which would
+    lose the whole record for `seed = 10**20`; beyond a float's range it is ±inf), and
+    {"$float": "inf"} as the float it stands for."""
+    if isinstance(value, dict):
+        return float(value["$float"])
     if isinstance(value, int) and not -(2**63) <= value < 2**63:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
     return value
 
 
 def _is_flat(value: Any) -> bool:
-    """A value json_extract returns unchanged: a number (not a bool), a string or null."""
+    """A value with a plain column: a number (not a bool), a string, null, or ±inf
+    ({"$float": "inf"}; not nan, which SQLite would store as NULL, losing it)."""
+    if isinstance(value, dict):
+        return len(value) == 1 and value.get("$float") in ("inf", "-inf")
     return value is None or (isinstance(value, (int, float, str)) and not isinstance(value, bool))
+
+
+def _json_path(key: str) -> str:
+    """The JSON path of one top-level key, bound as a parameter (a key is data, never SQL)."""
+    return '$."' + key.replace('"', '\\"') + '"'
 
 
 def _decode(text: str) -> dict[str, Any]:
@@ -1390,22 +1454,21 @@ def _decode(text: str) -> dict[str, Any]:
     return value
 
 
-def order_clause(sort: str | None, descending: bool) -> str:
-    """The SQL ORDER BY for a sort key (`created`, `-metrics.f1`, ...); a `StoreError` naming
-    the keys there are for any other (the server extension validates requests with it)."""
-    if not sort:
-        return "created DESC, id"
-    key = sort.lstrip("-")
-    if sort.startswith("-"):
-        descending = not descending
-    direction = "DESC" if descending else "ASC"
+_SORT_KEY = re.compile(r"^(params|metrics)\.(.+)$", re.DOTALL)
+
+
+def sort_key(sort: str | None) -> tuple[str, str | None, bool]:
+    """A sort key (`created`, `-metrics.f1`, `params.lr`) as (column or section, key or None,
+    reversed). Sort keys are data, like queries: a `StoreError` naming the keys there are for
+    any other; a param or metric name never reaches the SQL text (`Store._order` binds it)."""
+    text = (sort or "created").strip()
+    reverse = text.startswith("-")
+    key = text[1:] if reverse else text
     if key in SORTABLE:
-        return f"{key} {direction}, created DESC"
-    for column in ("params", "metrics"):
-        if key.startswith(column + ".") and key != column + ".":
-            name = key[len(column) + 1 :].replace('"', '""')
-            value = f"json_extract({column}, '$.\"{name}\"')"
-            return f"{value} IS NULL, {value} {direction}, created DESC"
+        return key, None, reverse
+    match = _SORT_KEY.match(key)
+    if match and match.group(2).strip():
+        return match.group(1), match.group(2), reverse
     raise StoreError(
         f"cannot sort by `{sort}`; sort by {', '.join(SORTABLE)}, params.NAME or metrics.NAME "
         "(prefix with - to reverse)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import math
 import secrets
 import shlex
 import sys
@@ -82,8 +83,22 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
     return grid
 
 
-def combinations(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Every point of the grid (the product of the value lists), first key slowest."""
+MAX_RUNS = 1000  # a bigger grid is refused unless --max-runs allows it
+
+
+def combinations(grid: dict[str, list[Any]], max_runs: int | None = None) -> list[dict[str, Any]]:
+    """Every point of the grid (the product of the value lists), first key slowest. More than
+    `max_runs` (default MAX_RUNS) points is refused before any runs: six flags of ten values
+    are a million runs, which a typo should not start."""
+    limit = MAX_RUNS if max_runs is None else max_runs
+    if limit < 1:
+        raise SweepError(f"--max-runs {limit}: give a number of runs of at least 1")
+    size = math.prod(len(values) for values in grid.values())
+    if size > limit:
+        raise SweepError(
+            f"this sweep is {size:,} runs, over the limit of {limit:,}; pass --max-runs {size} "
+            "if you mean it, or sweep fewer values"
+        )
     keys = list(grid)
     return [dict(zip(keys, point, strict=True)) for point in itertools.product(*grid.values())]
 
@@ -185,7 +200,7 @@ def run_sweep(
             f"{clashes[0]} is both swept and set with -p; drop -p {clashes[0]}=... or the --sweep"
         )
     say = progress or (lambda text: print(text, flush=True))
-    points = combinations(grid)
+    points = combinations(grid, options.max_runs)
     sweep = SweepResult(new_sweep_id(), points)
     base_name = options.name or f"sweep-{sweep.sweep_id}"
     before = _user_names(namespace) if namespace is not None else {}

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nbexp.errors import NbexpError, QueryError
+from nbexp.record import encode_value
 from nbexp.query import (
     And,
     Compare,
@@ -309,11 +310,41 @@ def test_sql_and_python_select_the_same_rows(
 
 def test_sql_shape_uses_placeholders_and_quoted_json_paths() -> None:
     sql, args = to_sql(parse("params.depth < 10"))
-    assert "json_extract(params, ?) < ?" in sql
-    assert args == ['$."depth"', '$."depth"', 10]
+    assert "json_extract(params, ?) END) < ?" in sql
+    assert args == ['$."depth"'] * 6 + [10]
+    assert sql.count("?") == len(args)
     sql, args = to_sql(parse("tags == 'x'"))
     assert "EXISTS (SELECT 1 FROM json_each(experiments.tags)" in sql and args == ["x"]
     assert sql.count("?") == len(args)
+
+
+def test_non_finite_metrics_compare_as_python_floats(db: sqlite3.Connection) -> None:
+    """inf is stored as {"$float": "inf"}: queries still see it as the number it is."""
+    rows = [
+        {"id": "i", "metrics": {"m": float("inf")}},
+        {"id": "n", "metrics": {"m": float("-inf")}},
+        {"id": "z", "metrics": {"m": float("nan")}},
+        {"id": "f", "metrics": {"m": 1.0}},
+    ]
+    db.execute("CREATE TABLE IF NOT EXISTS special (id TEXT, metrics TEXT)")
+    db.executemany(
+        "INSERT INTO special VALUES (?, ?)",
+        [(row["id"], json.dumps(encode_value(row["metrics"]))) for row in rows],
+    )
+    for text in ("metrics.m > 1e308", "metrics.m < -1e308", "metrics.m != 1", "metrics.m == 1",
+                 "metrics.m >= 0", "not metrics.m > 0", "metrics.m in [1, 2]"):  # fmt: skip
+        node = parse(text)
+        where, args = to_sql(node)
+        in_sql = {r[0] for r in db.execute(f"SELECT id FROM special WHERE {where}", args)}
+        in_python = {row["id"] for row in rows if matches(node, row)}
+        assert in_sql == in_python, text
+    assert {
+        r[0]
+        for r in db.execute(
+            "SELECT id FROM special WHERE " + to_sql(parse("metrics.m > 1e308"))[0],
+            to_sql(parse("metrics.m > 1e308"))[1],
+        )
+    } == {"i"}
 
 
 def test_injection_is_only_data(db: sqlite3.Connection) -> None:

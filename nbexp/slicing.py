@@ -17,7 +17,7 @@ import builtins
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .analysis import free_names, target_names
+from .analysis import target_names
 
 # Calls that only look at their arguments (or show them): a cell of these changes nothing.
 _PURE_FUNCTIONS = {
@@ -69,25 +69,19 @@ def facts(code: str) -> Facts | None:
         tree = ast.parse(code)
     except SyntaxError:
         return None
-    binds: set[str] = set()
+    flow = _Flow(_Scopes.of(tree))
+    flow.block(tree.body)
     kills: set[str] = set()
+    for statement in tree.body:
+        kills |= _bound(statement)
     mutates: set[str] = set()
     opaque = False
-    reads = _reads(tree.body, set())
-    for statement in tree.body:
-        # `x += 1` reads x, though its target is a store
-        for node in ast.walk(statement):
-            target = node.target if isinstance(node, ast.AugAssign) else None
-            if isinstance(target, ast.Name) and target.id not in kills:
-                reads.add(target.id)
-        kills |= _bound(statement, top=True)
     for statement in _statements(tree.body):
-        binds |= _bound(statement, top=False)
         mutates |= _mutated(statement)
         opaque = opaque or _is_opaque(statement)
     return Facts(
-        reads=frozenset(reads),
-        binds=frozenset(binds),
+        reads=frozenset(flow.reads),
+        binds=frozenset(flow.binds | kills),
         kills=frozenset(kills),
         mutates=frozenset(mutates),
         opaque=opaque,
@@ -123,54 +117,6 @@ def slice_history(
     return result
 
 
-def _reads(body: list[ast.stmt], bound: set[str]) -> set[str]:
-    """Names the statements read before binding them, statement by statement and into the
-    blocks of compound statements (`with open(p) as f: f.read()` does not read an outer f).
-    A name bound in a branch or loop counts as bound afterwards."""
-    free: set[str] = set()
-    bound = set(bound)
-    for statement in body:
-        if isinstance(statement, (ast.With, ast.AsyncWith)):
-            for item in statement.items:
-                free |= _expression_reads(item.context_expr) - bound
-                if item.optional_vars is not None:
-                    free |= _target_reads(item.optional_vars) - bound
-                    bound |= set(target_names(item.optional_vars))
-            free |= _reads(statement.body, bound)
-        elif isinstance(statement, (ast.For, ast.AsyncFor)):
-            free |= _expression_reads(statement.iter) - bound
-            inner = bound | set(target_names(statement.target))
-            free |= _target_reads(statement.target) - bound
-            free |= _reads(statement.body, inner) | _reads(statement.orelse, inner)
-        elif isinstance(statement, (ast.If, ast.While)):
-            free |= _expression_reads(statement.test) - bound
-            free |= _reads(statement.body, bound) | _reads(statement.orelse, bound)
-        elif isinstance(statement, ast.Try):
-            free |= _reads(statement.body, bound)
-            for handler in statement.handlers:
-                if handler.type is not None:
-                    free |= _expression_reads(handler.type) - bound
-                free |= _reads(handler.body, bound | ({handler.name} if handler.name else set()))
-            free |= _reads(statement.orelse, bound) | _reads(statement.finalbody, bound)
-        else:
-            free |= free_names(ast.Module(body=[statement], type_ignores=[])) - bound
-        bound |= {name for node in _statements([statement]) for name in _bound(node, top=False)}
-    return free
-
-
-def _expression_reads(node: ast.expr) -> set[str]:
-    return free_names(ast.Module(body=[ast.Expr(value=node)], type_ignores=[]))
-
-
-def _target_reads(target: ast.expr) -> set[str]:
-    """Names a binding target reads (`d` in `for d[k] in …`), not those it binds."""
-    return {
-        node.id
-        for node in ast.walk(target)
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
-    }
-
-
 def _statements(body: list[ast.stmt]) -> list[ast.stmt]:
     """Statements that run at module scope, nested control flow included (not functions)."""
     found: list[ast.stmt] = []
@@ -191,42 +137,31 @@ def _statements(body: list[ast.stmt]) -> list[ast.stmt]:
     return found
 
 
-def _bound(statement: ast.stmt, *, top: bool) -> set[str]:
-    """Names a statement binds in the module namespace. With `top`, only certain bindings:
-    the statement itself must bind them, not a branch or loop body inside it."""
+def _bound(statement: ast.stmt) -> set[str]:
+    """Names a top-level statement certainly binds in the module namespace: the statement
+    itself binds them, not a branch, loop body, comprehension or function inside it."""
     if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        names = {statement.name}
-        if not top:  # `global x` in a function: calling it binds x
-            for node in ast.walk(statement):
-                if isinstance(node, ast.Global):
-                    names.update(node.names)
-        return names
+        return {statement.name}
     if isinstance(statement, (ast.Import, ast.ImportFrom)):
-        return {(alias.asname or alias.name).split(".")[0] for alias in statement.names}
-    if top and not isinstance(statement, (ast.Assign, ast.AnnAssign, ast.With)):
-        return set()
+        return {
+            (alias.asname or alias.name).split(".")[0]
+            for alias in statement.names
+            if alias.name != "*"
+        }
     parts: list[ast.AST]
     if isinstance(statement, ast.Assign):
         parts = list(statement.targets)
-    elif isinstance(statement, (ast.AnnAssign, ast.AugAssign)):
-        parts = (
-            [statement.target]
-            if not isinstance(statement, ast.AnnAssign) or statement.value
-            else []
-        )
-    elif isinstance(statement, (ast.For, ast.AsyncFor)):
-        parts = [statement.target]
+    elif isinstance(statement, ast.AnnAssign):
+        parts = [statement.target] if statement.value else []
     elif isinstance(statement, (ast.With, ast.AsyncWith)):
         parts = [item.optional_vars for item in statement.items if item.optional_vars]
     else:
-        parts = []
+        return set()
     names = {name for part in parts for name in target_names(part)}
-    # walrus anywhere in the statement's own expressions binds at module level
+    # a walrus in the statement's own expressions binds at module level
     for node in _own_nodes(statement):
         if isinstance(node, ast.NamedExpr) and isinstance(node.target, ast.Name):
             names.add(node.target.id)
-    if isinstance(statement, ast.Try) and not top:
-        names |= {h.name for h in statement.handlers if h.name}
     return names
 
 
@@ -239,7 +174,7 @@ def _own_nodes(statement: ast.stmt) -> list[ast.AST]:
     while pending:
         node = pending.pop()
         nodes.append(node)
-        if isinstance(node, (ast.Lambda, ast.stmt)):
+        if isinstance(node, (ast.Lambda, ast.stmt, *_COMPREHENSIONS)):
             continue
         pending.extend(ast.iter_child_nodes(node))
     return nodes
@@ -321,3 +256,375 @@ def _is_opaque(statement: ast.stmt) -> bool:
         and isinstance(function.value.func, ast.Name)
         and function.value.func.id == "globals"
     )
+
+
+# -- scopes ---------------------------------------------------------------------------------
+# Python's own scoping rules, so that a function's `r += [1]` is its local and not a read of
+# the kernel's `r`. `_Scopes` resolves every name of every nested scope (functions, lambdas,
+# classes, comprehensions) the way the compiler does (`global`, `nonlocal`, class bodies
+# invisible to the functions inside them, comprehension targets local to the comprehension but
+# a walrus in one binding in the enclosing function or module); `_Flow` then walks the
+# module-level statements in execution order to find what the cell reads before binding it.
+
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+_TRIES: tuple[type[ast.Try], ...] = (ast.Try, getattr(ast, "TryStar", ast.Try))
+
+
+@dataclass(eq=False)
+class _Scope:
+    """One scope: what it binds, declares and loads (names only, no order)."""
+
+    kind: str  # "module", "function", "class" or "comprehension"
+    parent: _Scope | None
+    bound: set[str] = field(default_factory=set)
+    declared_global: set[str] = field(default_factory=set)
+    declared_nonlocal: set[str] = field(default_factory=set)
+    loads: set[str] = field(default_factory=set)
+    children: list[_Scope] = field(default_factory=list)
+    to_module: set[str] = field(default_factory=set)  # walrus targets it binds in the module
+
+    def resolves_to_module(self, name: str) -> bool:
+        """Whether `name` used in this scope means the module's (the kernel's) binding."""
+        if self.kind == "module" or name in self.declared_global:
+            return True
+        if name in self.declared_nonlocal or name in self.bound:
+            return False
+        scope = self.parent
+        while scope is not None and scope.kind != "module":
+            if scope.kind != "class":  # a class body is invisible to the scopes inside it
+                if name in scope.declared_global:
+                    return True
+                if name in scope.declared_nonlocal or name in scope.bound:
+                    return False
+            scope = scope.parent
+        return True
+
+    def module_names(self) -> tuple[set[str], set[str]]:
+        """(names this scope and those inside it read from the module, names they bind there)."""
+        reads = {name for name in self.loads if self.resolves_to_module(name)}
+        binds = (
+            set(self.bound)
+            if self.kind == "module"
+            else (self.bound & self.declared_global) | self.to_module
+        )
+        for child in self.children:
+            child_reads, child_binds = child.module_names()
+            reads |= child_reads
+            binds |= child_binds
+        return reads, binds
+
+
+class _Scopes(ast.NodeVisitor):
+    """The scope tree of a module: `scopes[node]` for each function, lambda, class and
+    comprehension node."""
+
+    def __init__(self) -> None:
+        self.module = _Scope("module", None)
+        self.current = self.module
+        self.scopes: dict[ast.AST, _Scope] = {}
+
+    @classmethod
+    def of(cls, tree: ast.Module) -> _Scopes:
+        built = cls()
+        for statement in tree.body:
+            built.visit(statement)
+        return built
+
+    def _enter(self, node: ast.AST, kind: str) -> _Scope:
+        scope = _Scope(kind, self.current)
+        self.current.children.append(scope)
+        self.scopes[node] = scope
+        return scope
+
+    def _visit_all(self, nodes: Iterable[ast.AST | None]) -> None:
+        for node in nodes:
+            if node is not None:
+                self.visit(node)
+
+    def _inside(self, scope: _Scope, nodes: Iterable[ast.AST | None]) -> None:
+        outer, self.current = self.current, scope
+        try:
+            self._visit_all(nodes)
+        finally:
+            self.current = outer
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Load):
+            self.current.loads.add(node.id)
+        else:  # a store, or `del x` (which makes x local too)
+            self.current.bound.add(node.id)
+
+    def visit_Global(self, node: ast.Global) -> None:
+        self.current.declared_global.update(node.names)
+
+    def visit_Nonlocal(self, node: ast.Nonlocal) -> None:
+        self.current.declared_nonlocal.update(node.names)
+
+    def _arguments(self, arguments: ast.arguments) -> list[str]:
+        """Visit what a signature evaluates where it is defined; return its parameters."""
+        self._visit_all([*arguments.defaults, *arguments.kw_defaults])
+        every = [
+            *arguments.posonlyargs, *arguments.args, arguments.vararg,
+            *arguments.kwonlyargs, arguments.kwarg,
+        ]  # fmt: skip
+        self._visit_all(argument.annotation for argument in every if argument is not None)
+        return [argument.arg for argument in every if argument is not None]
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        self._visit_all(node.decorator_list)
+        parameters = self._arguments(node.args)
+        self._visit_all([node.returns])
+        self.current.bound.add(node.name)
+        scope = self._enter(node, "function")
+        scope.bound.update(parameters)
+        self._inside(scope, node.body)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        parameters = self._arguments(node.args)
+        scope = self._enter(node, "function")
+        scope.bound.update(parameters)
+        self._inside(scope, [node.body])
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self._visit_all([*node.decorator_list, *node.bases, *node.keywords])
+        self.current.bound.add(node.name)
+        self._inside(self._enter(node, "class"), node.body)
+
+    def _comprehension(self, node: ast.AST, generators: list[ast.comprehension]) -> None:
+        self.visit(generators[0].iter)  # the first iterable is evaluated outside
+        scope = self._enter(node, "comprehension")
+        parts: list[ast.AST] = []
+        for number, generator in enumerate(generators):
+            parts.extend([*([generator.iter] if number else []), generator.target, *generator.ifs])
+        if isinstance(node, ast.DictComp):
+            parts.extend([node.key, node.value])
+        else:
+            parts.append(node.elt)  # type: ignore[attr-defined]
+        self._inside(scope, parts)
+
+    def visit_ListComp(self, node: ast.ListComp) -> None:
+        self._comprehension(node, node.generators)
+
+    visit_SetComp = visit_GeneratorExp = visit_DictComp = visit_ListComp  # type: ignore[assignment]
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self.visit(node.value)
+        name = node.target.id
+        scope = self.current
+        while scope.kind == "comprehension" and scope.parent is not None:
+            scope = scope.parent  # a walrus in a comprehension binds in the enclosing scope
+        scope.bound.add(name)
+        if scope is not self.current and scope.kind == "module":
+            self.current.to_module.add(name)
+
+    def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
+        for alias in node.names:
+            if alias.name != "*":
+                self.current.bound.add((alias.asname or alias.name).split(".")[0])
+
+    visit_ImportFrom = visit_Import
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        self._visit_all([node.type])
+        if node.name:
+            self.current.bound.add(node.name)
+        self._visit_all(node.body)
+
+    def visit_MatchAs(self, node: ast.MatchAs) -> None:
+        self._visit_all([node.pattern])
+        if node.name:
+            self.current.bound.add(node.name)
+
+    def visit_MatchStar(self, node: ast.MatchStar) -> None:
+        if node.name:
+            self.current.bound.add(node.name)
+
+    def visit_MatchMapping(self, node: ast.MatchMapping) -> None:
+        self._visit_all([*node.keys, *node.patterns])
+        if node.rest:
+            self.current.bound.add(node.rest)
+
+
+def module_names(code: str) -> tuple[set[str], set[str]]:
+    """(every name the code reads from the module namespace, every name it binds there),
+    in any scope and in any order: what the compiler's symbol table says."""
+    scopes = _Scopes.of(ast.parse(code))
+    return scopes.module.module_names()
+
+
+class _Flow:
+    """Module-level statements in execution order: which names they read before binding
+    them (`reads`) and which they may bind (`binds`). A name bound in a branch or loop counts
+    as bound afterwards; a function's reads count where it is defined."""
+
+    def __init__(self, scopes: _Scopes) -> None:
+        self.scopes = scopes.scopes
+        self.bound: set[str] = set()
+        self.reads: set[str] = set()
+        self.binds: set[str] = set()
+        self.class_bound: set[str] | None = None  # inside a module-level class body
+
+    def load(self, name: str) -> None:
+        if self.class_bound is not None and name in self.class_bound:
+            return
+        if name not in self.bound:
+            self.reads.add(name)
+
+    def store(self, name: str) -> None:
+        if self.class_bound is not None:
+            self.class_bound.add(name)
+            return
+        self.bound.add(name)
+        self.binds.add(name)
+
+    def nested(self, node: ast.AST) -> None:
+        """A function, lambda, class or comprehension scope: its module reads and binds."""
+        reads, binds = self.scopes[node].module_names()
+        for name in reads:
+            if name not in self.bound:
+                self.reads.add(name)
+        self.bound |= binds
+        self.binds |= binds
+
+    def expression(self, node: ast.AST | None) -> None:
+        """Visit an expression in evaluation order."""
+        if node is None:
+            return
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                self.load(node.id)
+            elif isinstance(node.ctx, ast.Store):
+                self.store(node.id)
+            else:
+                self.load(node.id)  # `del x` needs x
+        elif isinstance(node, ast.NamedExpr):
+            self.expression(node.value)
+            self.store(node.target.id)
+        elif isinstance(node, ast.Lambda):
+            for default in [*node.args.defaults, *node.args.kw_defaults]:
+                self.expression(default)
+            self.nested(node)
+        elif isinstance(node, _COMPREHENSIONS):
+            self.expression(node.generators[0].iter)
+            self.nested(node)
+        else:
+            for child in ast.iter_child_nodes(node):
+                self.expression(child)
+
+    def block(self, statements: list[ast.stmt]) -> None:
+        for statement in statements:
+            self.statement(statement)
+
+    def statement(self, node: ast.stmt) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            self.function(node)
+        elif isinstance(node, ast.ClassDef):
+            for part in [*node.decorator_list, *node.bases, *node.keywords]:
+                self.expression(part)
+            self.class_body(node)
+            self.store(node.name)
+        elif isinstance(node, ast.Assign):
+            self.expression(node.value)
+            for target in node.targets:
+                self.expression(target)
+        elif isinstance(node, ast.AugAssign):
+            if isinstance(node.target, ast.Name):
+                self.load(node.target.id)
+            self.expression(node.value)
+            self.expression(node.target)
+        elif isinstance(node, ast.AnnAssign):
+            self.expression(node.annotation)
+            self.expression(node.value)
+            if node.value is not None or not isinstance(node.target, ast.Name):
+                self.expression(node.target)
+        elif isinstance(node, (ast.For, ast.AsyncFor)):
+            self.expression(node.iter)
+            self.expression(node.target)
+            self.block(node.body)
+            self.block(node.orelse)
+        elif isinstance(node, (ast.While, ast.If)):
+            self.expression(node.test)
+            self.block(node.body)
+            self.block(node.orelse)
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            for item in node.items:
+                self.expression(item.context_expr)
+                self.expression(item.optional_vars)
+            self.block(node.body)
+        elif isinstance(node, _TRIES):
+            self.block(node.body)
+            for handler in node.handlers:
+                self.expression(handler.type)
+                if handler.name:
+                    self.store(handler.name)
+                self.block(handler.body)
+            self.block(node.orelse)
+            self.block(node.finalbody)
+        elif isinstance(node, ast.Match):
+            self.expression(node.subject)
+            for case in node.cases:
+                self.pattern(case.pattern)
+                self.expression(case.guard)
+                self.block(case.body)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name != "*":
+                    self.store((alias.asname or alias.name).split(".")[0])
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            pass
+        else:  # Expr, Delete, Return, Raise, Assert, Pass, Break, Continue
+            for child in ast.iter_child_nodes(node):
+                self.expression(child)
+
+    def pattern(self, node: ast.pattern) -> None:
+        """A `case` pattern: values and classes it reads, captures it binds."""
+        if isinstance(node, ast.MatchValue):
+            self.expression(node.value)
+        elif isinstance(node, ast.MatchClass):
+            self.expression(node.cls)
+        elif isinstance(node, ast.MatchMapping):
+            for key in node.keys:
+                self.expression(key)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.pattern):
+                self.pattern(child)
+        name = getattr(node, "name", None) or getattr(node, "rest", None)
+        if isinstance(name, str):
+            self.store(name)
+
+    def function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        """A def evaluates its decorators, defaults and annotations now; the globals its body
+        reads are counted here too (it may be called at once), and its name is bound."""
+        arguments = node.args
+        every = [
+            *arguments.posonlyargs, *arguments.args, arguments.vararg,
+            *arguments.kwonlyargs, arguments.kwarg,
+        ]  # fmt: skip
+        for part in [
+            *node.decorator_list,
+            *arguments.defaults,
+            *arguments.kw_defaults,
+            *(argument.annotation for argument in every if argument is not None),
+            node.returns,
+        ]:
+            self.expression(part)
+        self.nested(node)
+        self.store(node.name)
+
+    def class_body(self, node: ast.ClassDef) -> None:
+        """A class body runs now, binding in its own namespace (or the module's, for names it
+        declares global); a name it reads before binding it there comes from the module."""
+        declared = self.scopes[node].declared_global
+        outer, self.class_bound = self.class_bound, set()
+        try:
+            for statement in node.body:
+                if isinstance(statement, ast.Global):
+                    continue
+                self.statement(statement)
+            for name in declared & self.class_bound:
+                self.bound.add(name)
+                self.binds.add(name)
+        finally:
+            self.class_bound = outer

@@ -123,6 +123,9 @@ def load_ipython_extension(ipython: Any) -> None:
     from .magic import ExperimentMagics
 
     ipython.register_magics(ExperimentMagics)
+    from .cellerrors import watch
+
+    watch(ipython)  # which later cells fail, so exports reproduce only what they ran
     # Mapping modules to distributions reads every installed package's metadata (~0.5 s);
     # do it now, in the background, rather than during the first experiment.
     threading.Thread(target=warm_up, name="nbexp-warm-up", daemon=True).start()

@@ -55,6 +55,7 @@ class Plan:
     files: list[tuple[str, str]]
     metrics: list[str]
     history_total: int
+    failed: list[tuple[int, str]] = field(default_factory=list)  # kept cells that raised
     uses_log: bool = False
     uses_display: bool = False
     headless: bool = False
@@ -71,6 +72,9 @@ def plan(experiment: Experiment) -> Plan:
     statements = _param_statements(python_body, params)
     history = list(experiment.code.history)
     pythons = [translate.to_python(cell) for cell in history]
+    failures = _failures(experiment, pythons)
+    for index, failure in failures.items():
+        pythons[index] = failure.cut(pythons[index], guard=True)
     facts = [slicing.facts(code) for code in pythons]
     body_facts = slicing.facts(_remove(python_body, statements, set()))
     if body_facts is None:  # removing whole statements keeps the code parseable
@@ -91,14 +95,26 @@ def plan(experiment: Experiment) -> Plan:
         ipython=_remove(ipython_body, statements, keep_references).strip("\n"),
         label=_label("the experiment", experiment.code.execution_count),
     )
-    cells = [
-        Cell(
-            python=pythons[i].strip("\n"),
-            ipython=translate.to_ipython(history[i]).strip("\n"),
-            label=_label("an earlier cell", i + 1),
+    cells = []
+    for position, i in enumerate(kept):
+        python, ipython = pythons[i], translate.to_ipython(history[i])
+        failed = failures.get(i)
+        if failed is not None:
+            later = [facts[j] for j in kept[position + 1 :]]
+            used = needed | wanted | set().union(*(f.reads for f in later if f is not None))
+            guard = failed.binds_any(used)
+            python = failed.cut(translate.to_python(history[i]), guard=guard)
+            # a cell magic's body cannot go inside a `try`: the notebook gets the Python
+            ipython = (
+                python if history[i].lstrip().startswith("%%") else failed.cut(ipython, guard=guard)
+            )
+        cells.append(
+            Cell(
+                python=python.strip("\n"),
+                ipython=ipython.strip("\n"),
+                label=_label("an earlier cell", i + 1),
+            )
         )
-        for i in kept
-    ]
     code = "\n".join([*(cell.python for cell in cells), body.python])
     reads = set().union(*(f.reads for f in kept_facts)) | needed
     return Plan(
@@ -113,12 +129,115 @@ def plan(experiment: Experiment) -> Plan:
         ],
         metrics=list(experiment.metrics),
         history_total=len(history),
+        failed=[(i + 1, failures[i].error) for i in kept if i in failures],
         uses_log=bool(re.search(r"\bnbexp\.log\(|from nbexp import [^\n]*\blog\b", code)),
         uses_display="display" in reads and "display" not in rebound,
         headless=bool(re.search(r"^\s*(import|from) matplotlib\b", code, re.MULTILINE))
         and 'matplotlib.use("Agg")' not in code,
         packages=_packages(code, experiment.env.get("packages") or {}),
     )
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A history cell that raised in the notebook, and where (`first`..`last`: the lines of
+    its top-level statement that raised; the whole cell when that is not known)."""
+
+    number: int
+    kind: str
+    error: str
+    first: int
+    last: int
+    ran: bool
+    statement: slicing.Facts | None = None  # what the statement that raised does
+
+    def cut(self, code: str, *, guard: bool) -> str:
+        """What the kernel ran of the cell: the statements before the one that raised; that
+        one inside a `try` reproducing its effect (or commented out when nothing later uses
+        what it binds); none of the statements after it. A cell that never ran is empty."""
+        if not self.ran:
+            return f"# {translate.NOTE} In [{self.number}] never ran in the notebook ({self.error})"
+        lines = code.split("\n")
+        before, statement = lines[: self.first - 1], lines[self.first - 1 : self.last]
+        after = [line for line in lines[self.last :] if line.strip()]
+        note = f"in the notebook this raised {self.error}"
+        if self.kind == "KeyboardInterrupt":  # stopped by hand: here it runs to its end
+            out = [*before, f"# {translate.NOTE} {note}", *statement]
+        elif guard:
+            exception = self.kind if _is_builtin_exception(self.kind) else "Exception"
+            out = [
+                *before,
+                "try:",
+                *(f"    {line}" if line.strip() else line for line in statement),
+                f"except {exception}:  # {translate.NOTE} {note}",
+                "    pass",
+            ]
+        else:
+            out = [
+                *before,
+                f"# {translate.NOTE} {note}; nothing after it uses what it binds:",
+                *(f"# {line}" for line in statement),
+            ]
+        if after:
+            out.append(
+                f"# {translate.NOTE} the rest of In [{self.number}] never ran in the notebook"
+            )
+        return "\n".join(out)
+
+    def binds_any(self, names: set[str]) -> bool:
+        """Whether the statement that raised binds or changes one of `names` (or may)."""
+        if self.statement is None:
+            return True
+        return self.statement.opaque or bool(
+            (self.statement.binds | self.statement.mutates) & names
+        )
+
+
+def _is_builtin_exception(name: str) -> bool:
+    import builtins
+
+    value = getattr(builtins, name, None)
+    return isinstance(value, type) and issubclass(value, BaseException)
+
+
+def _failures(experiment: Experiment, pythons: list[str]) -> dict[int, _Failure]:
+    """The history cells the record says raised (index → where), located in their Python."""
+    found: dict[int, _Failure] = {}
+    for number, failure in (getattr(experiment.code, "failed", None) or {}).items():
+        try:
+            index = int(number) - 1
+        except ValueError:
+            continue
+        if not 0 <= index < len(pythons) or not isinstance(failure, dict):
+            continue
+        code = pythons[index]
+        total = len(code.split("\n"))
+        first, last = 1, total  # unknown: the whole cell is guarded
+        statement_code = None
+        line = failure.get("line")
+        try:
+            tree = ast.parse(code)
+        except SyntaxError:
+            tree = None
+        if tree is not None and isinstance(line, int):
+            for statement in tree.body:
+                end = statement.end_lineno or statement.lineno
+                if statement.lineno <= line <= end:
+                    first, last = statement.lineno, end
+                    statement_code = ast.unparse(statement)
+                    break
+        elif tree is not None:
+            statement_code = code
+        found[index] = _Failure(
+            number=index + 1,
+            kind=str(failure.get("type") or "Exception"),
+            error=str(failure.get("error") or "an error"),
+            first=first,
+            last=last,
+            ran=bool(failure.get("ran", True)),
+            statement=slicing.facts(statement_code) if statement_code is not None else None,
+        )
+    return found
 
 
 def _label(what: str, number: int | None) -> str:
@@ -323,6 +442,9 @@ def header_lines(p: Plan) -> list[str]:
     if p.files:
         lines.append("input data:  (xxh3-128 content hashes, checked before running)")
         lines.extend(f"  {path}  {digest}" for path, digest in p.files)
+    for number, error in p.failed:
+        lines.append(f"failed:      In [{number}] raised {error} in the notebook;")
+        lines.append(f"{more}the script runs only what ran there")
     variables = [item for item in e.data if item.get("kind") == "variable"]
     if variables:
         lines.append("input variables read from the kernel (rebuilt by the cells below):")

@@ -61,6 +61,9 @@ class Code:
     notebook_hash: str | None = None
     history: tuple[str, ...] = ()
     execution_count: int | None = None
+    # history cells that raised, by execution number: {"3": {type, error, line, ran}};
+    # written only when there are some, so records without failures keep their bytes
+    failed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ class Experiment:
         body = {f.name: getattr(self, f.name) for f in fields(self)}
         body["code"] = {f.name: getattr(self.code, f.name) for f in fields(self.code)}
         body["code"]["history"] = list(self.code.history)
+        if not self.code.failed:
+            del body["code"]["failed"]
         body["outcome"] = {f.name: getattr(self.outcome, f.name) for f in fields(self.outcome)}
         body["outcome"]["figures"] = list(self.outcome.figures)
         body["tags"] = list(self.tags)

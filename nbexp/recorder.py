@@ -425,6 +425,8 @@ class Recorder:
 
         cwd = os.getcwd()
         read, written = watch.files()
+        from . import cellerrors
+
         history_raw = list(getattr(shell.history_manager, "input_hist_raw", []) or [])
         count = run.execution_count
         history = tuple(history_raw[1:count] if count else history_raw[1:])
@@ -478,6 +480,10 @@ class Recorder:
             notebook_hash=notebook_hash,
             history=tuple(redact_assignments(text) for text in history),
             execution_count=count,
+            failed={
+                number: {**failure, "error": redact_assignments(failure["error"])}
+                for number, failure in cellerrors.failures(shell, history).items()
+            },
         )
         outcome = Outcome(
             status=status,

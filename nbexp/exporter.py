@@ -56,6 +56,8 @@ class Plan:
     metrics: list[str]
     history_total: int
     failed: list[tuple[int, str]] = field(default_factory=list)  # kept cells that raised
+    # input variables the kept cells rebuild: (name, recorded hash, files the cells name)
+    variables: list[tuple[str, str, list[str]]] = field(default_factory=list)
     uses_log: bool = False
     uses_display: bool = False
     headless: bool = False
@@ -130,6 +132,7 @@ def plan(experiment: Experiment) -> Plan:
         metrics=list(experiment.metrics),
         history_total=len(history),
         failed=[(i + 1, failures[i].error) for i in kept if i in failures],
+        variables=_rebuilt_variables(experiment, [facts[i] for i in kept], cells, rebound),
         uses_log=bool(re.search(r"\bnbexp\.log\(|from nbexp import [^\n]*\blog\b", code)),
         uses_display="display" in reads and "display" not in rebound,
         headless=bool(re.search(r"^\s*(import|from) matplotlib\b", code, re.MULTILINE))
@@ -238,6 +241,47 @@ def _failures(experiment: Experiment, pythons: list[str]) -> dict[int, _Failure]
             statement=slicing.facts(statement_code) if statement_code is not None else None,
         )
     return found
+
+
+def _rebuilt_variables(
+    experiment: Experiment,
+    kept_facts: list[slicing.Facts | None],
+    cells: list[Cell],
+    rebound: set[str],
+) -> list[tuple[str, str, list[str]]]:
+    """The recorded input variables (frames, series, arrays the body read) that the kept
+    cells rebuild, each with the path-like strings of the cells it depends on: the files it
+    was probably read from, named when the rebuilt value is not the recorded one."""
+    found = []
+    for item in experiment.data:
+        name, digest = item.get("name"), item.get("hash")
+        if item.get("kind") != "variable" or not name or not digest or name not in rebound:
+            continue
+        needed = slicing.slice_history(kept_facts, {str(name)})
+        paths: list[str] = []
+        for index in needed.kept:
+            for path in _path_strings(cells[index].python):
+                if path not in paths:
+                    paths.append(path)
+        found.append((str(name), str(digest), paths))
+    return found
+
+
+def _path_strings(code: str) -> list[str]:
+    """String constants that look like file paths (`data/x.csv`), in order."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return []
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and 0 < len(node.value) < 500
+        and "\n" not in node.value
+        and re.search(r"[\\/]|\.\w{1,8}$", node.value) is not None
+    ]
 
 
 def _label(what: str, number: int | None) -> str:
@@ -447,10 +491,12 @@ def header_lines(p: Plan) -> list[str]:
         lines.append(f"{more}the script runs only what ran there")
     variables = [item for item in e.data if item.get("kind") == "variable"]
     if variables:
-        lines.append("input variables read from the kernel (rebuilt by the cells below):")
+        lines.append(
+            "input variables read from the kernel (rebuilt by the cells below, then checked):"
+        )
         lines.extend(f"  {item.get('name')}  {item.get('hash')}" for item in variables)
     needs = [f"Python {e.env.get('python', '3')}"]
-    if p.files:
+    if p.files or p.variables:
         needs.append("xxhash (for the input-data check)")
     if p.uses_log:
         needs.append("nbexp (the code calls nbexp.log)")
@@ -583,6 +629,93 @@ def _nbexp_check_data(files):
         __STOP__
 '''
 
+_VARIABLES = '''\
+def _nbexp_check_variables(variables):
+    """Stop when an input variable the cells above rebuilt is not what the experiment read:
+    its content hash (xxh3-128 over dtypes, shape, index and values, as nbexp computes it)
+    differs from the recorded one."""
+    import os
+    import sys
+
+    import xxhash
+
+    def raw(array):
+        import numpy as np
+
+        return memoryview(np.ascontiguousarray(array).reshape(-1).view("u1"))
+
+    def column(hasher, values):
+        import numpy as np
+        import pandas as pd
+
+        if isinstance(values.dtype, np.dtype) and not values.dtype.hasobject:
+            hasher.update(raw(values.to_numpy()))
+            return
+        try:
+            rows = pd.util.hash_pandas_object(values, index=False).to_numpy()
+        except (TypeError, ValueError):
+            import pickle
+
+            hasher.update(pickle.dumps(values.tolist(), protocol=5))
+            return
+        hasher.update(raw(rows))
+
+    def digest(value):
+        kind = type(value)
+        module = kind.__module__.split(".")[0]
+        hasher = xxhash.xxh3_128()
+        if module == "numpy" and kind.__name__ == "ndarray":
+            hasher.update(f"ndarray|{value.dtype.str}|{value.shape}|".encode())
+            if value.dtype.hasobject:
+                import pickle
+
+                hasher.update(pickle.dumps(value.tolist(), protocol=5))
+            else:
+                hasher.update(raw(value))
+            return hasher.hexdigest()
+        if module != "pandas" or kind.__name__ not in ("DataFrame", "Series"):
+            return None
+        import pandas as pd
+
+        if kind.__name__ == "Series":
+            hasher.update(f"series|{value.name!r}|{value.dtype}|{len(value)}|".encode())
+            column(hasher, value)
+        else:
+            hasher.update(f"frame|{value.shape}|".encode())
+            for position in range(value.shape[1]):
+                values = value.iloc[:, position]
+                hasher.update(f"{value.columns[position]!r}|{values.dtype}|".encode())
+                column(hasher, values)
+        index = value.index
+        if index.nlevels > 1:
+            hasher.update(b"index|multi|")
+            levels = index.to_frame(index=False)
+            for position in range(levels.shape[1]):
+                column(hasher, levels.iloc[:, position])
+        else:
+            hasher.update(f"index|{index.dtype}|".encode())
+            column(hasher, pd.Series(index))
+        return hasher.hexdigest()
+
+    for name, recorded, paths in variables:
+        if name in globals() and digest(globals()[name]) == recorded:
+            continue
+        files = [path for path in paths if os.path.isfile(path)]
+        if name not in globals():
+            problem = f"{name} was not rebuilt by the cells above"
+        elif files:
+            problem = (
+                f"{name} is not what the experiment read "
+                f"(it was rebuilt from {', '.join(files)}, which changed)"
+            )
+        else:
+            problem = (
+                f"{name} is not what the experiment read "
+                "(the cells above rebuilt it with other values)"
+            )
+        __STOP__
+'''
+
 _REPORT = '''\
 def _nbexp_report(names, logged=None):
     """Print the recorded metrics' new values as one JSON line (`nbexp rerun` reads it)."""
@@ -630,6 +763,16 @@ def _helpers(p: Plan, *, notebook: bool) -> str:
                 f"\n        sys.exit({DATA_CHANGED_EXIT})"
             )
             parts.append(check.replace("__STOP__", stop))
+    if p.variables:
+        if notebook:
+            stop = "raise RuntimeError(problem + '; set NBEXP_CHECK_DATA = False to run anyway')"
+        else:
+            stop = (
+                'print(f"{os.path.basename(sys.argv[0])}: {problem}; '
+                'pass --no-check-data to run anyway", file=sys.stderr)'
+                f"\n        sys.exit({DATA_CHANGED_EXIT})"
+            )
+        parts.append(_VARIABLES.replace("__STOP__", stop))
     parts.append(_REPORT.replace("__PREFIX__", METRICS_PREFIX))
     return "\n\n".join(parts)
 
@@ -638,6 +781,10 @@ def _files_literal(p: Plan) -> str:
     if len(p.files) == 1:
         return f"[{p.files[0]!r}]"
     return "[\n" + "".join(f"    {item!r},\n" for item in p.files) + "]"
+
+
+def _variables_literal(p: Plan) -> str:
+    return "[\n" + "".join(f"    {item!r},\n" for item in p.variables) + "]"
 
 
 def _setup_lines(p: Plan, *, notebook: bool) -> list[str]:
@@ -702,6 +849,9 @@ def to_script(experiment: Experiment, filename: str = "run.py") -> str:
     out.extend(_setup_lines(p, notebook=False))
     for cell in p.cells:
         out.extend(["", "", f"# %% {cell.label}", cell.python])
+    if p.variables:
+        out.extend(["", "", "# %% nbexp: the rebuilt input variables are what the experiment read"])
+        out.append(f"if _nbexp_check:\n    _nbexp_check_variables({_variables_literal(p)})")
     if p.uses_log:
         out.extend(["", "", "# %% nbexp: collect nbexp.log() series as %%experiment does"])
         out.append(_LOG_SETUP)
@@ -736,6 +886,12 @@ def to_notebook(experiment: Experiment) -> Any:
         new_code_cell("\n".join(setup)),
         *(new_code_cell(cell.ipython) for cell in p.cells),
     ]
+    if p.variables:
+        cells.append(
+            new_code_cell(
+                f"if NBEXP_CHECK_DATA:\n    _nbexp_check_variables({_variables_literal(p)})"
+            )
+        )
     if p.uses_log:
         cells.append(new_code_cell(_LOG_SETUP))
     cells.append(new_code_cell(p.body.ipython))

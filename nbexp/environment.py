@@ -1,16 +1,22 @@
 """Where a run happened: interpreter, platform, imported packages, git state, notebook.
 
 Package versions are those of the distributions behind the modules actually imported in the
-kernel (not everything installed). Git is read with GitPython, imported only when the working
-directory is inside a repository.
+kernel (not everything installed), less those nbexp imported for itself: from the moment this
+module loads (`%load_ext nbexp`), an import hook notes, for each top-level package imported
+after, whether nbexp's code or the user's asked for it first. GitPython, gitdb, smmap... then
+never appear in a record because nbexp read git, unless the user imported or uses them.
+Git is read with GitPython, imported only when the working directory is inside a repository.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import socket
 import sys
+import threading
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -37,7 +43,59 @@ def _distribution_version(distribution: str) -> str | None:
         return None
 
 
-_package_cache: tuple[int, dict[str, str]] = (-1, {})
+# top-level module -> (distribution, version) pairs, for the modules imported so far
+_package_cache: tuple[int, dict[str, list[tuple[str, str]]]] = (-1, {})
+
+# top-level package -> True when nbexp's own code imported it first (only those imported
+# after this module loaded are known; earlier ones count as the user's)
+_first_imported_by_nbexp: dict[str, bool] = {}
+_for_user = threading.local()
+
+
+@contextlib.contextmanager
+def on_behalf_of_user() -> Iterator[None]:
+    """Imports made inside (unpickling the user's values, rendering the user's figures)
+    are the user's, though nbexp's code runs them."""
+    depth = getattr(_for_user, "depth", 0)
+    _for_user.depth = depth + 1
+    try:
+        yield
+    finally:
+        _for_user.depth = depth
+
+
+def _imported_by_nbexp() -> bool:
+    """Whether the import under way was asked for by nbexp's code: the nearest frame that is
+    either the user's (`__main__`: cells, `%%experiment` bodies) or nbexp's decides."""
+    if getattr(_for_user, "depth", 0):
+        return False
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = frame.f_globals.get("__name__") or ""
+        if name == "__main__":
+            return False
+        if name == "nbexp" or name.startswith("nbexp."):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+class _ImportAttribution:
+    """A meta path finder that finds nothing: it only notes who imported a package first."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        top = fullname.partition(".")[0]
+        if top not in _first_imported_by_nbexp and top not in sys.modules:
+            _first_imported_by_nbexp[top] = _imported_by_nbexp()
+        return None
+
+
+def _install_attribution() -> None:
+    if not any(type(finder).__name__ == "_ImportAttribution" for finder in sys.meta_path):
+        sys.meta_path.insert(0, _ImportAttribution())
+
+
+_install_attribution()
 
 
 def warm_up() -> None:
@@ -45,24 +103,52 @@ def warm_up() -> None:
     _module_distributions()
 
 
-def imported_packages() -> dict[str, str]:
-    """{distribution: version} for the top-level modules imported in this process."""
+def _user_namespace() -> Mapping[str, Any]:
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "user_ns", None) or {}
+
+
+def _used_by_user(namespace: Mapping[str, Any]) -> set[str]:
+    """Top-level packages the user's variables are modules, classes, functions or instances of."""
+    used: set[str] = set()
+    for name, value in list(namespace.items()):
+        if name.startswith("_"):
+            continue
+        module = value.__name__ if isinstance(value, type(sys)) else None
+        if module is None:
+            module = getattr(value, "__module__", None)
+            if not isinstance(module, str):
+                module = type(value).__module__
+        used.add(module.partition(".")[0])
+    return used
+
+
+def imported_packages(namespace: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """{distribution: version} for the top-level modules imported in this process, less
+    those only nbexp imported for itself (`namespace`, the user's, tells what they use)."""
     global _package_cache
     modules = sys.modules
-    if _package_cache[0] == len(modules):
-        return dict(_package_cache[1])
-    mapping = _module_distributions()
+    if _package_cache[0] != len(modules):
+        mapping = _module_distributions()
+        by_top: dict[str, list[tuple[str, str]]] = {}
+        for top in {name.partition(".")[0] for name in list(modules)}:
+            if top.startswith("_") or top in sys.stdlib_module_names:
+                continue
+            for distribution in mapping.get(top, ()):
+                version = _distribution_version(distribution)
+                if version:
+                    by_top.setdefault(top, []).append((distribution, version))
+        _package_cache = (len(modules), by_top)
+    by_top = _package_cache[1]
+    nbexp_only = {top for top in by_top if _first_imported_by_nbexp.get(top)}
+    if nbexp_only:
+        nbexp_only -= _used_by_user(_user_namespace() if namespace is None else namespace)
     found: dict[str, str] = {}
-    for top in {name.partition(".")[0] for name in list(modules)}:
-        if top.startswith("_") or top in sys.stdlib_module_names:
-            continue
-        for distribution in mapping.get(top, ()):
-            version = _distribution_version(distribution)
-            if version:
-                found[distribution] = version
-    ordered = dict(sorted(found.items(), key=lambda item: item[0].lower()))
-    _package_cache = (len(modules), ordered)
-    return dict(ordered)
+    for top, distributions in by_top.items():
+        if top not in nbexp_only:
+            found.update(distributions)
+    return dict(sorted(found.items(), key=lambda item: item[0].lower()))
 
 
 def environment(

@@ -1,6 +1,7 @@
 """Putting a recorded experiment's variables back into a live namespace, with a report.
 
-Each variable is loaded from its verified chunks; one that fails (missing or corrupt object,
+Each variable is loaded from its verified chunks (variables that share objects load together,
+as one group, so the sharing comes back); one that fails (missing or corrupt object,
 unpicklable in this environment) is reported and skipped while the rest are restored, as
 IPython's storemagic does. Variables that could not be stored at record time can be rebuilt,
 only when asked, by replaying the statement of the experiment that assigned them.
@@ -31,6 +32,7 @@ class RestoreReport:
     overwritten: list[str] = field(default_factory=list)
     recomputed: list[str] = field(default_factory=list)
     imports: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [
@@ -45,6 +47,7 @@ class RestoreReport:
             lines.append(f"  overwrote live values of: {', '.join(self.overwritten)}")
         for name, reason in self.skipped.items():
             lines.append(f"  skipped {name}: {reason}")
+        lines.extend(f"  note: {note}" for note in self.notes)
         return "\n".join(lines)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
@@ -104,6 +107,8 @@ def restore_into(
             report.skipped[name] = "looks like a credential, so it was never recorded"
         else:
             report.skipped[name] = f"not a variable of {experiment.name}"
+    if names:
+        report.notes.extend(_partial_groups(loader, values))
     for name, value in values.items():
         if name in namespace and namespace[name] is not value:
             report.overwritten.append(name)
@@ -126,6 +131,26 @@ def restore_into(
             report.skipped.pop(name, None)
             report.recomputed.append(name)
     return report
+
+
+def _partial_groups(loader: StateLoader, values: Mapping[str, Any]) -> list[str]:
+    """Variables stored together share objects; restoring only some of them gives those
+    objects to the restored ones alone (the live others keep their own). Say so, once per group:
+    only the names asked for are bound, since binding the rest would silently overwrite them."""
+    notes: list[str] = []
+    seen: set[str] = set()
+    for name in values:
+        group = loader.group_of(name)
+        left = [other for other in group if other not in values]
+        if not left or group[0] in seen:
+            continue
+        seen.add(group[0])
+        asked = [other for other in group if other in values]
+        notes.append(
+            f"{', '.join(asked)} shared objects with {', '.join(left)} when recorded; restore "
+            f"them together (`%exp_restore REF {' '.join(group)}`) to keep that sharing"
+        )
+    return notes
 
 
 def assigning_statement(experiment: Experiment, name: str) -> str | None:

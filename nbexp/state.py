@@ -1,22 +1,39 @@
 """Snapshotting the kernel's variables into objects, and loading them back.
 
-Each variable is pickled on its own (cloudpickle, protocol 5). Large buffers — numpy arrays,
-pandas blocks, Arrow buffers — leave the pickle out-of-band, zero-copy, and are stored in
-1 MiB content-addressed chunks: an unchanged array costs a hash and no new bytes, a one-column
-add stores about one column, `df2 = df.copy()` stores nothing new.
+Each variable is pickled (cloudpickle, protocol 5). Large buffers — numpy arrays, pandas
+blocks, Arrow buffers — leave the pickle out-of-band, zero-copy, and are stored in 1 MiB
+content-addressed chunks: an unchanged array costs a hash and no new bytes, a one-column add
+stores about one column, `df2 = df.copy()` stores nothing new.
 
-Identity between variables is kept without gluing them together: when the pickle of one
-variable meets an object that is another variable's value, it writes a reference to that name
-instead (pickle's persistent ids), and loading resolves the reference to the same object.
-Library objects (modules, importable classes and functions) are never such references, so
-they cannot bind unrelated variables into one blob.
+Sharing between variables is kept by storing together what belongs together: pickling each
+variable once also tells which user-level mutable objects it reaches (the pickler's memo);
+variables that reach a common one — `fig` and `axes`, two pipelines on one scaler, variables
+referring to each other — form a group, pickled as one tuple, so pickle's memo restores the
+sharing and the cycles. Chunks stay content-addressed, so a grouped array still costs nothing
+when unchanged. Library objects never glue variables together: modules, classes, functions,
+dtypes and atoms are not counted, and module-level objects of installed libraries
+(`scipy.stats.loguniform`) are pickled as a reference (`module.attr`), resolved by import on
+load, as modules are.
+
+Records of state format 1 (one pickle per variable, identity only between variables' values
+through persistent references) still load.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime
+import decimal
+import enum
+import fractions
+import functools
 import io
+import os
 import pickle
+import site
+import sys
+import sysconfig
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,9 +46,41 @@ from .hashing import CHUNK
 from .secrets import encoded_secrets, looks_like_secret
 from .store import Store
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 INLINE_LIMIT = 512  # pickles this small live in the record: no object file, no fsync
 _ATOMS = (int, float, complex, str, bytes, bool, type(None), range, slice)
+# Values whose identity nobody can observe through a mutation: sharing them is not sharing.
+_IMMUTABLE = (
+    *_ATOMS,
+    tuple,
+    frozenset,
+    type(Ellipsis),
+    type(NotImplemented),
+    types.CodeType,
+    decimal.Decimal,
+    fractions.Fraction,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    datetime.tzinfo,
+    enum.Enum,
+)
+# Code and names: pickled by reference or rebuilt from their definition, never user data.
+_CODE = (
+    type,
+    types.ModuleType,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    types.MethodDescriptorType,
+    types.WrapperDescriptorType,
+    types.MethodWrapperType,
+    types.GetSetDescriptorType,
+    types.MemberDescriptorType,
+    property,
+    staticmethod,
+    classmethod,
+)
 
 
 class UnstorableError(Exception):
@@ -57,24 +106,146 @@ def _is_by_reference(value: Any) -> bool:
     return False
 
 
+# -- module-level objects of installed libraries ---------------------------------------------
+
+# A library object's place: (module, attribute), or one step further into a module-level
+# class, (module, class, "attr", name), or into a module-level dict, (module, dict, "item", key).
+LibraryPath = tuple[str, ...]
+_NOT_LIBRARY_OBJECT = (*_IMMUTABLE, *_CODE)
+_MISSING = object()
+_library: dict[int, LibraryPath] = {}
+_scanned: dict[str, int] = {}  # module name -> id of the module object scanned
+_scanned_count = -1
+
+
+@functools.lru_cache(maxsize=1)
+def _library_roots() -> tuple[str, ...]:
+    """Folders installed code lives in (stdlib, site-packages), as given and resolved."""
+    paths = sysconfig.get_paths()
+    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    with contextlib.suppress(AttributeError):  # some embedded interpreters lack it
+        roots.update(site.getsitepackages())
+    roots.add(site.getusersitepackages())
+    every = {os.path.join(root, "") for root in roots if root}
+    every.update(os.path.join(os.path.realpath(root), "") for root in roots if root)
+    return tuple(sorted(every))
+
+
+def _is_library_module(name: str, module: Any, roots: tuple[str, ...]) -> bool:
+    if name.startswith("__") or not isinstance(module, types.ModuleType):
+        return False
+    path = getattr(module, "__file__", None)
+    if not isinstance(path, str):
+        return name in sys.builtin_module_names
+    return path.startswith(roots)
+
+
+def _rank(path: LibraryPath) -> tuple[bool, bool, int, int, str]:
+    """Prefer a short public path (`scipy.stats.loguniform`) over where it was defined."""
+    private = any(part.startswith("_") for part in path[0].split("."))
+    return (private, path[1].startswith("_"), len(path), path[0].count("."), path[0])
+
+
+def _note(value: Any, path: LibraryPath) -> None:
+    known = _library.get(id(value))
+    if known is None or _rank(path) < _rank(known):
+        _library[id(value)] = path
+
+
+def _scan_module(name: str, module: types.ModuleType) -> None:
+    """Note a library module's instances, those of its classes and of its dicts (rcParams)."""
+    try:
+        items = list(vars(module).items())
+    except TypeError:
+        return
+    for attribute, value in items:
+        if attribute.startswith("__"):
+            continue
+        if isinstance(value, type):
+            if getattr(value, "__module__", None) != name:
+                continue
+            for inner, member in list(vars(value).items()):
+                if inner.startswith("__") or isinstance(member, _NOT_LIBRARY_OBJECT):
+                    continue
+                if hasattr(type(member), "__get__"):  # a descriptor (six's lazy imports...)
+                    continue
+                _note(member, (name, attribute, "attr", inner))
+            continue
+        if isinstance(value, _NOT_LIBRARY_OBJECT):
+            continue
+        _note(value, (name, attribute))
+        if isinstance(value, dict) and len(value) <= 10_000:
+            for key, member in list(dict.items(value)):
+                if isinstance(key, str) and not isinstance(member, _NOT_LIBRARY_OBJECT):
+                    _note(member, (name, attribute, "item", key))
+
+
+def _library_objects() -> dict[int, LibraryPath]:
+    """id -> place of the instances installed libraries keep at module level.
+
+    Scans only modules imported since the last call. An id is always checked against its
+    place (`_library_reference`) before use, so a stale one can never misname a value.
+    """
+    global _scanned_count
+    if _scanned_count == len(sys.modules):
+        return _library
+    roots = _library_roots()
+    for name, module in list(sys.modules.items()):
+        if _scanned.get(name) == id(module):
+            continue
+        _scanned[name] = id(module)
+        if _is_library_module(name, module, roots):
+            try:
+                _scan_module(name, module)
+            except Exception:  # an odd module must never fail a recording: it is just not scanned
+                continue
+    _scanned_count = len(sys.modules)
+    return _library
+
+
+def _resolve(path: LibraryPath) -> Any:
+    module = sys.modules.get(path[0])
+    if module is None:
+        return _MISSING
+    value = vars(module).get(path[1], _MISSING)
+    if len(path) == 2 or value is _MISSING:
+        return value
+    if path[2] == "attr":
+        return vars(value).get(path[3], _MISSING) if isinstance(value, type) else _MISSING
+    return dict.get(value, path[3], _MISSING) if isinstance(value, dict) else _MISSING
+
+
+def _library_reference(obj: Any, library: Mapping[int, LibraryPath]) -> LibraryPath | None:
+    path = library.get(id(obj))
+    if path is None or _resolve(path) is not obj:
+        return None
+    return path
+
+
+def _reduce_reference(path: LibraryPath) -> tuple[Any, tuple[Any, ...]]:
+    """How pickle rebuilds a library object: by import and lookup, never by value."""
+    owner = vars(sys.modules[path[0]])[path[1]]
+    if len(path) == 2:
+        return (getattr, (sys.modules[path[0]], path[1]))
+    if path[2] == "attr":
+        return (getattr, (owner, path[3]))
+    return (dict.__getitem__, (owner, path[3]))
+
+
+# -- pickling --------------------------------------------------------------------------------
+
+
 def _pickler_class() -> type:
     import cloudpickle
 
     class _StatePickler(cloudpickle.CloudPickler):
-        """cloudpickle that refuses lossy values and references other named variables."""
+        """cloudpickle that refuses lossy values, names library objects and canonical dtypes."""
 
-        def __init__(self, sink: Any, named: Mapping[int, str], own_name: str, **kwargs: Any):
+        def __init__(self, sink: Any, library: Mapping[int, LibraryPath], **kwargs: Any):
             super().__init__(sink, protocol=5, **kwargs)
-            self._named = named
-            self._own_name = own_name
-            self.references: set[str] = set()
-
-        def persistent_id(self, obj: Any) -> str | None:
-            name = self._named.get(id(obj))
-            if name is None or name == self._own_name:
-                return None
-            self.references.add(name)
-            return name
+            self._library = library
+            numpy = sys.modules.get("numpy")
+            self._dtype: Any = numpy.dtype if numpy is not None else None
 
         def reducer_override(self, obj: Any) -> Any:
             # cloudpickle would silently turn an open file into a StringIO and dill would reopen
@@ -89,9 +260,35 @@ def _pickler_class() -> type:
                 device = getattr(obj, "device", None)
                 if device is not None and getattr(device, "type", "cpu") != "cpu":
                     _refuse(f"a tensor on {device} cannot be stored; move it to the CPU first")
+            if self._dtype is not None and isinstance(obj, self._dtype):
+                # numpy's own reduce rebuilds a builtin dtype as a new instance (copy=True):
+                # naming it gives restored arrays the canonical `np.dtype("float64")` again
+                if obj.isbuiltin == 1 and self._dtype(obj.str) is obj:
+                    return (self._dtype, (obj.str,))
+            elif self._library and not isinstance(obj, _CODE):
+                path = _library_reference(obj, self._library)
+                if path is not None:
+                    return _reduce_reference(path)
             return super().reducer_override(obj)
 
     return _StatePickler
+
+
+def _shares(obj: Any, library: Mapping[int, LibraryPath], dtype: type | None) -> bool:
+    """Whether two variables reaching `obj` share something a user could notice."""
+    if isinstance(obj, (*_IMMUTABLE, *_CODE)):
+        return False
+    if dtype is not None and isinstance(obj, dtype):
+        return False
+    if _library_reference(obj, library) is not None:
+        return False
+    module = type(obj).__module__
+    if module.startswith("numpy") and type(obj).__name__ in ("ndarray", "matrix", "memmap"):
+        return True
+    # numpy scalars (np.float64(1.0), ...) are immutable values
+    return not (
+        module.startswith("numpy") and hasattr(obj, "dtype") and not hasattr(obj, "__dict__")
+    )
 
 
 @dataclass
@@ -146,6 +343,113 @@ def select_variables(
     return values, imports, secret_names
 
 
+@dataclass
+class _Pickled:
+    """One pickle and its out-of-band buffers, already hashed (and chunks already stored)."""
+
+    payload: bytes
+    pickle_hash: str
+    chunks: list[list[str]]
+    size: int
+    hash: str
+    reached: dict[int, Any] = field(default_factory=dict)
+
+
+class _Writer:
+    """Pickles values for one snapshot: stores chunks, remembers which buffers it hashed."""
+
+    def __init__(self, store: Store, needles: list[bytes], result: Snapshot) -> None:
+        self.store = store
+        self.needles = needles
+        self.reach = max((len(needle) for needle in needles), default=1) - 1
+        self.result = result
+        self.pickler_class = _pickler_class()
+        self.library = _library_objects()
+        numpy = sys.modules.get("numpy")
+        self.dtype: type | None = numpy.dtype if numpy is not None else None
+        # (address, size) -> (the buffer, kept alive so the address stays its own; digests)
+        self._digests: dict[tuple[int, int], tuple[memoryview, list[str]]] = {}
+
+    def dump(self, value: Any, *, track: bool) -> _Pickled:
+        """Pickle `value`, refusing secrets; with `track`, note the shareable objects it reaches."""
+        buffers: list[pickle.PickleBuffer] = []
+        sink = io.BytesIO()
+        pickler = self.pickler_class(sink, self.library, buffer_callback=buffers.append)
+        pickler.dump(value)
+        payload = sink.getvalue()
+        for needle in self.needles:
+            if needle in payload:
+                raise UnstorableError("holds a credential value, so it is not stored")
+        pickle_hash = xxhash.xxh3_128_hexdigest(payload)
+        content = xxhash.xxh3_128(pickle_hash.encode())
+        size = len(payload)
+        chunk_lists: list[list[str]] = []
+        for buffer in buffers:
+            raw = buffer.raw()
+            chunks = self._chunks(buffer, raw)
+            for digest in chunks:
+                content.update(digest.encode())
+            size += raw.nbytes
+            chunk_lists.append(chunks)
+            content.update(b"|")
+        reached: dict[int, Any] = {}
+        if track:
+            for key, (_, obj) in pickler.memo.copy().items():
+                if _shares(obj, self.library, self.dtype):
+                    reached[key] = obj  # held: no other object can take its id meanwhile
+        return _Pickled(payload, pickle_hash, chunk_lists, size, content.hexdigest(), reached)
+
+    def _chunks(self, buffer: pickle.PickleBuffer, raw: memoryview) -> list[str]:
+        key = _address(raw)
+        if key is not None and key in self._digests:
+            return self._digests[key][1]
+        chunks: list[str] = []
+        for start, stop in _chunk_spans(buffer, raw.nbytes):
+            piece = raw[start:stop]
+            digest = xxhash.xxh3_128_hexdigest(piece)
+            if not self.store.has_object(digest):
+                # out-of-band buffers (numpy arrays, Arrow strings) can hold a secret too
+                around = (
+                    raw[max(0, start - self.reach) : stop + self.reach].tobytes()
+                    if self.needles
+                    else b""
+                )
+                if any(needle in around for needle in self.needles):
+                    raise UnstorableError("holds a credential value, so it is not stored")
+                _put(self.store, piece, digest)
+                self.result.new_bytes += piece.nbytes
+            chunks.append(digest)
+        if key is not None:
+            self._digests[key] = (raw, chunks)
+        return chunks
+
+    def write(self, pickled: _Pickled) -> dict[str, Any]:
+        """Store the pickle itself (chunks are stored already); the entry's storage fields."""
+        payload = pickled.payload
+        entry: dict[str, Any] = {"pickle": pickled.pickle_hash}
+        if len(payload) <= INLINE_LIMIT:
+            self.result.new_bytes += len(payload)  # it travels inside the new record
+            entry["inline"] = base64.b64encode(payload).decode()
+        elif not self.store.has_object(pickled.pickle_hash):
+            _put(self.store, memoryview(payload), pickled.pickle_hash)
+            self.result.new_bytes += len(payload)
+        if pickled.chunks:
+            entry["buffers"] = pickled.chunks
+        self.result.total_bytes += pickled.size
+        return entry
+
+
+def _address(raw: memoryview) -> tuple[int, int] | None:
+    """Where a buffer's memory is, to hash the same buffer only once per snapshot."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None or raw.nbytes == 0:
+        return None
+    try:
+        return (int(numpy.frombuffer(raw, dtype=numpy.uint8).ctypes.data), raw.nbytes)
+    except (TypeError, ValueError):
+        return None
+
+
 def snapshot(
     store: Store,
     values: Mapping[str, Any],
@@ -155,104 +459,92 @@ def snapshot(
     secret_values: Iterable[str] = (),
     known: dict[str, tuple[int, dict[str, Any]]] | None = None,
 ) -> Snapshot:
-    """Store every value; unchanged content costs a hash and no new bytes.
+    """Store every value, variables that share objects as one group; unchanged content costs
+    a hash and no new bytes.
 
     `secret_values` are strings that must never be written: a variable whose pickle contains
-    one is reported as unstored instead.
+    one is reported as unstored instead (and so never joins a group).
     """
     result = Snapshot(imports=dict(imports or {}), secrets=list(secret_names))
-    needles = encoded_secrets(secret_values)
-    pickler_class = _pickler_class()
-    named: dict[int, str] = {}
+    writer = _Writer(store, encoded_secrets(secret_values), result)
+    canonical: dict[int, str] = {}
     for name, value in values.items():
-        if isinstance(value, _ATOMS) or _is_by_reference(value):
-            continue
-        named.setdefault(id(value), name)
+        if not (isinstance(value, _ATOMS) or _is_by_reference(value)):
+            canonical.setdefault(id(value), name)
 
+    pickled: dict[str, _Pickled] = {}
     for name, value in values.items():
-        canonical = named.get(id(value))
-        if canonical is not None and canonical != name:
-            result.variables[name] = {"type": _type_name(value), "alias_of": canonical}
+        first = canonical.get(id(value))
+        if first is not None and first != name:
+            result.variables[name] = {"type": _type_name(value), "alias_of": first}
             continue
         try:
-            entry = _store_value(store, pickler_class, name, value, named, needles, result)
+            pickled[name] = writer.dump(value, track=True)
         except UnstorableError as error:
             result.unstored[name] = str(error)
-            continue
         except StoreError:  # the store cannot take it (disk full): no variable's fault
             raise
         except Exception as error:  # pickling arbitrary user objects can raise anything
             result.unstored[name] = f"cannot be pickled: {type(error).__name__}: {error}"[:300]
-            continue
-        result.variables[name] = entry
 
-    _break_reference_cycles(store, pickler_class, values, result, needles)
+    for members in _groups(pickled):
+        first_name = members[0]
+        if len(members) == 1:
+            one = pickled[first_name]
+            result.variables[first_name] = {
+                "type": _type_name(values[first_name]),
+                "size": one.size,
+                "hash": one.hash,
+                **writer.write(one),
+            }
+            continue
+        try:
+            group = writer.dump(tuple(values[name] for name in members), track=False)
+        except StoreError:
+            raise
+        except Exception as error:
+            reason = f"shares objects with {', '.join(members)}, which cannot be stored together"
+            for name in members:
+                result.unstored[name] = f"{reason}: {type(error).__name__}: {error}"[:300]
+            continue
+        for name in members:
+            result.variables[name] = {
+                "type": _type_name(values[name]),
+                "size": pickled[name].size,
+                "hash": pickled[name].hash,
+                "in_group": first_name,
+            }
+        owner = result.variables[first_name]
+        del owner["in_group"]
+        owner.update(writer.write(group))
+        owner["members"] = list(members)
+        owner["group_hash"] = group.hash
     _drop_dangling(result)
     return result
 
 
-def _store_value(
-    store: Store,
-    pickler_class: type,
-    name: str,
-    value: Any,
-    named: Mapping[int, str],
-    needles: list[bytes],
-    result: Snapshot,
-) -> dict[str, Any]:
-    buffers: list[pickle.PickleBuffer] = []
-    sink = io.BytesIO()
-    pickler = pickler_class(sink, named, name, buffer_callback=buffers.append)
-    pickler.dump(value)
-    payload = sink.getbuffer()
-    flat = payload.tobytes() if needles else b""  # `bytes in memoryview` is not a substring test
-    for needle in needles:
-        if needle in flat:
-            raise UnstorableError("holds a credential value, so it is not stored")
-    content = xxhash.xxh3_128()
-    size = len(payload)
-    pickle_hash = xxhash.xxh3_128_hexdigest(payload)
-    inline = len(payload) <= INLINE_LIMIT
-    if inline:
-        result.new_bytes += len(payload)  # it travels inside the new record
-    elif not store.has_object(pickle_hash):
-        _put(store, payload, pickle_hash)
-        result.new_bytes += len(payload)
-    content.update(pickle_hash.encode())
-    chunk_lists: list[list[str]] = []
-    reach = max((len(needle) for needle in needles), default=1) - 1
-    for buffer in buffers:
-        raw = buffer.raw()
-        chunks: list[str] = []
-        for start, stop in _chunk_spans(buffer, raw.nbytes):
-            piece = raw[start:stop]
-            digest = xxhash.xxh3_128_hexdigest(piece)
-            if not store.has_object(digest):
-                # out-of-band buffers (numpy arrays, Arrow strings) can hold a secret too
-                around = raw[max(0, start - reach) : stop + reach].tobytes() if needles else b""
-                if any(needle in around for needle in needles):
-                    raise UnstorableError("holds a credential value, so it is not stored")
-                _put(store, piece, digest)
-                result.new_bytes += piece.nbytes
-            chunks.append(digest)
-            content.update(digest.encode())
-        size += raw.nbytes
-        chunk_lists.append(chunks)
-        content.update(b"|")
-    result.total_bytes += size
-    entry: dict[str, Any] = {
-        "type": _type_name(value),
-        "size": size,
-        "hash": content.hexdigest(),
-        "pickle": pickle_hash,
-    }
-    if inline:
-        entry["inline"] = base64.b64encode(payload).decode()
-    if chunk_lists:
-        entry["buffers"] = chunk_lists
-    if pickler.references:
-        entry["refs"] = sorted(pickler.references)
-    return entry
+def _groups(pickled: Mapping[str, _Pickled]) -> list[list[str]]:
+    """Variables joined by the shareable objects they reach (union-find), in namespace order."""
+    parent = {name: name for name in pickled}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    owner: dict[int, str] = {}
+    for name, item in pickled.items():
+        for key in item.reached:
+            other = owner.setdefault(key, name)
+            if other != name:
+                a, b = root(other), root(name)
+                if a != b:
+                    parent[b] = a
+    groups: dict[str, list[str]] = {}
+    for name in pickled:
+        groups.setdefault(root(name), []).append(name)
+    return list(groups.values())
 
 
 def _put(store: Store, data: memoryview, digest: str) -> None:
@@ -276,43 +568,13 @@ def _chunk_spans(buffer: pickle.PickleBuffer, size: int) -> Iterable[tuple[int, 
             yield start, min(start + CHUNK, end)
 
 
-def _break_reference_cycles(
-    store: Store,
-    pickler_class: type,
-    values: Mapping[str, Any],
-    result: Snapshot,
-    needles: list[bytes],
-) -> None:
-    """Variables referring to each other in a cycle are re-stored without the references."""
-    for name in list(result.variables):
-        if _reaches(result.variables, name, name):
-            entry = _store_value(store, pickler_class, name, values[name], {}, needles, result)
-            result.variables[name] = entry
-
-
-def _reaches(variables: Mapping[str, dict[str, Any]], start: str, target: str) -> bool:
-    seen: set[str] = set()
-    stack = list(variables.get(start, {}).get("refs", ()))
-    while stack:
-        current = stack.pop()
-        if current == target:
-            return True
-        if current in seen:
-            continue
-        seen.add(current)
-        stack.extend(variables.get(current, {}).get("refs", ()))
-    return False
-
-
 def _drop_dangling(result: Snapshot) -> None:
-    """A variable referring to one that could not be stored cannot be loaded either."""
+    """A variable naming one that could not be stored (an alias) cannot be loaded either."""
     changed = True
     while changed:
         changed = False
         for name, entry in list(result.variables.items()):
-            needed = list(entry.get("refs", ())) + (
-                [entry["alias_of"]] if "alias_of" in entry else []
-            )
+            needed = [*entry.get("refs", ()), *([entry["alias_of"]] if "alias_of" in entry else ())]
             broken = [other for other in needed if other not in result.variables]
             if broken:
                 del result.variables[name]
@@ -321,7 +583,7 @@ def _drop_dangling(result: Snapshot) -> None:
 
 
 def entry_objects(entry: Mapping[str, Any]) -> list[str]:
-    """Every object hash one variable's entry needs."""
+    """Every object hash one variable's entry needs (a group's owner: the whole group's)."""
     hashes = [entry["pickle"]] if "pickle" in entry and "inline" not in entry else []
     for chunks in entry.get("buffers", ()):
         hashes.extend(chunks)
@@ -329,7 +591,7 @@ def entry_objects(entry: Mapping[str, Any]) -> list[str]:
 
 
 class StateLoader:
-    """Loads variables of one record's state on demand, resolving shared references."""
+    """Loads variables of one record's state on demand; a group is loaded whole, once."""
 
     def __init__(self, store: Store, state: Mapping[str, Any]) -> None:
         self._store = store
@@ -340,19 +602,59 @@ class StateLoader:
         return list(self._entries)
 
     def dependencies(self, name: str) -> list[str]:
+        """The other variables loading `name` loads too (format 1 references, aliases)."""
         entry = self._entries[name]
-        return list(entry.get("refs", ())) + ([entry["alias_of"]] if "alias_of" in entry else [])
+        return [
+            *entry.get("refs", ()),
+            *([entry["alias_of"]] if "alias_of" in entry else ()),
+            *([entry["in_group"]] if "in_group" in entry else ()),
+        ]
+
+    def group_of(self, name: str) -> list[str]:
+        """The variables stored together with `name` (sharing objects with it), itself included."""
+        entry = self._entries.get(name, {})
+        while "alias_of" in entry:
+            name = entry["alias_of"]
+            entry = self._entries.get(name, {})
+        owner = entry.get("in_group", name)
+        members = list(self._entries.get(owner, {}).get("members", (name,)))
+        aliases = [
+            other
+            for other, info in self._entries.items()
+            if info.get("alias_of") in members and other not in members
+        ]
+        return members + aliases
 
     def load(self, name: str) -> Any:
         """One variable's value, verified chunk by chunk against its recorded hashes."""
         if name in self._loaded:
             return self._loaded[name]
         entry = self._entries[name]
-        value = self.load(entry["alias_of"]) if "alias_of" in entry else self._unpickle(name, entry)
+        if "alias_of" in entry:
+            value = self.load(entry["alias_of"])
+        elif "in_group" in entry or "members" in entry:
+            owner = entry.get("in_group", name)
+            self._load_group(owner)
+            return self._loaded[name]
+        else:
+            value = self._unpickle(name, entry)
         self._loaded[name] = value
         return value
 
+    def _load_group(self, owner: str) -> None:
+        entry = self._entries[owner]
+        members = list(entry["members"])
+        values = self._unpickle(", ".join(members), entry)
+        if not isinstance(values, tuple) or len(values) != len(members):
+            from .errors import IntegrityError
+
+            raise IntegrityError(f"the group {', '.join(members)} does not hold its variables")
+        for member, value in zip(members, values, strict=True):
+            self._loaded[member] = value
+
     def _unpickle(self, name: str, entry: Mapping[str, Any]) -> Any:
+        """The entry's pickle (a group's: the tuple of its members), verified."""
+        expected = entry.get("group_hash") if "members" in entry else entry.get("hash")
         if "inline" in entry:
             try:
                 payload = base64.b64decode(entry["inline"], validate=True)
@@ -380,14 +682,18 @@ class StateLoader:
                 content.update(digest.encode())
             content.update(b"|")
             buffers.append(buffer)
-        if content.hexdigest() != entry.get("hash"):
+        if content.hexdigest() != expected:
             from .errors import IntegrityError
 
             raise IntegrityError(
                 f"variable {name} does not match its recorded hash; "
                 "run `nbexp fsck` to see what is affected"
             )
+        # format 1 records name other variables by persistent id; format 2 has none
         resolve: Callable[[str], Any] = self.load
         unpickler = pickle.Unpickler(io.BytesIO(payload), buffers=buffers)
         unpickler.persistent_load = resolve  # type: ignore[method-assign]
-        return unpickler.load()
+        from .environment import on_behalf_of_user
+
+        with on_behalf_of_user():  # what the user's values import is the user's package
+            return unpickler.load()

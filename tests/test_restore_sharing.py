@@ -1,0 +1,367 @@
+"""Restoring keeps the object graph: what variables shared when recorded, they share again.
+
+Real IPython shells, real matplotlib (Agg), scikit-learn and scipy objects; a real kernel for
+the fresh-kernel checks. Each test asserts what a user would notice after `%exp_restore`.
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import io
+import json
+import os
+import pickle
+import sys
+import textwrap
+import types
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xxhash
+
+import nbexp
+from nbexp import state as state_module
+from nbexp.state import StateLoader
+from nbexp.store import open_store
+from tests.conftest import run
+
+
+def record(ip, name: str, body: str):
+    result = run(ip, f"%%experiment {name}\n" + textwrap.dedent(body).strip("\n") + "\n")
+    assert result.success, result.error_in_exec
+    experiment = nbexp.get("last")
+    assert experiment.state is not None
+    return experiment
+
+
+def exp_restore(ip, capsys, args: str) -> str:
+    capsys.readouterr()
+    result = run(ip, f"%exp_restore {args}")
+    assert result.success, result.error_in_exec
+    return capsys.readouterr().out
+
+
+def clobber(ip, *names: str) -> None:
+    for name in names:
+        ip.user_ns[name] = "clobbered"
+
+
+_NOT_SHARED = (
+    type,
+    types.ModuleType,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    np.dtype,
+    np.generic,
+    str,
+    bytes,
+    int,
+    float,
+    complex,
+    bool,
+    type(None),
+)
+
+
+def _user_objects(value: Any, library: Mapping[int, Any], limit: int = 200_000) -> set[int]:
+    """ids of the mutable user-level objects `value` reaches (gc referents, not pickle):
+    an independent view of sharing, to check the snapshot's own."""
+    seen: set[int] = set()
+    found: set[int] = set()
+    stack = [value]
+    while stack and len(seen) < limit:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (tuple, frozenset)):  # immutable, but may hold mutable objects
+            stack.extend(obj)
+            continue
+        if isinstance(obj, _NOT_SHARED):
+            continue
+        if id(obj) in library and state_module._library_reference(obj, library) is not None:
+            continue
+        if isinstance(obj, np.ndarray):  # numpy arrays do not list their items to gc
+            if obj.dtype == object:
+                stack.extend(obj.ravel().tolist())
+            if obj.base is not None:
+                stack.append(obj.base)
+        found.add(id(obj))
+        stack.extend(gc.get_referents(obj))
+    return found
+
+
+def sharing(namespace: Mapping[str, Any], names: Iterable[str]) -> set[frozenset[str]]:
+    """Pairs of variables that reach a common mutable object."""
+    library = state_module._library_objects()
+    reach = {name: _user_objects(namespace[name], library) for name in names}
+    listed = sorted(reach)
+    return {
+        frozenset((a, b))
+        for i, a in enumerate(listed)
+        for b in listed[i + 1 :]
+        if reach[a] & reach[b]
+    }
+
+
+SHARED_BODY = """
+import numpy as np
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+fig, axes = plt.subplots(ncols=2)
+axes[0].plot([1, 2, 3])
+other_fig, other_ax = plt.subplots()
+scaler = StandardScaler()
+p1 = make_pipeline(scaler, LogisticRegression())
+p2 = make_pipeline(scaler, Ridge())
+scaler = StandardScaler()
+a = {"name": "a"}
+b = {"name": "b", "a": a}
+a["b"] = b
+weights = np.arange(6.0)
+holder = {"w": weights}
+alone = [1, 2, 3]
+"""
+NAMES = ("fig", "axes", "other_fig", "other_ax", "p1", "p2", "scaler", "a", "b")
+NAMES += ("weights", "holder", "alone")
+
+
+def test_variables_share_after_restore_what_they_shared_before(ip, capsys):
+    experiment = record(ip, "shared", SHARED_BODY)
+    before = sharing(ip.user_ns, NAMES)
+    assert {frozenset(("fig", "axes")), frozenset(("p1", "p2")), frozenset(("a", "b"))} <= before
+    assert frozenset(("fig", "other_fig")) not in before
+    variables = experiment.state["variables"]
+    assert experiment.state["format"] == 2
+    assert variables["axes"]["in_group"] == "fig" and variables["p2"]["in_group"] == "p1"
+    assert "members" not in variables["other_fig"] or "fig" not in variables["other_fig"]["members"]
+    assert "pickle" in variables["alone"] and "in_group" not in variables["alone"]
+
+    clobber(ip, *NAMES)
+    out = exp_restore(ip, capsys, "shared")
+    assert "skipped" not in out, out
+    ns = ip.user_ns
+    assert sharing(ns, NAMES) == before
+
+    # what a user notices: an edit through one name shows through the other
+    assert ns["axes"][0] is ns["fig"].axes[0] and ns["axes"][1] is ns["fig"].axes[1]
+    ns["axes"][0].set_title("edited")
+    assert ns["fig"].axes[0].get_title() == "edited"
+    assert ns["p1"][0] is ns["p2"][0] and ns["p1"][0] is not ns["scaler"]
+    ns["p1"][0].fit(np.array([[1.0], [3.0]]))
+    assert ns["p2"][0].mean_[0] == 2.0
+    assert ns["a"]["b"] is ns["b"] and ns["b"]["a"] is ns["a"]
+    assert ns["holder"]["w"] is ns["weights"]
+
+
+def test_restoring_part_of_a_group_binds_only_the_names_asked_and_says_so(ip, capsys):
+    record(ip, "part", SHARED_BODY)
+    clobber(ip, "p1", "p2")
+    out = exp_restore(ip, capsys, "part p1")
+    assert "restored 1 variable" in out
+    assert ip.user_ns["p2"] == "clobbered"
+    note = next(line for line in out.splitlines() if line.strip().startswith("note:"))
+    assert "p1" in note and "p2" in note
+    out = exp_restore(ip, capsys, "part p1 p2")
+    assert "note:" not in out
+    assert ip.user_ns["p1"][0] is ip.user_ns["p2"][0]
+    lazy = nbexp.load("part")
+    assert lazy.axes[0] is lazy.fig.axes[0]
+
+
+def test_library_objects_come_back_as_the_library_s_own(ip, capsys):
+    experiment = record(
+        ip,
+        "libs",
+        """
+        import numpy as np
+        import pandas as pd
+        from scipy.stats import loguniform
+        space = {"C": loguniform(1e-3, 1e3), "dist": loguniform}
+        frozen = loguniform(1e-2, 1e2)
+        arr = np.linspace(0.0, 1.0, 300_000)
+        ints = np.arange(5, dtype=np.int32)
+        frame = pd.DataFrame({"x": np.arange(3.0), "k": np.arange(3)})
+        """,
+    )
+    # the module-level generator is a reference: a few bytes, never a copy of its state
+    assert experiment.state["variables"]["loguniform"]["size"] < 200
+    clobber(ip, "space", "frozen", "arr", "ints", "frame", "loguniform")
+    exp_restore(ip, capsys, "libs")
+    import scipy.stats
+
+    ns = ip.user_ns
+    assert ns["loguniform"] is scipy.stats.loguniform
+    assert ns["space"]["dist"] is scipy.stats.loguniform
+    # a frozen distribution draws from numpy's global generator, as it did when recorded
+    assert ns["frozen"].random_state is np.random.mtrand._rand
+    assert ns["frozen"].rvs(random_state=0) == scipy.stats.loguniform(1e-2, 1e2).rvs(random_state=0)
+    assert ns["arr"].dtype is np.dtype("float64") and ns["ints"].dtype is np.dtype("int32")
+    assert ns["frame"]["x"].to_numpy().dtype is np.dtype("float64")
+    np.testing.assert_array_equal(ns["arr"], np.linspace(0.0, 1.0, 300_000))
+
+
+def test_unchanged_groups_cost_nothing_and_keep_per_variable_hashes(ip):
+    first = record(
+        ip,
+        "g1",
+        """
+        import numpy as np
+        big = np.random.default_rng(0).random(2_000_000)
+        left = {"data": big, "side": "left"}
+        right = {"data": big, "side": "right"}
+        """,
+    )
+    assert first.state["variables"]["left"].get("in_group") == "big"
+    second = record(ip, "g2", "unrelated = 1")
+    assert second.state["new_bytes"] < 64 * 1024
+    for name in ("big", "left", "right"):
+        assert second.state["variables"][name] == first.state["variables"][name], name
+    third = record(ip, "g3", 'right["side"] = "changed"')
+    assert third.state["new_bytes"] < 64 * 1024  # the array's chunks are not stored again
+    assert third.state["variables"]["right"]["hash"] != first.state["variables"]["right"]["hash"]
+    assert third.state["variables"]["left"]["hash"] == first.state["variables"]["left"]["hash"]
+
+
+SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzz9secret"
+
+
+def test_a_group_never_carries_a_credential(ip, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    experiment = record(
+        ip,
+        "secret-group",
+        """
+        import os
+        shared = {"rows": [1, 2]}
+        client = {"key": os.environ["AWS_SECRET_ACCESS_KEY"], "cache": shared}
+        report = {"cache": shared}
+        """,
+    )
+    state = experiment.state
+    assert "client" in state["unstored"] and "credential" in state["unstored"]["client"]
+    assert "report" in state["variables"] and "shared" in state["variables"]
+    for path in open_store().root.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    clobber(ip, "report", "shared")
+    exp_restore(ip, capsys, "secret-group")
+    assert ip.user_ns["report"]["cache"] is ip.user_ns["shared"]
+
+
+def _format1_state(store, values: dict[str, Any]) -> dict[str, Any]:
+    """A state section as nbexp wrote it before groups: one pickle per variable, another
+    variable's value written as a persistent reference to its name."""
+    import cloudpickle
+
+    named = {id(value): name for name, value in values.items()}
+    variables: dict[str, Any] = {}
+    for name, value in values.items():
+        if named[id(value)] != name:
+            variables[name] = {"type": type(value).__name__, "alias_of": named[id(value)]}
+            continue
+        sink = io.BytesIO()
+        pickler = cloudpickle.CloudPickler(sink, protocol=5)
+        refs: list[str] = []
+
+        def persistent_id(obj: Any, own: str = name, refs: list[str] = refs) -> str | None:
+            other = named.get(id(obj))
+            if other is None or other == own:
+                return None
+            refs.append(other)
+            return other
+
+        pickler.persistent_id = persistent_id  # type: ignore[method-assign]
+        pickler.dump(value)
+        payload = sink.getvalue()
+        digest = xxhash.xxh3_128_hexdigest(payload)
+        variables[name] = {
+            "type": type(value).__name__,
+            "size": len(payload),
+            "hash": xxhash.xxh3_128_hexdigest(digest.encode()),
+            "pickle": digest,
+            "inline": base64.b64encode(payload).decode(),
+            **({"refs": sorted(set(refs))} if refs else {}),
+        }
+    return {"format": 1, "variables": variables, "unstored": {}, "imports": {}, "secrets": []}
+
+
+def test_format_1_records_still_restore_with_their_references(ip):
+    shared = [1, 2]
+    values = {"shared": shared, "holder": {"s": shared}, "same": shared}
+    loader = StateLoader(open_store(), _format1_state(open_store(), values))
+    assert loader.load("holder")["s"] is loader.load("shared") is loader.load("same")
+    assert loader.group_of("holder") == ["holder"]
+
+
+KERNEL_CHECK = """
+import json
+import nbexp
+report = nbexp.restore("kernel-share")
+print(json.dumps({
+    "skipped": report.skipped,
+    "axes_in_fig": axes[0] is fig.axes[0] and axes[1] is fig.axes[1],
+    "scaler_shared": p1[0] is p2[0],
+    "cycle": a["b"] is b and b["a"] is a,
+    "dtype": weights.dtype is __import__("numpy").dtype("float64"),
+}))
+axes[0].set_title("from the kernel")
+p1[0].fit([[1.0], [3.0]])
+print(json.dumps({"title": fig.axes[0].get_title(), "mean": float(p2[0].mean_[0])}))
+"""
+
+
+@pytest.mark.kernel
+def test_sharing_survives_a_fresh_kernel(ip, project: Path):
+    from jupyter_client.manager import KernelManager
+
+    record(ip, "kernel-share", SHARED_BODY)
+    env = {**os.environ, "NBEXP_STORE": str(open_store().root), "MPLBACKEND": "Agg"}
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel(env=env, cwd=str(project))
+    chunks: list[str] = []
+    errors: list[str] = []
+    try:
+        client = manager.client()
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+
+        def collect(message: dict[str, Any]) -> None:
+            content = message["content"]
+            if message["msg_type"] == "stream":
+                chunks.append(content["text"])
+            elif message["msg_type"] == "error":
+                errors.append("\n".join(content["traceback"]))
+
+        reply = client.execute_interactive(KERNEL_CHECK, timeout=120, output_hook=collect)
+        assert reply["content"]["status"] == "ok", errors
+        client.stop_channels()
+    finally:
+        manager.shutdown_kernel(now=True)
+    first, second = (json.loads(line) for line in "".join(chunks).strip().splitlines()[-2:])
+    assert first == {
+        "skipped": {},
+        "axes_in_fig": True,
+        "scaler_shared": True,
+        "cycle": True,
+        "dtype": True,
+    }
+    assert second == {"title": "from the kernel", "mean": 2.0}
+    assert sys.executable  # the kernel is the venv's python3 kernelspec, as in test_restore
+
+
+def test_pickle_of_a_group_is_one_tuple_of_its_members(ip):
+    experiment = record(ip, "tuple", "x = [1]\ny = {'x': x}")
+    entry = experiment.state["variables"]["x"]
+    assert entry["members"] == ["x", "y"]
+    payload = base64.b64decode(entry["inline"])
+    x, y = pickle.loads(payload)
+    assert y["x"] is x

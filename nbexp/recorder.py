@@ -692,24 +692,63 @@ def _python(shell: Any, text: str) -> str:
     return _python_cached(shell.transform_cell, text)
 
 
+# Per open figure (weakly): the stale flag it had before the body ran, and the hash of the
+# PNG nbexp last recorded of it.
+_figure_marks: Any = None
+
+
+def _marks() -> Any:
+    global _figure_marks
+    if _figure_marks is None:
+        import weakref
+
+        _figure_marks = weakref.WeakKeyDictionary()
+    return _figure_marks
+
+
 def _figure_numbers() -> set[int]:
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    return set(pyplot.get_fignums()) if pyplot else set()
+    """ids of the figures open before the body, each marked not stale for the body's run.
+
+    A figure's `stale` flag is no proof of change: `savefig` (the user's or nbexp's own)
+    leaves it set. Cleared here, it is set again only by what the body draws (an artist's
+    change reaches its figure), so open figures the body leaves alone are never re-rendered.
+    """
+    if sys.modules.get("matplotlib.pyplot") is None:
+        return set()
+    from matplotlib._pylab_helpers import Gcf
+
+    marks, before = _marks(), set()
+    for manager in Gcf.get_all_fig_managers():
+        figure = manager.canvas.figure
+        marks[figure] = (bool(getattr(figure, "stale", False)), marks.get(figure, (0, None))[1])
+        figure.stale = False  # False runs no callback: nothing is drawn
+        before.add(id(figure))
+    return before
 
 
 def _new_figures(before: set[int]) -> list[bytes]:
-    """PNG bytes of the figures the body created or drew on."""
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is None:
+    """PNG bytes of the figures the body created or drew on, each recorded once per change:
+    an untouched figure is not rendered; a touched one whose image equals the one last
+    recorded (a body that only saved it) is not recorded again."""
+    if sys.modules.get("matplotlib.pyplot") is None:
         return []
     from matplotlib._pylab_helpers import Gcf
 
+    marks = _marks()
     images = []
     for manager in Gcf.get_all_fig_managers():
         figure = manager.canvas.figure
-        if manager.num in before and not getattr(figure, "stale", False):
+        was_stale, last = marks.get(figure, (False, None))
+        if id(figure) in before and not getattr(figure, "stale", False):
+            vars(figure)["_stale"] = was_stale  # as the user left it, running no callback
             continue
         buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=72)
-        images.append(buffer.getvalue())
+        with environment.on_behalf_of_user():  # what rendering imports is the user's
+            figure.savefig(buffer, format="png", dpi=72)
+        png = buffer.getvalue()
+        digest = hash_bytes(png)
+        marks[figure] = (was_stale, digest)
+        if id(figure) in before and digest == last:
+            continue
+        images.append(png)
     return images

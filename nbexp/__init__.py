@@ -31,7 +31,9 @@ __all__ = [
     "plot",
     "pull",
     "push",
+    "remove",
     "restore",
+    "tag",
     "unload_ipython_extension",
 ]
 
@@ -106,6 +108,20 @@ def compare(refs: Any = None, query: str | None = None, **options: Any) -> Any:
     from .api import compare as _compare
 
     return _compare(refs, query, **options)
+
+
+def tag(ref: str, tag_name: str, *, remove: bool = False) -> Any:
+    """Tag an experiment, or take the tag off with `remove=True`."""
+    from .api import tag as _tag
+
+    return _tag(ref, tag_name, remove=remove)
+
+
+def remove(ref: str) -> Any:
+    """Delete an experiment's record (its objects are freed by `nbexp gc`)."""
+    from .api import remove as _remove
+
+    return _remove(ref)
 
 
 def open_store(path: str | None = None) -> Store:

@@ -8,6 +8,7 @@ in the source text itself, so the body really runs with the new value and format
 from __future__ import annotations
 
 import ast
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,7 +275,25 @@ def parse_override(text: str) -> tuple[str, str, Any]:
             f"-p {text}: {literal!r} is not a Python literal; quote strings "
             f"(-p {key}='{literal}') or give a number, list, dict, True/False/None"
         ) from error
+    if _overflows(value):
+        raise NbexpError(
+            f"-p {text}: {literal} is beyond a float's range (Python reads it as inf); give a "
+            "finite number"
+        )
     return key, literal, value
+
+
+def _overflows(value: Any) -> bool:
+    """A literal float that Python silently turned into ±inf (`1e999999`)."""
+    if isinstance(value, float):
+        return math.isinf(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_overflows(item) for item in value)
+    if isinstance(value, dict):
+        return any(_overflows(item) for item in value.values())
+    if isinstance(value, complex):
+        return math.isinf(value.real) or math.isinf(value.imag)
+    return False
 
 
 def apply_overrides(source: str, info: CodeInfo, overrides: dict[str, str]) -> str:

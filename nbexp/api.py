@@ -37,9 +37,10 @@ def experiments(
     return frame
 
 
-def get(ref: str, *, store: Store | str | None = None) -> Experiment:
-    """One experiment by id prefix, name, tag, `last` or `last~N`."""
-    return _store(store).get(ref)
+def get(ref: str, *, salvage: bool = False, store: Store | str | None = None) -> Experiment:
+    """One experiment by id prefix, name, tag, `last` or `last~N` (`salvage`: see
+    `Store.load`)."""
+    return _store(store).get(ref, salvage=salvage)
 
 
 def tag(
@@ -156,7 +157,7 @@ def _live_namespace() -> Any:
 
 
 def restore(
-    ref: str,
+    ref: str | Experiment,
     names: list[str] | None = None,
     *,
     recompute: bool = False,
@@ -168,7 +169,7 @@ def restore(
     from .restorer import restore_into
 
     target = _store(store)
-    experiment = target.get(ref)
+    experiment = ref if isinstance(ref, Experiment) else target.get(ref, salvage=True)
     live = namespace if namespace is not None else _live_namespace()
     return restore_into(live, target, experiment, names, recompute=recompute)
 
@@ -179,7 +180,7 @@ def load(ref: str, names: list[str] | None = None, *, store: Store | str | None 
     from .restorer import LazyNamespace
 
     target = _store(store)
-    return LazyNamespace(target, target.get(ref), names)
+    return LazyNamespace(target, target.get(ref, salvage=True), names)
 
 
 def push(

@@ -9,6 +9,7 @@ from typing import Any
 
 from .errors import NbexpError
 from .hashing import hash_file
+from .paths import crafted, within_project
 from .record import Experiment
 from .store import Store
 
@@ -36,16 +37,30 @@ def find_artifact(experiment: Experiment, wanted: str) -> dict[str, Any]:
 def write_artifact(
     store: Store, experiment: Experiment, wanted: str, destination: str | None, *, force: bool
 ) -> str:
-    """Write the artifact to `destination` (default: its recorded path, relative to here; `-`:
-    stdout) and return where it went. An existing different file is kept unless `force`."""
+    """Write the artifact to `destination` (default: its recorded path, relative to here and
+    only inside this project; `-`: stdout) and return where it went. An existing different
+    file is kept unless `force`."""
     item = find_artifact(experiment, wanted)
     if destination == "-":
         sys.stdout.buffer.write(store.read_object(item["hash"]))
         sys.stdout.buffer.flush()
         return "-"
-    target = Path(destination or item["path"])
-    if target.is_dir():
-        target = target / os.path.basename(item["path"])
+    recorded = str(item["path"])
+    if destination:
+        target = Path(destination)
+        if target.is_dir():
+            target = target / os.path.basename(recorded)
+    else:  # the recorded path is data its author wrote: only ever a file in this project
+        inside = within_project(recorded, store.root.parent)
+        if inside is None:
+            why = crafted(recorded) or (
+                "it is absolute" if os.path.isabs(recorded) else "it lies outside this project"
+            )
+            raise NbexpError(
+                f"{experiment.name} ({experiment.short_id}) recorded this file as {recorded!r}, "
+                f"which is not written back there: {why}; give -o DEST to choose where it goes"
+            )
+        target = inside
     if target.exists() and not force:
         if hash_file(target)[0] == item["hash"]:
             return str(target)  # already byte-identical: nothing to write

@@ -41,7 +41,10 @@ def branch(store: Store, ref: str, name: str) -> BranchResult:
     """Create branch `name` holding experiment `ref`; refuses to touch an existing branch."""
     import git
 
+    from .remote import require_trusted
+
     experiment = store.get(ref)
+    require_trusted(store, experiment, "branch")
     recorded = experiment.git or {}
     base = recorded.get("commit")
     if not base:
@@ -57,7 +60,7 @@ def branch(store: Store, ref: str, name: str) -> BranchResult:
             f"the uncommitted changes recorded with {_who(experiment)} were truncated (over "
             "2 MiB), so its code cannot be rebuilt; commit such changes before experimenting"
         )
-    repo = _repository(recorded.get("root"))
+    repo = _repository(store.root.parent)
     try:
         return _make(repo, store, experiment, name, base, recorded)
     except git.GitCommandError as error:
@@ -70,20 +73,17 @@ def _who(experiment: Experiment) -> str:
     return f"experiment {experiment.name} ({experiment.short_id})"
 
 
-def _repository(root: str | None) -> Any:
+def _repository(project: Path) -> Any:
+    """The git repository of this project (the folder holding the store). Never the one a
+    record names: that path is data its author wrote."""
     import git
 
-    for candidate in (root, os.getcwd()):
-        if not candidate or not os.path.isdir(candidate):
-            continue
-        try:
-            return git.Repo(candidate, search_parent_directories=True)
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-            continue
-    raise BranchError(
-        f"no git repository at {root or 'the working directory'}; run from inside the "
-        "experiment's repository"
-    )
+    try:
+        return git.Repo(project, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise BranchError(
+            f"no git repository at {project}; run from inside the experiment's repository"
+        ) from None
 
 
 def _make(

@@ -7,16 +7,15 @@ line and exits 1, never a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from .errors import DamagedIndexError, NbexpError
+from .errors import NbexpError
 from .record import SHORT_ID_LENGTH, encode_value
-from .store import Store, discard_index, open_store, store_root
+from .store import Store, open_store
 
 Command = Callable[[argparse.Namespace, Store], int]
 
@@ -528,16 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(_sort_values_may_start_with_dash(words))
     try:
-        try:
-            store = open_store(args.store)
-        except DamagedIndexError:
-            if args.func is not cmd_reindex:
-                raise
-            # an index SQLite cannot read must not stop its own rebuild (a locked, read-only
-            # or full one is no DamagedIndexError: discarding it would not help)
-            with contextlib.suppress(OSError):
-                discard_index(store_root(args.store))
-            store = open_store(args.store)
+        store = open_store(args.store)  # a missing or damaged index is rebuilt on open
         code: int = args.func(args, store)
         return code
     except NbexpError as error:

@@ -208,10 +208,10 @@ class ExperimentMagics(Magics):
         if shell is None:
             raise UsageError("%exp_restore needs a running IPython shell")
         args = _parse(self.exp_restore, line)
-        experiment = self._call(api.get, args.ref)
+        experiment = self._call(api.get, args.ref, salvage=True)
         report = self._call(
             api.restore,
-            experiment.id,
+            experiment,
             args.names or None,
             recompute=args.recompute,
             namespace=shell.user_ns,
@@ -226,6 +226,14 @@ class ExperimentMagics(Magics):
         parts = line.split()
         if len(parts) != 2:
             raise UsageError("usage: %exp_tag REF TAG, e.g. %exp_tag last best")
+        from .secrets import Redactor, secret_values
+
+        namespace = self.shell.user_ns if self.shell is not None else {}
+        if Redactor(secret_values(namespace)).text(parts[1]) != parts[1]:
+            raise UsageError(
+                "this tag holds the value of a credential variable; tags are shown everywhere "
+                "and pushed to remotes, so choose another tag"
+            )
         experiment = self._call(api.tag, parts[0], parts[1])
         print(f"tagged {experiment.name} ({experiment.short_id}): {', '.join(experiment.tags)}")
 

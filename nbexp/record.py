@@ -211,6 +211,14 @@ class Experiment:
                     hashes.update(chunks)
         return hashes
 
+    def recorded_paths(self) -> list[str]:
+        """Every file path this record names (data read, artifacts written, the notebook, the
+        working folder): data its author wrote, checked before any reaches the file system."""
+        paths = [str(item.get(key)) for item in (*self.data, *self.artifacts)
+                 for key in ("path", "abspath") if item.get(key)]  # fmt: skip
+        paths += [str(p) for p in (self.code.notebook, self.env.get("cwd")) if p]
+        return paths
+
     def _repr_html_(self) -> str:
         from .show import html_view
 

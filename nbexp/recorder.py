@@ -39,6 +39,7 @@ from .record import (
 from .secrets import (
     Redactor,
     credential_fields,
+    credential_values,
     derived_secret_values,
     encoded_secrets,
     looks_like_secret,
@@ -507,12 +508,25 @@ class Recorder:
                 fields = credential_fields(values[name])
                 if fields and name not in options.allow_secrets:
                     del values[name]
-                    secret_names.append(name)
                     credential_containers[name] = fields
+            allowed = {  # --allow-secret: the user keeps these containers, credentials and all
+                text
+                for name in options.allow_secrets
+                for text in credential_values(namespace.get(name))
+            }
             snapshot = state_module.snapshot(
-                store, values, imports=imports, secret_names=secret_names, secret_values=secrets
+                store,
+                values,
+                imports=imports,
+                secret_names=secret_names,
+                secret_values=[text for text in secrets if text not in allowed],
             )
             state = snapshot.to_record()
+            for name, fields in credential_containers.items():
+                state.setdefault("unstored", {})[name] = (
+                    f"holds credential-looking keys ({', '.join(fields[:5])}), so it is not "
+                    f"stored; --allow-secret {name} stores it"
+                )
             state["new_bytes"] = snapshot.new_bytes
             state["total_bytes"] = snapshot.total_bytes
         links: dict[str, Any] = dict(options.links)

@@ -301,8 +301,18 @@ def set_trusted(store: Store, name: str, trusted: bool = True) -> Remote:
 # -- trust -----------------------------------------------------------------------------
 
 
-def require_trusted(store: Store, experiment: Experiment) -> None:
-    """Refuse to go on unless the experiment is local or came from a trusted remote."""
+_UNTRUSTED_BECAUSE = {
+    "restore": "its state is not loaded: restoring unpickles bytes written elsewhere, and "
+    "unpickling can run any code they hold",
+    "rerun": "its code is not run: a rerun executes the code its author recorded",
+    "branch": "no branch is made from it: the branch would hold code and a diff its author "
+    "wrote, ready to be checked out and run",
+}
+
+
+def require_trusted(store: Store, experiment: Experiment, doing: str = "restore") -> None:
+    """Refuse to go on unless the experiment is local or came from a trusted remote: `doing`
+    (restore, rerun, branch) would run what its author wrote."""
     origin = store.origin(experiment.id)
     if origin is None:
         return
@@ -317,8 +327,7 @@ def require_trusted(store: Store, experiment: Experiment) -> None:
         fix = f"`nbexp remote add {name} {url or 'URL'} --trusted`"
     raise UntrustedRemoteError(
         f"{experiment.name} ({experiment.short_id}) was pulled from remote `{name}` ({url}), "
-        "which is not trusted, so its state is not loaded: restoring unpickles bytes written "
-        "elsewhere, and unpickling can run any code they hold; if you trust everyone who can "
+        f"which is not trusted, so {_UNTRUSTED_BECAUSE[doing]}; if you trust everyone who can "
         f"write to that remote, run {fix} (its params, metrics, data hashes and code are "
         "usable without that)"
     )

@@ -25,6 +25,7 @@ from typing import Any
 from . import environment
 from .errors import NbexpError
 from .exporter import DATA_CHANGED_EXIT, METRICS_PREFIX, to_script
+from .paths import is_inside
 from .record import STATUS_FAILED, STATUS_OK, Experiment, Outcome, decode_value
 from .store import Store
 
@@ -113,10 +114,12 @@ def rerun(
     timeout: float | None = None,
 ) -> RerunResult:
     """Export `ref`, run the script in a fresh process, compare and record the rerun."""
+    from .remote import require_trusted
+
     source = store.get(ref)
+    require_trusted(store, source, "rerun")
     script = to_script(source)
-    recorded_cwd = source.env.get("cwd")
-    cwd = recorded_cwd if recorded_cwd and os.path.isdir(recorded_cwd) else os.getcwd()
+    cwd = _working_folder(store, source.env.get("cwd"))
     started = _utc_now()
     begin = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nbexp-rerun-") as folder:
@@ -148,6 +151,16 @@ def rerun(
     ]
     result.record = _record(store, source, new, completed, started, duration, cwd)
     return result
+
+
+def _working_folder(store: Store, recorded: str | None) -> str:
+    """Where the script runs: the folder the experiment ran in (its relative data paths hold
+    there) when that folder is inside this project, else here. A recorded path is data its
+    author wrote, so it never takes a rerun outside the project."""
+    here = os.getcwd()
+    if not recorded or not os.path.isdir(recorded) or not is_inside(recorded, store.root.parent):
+        return here
+    return os.path.realpath(recorded)
 
 
 def _record(

@@ -53,6 +53,8 @@ def secret_values(
 ) -> list[str]:
     """The string values that must never be written: credential-named variables and env vars."""
     found: set[str] = set()
+    for value in list((namespace or {}).values()):  # {"password": ...}, a `token` column
+        found.update(v for v in credential_values(value) if len(v) >= MIN_SECRET_LENGTH)
     for source in (namespace or {}, os.environ if environ is None else environ):
         for name, value in list(source.items()):
             if not isinstance(value, str):
@@ -166,6 +168,39 @@ def mask_credential_keys(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(mask_credential_keys(item) for item in value)
     return value
+
+
+def credential_values(value: Any, depth: int = 3) -> list[str]:
+    """The strings a container holds under credential-looking keys or columns (its
+    `password` values): secrets to scrub wherever they appear, the code that wrote them too."""
+    found: list[str] = []
+    if depth <= 0:
+        return found
+    if isinstance(value, Mapping):
+        for key, item in list(value.items())[:10_000]:
+            if isinstance(key, str) and looks_like_secret(key):
+                found += [item] if isinstance(item, str) else _strings(item)
+            elif isinstance(item, (Mapping, list, tuple)):
+                found += credential_values(item, depth - 1)
+    elif isinstance(value, (list, tuple)):
+        for item in value[:100]:
+            if isinstance(item, (Mapping, list, tuple)):
+                found += credential_values(item, depth - 1)
+    elif (type(value).__module__ or "").startswith("pandas") and hasattr(value, "columns"):
+        for label in list(value.columns)[:10_000]:
+            if looks_like_secret(str(label)):
+                with contextlib.suppress(Exception):
+                    column = value[label]
+                    found += [v for v in column.iloc[:10_000].tolist() if isinstance(v, str)]
+    return found
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, Mapping):
+        return [v for v in list(value.values())[:1000] if isinstance(v, str)]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value[:1000] if isinstance(v, str)]
+    return []
 
 
 def credential_fields(value: Any, depth: int = 3) -> list[str]:

@@ -13,11 +13,13 @@ make every experiment stale as soon as the notebook is saved.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import NbexpError
+from .paths import is_inside, within_project
 from .record import Experiment
 from .store import Store
 
@@ -48,6 +50,8 @@ class Checker:
     def _hash(self, path: str) -> str | None:
         if path not in self._hashes:
             try:
+                if not os.path.isfile(path):  # a device or a pipe would never end
+                    raise FileNotFoundError(path)
                 self._hashes[path] = self.store.file_hash(path)[0]
             except OSError:
                 self._hashes[path] = None
@@ -102,12 +106,19 @@ class Checker:
         pulled = self.store.origin(experiment_id) is not None
         changes = []
         for shown, path, digest in inputs["files"]:
+            if pulled:  # its paths are another machine's: only files in this project count
+                inside = within_project(shown, self.store.root.parent)
+                if inside is None:
+                    continue
+                path = str(inside)
             current = self._hash(path)
             if current is None and pulled:
                 continue
             if current != digest:
                 changes.append(Change("file", shown, MISSING if current is None else MODIFIED))
-        if inputs["notebook"]:
+        if inputs["notebook"] and not (
+            pulled and not is_inside(inputs["notebook"][0], self.store.root.parent)
+        ):
             path, digest, body = inputs["notebook"]
             current = self._hash(path)
             if current is None:

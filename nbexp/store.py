@@ -55,6 +55,7 @@ from .errors import (
     StoreError,
 )
 from .hashing import CHUNK, canonical_json, hash_bytes, hash_file, hash_json
+from .paths import crafted
 from .record import SHORT_ID_LENGTH, Experiment
 
 STORE_DIRNAME = ".nbexp"
@@ -161,6 +162,8 @@ class Store:
         self._batch = threading.local()
         self._seen_gc_generation: str | None = None
         self._lock = threading.RLock()
+        self._healing = False  # True while _rebuild_index runs
+        self._index_identity: tuple[int, int] | None = None
         try:
             for folder in (self.records_dir, self.objects_dir, self.tags_dir, self.tmp_dir):
                 folder.mkdir(parents=True, exist_ok=True)
@@ -172,7 +175,7 @@ class Store:
                 f"cannot use the store at {self.root}: {error.strerror or error}; "
                 f"make it writable or point {STORE_ENV} at a writable folder"
             ) from error
-        self._db = self._open_index()
+        self._db = self._open_healthy_index()
         self._finish_interrupted()
 
     def __repr__(self) -> str:
@@ -492,7 +495,10 @@ class Store:
                     continue
                 note.unlink()
 
-    def load(self, experiment_id: str) -> Experiment:
+    def load(self, experiment_id: str, *, salvage: bool = False) -> Experiment:
+        """The record of `experiment_id`, verified against its id. With `salvage` (restoring
+        and loading variables, each of which is verified against its own hash) a damaged
+        record is still returned, after one line on stderr saying so."""
         path = self.record_path(experiment_id)
         try:
             body = json.loads(path.read_bytes())
@@ -504,6 +510,22 @@ class Store:
             raise RecordError(
                 f"record {experiment_id[:SHORT_ID_LENGTH]} is corrupt ({error}); run `nbexp fsck`"
             ) from error
+        # The id is the hash of the content: an edited value or a flipped bit anywhere in the
+        # record is caught here, before anything of it is shown, restored or exported.
+        if not isinstance(body, dict) or self.make_id(body) != experiment_id:
+            damage = (
+                f"record {experiment_id[:SHORT_ID_LENGTH]} is damaged: its content no longer "
+                "matches its id (edited, or a flipped bit on disk)"
+            )
+            if not salvage or not isinstance(body, dict):
+                raise RecordError(
+                    f"{damage}; run `nbexp fsck`, then delete it or `nbexp pull` it again "
+                    "from a remote that has it"
+                )
+            _say(
+                f"nbexp: {damage}; only variables that match their own hashes are used; "
+                "run `nbexp fsck`"
+            )
         experiment = Experiment.from_dict(body)
         if experiment.id != experiment_id:  # the id field itself was damaged
             raise RecordError(
@@ -584,6 +606,17 @@ class Store:
         return updated
 
     def add_tag(self, experiment_id: str, tag: str) -> Experiment:
+        """Tag an experiment. A tag that reads as a reference (`last`, hex digits), is empty,
+        or holds a secret (an environment credential, a URL password) is refused: tags are
+        shown everywhere and travel to remotes."""
+        from .secrets import Redactor, secret_values
+
+        tag = refs.check_label(tag, "tag")
+        if Redactor(secret_values({})).text(tag) != tag:
+            raise NbexpError(
+                "this tag holds a credential (a secret's value or a URL password); tags are "
+                "shown everywhere and pushed to remotes, so choose another tag"
+            )
         experiment = self.load(experiment_id)
         return self.set_tags(experiment_id, (*experiment.tags, tag))
 
@@ -672,6 +705,13 @@ class Store:
             raise IntegrityError(
                 f"record {experiment.short_id} arrived corrupt (its content does not match its id)"
             )
+        for recorded in experiment.recorded_paths():
+            why = crafted(recorded)
+            if why:  # nbexp never records such a path: the record was made to attack
+                raise IntegrityError(
+                    f"record {experiment.short_id} was refused: it names the file {recorded!r}, "
+                    f"and {why}; nbexp never records such a path"
+                )
         path = self.record_path(experiment.id)
         if path.exists():  # recorded or pulled here already: the same content, by its id
             return self.load(experiment.id)
@@ -683,7 +723,100 @@ class Store:
 
     # -- index ----------------------------------------------------------------------
 
+    def _open_healthy_index(self) -> sqlite3.Connection:
+        """Open the index; if it is missing while records exist, or SQLite cannot use it,
+        rebuild it from the records (they are the truth; the index is a cache) and say so
+        in one line. A locked, read-only or full index is not damage and is raised."""
+        try:  # an empty file is as good as none: SQLite would start a fresh, empty index
+            existed = self.index_path.stat().st_size > 0
+        except OSError:
+            existed = False
+        try:
+            connection = self._open_index()
+        except DamagedIndexError as error:
+            return self._rebuild_index(str(error))
+        self._index_identity = _file_identity(self.index_path)
+        if not existed and self._has_records():
+            self._db = connection
+            self._rebuild_index("the store's index was missing")
+            return self._db
+        return connection
+
+    def _has_records(self) -> bool:
+        with contextlib.suppress(OSError):
+            return any(folder.is_dir() for folder in self.records_dir.iterdir())
+        return False
+
+    def _rebuild_index(self, why: str) -> sqlite3.Connection:
+        """Rebuild the index from the records, one process at a time (tmp/index.rebuild, an
+        exclusive flock): a damaged file is moved aside to index.sqlite.damaged, never
+        deleted, and a fresh one filled. A process that waited finds the work done."""
+        import fcntl
+
+        started = time.monotonic()
+        with open(self.tmp_dir / "index.rebuild", "a+b") as lock, self._healing_now():
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            old = getattr(self, "_db", None)
+            if old is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    old.close()
+            try:
+                self._db = self._open_index()  # another process may have rebuilt it meanwhile
+                healthy = self._index_answers()
+            except DamagedIndexError:
+                healthy = False
+            if not healthy:
+                with contextlib.suppress(sqlite3.Error, AttributeError):
+                    self._db.close()
+                set_aside_index(self.root)
+                self._db = self._open_index()
+            self._index_identity = _file_identity(self.index_path)
+            count = self.reindex(progress=True)
+        seconds = time.monotonic() - started
+        kept = " (the damaged file is kept as index.sqlite.damaged)" if not healthy else ""
+        _say(
+            f"nbexp: {_first_clause(why)}; rebuilt it from {count} record"
+            f"{'' if count == 1 else 's'} in {seconds:.1f} s{kept}"
+        )
+        return self._db
+
+    @contextlib.contextmanager
+    def _healing_now(self) -> Iterator[None]:
+        self._healing = True
+        try:
+            yield
+        finally:
+            self._healing = False
+
+    def _index_answers(self) -> bool:
+        """Whether the open index reads: SQLite finds no damage in it, and its rows decode."""
+        try:
+            with self._lock:
+                check = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+                self._index_answers_or_raise()
+        except (sqlite3.DatabaseError, DamagedIndexError):
+            return False
+        return bool(check == "ok")
+
+    def _index_answers_or_raise(self) -> None:
+        """A DamagedIndexError unless every row's JSON (tags, params, metrics) parses."""
+        with self._unreadable_rows():
+            for row in self._db.execute("SELECT tags, params, metrics FROM experiments"):
+                for text in row:
+                    json.loads(text)
+
+    def _follow_index(self) -> None:
+        """Reopen the index when another process replaced it (a rebuild moves a damaged file
+        aside) or it was deleted: writing on into a file no one reads would lose rows."""
+        identity = _file_identity(self.index_path)
+        if identity != getattr(self, "_index_identity", None):
+            with self._lock:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = self._open_healthy_index()
+
     def _open_index(self) -> sqlite3.Connection:
+        _check_header(self.index_path)
         try:
             connection = sqlite3.connect(
                 self.index_path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
@@ -706,6 +839,11 @@ class Store:
                 connection.execute("COMMIT")
         except sqlite3.DatabaseError as error:
             raise self._index_failure(error, opening=True) from error
+        except (UnicodeDecodeError, ValueError) as error:  # garbage where SQLite reads text
+            raise DamagedIndexError(
+                f"the store's index {self.index_path} is damaged ({error}); "
+                "rebuild it from the records with `nbexp reindex`"
+            ) from error
         connection.isolation_level = "DEFERRED"
         return connection
 
@@ -723,6 +861,8 @@ class Store:
         where = f"the store's index {self.index_path}"
         rebuild = "rebuild it from the records with `nbexp reindex`"
         if type(error) is sqlite3.DatabaseError:
+            return DamagedIndexError(f"{where} is damaged ({reason}); {rebuild}")
+        if "malformed JSON" in reason:  # a row's JSON was cut or overwritten
             return DamagedIndexError(f"{where} is damaged ({reason}); {rebuild}")
         if reason.startswith(("no such column", "no such table", "table experiments")):
             return DamagedIndexError(
@@ -804,7 +944,7 @@ class Store:
                     [_sqlite_number(value) for value, _ in values] + [experiment.id],
                 )
 
-    def reindex(self) -> int:
+    def reindex(self, *, progress: bool = False) -> int:
         """Rebuild the index from the records; returns how many were indexed.
 
         The rebuild happens inside the existing index, in one transaction: other processes
@@ -812,9 +952,15 @@ class Store:
         next) and never see it half-built. Only an index SQLite cannot use is replaced.
         """
         rows = []
+        started = shown = time.monotonic()
         for experiment_id in self.iter_record_ids():
             with contextlib.suppress(RecordError, RefError):
                 rows.append(self._index_row(self.load(experiment_id)))
+            if progress and time.monotonic() - shown > 2.0:  # only when it takes long
+                shown = time.monotonic()
+                _say(f"nbexp: rebuilding the index: {len(rows)} records read so far…")
+        if progress and shown != started:
+            _say(f"nbexp: rebuilding the index: all {len(rows)} records read")
         indexed = {row[0] for row in rows}
         with self._lock:
             try:
@@ -840,8 +986,9 @@ class Store:
                     raise failure from error
                 with contextlib.suppress(sqlite3.Error):
                     self._db.close()
-                discard_index(self.root)
+                set_aside_index(self.root)
                 self._db = self._open_index()
+                self._index_identity = _file_identity(self.index_path)
                 with self._db:
                     self._db.executemany(_INSERT_ROW, rows)
                     _rebuild_columns(self._db)
@@ -877,23 +1024,35 @@ class Store:
         with self._lock:
             cursor = self._db.execute(sql, args)
             raw = cursor.fetchall()
-        return [
-            {
-                "id": row[0],
-                "name": row[1],
-                "created": row[2],
-                "status": row[3],
-                "duration": row[4],
-                "note": row[5],
-                "tags": json.loads(row[6]),
-                "params": _decode(row[7]),
-                "metrics": _decode(row[8]),
-                "notebook": row[9],
-                "sweep": row[10],
-                "origin": row[11],
-            }
-            for row in raw
-        ]
+        with self._unreadable_rows():
+            return [
+                {
+                    "id": row[0],
+                    "name": row[1],
+                    "created": row[2],
+                    "status": row[3],
+                    "duration": row[4],
+                    "note": row[5],
+                    "tags": json.loads(row[6]),
+                    "params": _decode(row[7]),
+                    "metrics": _decode(row[8]),
+                    "notebook": row[9],
+                    "sweep": row[10],
+                    "origin": row[11],
+                }
+                for row in raw
+            ]
+
+    @contextlib.contextmanager
+    def _unreadable_rows(self) -> Iterator[None]:
+        """Rows whose JSON no longer parses (a cut or overwritten index) are damage."""
+        try:
+            yield
+        except (ValueError, TypeError, KeyError) as error:
+            raise DamagedIndexError(
+                f"the store's index {self.index_path} is damaged (a row does not parse: "
+                f"{error}); rebuild it from the records with `nbexp reindex`"
+            ) from error
 
     def rebuild_columns(self) -> None:
         """Recompute the param/metric name list from the index (after bulk index writes)."""
@@ -940,11 +1099,12 @@ class Store:
             rows = [list(row) for row in self._db.execute(sql, args)]
         from .record import decode_value
 
-        for row in rows:
-            row[5] = json.loads(row[5]) if row[5] != "[]" else []
-            for position in nested:
-                if row[position] is not None:
-                    row[position] = decode_value(json.loads(row[position]))
+        with self._unreadable_rows():
+            for row in rows:
+                row[5] = json.loads(row[5]) if row[5] != "[]" else []
+                for position in nested:
+                    if row[position] is not None:
+                        row[position] = decode_value(json.loads(row[position]))
         present = [i for i in range(len(names)) if i < 7 or any(row[i] is not None for row in rows)]
         if len(present) < len(names):
             names = [names[i] for i in present]
@@ -1104,8 +1264,8 @@ class Store:
             f"{'' if total == 1 else 's'}{here}"
         )
 
-    def get(self, ref: str) -> Experiment:
-        return self.load(self.resolve(ref))
+    def get(self, ref: str, *, salvage: bool = False) -> Experiment:
+        return self.load(self.resolve(ref), salvage=salvage)
 
     def names_count(self, prefix: str) -> int:
         with self._lock:
@@ -1284,22 +1444,25 @@ class Store:
             for digest in experiment.object_hashes():
                 referenced.setdefault(digest, []).append(short)
         for digest, owners in sorted(referenced.items()):
-            users = ", ".join(sorted(owners)[:3]) + (
-                f" and {len(owners) - 3} more" if len(owners) > 3 else ""
-            )
+            users = ", ".join(sorted(set(owners)))  # every one: each is an experiment to fix
             path = self.object_path(digest)
             if not path.exists():
                 problems.append(Problem("object", digest[:12], f"missing (used by {users})"))
             elif hash_file(path)[0] != digest:
                 problems.append(Problem("object", digest[:12], f"corrupt (used by {users})"))
         try:
+            _check_header(self.index_path)
             with self._lock:
-                check = [row[0] for row in self._db.execute("PRAGMA quick_check(3)")]
+                check = [row[0] for row in self._db.execute("PRAGMA integrity_check(3)")]
                 indexed = {row[0] for row in self._db.execute("SELECT id FROM experiments")}
+                if check == ["ok"]:
+                    self._index_answers_or_raise()
         except sqlite3.DatabaseError as error:
             if "locked" in str(error) or "busy" in str(error):  # no damage: say so
                 raise self._index_failure(error) from error
             check = [str(error)]
+        except DamagedIndexError as error:
+            check = [_first_clause(str(error))]
         if check != ["ok"]:  # pages SQLite can no longer trust, even where a listing still works
             problems.append(
                 Problem("index", "index.sqlite", f"damaged ({check[0]}); run `nbexp reindex`")
@@ -1327,19 +1490,33 @@ class Store:
 
 
 def _index_guard(method: Callable[..., Any]) -> Callable[..., Any]:
-    """`method` with the index's failures (damage, a foreign layout, a lock held too long, a
-    read-only file, a full disk) raised as one StoreError line naming the fix
-    (`_index_failure`), instead of a traceback from sqlite3. Errors that mean a bug in
-    nbexp (ProgrammingError, IntegrityError, ...) pass unchanged."""
+    """`method` on an index that heals itself: one another process replaced is reopened
+    (`_follow_index`), and a damaged one is rebuilt from the records (`_rebuild_index`, one
+    line on stderr) and the call tried once more. Other failures (a lock held too long, a
+    read-only file, a full disk) are one StoreError line naming the fix (`_index_failure`)
+    instead of a traceback from sqlite3. Errors that mean a bug in nbexp (ProgrammingError,
+    IntegrityError, ...) pass unchanged."""
 
     @functools.wraps(method)
     def guarded(self: Store, *args: Any, **kwargs: Any) -> Any:
-        try:
+        if self._healing:  # a call made while the index is being rebuilt: no second rebuild
             return method(self, *args, **kwargs)
-        except sqlite3.DatabaseError as error:
-            if type(error) not in (sqlite3.DatabaseError, sqlite3.OperationalError):
-                raise
-            raise self._index_failure(error) from error
+        self._follow_index()
+        for attempt in range(2):
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.DatabaseError as error:
+                if type(error) not in (sqlite3.DatabaseError, sqlite3.OperationalError):
+                    raise
+                failure = self._index_failure(error)
+                if attempt or not isinstance(failure, DamagedIndexError):
+                    raise failure from error
+            except DamagedIndexError as error:
+                failure = error
+                if attempt:
+                    raise
+            self._rebuild_index(str(failure))
+        raise AssertionError("unreachable")
 
     return guarded
 
@@ -1566,12 +1743,62 @@ def store_root(path: str | os.PathLike[str] | None = None) -> Path:
     return candidate if candidate.name == STORE_DIRNAME else find_store_root(candidate)
 
 
-def discard_index(root: str | os.PathLike[str]) -> None:
-    """Delete a store's index files (it is rebuilt from the records by `reindex`)."""
+def set_aside_index(root: str | os.PathLike[str]) -> None:
+    """Move a damaged index to index.sqlite.damaged (replacing an older one; its WAL and
+    shared memory go with it) so a fresh one can be built from the records. Nothing is
+    deleted that a user might want to look at."""
     index_path = Path(root) / "index.sqlite"
     for suffix in ("", "-wal", "-shm"):
+        source = Path(str(index_path) + suffix)
         with contextlib.suppress(FileNotFoundError):
-            Path(str(index_path) + suffix).unlink()
+            os.replace(source, Path(str(index_path) + ".damaged" + suffix))
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, or None if it is missing: tells a replaced file apart."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_header(index_path: Path) -> None:
+    """A DamagedIndexError for an index whose header SQLite would misread: a wrong magic, or
+    read/write format bytes (18, 19) other than 1 (legacy) or 2 (WAL) — with a flipped byte
+    18 SQLite takes the file for read-only and every write fails as if it were."""
+    try:
+        with open(index_path, "rb") as handle:
+            header = handle.read(100)
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # unreadable: sqlite3 says why
+    if not header:
+        return  # a new, empty file: SQLite writes its header
+    if (
+        len(header) < 100
+        or not header.startswith(_SQLITE_MAGIC)
+        or header[18] not in (1, 2)
+        or header[19] not in (1, 2)
+    ):
+        raise DamagedIndexError(
+            f"the store's index {index_path} is damaged (its header is not a valid SQLite "
+            "header); rebuild it from the records with `nbexp reindex`"
+        )
+
+
+def _say(line: str) -> None:
+    """A one-line notice for the user (stderr): what the store did on its own."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def _first_clause(why: str) -> str:
+    """An error line up to its advice: "the index … is damaged (…)" without "; rebuild …"."""
+    return why.split("; rebuild it", 1)[0]
 
 
 def open_store(path: str | os.PathLike[str] | None = None) -> Store:

@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nbexp.errors import NbexpError, QueryError
-from nbexp.record import encode_value
 from nbexp.query import (
     And,
     Compare,
@@ -25,6 +24,7 @@ from nbexp.query import (
     parse,
     to_sql,
 )
+from nbexp.record import encode_value
 
 SCHEMA = """CREATE TABLE experiments (id TEXT PRIMARY KEY, name TEXT, created TEXT, status TEXT,
     duration REAL, note TEXT, tags TEXT, params TEXT, metrics TEXT)"""

@@ -235,11 +235,13 @@ def test_unknown_and_ambiguous_references_everywhere_and_how_names_resolve(
     older = nbexp.get("last")
     run(ip, cell("shared -t twice", "value = 2.0"))
     newer = nbexp.get("last")
-    # a name, a tag: their latest run; a name wins over an id prefix that spells the same
+    # a name, a tag: their latest run; a name that spells an id prefix is refused
     assert nbexp.get("shared").id == newer.id and nbexp.get("twice").id == newer.id
-    run(ip, cell(older.id[:6], "value = 3.0"))
-    assert nbexp.get(older.id[:6]).params == {"value": 3.0}
-    assert nbexp.get(older.id[:8]).id == older.id  # a longer prefix still finds the id
+    refused = run(ip, cell(older.id[:6], "value = 3.0"))
+    assert isinstance(refused.error_in_exec, UsageError) and "id prefix" in str(
+        refused.error_in_exec
+    )
+    assert nbexp.get(older.id[:6]).id == older.id  # the id, never a name
     ip.user_ns["value"] = "clobbered"
     run(ip, "%exp_restore shared value")
     assert ip.user_ns["value"] == 2.0

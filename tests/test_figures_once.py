@@ -5,6 +5,7 @@ real matplotlib (Agg)."""
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from tests.conftest import run
 
 
 @pytest.fixture
-def renders(ip, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+def renders(ip, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
     """Every figure matplotlib renders to a file (the user's savefig and nbexp's alike)."""
     import matplotlib
 

@@ -130,7 +130,7 @@ weights = np.arange(6.0)
 holder = {"w": weights}
 alone = [1, 2, 3]
 """
-NAMES = ("fig", "axes", "other_fig", "other_ax", "p1", "p2", "scaler", "a", "b")
+NAMES: tuple[str, ...] = ("fig", "axes", "other_fig", "other_ax", "p1", "p2", "scaler", "a", "b")
 NAMES += ("weights", "holder", "alone")
 
 
@@ -279,7 +279,7 @@ def _format1_state(store, values: dict[str, Any]) -> dict[str, Any]:
             refs.append(other)
             return other
 
-        pickler.persistent_id = persistent_id  # type: ignore[method-assign]
+        pickler.persistent_id = persistent_id
         pickler.dump(value)
         payload = sink.getvalue()
         digest = xxhash.xxh3_128_hexdigest(payload)

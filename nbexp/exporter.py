@@ -159,11 +159,12 @@ class _Failure:
         one inside a `try` reproducing its effect (or commented out when nothing later uses
         what it binds); none of the statements after it. A cell that never ran is empty."""
         if not self.ran:
-            return f"# {translate.NOTE} In [{self.number}] never ran in the notebook ({self.error})"
+            error = _one_line(self.error)
+            return f"# {translate.NOTE} In [{self.number}] never ran in the notebook ({error})"
         lines = code.split("\n")
         before, statement = lines[: self.first - 1], lines[self.first - 1 : self.last]
         after = [line for line in lines[self.last :] if line.strip()]
-        note = f"in the notebook this raised {self.error}"
+        note = f"in the notebook this raised {_one_line(self.error)}"
         if self.kind == "KeyboardInterrupt":  # stopped by hand: here it runs to its end
             out = [*before, f"# {translate.NOTE} {note}", *statement]
         elif guard:
@@ -461,6 +462,12 @@ def python_literal(value: Any) -> str:
 # -- the header ---------------------------------------------------------------------------
 
 
+def _one_line(text: str) -> str:
+    """Recorded text (a name, a path, an error) for a `#` comment: a line break in it would
+    end the comment and make the rest code, so control characters become spaces."""
+    return "".join(" " if ord(character) < 32 else character for character in str(text))
+
+
 def header_lines(p: Plan) -> list[str]:
     """What the export reproduces and what it needs, one fact a line (values that vary in
     length, like paths and versions, each on a line of their own, so nothing is re-wrapped)."""
@@ -535,7 +542,7 @@ def _git_lines(e: Experiment, more: str) -> list[str]:
     if git.get("dirty"):
         lines.append(f"{more}plus uncommitted changes, kept in the record:")
         lines.append(f"{more}`nbexp branch {e.short_id} NAME` makes a branch with them")
-    return lines
+    return [_one_line(line) for line in lines]  # recorded text never leaves its comment
 
 
 def _usage(p: Plan, filename: str) -> str:
@@ -855,7 +862,7 @@ def to_script(experiment: Experiment, filename: str = "run.py") -> str:
     if p.uses_log:
         out.extend(["", "", "# %% nbexp: collect nbexp.log() series as %%experiment does"])
         out.append(_LOG_SETUP)
-    out.extend(["", "", f"# %% {p.body.label}: {e.name}", p.body.python])
+    out.extend(["", "", f"# %% {p.body.label}: {_one_line(e.name)}", p.body.python])
     out.extend(["", "", "# %% nbexp: the metrics, as one JSON line", _report_call(p), ""])
     return "\n".join(out)
 
@@ -867,7 +874,7 @@ def to_notebook(experiment: Experiment) -> Any:
 
     p = plan(experiment)
     e = p.experiment
-    intro = [f"# Reproduces the nbexp experiment {e.name} ({e.short_id})", ""]
+    intro = [f"# Reproduces the nbexp experiment {_one_line(e.name)} ({e.short_id})", ""]
     intro.extend(f"    {line}" for line in header_lines(p))
     intro.extend(
         [

@@ -72,7 +72,7 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from . import query as query_language
-from .errors import AmbiguousRefError, NbexpError, RefError, StoreError
+from .errors import AmbiguousRefError, NbexpError, QueryError, RefError, StoreError
 from .record import SHORT_ID_LENGTH, Experiment, encode_value
 from .store import STORE_DIRNAME, STORE_ENV, Store, find_store_root, sort_key
 
@@ -145,7 +145,7 @@ def parse_listing(argument: Callable[[str], str | None]) -> Listing:
     sort = argument("sort") or None
     try:
         sort_key(sort)
-    except StoreError as error:
+    except QueryError as error:
         raise _Refused(400, str(error)) from error
     desc = (argument("desc") or "").strip().lower()
     if desc not in _TRUE + _FALSE:
@@ -308,6 +308,9 @@ class ExperimentsHandler(_Handler):
             body = await self._in_thread(_list, opened, listing)
         except _Refused as refusal:
             self._fail(refusal.status, refusal.message)
+            return
+        except QueryError as error:  # e.g. a sort key no experiment has: the request's fault
+            self._fail(400, str(error))
             return
         except NbexpError as error:
             self.log.warning("nbexp: listing %s failed: %s", self.request.uri, error)

@@ -50,6 +50,7 @@ from .errors import (
     DamagedIndexError,
     IntegrityError,
     NbexpError,
+    QueryError,
     RecordError,
     RefError,
     StoreError,
@@ -1161,7 +1162,7 @@ class Store:
         if found is None:
             known = self.keys(column)[:8]
             listed = ", ".join(f"{column}.{name}" for name in known) or "none yet"
-            raise StoreError(
+            raise QueryError(
                 f"cannot sort by `{sort}`: no experiment has {column}.{key}; "
                 f"{column} there are: {listed}"
             )
@@ -1646,7 +1647,7 @@ def sort_key(sort: str | None) -> tuple[str, str | None, bool]:
     match = _SORT_KEY.match(key)
     if match and match.group(2).strip():
         return match.group(1), match.group(2), reverse
-    raise StoreError(
+    raise QueryError(
         f"cannot sort by `{sort}`; sort by {', '.join(SORTABLE)}, params.NAME or metrics.NAME "
         "(prefix with - to reverse)"
     )

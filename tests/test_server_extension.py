@@ -145,6 +145,26 @@ def test_one_experiment_by_prefix_name_tag_or_last(
     refusal(fetch("last~9", params={"path": "nb.ipynb"}), 404, "holds 4 experiments")
 
 
+@pytest.mark.parametrize(
+    "sort",
+    [
+        "params.a')--",
+        "params.depth' || (SELECT CASE WHEN (SELECT count(*) FROM experiments) > 1 "
+        "THEN abs(-9223372036854775807-1) END) || '",
+        'metrics.acc") DESC; DROP TABLE experiments; --',
+    ],
+)
+def test_a_sort_key_is_data_never_sql(
+    fetch: Fetch, filled: tuple[Store, list[Experiment]], sort: str
+) -> None:
+    refusal(fetch(params={"path": "nb.ipynb", "sort": sort}), 400, "cannot sort by")
+    assert body(fetch(params={"path": "nb.ipynb"}))["total"] == 4  # the table is still there
+
+
+def test_a_huge_last_n_is_not_found(fetch: Fetch, filled: tuple[Store, list[Experiment]]) -> None:
+    refusal(fetch("last~99999999999999999999", params={"path": "nb.ipynb"}), 404, "does not exist")
+
+
 def test_an_ambiguous_prefix_is_a_bad_request(fetch: Fetch, jp_root_dir: Path) -> None:
     store = Store(jp_root_dir / ".nbexp")
     first, second, prefix = _ambiguous_pair(store)

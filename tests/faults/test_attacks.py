@@ -13,6 +13,8 @@ import math
 import os
 import random
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -148,6 +150,21 @@ def test_status_of_a_pulled_record_never_reads_outside_the_project(
     answer = cli("status")  # /dev/zero would never end; /etc/* are not this project's
     assert answer.code == 0 and "/etc" not in answer.out and "/dev" not in answer.out, answer
     attack(True)
+
+
+def test_recorded_text_cannot_break_out_of_an_export_comment(project: Path) -> None:
+    store = open_store()
+    evil = "x\nopen('pwned', 'w').close()\n"
+    record = crafted(
+        store,
+        evil,
+        env={"python": "3", "platform": "test", "packages": {}, "cwd": evil},
+        code=Code(cell="%%experiment x\nx = 1\n", source="x = 1\n", notebook=evil),
+    )
+    assert cli("export", record.short_id, "-o", "run.py").code == 0
+    done = subprocess.run([sys.executable, "run.py"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    attack(not (project / "pwned").exists())
 
 
 # -- 11. a pulled record never shadows local names or `last`, and never runs unasked --------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import NbexpError
+from .errors import ExpectationFailed, NbexpError
 from .series import log
 
 __version__ = "0.1.0"
@@ -17,10 +17,12 @@ if TYPE_CHECKING:
     from .store import Store
 
 __all__ = [
+    "ExpectationFailed",
     "NbexpError",
     "__version__",
     "compare",
     "diff",
+    "drift",
     "experiments",
     "export",
     "get",

@@ -265,7 +265,9 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     """`KEY=VALUE` from `-p` → (key, literal source, value); VALUE must be a Python literal."""
     key, separator, literal = text.partition("=")
     key = key.strip()
-    if not separator or not key.isidentifier():
+    if not separator or not (  # a name, or a params file's dotted key path (train.max_depth)
+        key.isidentifier() or all(part.replace("-", "_").isidentifier() for part in key.split("."))
+    ):
         raise NbexpError(f"-p {text}: expected KEY=VALUE, e.g. -p lr=0.01")
     literal = literal.strip()
     try:

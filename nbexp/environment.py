@@ -276,7 +276,11 @@ def _branch(repo: Any) -> str | None:
 
 
 def notebook_path(user_ns: dict[str, Any]) -> str | None:
-    """The notebook's path as the front end told the kernel; None in a terminal."""
+    """The notebook's path as the front end told the kernel (or `NBEXP_NOTEBOOK`, or the
+    command line of a headless runner: see `headless`); None in a terminal."""
+    given = os.environ.get("NBEXP_NOTEBOOK")
+    if given:
+        return os.path.abspath(given)
     vscode = user_ns.get("__vsc_ipynb_file__")
     if isinstance(vscode, str) and vscode:
         return vscode
@@ -290,4 +294,6 @@ def notebook_path(user_ns: dict[str, Any]) -> str | None:
                 else candidate.absolute()
             )
         return str(candidate)
-    return None
+    from .headless import runner_notebook
+
+    return runner_notebook()

@@ -53,3 +53,12 @@ class TransferError(RemoteError):
     def __init__(self, message: str, report: object = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class ExpectationFailed(NbexpError):
+    """A `--strict` run whose `--expect` failed: raised after the record is saved, so a
+    headless run (papermill, `jupyter execute`) exits non-zero and a scheduler alerts."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback: the failure is the user's data, not a bug
+        return [f"ExpectationFailed: {self}"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from typing import Any
@@ -12,7 +13,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool
 
 from . import api
-from .errors import NbexpError
+from .errors import ExpectationFailed, NbexpError
 from .recorder import Recorder, RunOptions, RunResult
 from .show import summary_line
 
@@ -75,6 +76,20 @@ class ExperimentMagics(Magics):
         metavar="EXPR",
         help='a condition checked after the run, e.g. "f1 >= 0.9"',
     )
+    @argument(
+        "--strict",
+        action="store_true",
+        help="a failed --expect raises ExpectationFailed after the run is recorded, so a "
+        "headless run (papermill, jupyter execute) fails; NBEXP_STRICT=1 sets it for every run",
+    )
+    @argument(
+        "--params-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a params file (YAML, JSON, TOML) whose keys the body reads are params "
+        "(params.yaml|json|toml here are found without it)",
+    )
     @argument("--no-state", action="store_true", help="do not snapshot the kernel's variables")
     @argument(
         "--cache",
@@ -126,6 +141,9 @@ class ExperimentMagics(Magics):
             allow_secrets=args.allow_secret,
             max_runs=args.max_runs,
             line=line,
+            params_files=args.params_file,
+            strict=args.strict
+            or os.environ.get("NBEXP_STRICT", "").lower() in ("1", "true", "yes"),
         )
         if args.sweep:
             return self._sweep(cell, options, args.sweep)
@@ -136,6 +154,12 @@ class ExperimentMagics(Magics):
         self._report(result)
         if result.error is not None:
             raise result.error
+        if options.strict and result.failed_expectations and result.experiment is not None:
+            failed = "; ".join(item["expr"] for item in result.failed_expectations)
+            raise ExpectationFailed(
+                f"{result.experiment.name} ({result.experiment.short_id}) is recorded, but "
+                f"its expectation failed: {failed}"
+            )
         return result.value
 
     def _report(self, result: RunResult) -> None:
@@ -158,6 +182,8 @@ class ExperimentMagics(Magics):
                 )
             for path, why in result.experiment.links.get("unstored_artifacts", {}).items():
                 print(f"nbexp: the file {path} the run wrote {why}", file=sys.stderr)
+            for path, why in result.experiment.links.get("dvc_problems", {}).items():
+                print(f"nbexp: {path}: {why}", file=sys.stderr)
             for name, fields in result.experiment.links.get("credential_containers", {}).items():
                 print(
                     f"nbexp: {name} was not snapshotted: it holds credential-looking keys "

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import analysis, environment, profiles, refs, series
+from . import analysis, environment, headless, paramsfile, profiles, refs, series
 from .errors import NbexpError
 from .hashing import hash_bytes, hash_json
 from .record import (
@@ -70,6 +70,8 @@ class RunOptions:
     max_runs: int | None = None  # --sweep: the most combinations allowed (sweep.MAX_RUNS)
     line: str = ""
     links: dict[str, Any] = field(default_factory=dict)  # e.g. {"sweep": id}, kept as is
+    params_files: list[str] = field(default_factory=list)  # --params-file (SPEC §12)
+    strict: bool = False  # --strict: a failed expectation raises ExpectationFailed
 
 
 @dataclass
@@ -108,6 +110,10 @@ class _Run:
     watch: Any = None
     error: dict[str, Any] | None = None
     bound_before: dict[str, int] = field(default_factory=dict)
+    # params from parameters cells and params files, and the names bound from the latter
+    extra_params: dict[str, Any] = field(default_factory=dict)
+    not_metrics: set[str] = field(default_factory=set)
+    params_files: dict[str, list[str]] = field(default_factory=dict)
 
 
 class _Tee(io.TextIOBase):
@@ -206,6 +212,24 @@ class Recorder:
             info: analysis.CodeInfo | None = analysis.analyze(transformed)
         except analysis.CodeError:
             info = None  # the body will raise its SyntaxError when run, like any cell
+        use = (
+            paramsfile.analyze(
+                transformed, os.getcwd(), options.params_files, shell.user_ns, info.loaded
+            )
+            if info is not None
+            else None
+        )
+        routed = paramsfile.route(
+            use, overrides, override_values, set(info.params) if info else set()
+        )
+        if routed and use is not None:  # -p on params-file keys: the chains reading them
+            for key in [k for k in overrides if k not in info.params]:  # type: ignore[union-attr]
+                if key in routed or (key in use.derived and use.derived[key] in routed):
+                    del overrides[key], override_values[key]
+            transformed = paramsfile.apply(transformed, use, routed)
+            info = analysis.analyze(transformed)
+            for name in use.derived:  # `max_depth = 6` now, but read from the file, not a param
+                info.params.pop(name, None)
         for key in overrides:
             if info is not None and key in info.computed and key not in info.params:
                 raise NbexpError(
@@ -225,6 +249,22 @@ class Recorder:
         except NbexpError as error:
             store_problem = str(error)
         run = _Run(options=options, cell=cell, source=source, info=info, overrides=override_values)
+        if use is not None:
+            run.extra_params = {**use.reads, **{k: value for k, (_, value) in routed.items()}}
+            run.not_metrics = set(use.derived)
+            run.params_files = use.keys_by_file()
+        if info is not None:  # a headless run's parameters cells (papermill's injected one)
+            history = getattr(shell.history_manager, "input_hist_raw", []) or []
+            run.extra_params = {
+                **headless.parameter_values(
+                    history[1:],
+                    environment.notebook_path(shell.user_ns),
+                    info.loaded,
+                    set(info.assigned),
+                    shell.user_ns,
+                ),
+                **run.extra_params,
+            }
         if info is not None:
             run.inputs = self._input_variables(info)
             run.cache_key = self._cache_key(info, source, run.inputs)
@@ -398,6 +438,7 @@ class Recorder:
         params: dict[str, Any] = {}
         if info is not None:
             params = {name: _jsonable(p.value) for name, p in info.params.items()}
+        params = {**{k: _jsonable(v) for k, v in run.extra_params.items()}, **params}
         params.update({key: _jsonable(value) for key, value in run.overrides.items()})
         params = {
             key: mask_credential_keys(value)
@@ -408,7 +449,9 @@ class Recorder:
         metrics: dict[str, Any] = {}
         if info is not None:
             for name in info.assigned:
-                if name in params or name.startswith("_") or looks_like_secret(name):
+                if name in params or name in run.not_metrics or name.startswith("_"):
+                    continue
+                if looks_like_secret(name):
                     continue
                 if run.error and id(namespace.get(name)) == run.bound_before.get(name):
                     continue  # the run failed before assigning it: the value is an older one
@@ -450,6 +493,9 @@ class Recorder:
                 continue
             seen_paths.add(absolute)
             data.append(profiles.describe_file(store, absolute, base=cwd, redact=redact))
+        from . import dvc
+
+        dvc_problems = dvc.annotate(data)
         artifacts = []
         unstored_artifacts: dict[str, str] = {}
         for path in written:
@@ -538,6 +584,10 @@ class Recorder:
             links["unstored_artifacts"] = unstored_artifacts
         if credential_containers:
             links["credential_containers"] = credential_containers
+        if run.params_files:
+            links["params_files"] = run.params_files
+        if dvc_problems:
+            links["dvc_problems"] = dvc_problems
         draft = Experiment(
             id="",
             name=options.name or self._generated_name(store, notebook),

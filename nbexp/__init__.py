@@ -96,6 +96,14 @@ def diff(a: Any, b: Any) -> Any:
     return _diff(a, b)
 
 
+def drift(ref: Any, data: Any, *, input: str | None = None) -> Any:
+    """How far new data (a path or a DataFrame) has drifted from what an experiment read, per
+    column (PSI, KS, TVD): a DataFrame; nothing is recorded."""
+    from .api import drift as _drift
+
+    return _drift(ref, data, input=input)
+
+
 def plot(metric: str, refs: list[Any] | None = None, **options: Any) -> Any:
     """A matplotlib Figure: `metric` across experiments, `by=PARAM` (a line per `color=`),
     its logged series (`step=True`) or `kind="parallel"`; filter with `query=` or `sweep=`."""

@@ -77,6 +77,17 @@ def diff(a: str | Experiment, b: str | Experiment, *, store: Store | str | None 
     )
 
 
+def drift(
+    ref: str | Experiment, data: Any, *, input: str | None = None, store: Store | str | None = None
+) -> pd.DataFrame:
+    """How far new data (a path or a DataFrame) drifted from what an experiment read: one row
+    per column (PSI, KS, TVD, level); nothing is recorded."""
+    from . import datadrift as _drift
+
+    experiment = ref if isinstance(ref, Experiment) else _store(store).get(ref)
+    return _drift.frame([_drift.compare(experiment, data, input_name=input)])
+
+
 def plot(
     metric: str,
     refs: list[str | Experiment] | None = None,

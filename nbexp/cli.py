@@ -281,6 +281,12 @@ def cmd_export(args: argparse.Namespace, store: Store) -> int:
 
     experiment = store.get(args.ref)
     fmt = infer_format(args.output, args.format)
+    if fmt == "dvc":
+        from .dvcstage import write as write_stage
+
+        script, dvc_yaml, stage = write_stage(experiment, args.output, force=args.force)
+        print(f"wrote {script} and stage {stage!r} in {dvc_yaml}: `dvc repro {stage}` runs it")
+        return 0
     if args.output is None:
         sys.stdout.write(render(experiment, fmt))
         return 0
@@ -323,10 +329,30 @@ def cmd_branch(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_diff(args: argparse.Namespace, store: Store) -> int:
-    from .comparison import diff
+    from .comparison import as_data, diff
 
-    print(diff(store.get(args.a), store.get(args.b)))
+    found = diff(store.get(args.a), store.get(args.b))
+    if args.format == "json":
+        json.dump(encode_value(as_data(found)), sys.stdout, indent=1, allow_nan=False)
+        sys.stdout.write("\n")
+        return 0
+    print(found)
     return 0
+
+
+def cmd_drift(args: argparse.Namespace, store: Store) -> int:
+    """Drift of new data from an experiment's input, nothing recorded; exit 3 at --fail-on."""
+    from . import datadrift as drift
+
+    drift.check_level(args.fail_on)
+    experiment = store.get(args.ref)
+    found = [drift.compare(experiment, path, input_name=args.input) for path in args.paths]
+    if args.format == "json":
+        json.dump(encode_value(drift.as_json(experiment, found)), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(drift.text(experiment, found))
+    return drift.DRIFT_EXIT if drift.reaches(found, args.fail_on) else 0
 
 
 def cmd_status(args: argparse.Namespace, store: Store) -> int:
@@ -420,6 +446,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare = add("diff", cmd_diff, "what differs between two experiments (data drift included)")
     compare.add_argument("a", metavar="REF_A", help="id prefix, name, tag, last or last~N")
     compare.add_argument("b", metavar="REF_B", nargs="?", default="last", help="default: last")
+    compare.add_argument("--format", choices=("text", "json"), default="text")
+    moved = add(
+        "drift", cmd_drift, "how far new data drifted from what an experiment read (no record)"
+    )
+    moved.add_argument("ref", help="id prefix, name, tag, last or last~N")
+    moved.add_argument("paths", nargs="+", metavar="PATH", help="new data (.csv, .tsv, .parquet)")
+    moved.add_argument("--input", help="the recorded input to compare with (path or variable)")
+    moved.add_argument("--format", choices=("text", "json"), default="text")
+    moved.add_argument("--fail-on", choices=("moderate", "major"), help="exit 3 at this level")
+    moved.epilog = "exit codes: 0 compared, 3 a column reached --fail-on, 1 a user error"
     status = add(
         "status", cmd_status, "which experiments are stale (an input file or their cell changed)"
     )
@@ -429,7 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("ref", help="id prefix, name, tag, last or last~N")
     export.add_argument("-o", "--output", help="the file to write (default: print the export)")
     export.add_argument(
-        "--format", choices=("script", "notebook"), help="default: from -o's suffix"
+        "--format",
+        choices=("script", "notebook", "dvc"),
+        help="default: from -o's suffix; dvc: the script plus its stage in dvc.yaml",
     )
     export.add_argument("--force", action="store_true", help="overwrite the output file")
     artifact = add(

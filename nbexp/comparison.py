@@ -272,6 +272,7 @@ class DataChange:
     size: tuple[int | None, int | None] = (None, None)
     schema: SchemaChange | None = None
     columns: tuple[ColumnDrift, ...] = ()
+    dvc: tuple[str | None, str | None] = (None, None)  # DVC's md5 of a tracked file, A and B
 
     @property
     def drifted(self) -> tuple[ColumnDrift, ...]:
@@ -395,6 +396,7 @@ def _changed_input(a: dict[str, Any], b: dict[str, Any]) -> DataChange:
         size=(a.get("size"), b.get("size")),
         schema=_schema(a, b),
         columns=drifts,
+        dvc=((a.get("dvc") or {}).get("md5"), (b.get("dvc") or {}).get("md5")),
     )
 
 
@@ -643,6 +645,8 @@ def text_view(d: Diff) -> str:
     for change in d.data:
         digests = " → ".join((h or "—")[:12] for h in change.hash)
         lines.append(f"  {change.label}  {change.status}  {digests}")
+        if any(change.dvc):
+            lines.append("    dvc md5: " + " → ".join((h or "—")[:12] for h in change.dvc))
         if change.schema is not None:
             lines.append(f"    schema: {_schema_text(change.schema)}")
         if change.columns:
@@ -752,3 +756,63 @@ def html_view(d: Diff) -> str:
     parts.append(f"<b>state</b><div>{html.escape(_state_text(d.state))}</div>")
     parts.append("</div>")
     return "".join(parts)
+
+
+def as_data(d: Diff) -> dict[str, Any]:
+    """The diff as plain data (`nbexp diff --format json`): what changed, nothing rendered."""
+
+    def value(v: Any) -> Any:
+        return None if isinstance(v, _Absent) else v
+
+    def pairs(changes: tuple[ValueChange, ...]) -> list[dict[str, Any]]:
+        return [
+            {"key": c.key, "a": value(c.a), "b": value(c.b), "changed": c.changed, "delta": c.delta}
+            for c in changes
+        ]
+
+    def column(c: ColumnDrift) -> dict[str, Any]:
+        return {
+            "column": c.column, "kind": c.kind, "psi": c.psi, "ks": c.ks, "tvd": c.tvd,
+            "level": c.level or None, "null_rate": list(c.null_rate), "note": c.note,
+        }  # fmt: skip
+
+    return {
+        "a": {"id": d.a.id, "name": d.a.name},
+        "b": {"id": d.b.id, "name": d.b.name},
+        "params": pairs(d.params),
+        "metrics": pairs(d.metrics),
+        "code": d.code,
+        "notebook": list(d.notebook),
+        "data": [
+            {
+                "kind": c.kind,
+                "label": c.label,
+                "status": c.status,
+                "hash": list(c.hash),
+                "size": list(c.size),
+                "schema": None
+                if c.schema is None
+                else {
+                    "added": list(c.schema.added),
+                    "removed": list(c.schema.removed),
+                    "retyped": [list(t) for t in c.schema.retyped],
+                    "rows": list(c.schema.rows),
+                },
+                "columns": [column(col) for col in c.columns],
+                "dvc_md5": list(c.dvc),
+                "drifted": [col.column for col in c.drifted],
+            }
+            for c in d.data
+        ],
+        "data_unchanged": list(d.data_unchanged),
+        "env": pairs(d.env),
+        "packages": pairs(d.packages),
+        "git": pairs(d.git),
+        "state": {
+            "changed": list(d.state.changed),
+            "added": list(d.state.added),
+            "removed": list(d.state.removed),
+            "unchanged": d.state.unchanged,
+        },
+        "outcome": pairs(d.outcome),
+    }

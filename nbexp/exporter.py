@@ -28,7 +28,7 @@ from .record import Experiment
 
 METRICS_PREFIX = "NBEXP_METRICS "
 DATA_CHANGED_EXIT = 2
-FORMATS = ("script", "notebook")
+FORMATS = ("script", "notebook", "dvc")
 
 
 class ExportError(NbexpError):
@@ -69,7 +69,8 @@ class Plan:
 
 def plan(experiment: Experiment) -> Plan:
     """Decide what the export of `experiment` holds; ExportError when it cannot be exported."""
-    params = dict(experiment.params)
+    from_files = {k for keys in (experiment.links.get("params_files") or {}).values() for k in keys}
+    params = {k: v for k, v in experiment.params.items() if k not in from_files}  # files read them
     python_body, ipython_body = _body(experiment)
     statements = _param_statements(python_body, params)
     history = list(experiment.code.history)
@@ -127,7 +128,9 @@ def plan(experiment: Experiment) -> Plan:
         files=[
             (str(item["path"]), str(item["hash"]))
             for item in experiment.data
-            if item.get("kind") == "file" and item.get("hash")
+            if item.get("kind") == "file"
+            and item.get("hash")
+            and item.get("path") not in (experiment.links.get("params_files") or {})
         ],
         metrics=list(experiment.metrics),
         history_total=len(history),
@@ -947,7 +950,12 @@ def write(
     *,
     force: bool = False,
 ) -> Path:
-    """Write the export to `path` (atomically); refuses to overwrite unless `force`."""
+    """Write the export to `path` (atomically); refuses to overwrite unless `force`.
+    Format dvc writes the script and its stage in dvc.yaml (`dvcstage`)."""
+    if format == "dvc":
+        from .dvcstage import write as write_stage
+
+        return write_stage(experiment, path, force=force)[0]
     target = Path(path)
     if format == "script" and target.suffix == ".ipynb":
         raise ExportError(

@@ -275,7 +275,9 @@ class ExperimentMagics(Magics):
     @argument("ref", nargs="?", default="last", help="id prefix, name, tag, last or last~N")
     @argument("-o", "--output", metavar="PATH", help="the file (default: NAME.py / NAME.ipynb)")
     @argument(
-        "--format", choices=("script", "notebook"), help="default: from PATH's suffix, else script"
+        "--format",
+        choices=("script", "notebook", "dvc"),
+        help="default: from PATH's suffix, else script; dvc: the script and its dvc.yaml stage",
     )
     @argument("--force", action="store_true", help="overwrite PATH when it exists")
     @line_magic

@@ -108,8 +108,12 @@ def text_view(experiment: Experiment) -> str:
                     if "rows" in item
                     else ""
                 )
+                from .dvc import short
+
+                dvc = f"  {short(item)}" if item.get("dvc") else ""  # SPEC §12
                 lines.append(
                     f"  file {item['path']}  {item['hash'][:12]}  {human_bytes(item['size'])}{shape}"
+                    + dvc
                 )
             else:
                 lines.append(

@@ -34,9 +34,10 @@ class Change:
     kind: str  # "file" or "notebook"
     path: str
     reason: str  # MODIFIED or MISSING
+    dvc: str | None = None  # for a DVC-tracked file: its recorded and current DVC md5
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.path} {self.reason}"
+        return f"{self.kind} {self.path} {self.reason}" + (f" ({self.dvc})" if self.dvc else "")
 
 
 @dataclass
@@ -79,7 +80,12 @@ class Checker:
         if cached is not None:
             return dict(cached)
         files = [
-            [str(item.get("path")), str(item.get("abspath") or item.get("path")), item["hash"]]
+            [
+                str(item.get("path")),
+                str(item.get("abspath") or item.get("path")),
+                item["hash"],
+                (item.get("dvc") or {}).get("md5"),
+            ]
             for item in experiment.data
             if item.get("kind") == "file" and item.get("hash")
         ]
@@ -105,7 +111,7 @@ class Checker:
         experiment_id = experiment if isinstance(experiment, str) else experiment.id
         pulled = self.store.origin(experiment_id) is not None
         changes = []
-        for shown, path, digest in inputs["files"]:
+        for shown, path, digest, *dvc_md5 in inputs["files"]:
             if pulled:  # its paths are another machine's: only files in this project count
                 inside = within_project(shown, self.store.root.parent)
                 if inside is None:
@@ -115,7 +121,8 @@ class Checker:
             if current is None and pulled:
                 continue
             if current != digest:
-                changes.append(Change("file", shown, MISSING if current is None else MODIFIED))
+                reason = MISSING if current is None else MODIFIED
+                changes.append(Change("file", shown, reason, _dvc_note(path, dvc_md5)))
         if inputs["notebook"] and not (
             pulled and not is_inside(inputs["notebook"][0], self.store.root.parent)
         ):
@@ -129,6 +136,21 @@ class Checker:
                 if cells is None or body not in cells:
                     changes.append(Change("notebook", path, MODIFIED))
         return changes
+
+
+def _dvc_note(path: str, recorded: list[str | None]) -> str | None:
+    """`dvc md5 1a2b… recorded, now 3c4d… (data/train.csv.dvc)` for a DVC-tracked input."""
+    if not recorded or not recorded[0]:
+        return None
+    from .dvc import DvcFileError, tracked
+
+    try:
+        now = tracked(path)
+    except (DvcFileError, OSError):
+        now = None
+    where = f" ({now.source})" if now else ""
+    current = now.md5[:12] if now else "not tracked"
+    return f"dvc md5 {recorded[0][:12]} recorded, now {current}{where}"
 
 
 def _body(cell: str) -> str:

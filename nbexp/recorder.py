@@ -114,6 +114,40 @@ class _Run:
     extra_params: dict[str, Any] = field(default_factory=dict)
     not_metrics: set[str] = field(default_factory=set)
     params_files: dict[str, list[str]] = field(default_factory=dict)
+    # A body that ran outside the kernel (`record`): the namespace it ended with (the kernel's
+    # names overlaid with the ones it bound), its figures as PNGs, its written files' bytes.
+    namespace: dict[str, Any] | None = None
+    figures: list[bytes] | None = None
+    written: dict[str, bytes] | None = None
+
+
+@dataclass
+class BodyResult:
+    """What a body run outside this kernel (a Dask worker: see `executor`) sent back: all
+    that `Recorder.record` needs to build its record here, the kernel being the only writer."""
+
+    started: str
+    duration: float
+    variables: dict[str, Any]  # the names the body bound, with their values
+    stdout: str = ""
+    stderr: str = ""
+    output_truncated: bool = False
+    error: dict[str, Any] | None = None  # type, message, traceback (as `run` records them)
+    series: dict[str, list[list[Any]]] = field(default_factory=dict)
+    figures: list[bytes] = field(default_factory=list)
+    read: list[str] = field(default_factory=list)  # absolute paths of files it read
+    written: dict[str, bytes] = field(default_factory=dict)  # absolute path → content
+
+
+class _ShippedFiles:
+    """The files a body read and wrote elsewhere, answering as `watcher.FileWatch` does."""
+
+    def __init__(self, read: list[str], written: dict[str, bytes]) -> None:
+        self._read, self._written = read, written
+
+    def files(self) -> tuple[list[str], list[str]]:
+        read = [p for p in self._read if p not in self._written and os.path.isfile(p)]
+        return read, list(self._written)
 
 
 class _Tee(io.TextIOBase):
@@ -184,9 +218,10 @@ class Recorder:
     def __init__(self, shell: Any) -> None:
         self.shell = shell
 
-    def run(self, cell: str, options: RunOptions) -> RunResult:
-        """Run the body and record it. User mistakes in `options` raise NbexpError first."""
-        __tracebackhide__ = True
+    def prepare(self, cell: str, options: RunOptions) -> _Run:
+        """A run up to its body: options checked (a user mistake raises NbexpError), the cell
+        transformed and analysed, `-p` values written into its source, its inputs described.
+        `run` goes on to execute it here; a sweep on Dask ships it to a worker (`record`)."""
         parsed = [analysis.parse_override(text) for text in options.params]
         overrides = {key: literal for key, literal, _ in parsed}
         override_values = {key: value for key, _, value in parsed}
@@ -241,13 +276,6 @@ class Recorder:
         if info and overrides:
             info = analysis.analyze(source)
 
-        result = RunResult()
-        store: Store | None = None
-        store_problem: str | None = None
-        try:
-            store = open_store()
-        except NbexpError as error:
-            store_problem = str(error)
         run = _Run(options=options, cell=cell, source=source, info=info, overrides=override_values)
         if use is not None:
             run.extra_params = {**use.reads, **{k: value for k, (_, value) in routed.items()}}
@@ -268,13 +296,27 @@ class Recorder:
         if info is not None:
             run.inputs = self._input_variables(info)
             run.cache_key = self._cache_key(info, source, run.inputs)
+        run.execution_count = _this_cell_number(shell, cell)
+        return run
+
+    def run(self, cell: str, options: RunOptions) -> RunResult:
+        """Run the body and record it. User mistakes in `options` raise NbexpError first."""
+        __tracebackhide__ = True
+        run = self.prepare(cell, options)
+        shell, info, source = self.shell, run.info, run.source
+        result = RunResult()
+        store: Store | None = None
+        store_problem: str | None = None
+        try:
+            store = open_store()
+        except NbexpError as error:
+            store_problem = str(error)
         if options.cache and store is not None and run.cache_key:
             reused = self._reuse(store, run.cache_key, source)
             if reused is not None:
                 result.reused, result.restore_report = reused
                 return result
 
-        run.execution_count = _this_cell_number(shell, cell)
         if info is not None:  # to tell, after a failure, which assignments actually ran
             run.bound_before = {
                 n: id(shell.user_ns[n]) for n in info.assigned if n in shell.user_ns
@@ -303,6 +345,35 @@ class Recorder:
         if store is None:
             result.not_recorded = store_problem
             return result
+        return self._save(store, run, result)
+
+    def record(self, run: _Run, body: BodyResult) -> RunResult:
+        """Record a prepared run whose body ran elsewhere (a Dask worker), from what it sent
+        back, by the same `_build` as a body run here. Its namespace is the kernel's with the
+        body's names on top, as after `run`, but the kernel itself is left as it is."""
+        namespace = self.shell.user_ns
+        if run.info is not None:  # a name the body failed to rebind keeps the kernel's object
+            run.bound_before = {n: id(namespace[n]) for n in run.info.assigned if n in namespace}
+        run.namespace = {**namespace, **body.variables}
+        run.started, run.duration, run.error = body.started, body.duration, body.error
+        run.stdout, run.stderr = _Tee(io.StringIO()), _Tee(io.StringIO())
+        run.stdout.write(body.stdout)
+        run.stderr.write(body.stderr)
+        run.stdout.truncated = body.output_truncated
+        run.logged = series.SeriesLog()
+        run.logged.series = body.series
+        run.watch = _ShippedFiles(body.read, body.written)
+        run.figures, run.written = body.figures, body.written
+        result = RunResult()
+        try:
+            store = open_store()
+        except NbexpError as error:
+            result.not_recorded = str(error)
+            return result
+        return self._save(store, run, result)
+
+    def _save(self, store: Store, run: _Run, result: RunResult) -> RunResult:
+        """Build the run's record and write it; a failure here is reported, never raised."""
         recording_began = time.perf_counter()
         try:
             with store.writing():
@@ -434,7 +505,7 @@ class Recorder:
         options, info, logged, watch = run.options, run.info, run.logged, run.watch
         cell, source = run.cell, run.source
         shell = self.shell
-        namespace = shell.user_ns
+        namespace = shell.user_ns if run.namespace is None else run.namespace
         params: dict[str, Any] = {}
         if info is not None:
             params = {name: _jsonable(p.value) for name, p in info.params.items()}
@@ -500,16 +571,22 @@ class Recorder:
         unstored_artifacts: dict[str, str] = {}
         for path in written:
             shown = os.path.relpath(path, cwd) if path.startswith(cwd + os.sep) else path
-            if secrets and _file_holds_any(path, secrets):  # as state.snapshot does for pickles
+            shipped = run.written.get(path) if run.written is not None else None
+            if secrets and _file_holds_any(path, secrets, shipped):  # as state.snapshot does
                 unstored_artifacts[shown] = "holds a credential value, so it is not stored"
                 continue
-            digest, size = store.put_file(path)
+            if shipped is None:
+                digest, size = store.put_file(path)
+            else:
+                digest, size = store.put_bytes(shipped), len(shipped)
             artifacts.append({"path": shown, "abspath": path, "hash": digest, "size": size})
 
-        figures = tuple(store.put_bytes(png) for png in _new_figures(run.figures_before))
+        pngs = _new_figures(run.figures_before) if run.figures is None else run.figures
+        figures = tuple(store.put_bytes(png) for png in pngs)
         status = STATUS_FAILED if run.error else STATUS_OK
         expectations = [
-            self._evaluate(expression, metrics, params) for expression in options.expect
+            self._evaluate(expression, metrics, params, namespace)
+            for expression in options.expect
         ]
         if status == STATUS_OK and any(not item["passed"] for item in expectations):
             status = STATUS_EXPECTATION_FAILED
@@ -616,20 +693,25 @@ class Recorder:
         return Experiment.from_dict(body)
 
     def _evaluate(
-        self, expression: str, metrics: dict[str, Any], params: dict[str, Any]
+        self,
+        expression: str,
+        metrics: dict[str, Any],
+        params: dict[str, Any],
+        namespace: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Evaluate one --expect expression against the kernel's values after the run."""
+        user_ns = self.shell.user_ns if namespace is None else namespace
         tree = ast.parse(expression, mode="eval")
         names = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)})
         scope = {**params, **metrics}
         try:
-            passed = bool(eval(compile(tree, "<expect>", "eval"), self.shell.user_ns, scope))
+            passed = bool(eval(compile(tree, "<expect>", "eval"), user_ns, scope))
             problem = None
         except Exception as error:
             passed, problem = False, f"{type(error).__name__}: {error}"
         values = {}
         for name in names:
-            value = scope.get(name, self.shell.user_ns.get(name))
+            value = scope.get(name, user_ns.get(name))
             if _json_number(value) is not None or isinstance(value, (str, bool)):
                 values[name] = _jsonable(value)
         item: dict[str, Any] = {"expr": expression, "passed": passed, "values": values}
@@ -663,13 +745,15 @@ def _valid_text(value: Any) -> Any:
     return value
 
 
-def _file_holds_any(path: str, values: list[str]) -> bool:
-    """True when the file's bytes contain one of `values` (as `encoded_secrets` spells
-    them), read in chunks that overlap by the longest needle, so a value split across two
-    chunks is found too."""
+def _file_holds_any(path: str, values: list[str], content: bytes | None = None) -> bool:
+    """True when the file's bytes (or `content`, when they came from elsewhere) contain one
+    of `values` (as `encoded_secrets` spells them), read in chunks that overlap by the
+    longest needle, so a value split across two chunks is found too."""
     needles = encoded_secrets(values)
     if not needles:
         return False
+    if content is not None:
+        return any(needle in content for needle in needles)
     reach = max(len(needle) for needle in needles) - 1
     tail = b""
     try:

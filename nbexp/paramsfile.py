@@ -156,14 +156,23 @@ class _Analysis:
         self.files = files  # (absolute path, shown, content)
         self.roots: dict[str, tuple[int, tuple[str, ...]]] = {}
 
-    def _names_file(self, call: ast.Call) -> int | None:
-        for text in _string_constants(call):
+    def _names_file(self, node: ast.AST) -> int | None:
+        """The params file a load expression reads: its name as a call's argument, through
+        calls and attributes only (`yaml.safe_load(open("params.yaml"))`,
+        `json.loads(Path("params.json").read_text())`), not through subscripts."""
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
             for index, (path, shown, _) in enumerate(self.files):
-                if text in (path, shown) or (
-                    os.path.basename(text) == os.path.basename(path)
-                    and os.path.abspath(text) == path
-                ):
+                if node.value in (path, shown) or os.path.abspath(node.value) == path:
                     return index
+            return None
+        if isinstance(node, ast.Attribute):
+            return self._names_file(node.value)
+        if isinstance(node, ast.Call):
+            parts = [node.func, *node.args, *(k.value for k in node.keywords)]
+            for part in parts:
+                found = self._names_file(part)
+                if found is not None:
+                    return found
         return None
 
     def resolve(self, node: ast.AST) -> tuple[int, tuple[str, ...]] | None:

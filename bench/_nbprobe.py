@@ -7,9 +7,12 @@ jupyter imports: only what the kernel already has.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import numbers as numbers_module
+import re
 import socket
 import sys
 import types
@@ -17,6 +20,8 @@ from typing import Any
 
 MARK = "@@nbprobe "
 NETWORK_MARK = "nbexp-bench: network disabled"
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+_VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
 _MAX_DEPTH = 6
 _MAX_ITEMS = 20_000
 _REACH_DEPTH = 4
@@ -64,7 +69,8 @@ def guard_network() -> None:
 
 
 def _user_ns() -> dict[str, Any]:
-    return sys.modules["__main__"].__dict__
+    shell = sys.modules["IPython"].get_ipython()
+    return shell.user_ns if shell is not None else sys.modules["__main__"].__dict__
 
 
 def _emit(payload: Any) -> None:
@@ -72,20 +78,21 @@ def _emit(payload: Any) -> None:
 
 
 def numbers() -> None:
-    """Print the namespace's numeric scalars: nbexp's metric candidates, to check determinism."""
+    """Print the namespace's numeric scalars (nbexp's metric candidates) and every variable's
+    digest: two plain runs that differ there are a notebook that is not deterministic."""
     out: dict[str, Any] = {}
+    digests: dict[str, str] = {}
     for name, value in list(_user_ns().items()):
         if name.startswith("_") or isinstance(value, bool):
             continue
-        try:
-            import numbers as _n
-
-            if isinstance(value, _n.Real):
+        with contextlib.suppress(Exception):
+            if isinstance(value, numbers_module.Real):
                 number = float(value)
                 out[name] = "nan" if math.isnan(number) else number
-        except Exception:
-            pass
-    _emit({"numbers": out})
+        if not isinstance(value, types.ModuleType) and name not in ("In", "Out"):
+            with contextlib.suppress(Exception):
+                digests[name] = digest(value)
+    _emit({"numbers": out, "digests": digests})
 
 
 def last_experiment() -> None:
@@ -139,7 +146,8 @@ def digest(value: Any, depth: int = 0, stack: set[int] | None = None) -> str:
     if isinstance(value, (types.FunctionType, types.MethodType)):
         function = getattr(value, "__func__", value)
         code = function.__code__
-        return _h("function", function.__qualname__, code.co_code, repr(code.co_consts)[:2000])
+        consts = _ADDRESS.sub("", repr(code.co_consts))[:2000]
+        return _h("function", function.__qualname__, code.co_code, consts)
     if isinstance(value, (types.BuiltinFunctionType, types.BuiltinMethodType)):
         return _h("builtin", getattr(value, "__qualname__", repr(value)))
     stack.add(id(value))
@@ -171,6 +179,8 @@ def _digest_container(value: Any, depth: int, stack: set[int], module: str) -> s
             body = repr(value.to_dict() if hasattr(value, "to_dict") else list(value))
         names = repr(list(value.columns)) if isinstance(value, pd.DataFrame) else ""
         return _h("pandas", type(value).__name__, shape, dtypes, names, body)
+    if isinstance(value, _VIEWS):
+        return _h(type(value).__name__, digest(list(value), depth + 1, stack))
     if isinstance(value, (list, tuple)):
         items = value[:_MAX_ITEMS]
         return _h(type(value).__name__, len(value), *(digest(x, depth + 1, stack) for x in items))
@@ -195,7 +205,10 @@ def _digest_container(value: Any, depth: int, stack: set[int], module: str) -> s
             k: v for k, v in vars(value).items() if k.endswith("_") and not k.startswith("__")
         }
         return _h(
-            "estimator", _qual(value), digest(params, depth + 1, stack), digest(fitted, depth + 1, stack)
+            "estimator",
+            _qual(value),
+            digest(params, depth + 1, stack),
+            digest(fitted, depth + 1, stack),
         )
     if module == "random" and hasattr(value, "getstate"):
         return _h("random", repr(value.getstate()))
@@ -221,13 +234,11 @@ _IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), range)
 def _library_ids() -> set[int]:
     """Ids of objects bound at module level in imported modules: library objects, not the user's."""
     ids: set[int] = set()
-    for name, module in list(sys.modules.items()):
-        if name == "__main__" or module is None:
-            continue
-        try:
-            ids.update(id(v) for v in vars(module).values())
-        except Exception:
-            pass
+    user = _user_ns()
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if isinstance(namespace, dict) and namespace is not user:
+            ids.update(id(v) for v in namespace.values())
     return ids
 
 
@@ -298,7 +309,14 @@ def fingerprint(names: list[str]) -> None:
         for b in present[i + 1 :]:
             if reached[a] & reached[b]:
                 pairs.append(f"{a}|{b}")
-    _emit({"digests": digests, "pairs": pairs, "missing": sorted(set(names) - set(present)), "errors": errors})
+    _emit(
+        {
+            "digests": digests,
+            "pairs": pairs,
+            "missing": sorted(set(names) - set(present)),
+            "errors": errors,
+        }
+    )
 
 
 def profiled_experiment(name: str, body: str) -> None:
@@ -308,10 +326,8 @@ def profiled_experiment(name: str, body: str) -> None:
 
     shell = sys.modules["IPython"].get_ipython()
     profile = cProfile.Profile()
-    try:
+    with contextlib.suppress(Exception):  # the body's own error: still profiled
         profile.runcall(shell.run_cell_magic, "experiment", name, body)
-    except Exception:
-        pass
     stats = pstats.Stats(profile)
     rows: dict[str, float] = {}
     for (filename, _line, function), entry in stats.stats.items():  # type: ignore[attr-defined]

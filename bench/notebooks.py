@@ -178,8 +178,17 @@ def fetch(requirement: str) -> Path:
 
     if archive() is None:
         subprocess.run(
-            [str(VENV_BIN / "pip"), "download", "--no-deps", "--no-binary", ":all:", "-q"]
-            + ["-d", str(downloads), requirement],
+            [
+                str(VENV_BIN / "pip"),
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-q",
+                "-d",
+                str(downloads),
+                requirement,
+            ],
             check=True,
         )
     found = archive()
@@ -366,7 +375,8 @@ HARNESS = "__import__('_nbprobe').guard_network()"
 
 
 def _plain_run(cells: list[str], cwd: Path, env: dict[str, str], timeout: float) -> Any:
-    """Times and errors of each cell, and the numbers each would-be experiment left behind."""
+    """Times and errors of each cell, and the numbers and digests each would-be experiment
+    left behind (to tell a notebook's own non-determinism from nbexp's)."""
     times: list[float] = []
     errors: dict[int, str] = {}
     numbers: dict[int, dict[str, Any]] = {}
@@ -384,7 +394,7 @@ def _plain_run(cells: list[str], cwd: Path, env: dict[str, str], timeout: float)
                     return None, reply.error, None
                 errors[index] = reply.error.splitlines()[0]
             if wrapped(cell):
-                numbers[index] = kernel.probe("numbers()")["numbers"]
+                numbers[index] = kernel.probe("numbers()")
     return times, errors, numbers
 
 
@@ -397,15 +407,19 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def run_item(requirement: str, path: str, work: Path, timeout: float) -> Result:
-    name = item_name(path)
-    result = Result(name)
-    begin = time.perf_counter()
+    """One corpus item: fetched from its sdist, then measured by `run_notebook`."""
     try:
         source = source_file(requirement, path)
-        cells = load_cells(source)
     except Exception as error:
-        result.status = f"failed: fetch: {error}"
-        return result
+        return Result(item_name(path), status=f"failed: fetch: {error}")
+    return run_notebook(item_name(path), source, work, timeout)
+
+
+def run_notebook(name: str, source: Path, work: Path, timeout: float) -> Result:
+    """Plain runs, the nbexp run, restores and export reruns of one notebook or script."""
+    result = Result(name)
+    begin = time.perf_counter()
+    cells = load_cells(source)
     result.cells = len(cells)
     project = work / name
     if project.exists():
@@ -466,7 +480,7 @@ def run_item(requirement: str, path: str, work: Path, timeout: float) -> Result:
     second, _, numbers2 = _plain_run(cells, project, env, timeout)
     plain_times = first
     if second is not None and len(second) == len(first):
-        plain_times = [(a + b) / 2 for a, b in zip(first, second)]
+        plain_times = [(a + b) / 2 for a, b in zip(first, second, strict=True)]
         for experiment in result.experiments:  # added time against the mean of both plain runs
             index = experiment.cell
             experiment.added_ms = (nbexp_times[index] - plain_times[index]) * 1000
@@ -540,7 +554,7 @@ def _check_exports(
     numbers2: dict[int, dict[str, Any]],
 ) -> None:
     """Export each experiment, run the script in a fresh process, compare its metrics."""
-    from nbexp.exporter import METRICS_PREFIX
+    from nbexp.exporter import DATA_CHANGED_EXIT, METRICS_PREFIX
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
     env.update(NBEXP_STORE=str(store), MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
@@ -558,18 +572,32 @@ def _check_exports(
                 f"export {experiment.id[:8]}: {(exported.stderr or exported.stdout).strip()[:160]}"
             )
             continue
-        try:
-            ran = subprocess.run(
-                [sys.executable, str(script)],
-                cwd=project,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-        except subprocess.TimeoutExpired:
-            experiment.notes.append("export: timed out")
+        plain1 = (numbers1 or {}).get(experiment.cell, {})
+        plain2 = numbers2.get(experiment.cell, {})
+        ran = _run_script(script, project, env, [])
+        if isinstance(ran, str):
+            experiment.notes.append(ran)
             continue
+        if ran.returncode == DATA_CHANGED_EXIT:
+            # The export refused: the cells it kept rebuilt an input with other values. Fine
+            # when the notebook itself rebuilds it differently each run; a bug otherwise.
+            named = re.findall(r"^\S+: (\w+) is not what the experiment read", ran.stderr, re.M)
+            varying = [
+                v
+                for v in named
+                if plain1.get("digests", {}).get(v) != plain2.get("digests", {}).get(v)
+            ]
+            if not named or len(varying) < len(named):
+                tail = (ran.stderr.strip().splitlines() or ["(no output)"])[-1]
+                experiment.notes.append(f"export refused a deterministic input: {tail[:160]}")
+                continue
+            experiment.notes.append(
+                f"export: {', '.join(named)} differ between plain runs too (rerun --no-check-data)"
+            )
+            ran = _run_script(script, project, env, ["--no-check-data"])
+            if isinstance(ran, str):
+                experiment.notes.append(ran)
+                continue
         lines = [ln for ln in ran.stdout.splitlines() if ln.startswith(METRICS_PREFIX)]
         if ran.returncode != 0 or not lines:
             tail = (ran.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -577,12 +605,13 @@ def _check_exports(
             continue
         rerun = json.loads(lines[-1][len(METRICS_PREFIX) :])
         recorded = _record(store, experiment.id).metrics
-        plain1 = (numbers1 or {}).get(experiment.cell, {})
-        plain2 = numbers2.get(experiment.cell, {})
+        numbers_1, numbers_2 = plain1.get("numbers", {}), plain2.get("numbers", {})
         differing = []
         for metric, value in recorded.items():
             deterministic = (
-                metric in plain1 and metric in plain2 and _same(plain1[metric], plain2[metric])
+                metric in numbers_1
+                and metric in numbers_2
+                and _same(numbers_1[metric], numbers_2[metric])
             )
             if deterministic and not _same(rerun.get(metric), value):
                 differing.append(f"{metric}: {value!r} -> {rerun.get(metric)!r}")
@@ -590,6 +619,22 @@ def _check_exports(
             experiment.notes.append("export metrics differ: " + "; ".join(differing)[:200])
         else:
             experiment.export_ok = True
+
+
+def _run_script(
+    script: Path, project: Path, env: dict[str, str], extra: list[str]
+) -> subprocess.CompletedProcess[str] | str:
+    try:
+        return subprocess.run(
+            [sys.executable, str(script), *extra],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired:
+        return "export: timed out after 300 s"
 
 
 # ---- profile ---------------------------------------------------------------------------------
@@ -660,8 +705,10 @@ def disk_write_speed(folder: Path) -> float:
 
 
 def report(results: list[Result], disk: float, load_start: tuple[float, ...]) -> None:
-    print(f"\n{'item':38} {'status':26} {'cells':>5} {'exps':>4} {'vars eq':>9}"
-          f" {'sharing':>9} {'export':>7} {'new err':>7} {'plain s':>8} {'ratio':>6}")
+    print(
+        f"\n{'item':38} {'status':26} {'cells':>5} {'exps':>4} {'vars eq':>9}"
+        f" {'sharing':>9} {'export':>7} {'new err':>7} {'plain s':>8} {'ratio':>6}"
+    )
     for r in results:
         exps = r.experiments
         variables = sum(e.variables for e in exps)
@@ -749,8 +796,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, help="the first N items")
     parser.add_argument("--only", action="append", help="only items whose name contains NAME")
     parser.add_argument("--jobs", type=int, default=1, help="items in parallel (only 1 for now)")
-    parser.add_argument("--profile", type=int, default=5, metavar="N",
-                        help="cProfile the N slowest experiments (0: none)")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=5,
+        metavar="N",
+        help="cProfile the N slowest experiments (0: none)",
+    )
     parser.add_argument("--timeout", type=float, default=120, help="seconds per cell")
     parser.add_argument("--dir", help="the temp folder (default: a new one under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
@@ -766,8 +818,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.items:
         corpus = corpus[: args.items]
     load_start = os.getloadavg()
-    print(f"nbexp on {len(corpus)} public notebooks; {os.cpu_count()} cores, "
-          f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
+    print(
+        f"nbexp on {len(corpus)} public notebooks; {os.cpu_count()} cores, "
+        f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}"
+    )
     work = Path(tempfile.mkdtemp(prefix="nbexp-notebooks-", dir=args.dir))
     disk = disk_write_speed(work)
     print(f"disk: sequential write + fsync {disk / 1e6:.0f} MB/s")
@@ -783,7 +837,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         report(results, disk, load_start)
         if args.profile:
-            profile_slowest([r for r in results if r.status == "ran"], work, args.profile, args.timeout)
+            profile_slowest(
+                [r for r in results if r.status == "ran"], work, args.profile, args.timeout
+            )
     finally:
         if args.keep:
             print(f"kept {work}")

@@ -3,17 +3,23 @@
 Each combination is an ordinary run (the values arrive as `-p` overrides), recorded on its own
 and linked to the others by a sweep id in `links["sweep"]`, which the index keeps in its
 `sweep` column. A combination that fails is recorded as failed and the sweep goes on.
+
+In the kernel the combinations run one after another; with `--workers`/`--cluster` (or a
+Dask client at hand) they run on Dask workers and are recorded here as they land
+(`executor`). `search` drives an Optuna study through the same two ways of running trials.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import itertools
 import math
 import secrets
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +113,18 @@ def describe(point: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value!r}" for key, value in point.items())
 
 
+# options of the sweep as a whole, which no single run's recorded line keeps
+_SWEEP_OPTIONS = {
+    "--sweep",
+    "--max-runs",
+    "--search",
+    "--trials",
+    "--maximize",
+    "--minimize",
+    "--sampler",
+    "--workers",
+    "--cluster",
+}
 _VALUE_OPTIONS = {
     "-p",
     "--param",
@@ -118,14 +136,17 @@ _VALUE_OPTIONS = {
     "--tag",
     "--note",
     "--expect",
-    "--sweep",
+    "--params-file",
+    "--allow-secret",
+    *_SWEEP_OPTIONS,
 }
 
 
 def combination_line(line: str, name: str, overrides: Sequence[str]) -> str:
     """The `%%experiment` line one combination is recorded with: the sweep's line with its
-    name replaced by `name` and its --sweep options replaced by `-p KEY=VALUE`, so the
-    recorded cell re-runs exactly that combination."""
+    name replaced by `name`, its --sweep/--search options replaced by `-p KEY=VALUE` and
+    those of running many (--workers, --trials...) dropped, so the recorded cell re-runs
+    exactly that combination."""
     words = shlex.split(line)
     kept: list[str] = []
     named = False
@@ -133,11 +154,11 @@ def combination_line(line: str, name: str, overrides: Sequence[str]) -> str:
     while index < len(words):
         word = words[index]
         if word in _VALUE_OPTIONS:
-            if word != "--sweep":
+            if word not in _SWEEP_OPTIONS:
                 kept.extend(words[index : index + 2])
             index += 2
             continue
-        if word.startswith("--sweep="):
+        if word.partition("=")[0] in _SWEEP_OPTIONS:
             pass
         elif word.startswith("-") or named:
             kept.append(word)
@@ -158,11 +179,13 @@ def new_sweep_id() -> str:
 
 @dataclass
 class SweepResult:
-    """The runs of one sweep, in grid order."""
+    """The runs of one sweep (or search), in grid (or trial) order."""
 
     sweep_id: str
     points: list[dict[str, Any]]
     results: list[RunResult] = field(default_factory=list)
+    best: RunResult | None = None  # a search's best trial
+    figure: Any = None  # a search's parallel-coordinates plot
 
     @property
     def ids(self) -> list[str]:
@@ -171,6 +194,46 @@ class SweepResult:
     @property
     def failed(self) -> int:
         return sum(1 for r in self.results if r.error is not None)
+
+
+@dataclass
+class Where:
+    """Where the trials run: in the kernel, or on Dask (`executor.connect`)."""
+
+    workers: int | None = None
+    cluster: str | None = None
+
+    def on_dask(self) -> bool:
+        from .executor import wanted
+
+        return wanted(self.workers, self.cluster)
+
+
+def trial_options(
+    options: RunOptions, sweep_id: str, name: str, point: dict[str, Any], **links: Any
+) -> RunOptions:
+    """The options of one run of a sweep: its point as `-p` values, its name, its links."""
+    overrides = [f"{key}={value!r}" for key, value in point.items()]
+    return replace(
+        options,
+        name=name,
+        params=[*options.params, *overrides],
+        links={**options.links, "sweep": sweep_id, **links},
+        line=combination_line(options.line, name, overrides),
+    )
+
+
+def check_clashes(
+    keys: Sequence[str], options: RunOptions, flag: str = "--sweep", verb: str = "swept"
+) -> None:
+    """A key both varied and fixed with -p is refused: which value would the run use?"""
+    clashes = [
+        key for key in keys if any(p.partition("=")[0].strip() == key for p in options.params)
+    ]
+    if clashes:
+        raise SweepError(
+            f"{clashes[0]} is both {verb} and set with -p; drop -p {clashes[0]}=... or the {flag}"
+        )
 
 
 def run_sweep(
@@ -182,6 +245,7 @@ def run_sweep(
     report: Callable[[RunResult], None] | None = None,
     progress: Callable[[str], None] | None = None,
     namespace: dict[str, Any] | None = None,
+    where: Where | None = None,
 ) -> SweepResult:
     """Run the body once per grid point; every run is recorded, failures included.
 
@@ -191,29 +255,32 @@ def run_sweep(
 
     Given the `namespace` the body runs in, every combination starts from it as it was before
     the sweep (names rebound, names the sweep created removed), so a combination that fails
-    half-way cannot be recorded with the previous combination's results."""
-    clashes = [
-        key for key in grid if any(p.partition("=")[0].strip() == key for p in options.params)
-    ]
-    if clashes:
-        raise SweepError(
-            f"{clashes[0]} is both swept and set with -p; drop -p {clashes[0]}=... or the --sweep"
-        )
+    half-way cannot be recorded with the previous combination's results.
+
+    On Dask (`where`), the combinations run on workers and are recorded as they land."""
+    check_clashes(list(grid), options)
     say = progress or (lambda text: print(text, flush=True))
     points = combinations(grid, options.max_runs)
     sweep = SweepResult(new_sweep_id(), points)
     base_name = options.name or f"sweep-{sweep.sweep_id}"
+    if where is not None and where.on_dask():
+        landed = Landing(sweep, recorder, report, say)
+        with on_dask(recorder, cell, options, where, landed, say) as trials:
+            say(
+                f"▶ sweep {sweep.sweep_id}: {len(points)} runs on Dask "
+                f"({trials.capacity} worker threads)"
+            )
+            for index, point in enumerate(points, start=1):
+                name = f"{base_name}-{index}"
+                trials.submit(index, cell, trial_options(options, sweep.sweep_id, name, point))
+            while trials.running:
+                landed(*trials.next_done())
+        landed.finish()
+        return sweep
     before = _user_names(namespace) if namespace is not None else {}
     for index, point in enumerate(points, start=1):
-        overrides = [f"{key}={value!r}" for key, value in point.items()]
         name = f"{base_name}-{index}"
-        run_options = replace(
-            options,
-            name=name,
-            params=[*options.params, *overrides],
-            links={**options.links, "sweep": sweep.sweep_id},
-            line=combination_line(options.line, name, overrides),
-        )
+        run_options = trial_options(options, sweep.sweep_id, name, point)
         if namespace is not None and index > 1:
             _reset(namespace, before)
         say(f"▶ sweep {sweep.sweep_id} [{index}/{len(points)}] {name}: {describe(point)}")
@@ -226,14 +293,129 @@ def run_sweep(
         if isinstance(result.error, (KeyboardInterrupt, SystemExit)):
             raise result.error  # recorded; the user asked to stop, not to skip one
         if result.error is not None:
-            print(
-                f"✗ {name} failed: {type(result.error).__name__}: {result.error}",
-                file=sys.stderr,
-                flush=True,
-            )
-    ok = len(points) - sweep.failed
-    say(f"sweep {sweep.sweep_id}: {len(points)} runs, {ok} ran to the end, {sweep.failed} failed")
+            _say_failed(result)
+    _say_done(sweep, say)
     return sweep
+
+
+def _say_failed(result: RunResult) -> None:
+    name = result.experiment.name if result.experiment is not None else "a run"
+    print(
+        f"✗ {name} failed: {type(result.error).__name__}: {result.error}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _say_done(sweep: SweepResult, say: Callable[[str], None]) -> None:
+    runs = len(sweep.results)
+    ok = runs - sweep.failed
+    say(f"sweep {sweep.sweep_id}: {runs} runs, {ok} ran to the end, {sweep.failed} failed")
+
+
+class Landing:
+    """What happens as each trial of a sweep run elsewhere lands: its summary line, the
+    progress bar, the live table (in a notebook), kept in trial order."""
+
+    def __init__(
+        self,
+        sweep: SweepResult,
+        recorder: Recorder,
+        report: Callable[[RunResult], None] | None,
+        say: Callable[[str], None],
+        total: int | None = None,
+    ) -> None:
+        from .executor import Progress
+
+        self.sweep, self.report, self.say = sweep, report, say
+        self._landed: dict[int, RunResult] = {}
+        self._bar = Progress(total or len(sweep.points), f"sweep {sweep.sweep_id}")
+        self._table = _LiveTable(getattr(recorder, "shell", None))
+
+    def __call__(self, index: int, result: RunResult | None) -> None:
+        if result is None:  # cancelled
+            return
+        self._landed[index] = result
+        self.sweep.results = [self._landed[k] for k in sorted(self._landed)]
+        self._bar.advance()
+        if self.report is not None:
+            self.report(result)
+        if result.error is not None:
+            _say_failed(result)
+        self._table.show(self.sweep.ids)
+
+    def result_of(self, index: int) -> RunResult | None:
+        return self._landed.get(index)
+
+    def close(self) -> None:
+        self._bar.close()
+        self._table.close()
+
+    def finish(self) -> None:
+        self.close()
+        _say_done(self.sweep, self.say)
+
+
+@contextlib.contextmanager
+def on_dask(
+    recorder: Recorder,
+    cell: str,
+    options: RunOptions,
+    where: Where,
+    landed: Landing,
+    say: Callable[[str], None],
+) -> Iterator[Any]:
+    """Trials on Dask for the block, their inputs checked before the cluster starts; Ctrl-C
+    cancels the trials still running and keeps (records) every finished one."""
+    from . import executor
+
+    first = recorder.prepare(cell, options)  # user mistakes and unpicklable inputs: first
+    names = set(first.info.loaded) if first.info is not None else set()
+    shipment = executor.pack_inputs(recorder.shell.user_ns, names)
+    with executor.connect(where.workers, where.cluster) as client:
+        trials = executor.DaskTrials(client, recorder, shipment)
+        try:
+            yield trials
+        except KeyboardInterrupt:
+            for index, result in trials.cancel():
+                landed(index, result)
+            landed.close()
+            say(
+                f"sweep {landed.sweep.sweep_id} interrupted: {len(landed.sweep.results)} runs "
+                "recorded, the rest cancelled"
+            )
+            raise
+        finally:
+            landed.close()
+            trials.close()
+
+
+class _LiveTable:
+    """In a notebook, the sweep's table refreshed as trials land (at most once a second, so
+    a thousand quick trials do not re-query the index a thousand times)."""
+
+    def __init__(self, shell: Any) -> None:
+        self._enabled = getattr(shell, "kernel", None) is not None
+        self._handle: Any = None
+        self._shown = 0.0
+
+    def show(self, ids: list[str]) -> None:
+        if not self._enabled or time.monotonic() - self._shown < 1.0 or not ids:
+            return
+        from IPython.display import display
+
+        frame = show_sweep(ids)
+        if self._handle is None:
+            self._handle = display(frame, display_id=True)
+        else:
+            self._handle.update(frame)
+        self._shown = time.monotonic()
+
+    def close(self) -> None:
+        """The live table gives way to the final one the cell shows."""
+        if self._handle is not None:
+            self._handle.update({"text/plain": ""}, raw=True)
+            self._handle = None
 
 
 def _user_names(namespace: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,550 @@
+"""Running a sweep's trials on Dask: the body and its inputs go to workers, records are written here.
+
+The kernel stays the only writer of its store. A worker runs the body like a cell (a fresh
+namespace seeded with the inputs it reads; the trial's `-p` values are already in its source),
+captures what the recorder would have captured there, and sends it back; the driver turns
+each trial into a record (`Recorder.record`) as it lands, so an interrupt keeps every
+finished trial. Inputs are checked for picklability before any trial starts, and large ones
+are scattered once, not sent with every trial.
+
+`distributed` is imported only here, and only when a sweep asks for it (`nbexp[dask]`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import datetime as dt
+import io
+import linecache
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import NbexpError
+
+if TYPE_CHECKING:
+    from .recorder import Recorder, RunOptions, RunResult, _Run
+
+INSTALL = "pip install 'nbexp[dask]'"
+SCHEDULER_ENV = "NBEXP_DASK_SCHEDULER"
+SCATTER_BYTES = 1 << 20  # inputs at least this big are scattered once, not sent per trial
+MAX_OUTPUT_CHARS = 256 * 1024  # as the recorder keeps; the rest is not worth shipping
+_KERNEL_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "display"}
+
+
+class ExecutorError(NbexpError):
+    """Dask missing, a cluster that cannot be reached, or inputs that cannot be shipped."""
+
+
+class TrialFailed(Exception):
+    """A trial whose body raised on a worker (or whose worker died): the record says `failed`;
+    this stands for the remote error in the kernel."""
+
+
+def require(module: str) -> Any:
+    """Import an optional extra's module, or one line naming the install command."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ExecutorError(
+            f"running trials on Dask needs {module.split('.')[0]}, which is not installed: "
+            f"{INSTALL}"
+        ) from None
+
+
+def wanted(workers: int | None, cluster: str | None) -> bool:
+    """Whether trials go to Dask: `--workers N` (N ≥ 1) or `--cluster`, else NBEXP_DASK_SCHEDULER,
+    else a `distributed.Client` already connected in the kernel. `--workers 0` keeps them here."""
+    if workers is not None:
+        if workers < 0:
+            raise ExecutorError(f"--workers {workers}: give a number of worker processes ≥ 1")
+        return workers > 0
+    if cluster or os.environ.get(SCHEDULER_ENV):
+        return True
+    return _connected_client() is not None
+
+
+def _connected_client() -> Any:
+    """The kernel's default `distributed.Client`, if the user has one (no import otherwise)."""
+    if "distributed" not in sys.modules:
+        return None
+    try:
+        client = sys.modules["distributed"].default_client()
+    except ValueError:
+        return None
+    return client if getattr(client, "status", "") == "running" else None
+
+
+@contextlib.contextmanager
+def connect(workers: int | None, cluster: str | None) -> Iterator[Any]:
+    """A client for the trials: a LocalCluster of `workers` processes started for them (and
+    closed after), else the scheduler at `cluster` / NBEXP_DASK_SCHEDULER, else the kernel's
+    connected client (left open). A worker that dies is retried once, then the trial fails."""
+    distributed = require("distributed")
+    dask = require("dask")
+    if workers:
+        with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+            local = distributed.LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+            )
+        client = distributed.Client(local, set_as_default=False)
+        try:
+            yield client
+        finally:
+            client.close()
+            local.close()
+        return
+    address = cluster or os.environ.get(SCHEDULER_ENV)
+    if not address:
+        connected = _connected_client()
+        if connected is None:
+            raise ExecutorError(
+                "no Dask cluster: pass --workers N, or --cluster tcp://HOST:8786, or set "
+                f"{SCHEDULER_ENV}"
+            )
+        yield connected
+        return
+    try:
+        client = distributed.Client(address, timeout="10s", set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as error:
+        where = "--cluster" if cluster else SCHEDULER_ENV
+        raise ExecutorError(
+            f"{where} {address}: cannot reach a Dask scheduler there ({error})"
+        ) from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# -- the driver's side ------------------------------------------------------------------------
+
+
+@dataclass
+class _Shipment:
+    """The body's inputs as the workers get them: small ones pickled, large ones scattered."""
+
+    small: dict[str, bytes] = field(default_factory=dict)
+    large: dict[str, Any] = field(default_factory=dict)  # name → Future
+
+
+def pack_inputs(namespace: dict[str, Any], names: set[str]) -> _Shipment:
+    """Pickle each input the body reads (the large ones are only sized, and scattered once
+    connected), or one line naming the one that cannot travel, before any trial starts."""
+    import cloudpickle
+
+    shipment = _Shipment()
+    for name in sorted(names):
+        if name not in namespace or name in _KERNEL_NAMES or name.startswith("__"):
+            continue
+        value = namespace[name]
+        buffers: list[pickle.PickleBuffer] = []
+        try:  # out-of-band buffers are not copied: a big frame is sized without a copy
+            inband = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        except Exception as error:
+            raise ExecutorError(
+                f"the body reads {name} ({type(value).__name__}), which cannot be sent to Dask "
+                f"workers ({type(error).__name__}: {str(error)[:200]}); create it inside the "
+                "cell, or run without --workers/--cluster"
+            ) from None
+        size = len(inband) + sum(buffer.raw().nbytes for buffer in buffers)
+        if size >= SCATTER_BYTES:
+            shipment.large[name] = value
+        else:
+            shipment.small[name] = cloudpickle.dumps(value, protocol=5) if buffers else inband
+    return shipment
+
+
+@dataclass
+class _Pending:
+    index: int
+    run: _Run
+    future: Any
+    submitted: float
+
+
+class DaskTrials:
+    """Trials submitted to a Dask client and recorded on the driver as they finish."""
+
+    def __init__(self, client: Any, recorder: Recorder, shipment: _Shipment) -> None:
+        self.client = client
+        self.recorder = recorder
+        self._small = shipment.small
+        self._large = (  # scattered once, to one worker each; Dask copies them where needed
+            client.scatter(shipment.large, broadcast=False, hash=False) if shipment.large else {}
+        )
+        self._store_root = _store_root()
+        self._pending: dict[Any, _Pending] = {}  # future key → trial
+        self._completed = require("distributed").as_completed([], loop=client.loop)
+        self.capacity = max(1, sum(client.nthreads().values()))
+
+    def submit(self, index: int, cell: str, options: RunOptions) -> None:
+        """Prepare one trial here (a user mistake raises before it is sent) and send it."""
+        run = self.recorder.prepare(cell, options)
+        spec = {
+            "source": run.source,
+            "filename": f"<experiment {options.name}>",
+            "cwd": os.getcwd(),
+            "ignore": (self._store_root,) if self._store_root else (),
+            "small": self._small,
+        }
+        future = self.client.submit(
+            run_trial, spec, self._large, pure=False, key=f"nbexp-trial-{index}-{_t()}"
+        )
+        self._pending[future.key] = _Pending(index, run, future, time.time())
+        self._completed.add(future)
+
+    @property
+    def running(self) -> int:
+        return len(self._pending)
+
+    def next_done(self) -> tuple[int, RunResult | None]:
+        """Wait for the next trial to finish and record it: (its index, its run's result;
+        None when it was cancelled)."""
+        future = next(self._completed)
+        return self._finish(self._pending.pop(future.key))
+
+    def cancel(self) -> list[tuple[int, RunResult | None]]:
+        """Cancel the trials not finished yet; record those that have (an interrupt keeps
+        every finished trial)."""
+        undone = [p.future for p in self._pending.values() if not p.future.done()]
+        if undone:
+            self.client.cancel(undone)
+        finished = []
+        for key, pending in list(self._pending.items()):
+            if pending.future.status in ("finished", "error"):
+                del self._pending[key]
+                finished.append(self._finish(pending))
+        self._pending.clear()
+        return finished
+
+    def close(self) -> None:
+        """Let go of the scattered inputs (the cluster may outlive the sweep)."""
+        if self._large:
+            with contextlib.suppress(Exception):
+                self.client.cancel(list(self._large.values()))
+        self._large = {}
+
+    def _finish(self, pending: _Pending) -> tuple[int, RunResult | None]:
+        from .recorder import BodyResult
+
+        future = pending.future
+        if future.status == "cancelled":
+            return pending.index, None
+        with _interrupt_after():  # a record being written is finished before Ctrl-C stops
+            try:
+                fields = future.result()
+            except Exception as error:  # the worker died twice, or our side of it failed
+                fields = _lost(error, pending.submitted)
+            body = BodyResult(**_unpacked(fields))
+            result = self.recorder.record(pending.run, body)
+        future.release()
+        if body.error is not None:
+            result.error = TrialFailed(f"{body.error['type']}: {body.error['message']}")
+        return pending.index, result
+
+
+_counter = iter(range(1 << 62))
+
+
+def _t() -> int:
+    return next(_counter)
+
+
+def _store_root() -> str | None:
+    from .store import open_store
+
+    try:
+        return str(open_store().root)
+    except NbexpError:
+        return None
+
+
+def _lost(error: BaseException, submitted: float) -> dict[str, Any]:
+    """What to record of a trial that produced nothing (its worker died, say)."""
+    kind = type(error).__name__
+    message = str(error)[:2000]
+    if kind == "KilledWorker":
+        message = f"the worker running it died, and again on retry ({message})"[:2000]
+    return {
+        "started": _utc(submitted),
+        "duration": time.time() - submitted,
+        "variables": {},
+        "error": {"type": kind, "message": message, "traceback": ""},
+    }
+
+
+def _unpacked(fields: dict[str, Any]) -> dict[str, Any]:
+    """A worker's answer with its variables unpickled; one that cannot be is kept out of the
+    state with the reason (a placeholder refusing to be stored), never as a stale value."""
+    import cloudpickle
+
+    fields = dict(fields)
+    variables: dict[str, Any] = {}
+    for name, data in fields.pop("variables", {}).items():
+        try:
+            variables[name] = cloudpickle.loads(data)
+        except Exception as error:
+            variables[name] = _Unshipped(f"cannot be unpickled here: {type(error).__name__}")
+    for name, reason in fields.pop("unshipped", {}).items():
+        variables[name] = _Unshipped(f"could not leave the worker: {reason}")
+    fields["variables"] = variables
+    return fields
+
+
+class _Unshipped:
+    """Stands in the record's namespace for a variable that stayed on the worker."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __reduce__(self) -> Any:
+        from .state import UnstorableError
+
+        raise UnstorableError(self.reason[:300])
+
+    def __repr__(self) -> str:
+        return f"<not shipped: {self.reason}>"
+
+
+@contextlib.contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise it: a record half-written by
+    an interrupt would lose a finished trial."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _utc(timestamp: float | None = None) -> str:
+    moment = dt.datetime.fromtimestamp(timestamp or time.time(), dt.timezone.utc)
+    return moment.isoformat(timespec="microseconds")
+
+
+# -- the worker's side ------------------------------------------------------------------------
+
+
+class _Capture:
+    """A bounded copy of what one trial printed."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.truncated = False
+
+    def write(self, text: str) -> None:
+        if self.size < MAX_OUTPUT_CHARS:
+            self.parts.append(text)
+            self.size += len(text)
+        else:
+            self.truncated = True
+
+    def value(self) -> str:
+        text = "".join(self.parts)
+        if len(text) > MAX_OUTPUT_CHARS:
+            self.truncated = True
+        return text[:MAX_OUTPUT_CHARS]
+
+
+class _PerThread(io.TextIOBase):
+    """sys.stdout/sys.stderr in a worker: a thread running a trial writes into its capture,
+    every other thread (Dask's own) to the stream this one replaced."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.captures: dict[int, _Capture] = {}
+
+    def write(self, text: str) -> int:
+        capture = self.captures.get(threading.get_ident())
+        if capture is not None:
+            capture.write(text)
+            return len(text)
+        return int(self.target.write(text) or 0)
+
+    def flush(self) -> None:
+        if threading.get_ident() not in self.captures:
+            self.target.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+
+_install_lock = threading.Lock()
+
+
+def _streams() -> tuple[_PerThread, _PerThread]:
+    with _install_lock:
+        if not isinstance(sys.stdout, _PerThread):
+            sys.stdout = _PerThread(sys.stdout)
+        if not isinstance(sys.stderr, _PerThread):
+            sys.stderr = _PerThread(sys.stderr)
+        return sys.stdout, sys.stderr
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[tuple[_Capture, _Capture]]:
+    out, err = _streams()
+    me = threading.get_ident()
+    captures = out.captures[me], err.captures[me] = _Capture(), _Capture()
+    try:
+        yield captures
+    finally:
+        out.captures.pop(me, None)
+        err.captures.pop(me, None)
+
+
+def _display(*objects: Any, **_: Any) -> None:
+    """`display()` in a worker: no front end to show it, so its text goes to the output."""
+    for value in objects:
+        print(repr(value))
+
+
+def _enter(cwd: str) -> None:
+    """Run where the kernel runs, when that folder is here too (a LocalCluster, a shared
+    file system): relative paths and local modules then mean what they mean in the notebook."""
+    if os.path.isdir(cwd) and os.getcwd() != cwd:
+        with _install_lock, contextlib.suppress(OSError):
+            os.chdir(cwd)
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _figures_closed() -> None:
+    """Start a trial with no figures open (each trial records the ones it drew)."""
+    if "matplotlib.pyplot" not in sys.modules:
+        os.environ["MPLBACKEND"] = "agg"  # a worker has no display; the kernel's may be inline
+        return
+    sys.modules["matplotlib.pyplot"].close("all")
+
+
+def _figures_drawn() -> list[bytes]:
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        return []
+    images = []
+    for number in pyplot.get_fignums():
+        buffer = io.BytesIO()
+        pyplot.figure(number).savefig(buffer, format="png", dpi=72)
+        images.append(buffer.getvalue())
+    pyplot.close("all")
+    return images
+
+
+def _traceback(error: BaseException) -> str:
+    """The traceback as the user reads it: this module's frames left out."""
+    report = traceback.TracebackException.from_exception(error)
+    frames = [frame for frame in report.stack if frame.filename != __file__]
+    report.stack = traceback.StackSummary.from_list(frames)
+    return "".join(report.format())
+
+
+def run_trial(spec: dict[str, Any], large: dict[str, Any]) -> dict[str, Any]:
+    """Run one trial's body in this worker like a cell and return what recording needs, all
+    picklable: the names it bound (each pickled here, so one that cannot travel is named
+    rather than failing the trial), output, error, series, figures, files read and written."""
+    import cloudpickle
+
+    from . import series, watcher
+
+    _enter(spec["cwd"])
+    namespace: dict[str, Any] = {
+        "__name__": "__main__",
+        "__builtins__": builtins,
+        "display": _display,
+    }
+    for name, data in spec["small"].items():
+        namespace[name] = cloudpickle.loads(data)
+    namespace.update(large)
+    seeded = dict(namespace)
+    source, filename = spec["source"], spec["filename"]
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    _figures_closed()
+    error: dict[str, Any] | None = None
+    started = _utc()
+    begin = time.perf_counter()
+    with (
+        _captured() as (out, err),
+        series.collecting() as logged,
+        watcher.watch_files(tuple(spec["ignore"])) as watch,
+    ):
+        try:
+            exec(compile(source, filename, "exec"), namespace)
+        except BaseException as raised:  # SystemExit too: the trial failed, the worker lives
+            error = {
+                "type": type(raised).__name__,
+                "message": str(raised)[:2000],
+                "traceback": _traceback(raised)[-20000:],
+            }
+    duration = time.perf_counter() - begin
+    figures = _figures_drawn()
+    read, written_paths = watch.files()
+    written: dict[str, bytes] = {}
+    for path in written_paths:
+        with contextlib.suppress(OSError), open(path, "rb") as handle:
+            written[path] = handle.read()
+    variables: dict[str, bytes] = {}
+    unshipped: dict[str, str] = {}
+    for name, value in namespace.items():
+        if name.startswith("__") or (name in seeded and seeded[name] is value):
+            continue
+        try:
+            variables[name] = cloudpickle.dumps(value, protocol=5)
+        except Exception as problem:
+            unshipped[name] = f"{type(problem).__name__}: {str(problem)[:200]}"
+    return {
+        "started": started,
+        "duration": duration,
+        "variables": variables,
+        "unshipped": unshipped,
+        "stdout": out.value(),
+        "stderr": err.value(),
+        "output_truncated": out.truncated or err.truncated,
+        "error": error,
+        "series": logged.series,
+        "figures": figures,
+        "read": read,
+        "written": written,
+    }
+
+
+class Progress:
+    """A tqdm bar of trials landed (a widget in a notebook, text in a terminal); nothing
+    without tqdm."""
+
+    def __init__(self, total: int, description: str) -> None:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            self._bar: Any = None
+            return
+        self._bar = tqdm(total=total, desc=description, unit="trial", file=sys.stderr)
+
+    def advance(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -113,6 +113,35 @@ class ExperimentMagics(Magics):
         help="allow a --sweep of up to N combinations (default 1000)",
     )
     @argument(
+        "--search",
+        action="append",
+        default=[],
+        metavar="KEY=DIST",
+        help="an Optuna study over KEY: loguniform(a,b), uniform(a,b), int(a,b) or "
+        'choice(x,y,...), e.g. --search "lr=loguniform(1e-4,1e-1)"; one record per trial',
+    )
+    @argument("--trials", type=int, default=None, metavar="N", help="--search: N trials (20)")
+    @argument("--maximize", metavar="METRIC", help="--search: the metric to maximise")
+    @argument("--minimize", metavar="METRIC", help="--search: the metric to minimise")
+    @argument(
+        "--sampler", default="tpe", choices=("tpe", "random", "grid"), help="--search: (tpe)"
+    )
+    @argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the sweep's or search's trials on a Dask LocalCluster of N worker processes "
+        "(0: in the kernel)",
+    )
+    @argument(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS",
+        help="run them on the Dask scheduler at ADDRESS (default: $NBEXP_DASK_SCHEDULER, "
+        "else a distributed.Client connected in the kernel)",
+    )
+    @argument(
         "--allow-secret",
         action="append",
         default=[],
@@ -145,8 +174,13 @@ class ExperimentMagics(Magics):
             strict=args.strict
             or os.environ.get("NBEXP_STRICT", "").lower() in ("1", "true", "yes"),
         )
-        if args.sweep:
-            return self._sweep(cell, options, args.sweep)
+        if args.sweep or args.search:
+            return self._sweep(cell, options, args)
+        if args.workers or args.cluster or args.trials or args.maximize or args.minimize:
+            raise UsageError(
+                "--workers/--cluster/--trials/--maximize/--minimize go with a --sweep or a "
+                '--search, e.g. --sweep depth=2,4,8 --workers 2'
+            )
         try:
             result = self._recorder.run(cell, options)
         except NbexpError as error:
@@ -292,23 +326,49 @@ class ExperimentMagics(Magics):
         experiment = self._call(api.get, args.ref)
         print(f"wrote {path}: {experiment.name} ({experiment.short_id}) as a {fmt}")
 
-    def _sweep(self, cell: str, options: RunOptions, specs: list[str]) -> Any:
-        """`--sweep`: the body once per grid point, each run recorded and reported, then the
-        sweep's table as the cell's value. The cell fails only when every combination did."""
+    def _sweep(self, cell: str, options: RunOptions, args: Any) -> Any:
+        """`--sweep` / `--search`: the body once per grid point or trial (in the kernel or on
+        Dask), each run recorded and reported, then the sweep's table as the cell's value (and
+        a search's parallel-coordinates plot). The cell fails only when every run did."""
         __tracebackhide__ = True
-        from .sweep import parse_grid, run_sweep, show_sweep
+        from .sweep import Where, parse_grid, run_sweep, show_sweep
 
+        namespace = self.shell.user_ns if self.shell is not None else None
+        where = Where(args.workers, args.cluster)
         try:
-            sweep = run_sweep(
-                self._recorder,
-                cell,
-                options,
-                parse_grid(specs),
-                report=self._report,
-                namespace=self.shell.user_ns if self.shell is not None else None,
-            )
+            if args.search:
+                from .search import objective, parse_space, run_search
+
+                if args.sweep:
+                    raise UsageError("--sweep and --search do not mix; give one of them")
+                sweep = run_search(
+                    self._recorder,
+                    cell,
+                    options,
+                    parse_space(args.search),
+                    objective(args.maximize, args.minimize),
+                    trials=args.trials,
+                    sampler=args.sampler,
+                    where=where,
+                    report=self._report,
+                    namespace=namespace,
+                )
+            else:
+                sweep = run_sweep(
+                    self._recorder,
+                    cell,
+                    options,
+                    parse_grid(args.sweep),
+                    report=self._report,
+                    namespace=namespace,
+                    where=where,
+                )
         except NbexpError as error:
             raise UsageError(str(error)) from None
+        if sweep.figure is not None:
+            from IPython.display import display
+
+            display(sweep.figure)
         errors = [result.error for result in sweep.results if result.error is not None]
         if errors and len(errors) == len(sweep.results):
             raise errors[-1]

@@ -1161,11 +1161,13 @@ class Store:
             ).fetchone()
         if found is None:
             known = self.keys(column)[:8]
-            listed = ", ".join(f"{column}.{name}" for name in known) or "none yet"
-            raise QueryError(
-                f"cannot sort by `{sort}`: no experiment has {column}.{key}; "
-                f"{column} there are: {listed}"
-            )
+            if known:  # a misspelt key; with none of this kind yet, it sorts as all missing
+                listed = ", ".join(f"{column}.{name}" for name in known)
+                raise QueryError(
+                    f"cannot sort by `{sort}`: no experiment has {column}.{key}; "
+                    f"{column} there are: {listed}"
+                )
+            found = (0, None)
         scalar, physical = found
         if scalar and physical and _PHYSICAL.match(str(physical)):
             value, args = str(physical), []

@@ -24,6 +24,8 @@ def renders(ip, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
     from matplotlib.figure import Figure
 
     plt.close("all")
+    was_interactive = plt.isinteractive()
+    plt.ioff()  # an earlier test may have turned interactive mode on: it redraws stale figures
     seen: list[Any] = []
     original = Figure.savefig
 
@@ -34,6 +36,7 @@ def renders(ip, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
     monkeypatch.setattr(Figure, "savefig", counting)
     yield seen
     plt.close("all")
+    plt.interactive(was_interactive)
 
 
 def record(ip, name: str, body: str):

@@ -22,7 +22,7 @@ from nbexp.plots import (
     plot,
     series_overlay,
 )
-from nbexp.store import open_store
+from nbexp.store import Store, open_store
 from tests.conftest import run
 from tests.test_store import make_experiment
 
@@ -49,6 +49,7 @@ def runs(project: Path) -> list[Any]:
             )
             series = {"loss": [[step, 1.0 / (step + 1) + lr] for step in range(10)]}
             experiment = replace(experiment, series=series)
+            experiment = replace(experiment, id=Store.make_id(experiment.to_dict()))
             store.save(experiment)
             made.append(experiment)
     return made

@@ -134,7 +134,10 @@ def test_a_pulled_experiment_is_not_stale_for_inputs_that_are_not_on_this_machin
     # on the machine that recorded it, a missing input still counts
     assert "file data.csv missing" in nbexp_cli("status", cwd=project).out
 
-    # an input that is on this machine and differs still makes the pulled one stale
+    # an input that is in this project and differs still makes the pulled one stale (its
+    # recorded path is read relative to this project, never at the author's absolute path)
     _rewrite(project / "data.csv", "a,b\n9,9\n")
+    assert "none stale" in nbexp_cli("status", cwd=laptop).out
+    _rewrite(laptop / "data.csv", "a,b\n9,9\n")
     changed = nbexp_cli("status", cwd=laptop)
     assert changed.code == 1 and "file data.csv modified" in changed.out, changed

@@ -37,6 +37,12 @@ INSTALL = "pip install 'nbexp[dask]'"
 SCHEDULER_ENV = "NBEXP_DASK_SCHEDULER"
 SCATTER_BYTES = 1 << 20  # inputs at least this big are scattered once, not sent per trial
 MAX_OUTPUT_CHARS = 256 * 1024  # as the recorder keeps; the rest is not worth shipping
+# A worker that dies is retried once; a worker is sent one trial per thread, no more, so
+# that a trial killing its worker takes no queued bystander down with it.
+CLUSTER_CONFIG = {
+    "distributed.scheduler.allowed-failures": 1,
+    "distributed.scheduler.worker-saturation": 1.0,
+}
 _KERNEL_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "display"}
 
 
@@ -93,7 +99,7 @@ def connect(workers: int | None, cluster: str | None) -> Iterator[Any]:
     distributed = require("distributed")
     dask = require("dask")
     if workers:
-        with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        with dask.config.set(CLUSTER_CONFIG):
             local = distributed.LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,

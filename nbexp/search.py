@@ -156,7 +156,9 @@ def _sampler(name: str, space: dict[str, Dimension], seed: int) -> Any:
                 f"--sampler grid needs every param discrete; {continuous[0]} is "
                 f"{space[continuous[0]].text()}: use int() or choice(), or another sampler"
             )
-        return optuna.samplers.GridSampler(grid, seed=seed)  # type: ignore[arg-type]
+        # Optuna's GridSampler stops the study from inside `tell` when the grid is done,
+        # which ask-and-tell cannot take: the points are enqueued instead (`_grid_points`).
+        return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":  # the constant liar keeps parallel trials from piling on one point
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     raise SearchError(f"--sampler {name}: choose one of {', '.join(SAMPLERS)}")
@@ -226,6 +228,9 @@ def run_search(
     study = optuna.create_study(
         direction=goal.direction, sampler=chosen, study_name=f"nbexp-{sweep.sweep_id}"
     )
+    if sampler == "grid":
+        for grid_point in _grid_points(space, seed)[:total]:
+            study.enqueue_trial(grid_point)
     link = {
         "space": {key: d.text() for key, d in space.items()},
         "objective": goal.metric,
@@ -275,6 +280,7 @@ def run_search(
                 drive(runner)
         else:
             say(f"▶ search {sweep.sweep_id}: {total} trials of {sampler} (seed {seed})")
+            landed.start()
             try:
                 drive(_KernelTrials(recorder, namespace))
             finally:
@@ -293,6 +299,20 @@ def run_search(
     else:
         say(f"search {sweep.sweep_id}: no trial gave {goal.metric}, so there is no best")
     return sweep
+
+
+def _grid_points(space: dict[str, Dimension], seed: int) -> list[dict[str, Any]]:
+    """Every point of a discrete space, in an order shuffled by the study's seed."""
+    import itertools
+    import random
+
+    keys = list(space)
+    points = [
+        dict(zip(keys, values, strict=True))
+        for values in itertools.product(*(space[key].grid() or [] for key in keys))
+    ]
+    random.Random(seed).shuffle(points)
+    return points
 
 
 def _optuna() -> Any:
@@ -369,7 +389,8 @@ def study(sweep: str, *, store: Store | str | None = None) -> Any:
     link = searched[0].links["search"]
     space = parse_space([f"{key}={text}" for key, text in link["space"].items()])
     goal = Objective(link["objective"], link["direction"])
-    rebuilt = optuna.create_study(direction=goal.direction, study_name=f"nbexp-{sweep}")
+    with _quiet(optuna):
+        rebuilt = optuna.create_study(direction=goal.direction, study_name=f"nbexp-{sweep}")
     distributions = {key: dimension.distribution() for key, dimension in space.items()}
     for experiment in sorted(searched, key=lambda e: e.links["search"].get("trial", 0)):
         params = {key: experiment.params.get(key) for key in space}

@@ -27,6 +27,7 @@ from .errors import NbexpError
 from .record import SHORT_ID_LENGTH
 
 if TYPE_CHECKING:
+    from .executor import Progress
     from .recorder import Recorder, RunOptions, RunResult
     from .store import Store
 
@@ -325,19 +326,25 @@ class Landing:
         say: Callable[[str], None],
         total: int | None = None,
     ) -> None:
-        from .executor import Progress
-
         self.sweep, self.report, self.say = sweep, report, say
         self._landed: dict[int, RunResult] = {}
-        self._bar = Progress(total or len(sweep.points), f"sweep {sweep.sweep_id}")
+        self._total = total or len(sweep.points)
+        self._bar: Progress | None = None
         self._table = _LiveTable(getattr(recorder, "shell", None))
+
+    def start(self) -> None:
+        """The progress bar, once the trials are on their way (not before a refusal)."""
+        from .executor import Progress
+
+        self._bar = Progress(self._total, f"sweep {self.sweep.sweep_id}")
 
     def __call__(self, index: int, result: RunResult | None) -> None:
         if result is None:  # cancelled
             return
         self._landed[index] = result
         self.sweep.results = [self._landed[k] for k in sorted(self._landed)]
-        self._bar.advance()
+        if self._bar is not None:
+            self._bar.advance()
         if self.report is not None:
             self.report(result)
         if result.error is not None:
@@ -348,7 +355,8 @@ class Landing:
         return self._landed.get(index)
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
         self._table.close()
 
     def finish(self) -> None:
@@ -374,6 +382,7 @@ def on_dask(
     shipment = executor.pack_inputs(recorder.shell.user_ns, names)
     with executor.connect(where.workers, where.cluster) as client:
         trials = executor.DaskTrials(client, recorder, shipment)
+        landed.start()
         try:
             yield trials
         except KeyboardInterrupt:

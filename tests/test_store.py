@@ -15,6 +15,7 @@ import pytest
 
 import nbexp
 from nbexp import store as store_module
+from nbexp.store import index as store_index
 from nbexp.errors import IntegrityError, NbexpError, QueryError, RecordError, RefError, StoreError
 from nbexp.record import Code, Experiment, Outcome
 from nbexp.store import Store, find_store_root, open_store
@@ -433,13 +434,13 @@ def test_file_hash_cache_skips_unchanged_files_and_rehashes_changed_ones(
     store: Store, project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    real = store_module.hash_file
+    real = store_index.hash_file
 
     def counting(path: Any) -> tuple[str, int]:
         calls.append(str(path))
         return real(path)
 
-    monkeypatch.setattr(store_module, "hash_file", counting)
+    monkeypatch.setattr(store_index, "hash_file", counting)
     data = project / "train.csv"
     data.write_text("a,b\n1,2\n")
     first = store.file_hash(data)

@@ -1,0 +1,203 @@
+"""Files of the store written so that a crash leaves the old state or the new one: atomic
+writes (temp file, fsync, rename), syncs, locked notes of work in progress, where pulled
+experiments came from, and an OSError turned into one StoreError line naming the fix."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from ..errors import (
+    StoreError,
+)
+from . import locks
+
+STORE_ENV = "NBEXP_STORE"
+
+
+class StoreFiles:
+    """The folders of one store and how files get into them."""
+
+    read_only: bool = False
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+        self.records_dir = self.root / "records"
+        self.objects_dir = self.root / "objects"
+        self.tags_dir = self.root / "tags"
+        self.tmp_dir = self.root / "tmp"
+        self.index_path = self.root / "index.sqlite"
+        self._lock = threading.RLock()
+
+    def _temp_path(self) -> Path:
+        return self.tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}.tmp"
+
+    def _write_atomic(
+        self, target: Path, data: bytes | bytearray | memoryview, *, sync_dir: bool = False
+    ) -> None:
+        """Write `data` to `target` so that readers see all of it or nothing."""
+        with self._file_writes():
+            write_atomically(self._temp_path(), target, lambda handle: handle.write(data))
+        if sync_dir:
+            fsync_dir(target.parent)
+
+    @contextlib.contextmanager
+    def _file_writes(self) -> Iterator[None]:
+        """Around writes to the store's files: an OSError (disk full, file too large,
+        read-only) becomes one StoreError line that says what to do, with the system's
+        reason in parentheses, instead of a bare "OSError: [Errno 28]"."""
+        try:
+            yield
+        except OSError as error:
+            raise self._write_failure(error) from error
+
+    def _write_failure(self, error: OSError) -> StoreError:
+        reason = error.strerror or str(error)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            what, fix = "the disk is full", "free some space, then try again"
+        elif error.errno == errno.EFBIG:
+            what = "a file would exceed the size limit"
+            fix = "raise the limit (`ulimit -f`) or free some space, then try again"
+        elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            what = "it is read-only"
+            fix = f"make it writable (chmod/chattr) or point {STORE_ENV} at a writable folder"
+        elif error.errno == errno.EIO:
+            what, fix = "the disk reported an error", "check the disk, then try again"
+        else:
+            what, fix = "a write failed", "fix the folder, then try again"
+        return StoreError(f"cannot write to the store at {self.root}: {what} ({reason}); {fix}")
+
+    @contextlib.contextmanager
+    def _locked_note(self, name: str) -> Iterator[Path]:
+        """tmp/NAME, locked by this process while the block runs: it names work in progress
+        that the next process to open the store finishes if this one dies before removing
+        the note (`_finish_interrupted`). It appears already locked, so live work is never
+        finished by someone else, nor collected by `clean_tmp`."""
+        note = self.tmp_dir / name
+        temp = self._temp_path()
+        with open(temp, "wb") as handle:
+            try:
+                locks.exclusive(handle)
+                os.replace(temp, note)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+                raise
+            yield note
+
+    def temp_path(self) -> Path:
+        """A fresh path in the store's `tmp/`, for a file to be renamed into place later."""
+        return self._temp_path()
+
+    def write_file(self, target: Path, data: bytes) -> None:
+        """Write a small file of the store (e.g. config.json) atomically and durably."""
+        self._write_atomic(target, data, sync_dir=True)
+
+    @property
+    def origins_dir(self) -> Path:
+        return self.root / "origins"
+
+    def origin(self, experiment_id: str) -> dict[str, Any] | None:
+        """Where a pulled experiment came from ({"remote", "url", "pulled"}); None if local."""
+        try:
+            value = json.loads((self.origins_dir / f"{experiment_id}.json").read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError:  # unreadable: still not local, so never trusted by default
+            return {"remote": "?", "url": ""}
+        return value if isinstance(value, dict) else {"remote": "?", "url": ""}
+
+    def origin_name(self, experiment_id: str) -> str | None:
+        origin = self.origin(experiment_id)
+        return None if origin is None else str(origin.get("remote", "?"))
+
+
+def write_atomically(temp: Path, target: Path, fill: Callable[[IO[bytes]], Any]) -> None:
+    """Fill `temp`, fsync it, rename it to `target`: readers see all of it or nothing, and a
+    failure leaves no temp file behind."""
+    try:
+        with open(temp, "wb") as handle:
+            fill(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+
+
+def fsync_file(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def sync_filesystem(folder: Path) -> None:
+    """Flush the filesystem holding `folder` (Linux syncfs), or everything (sync) elsewhere."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            if libc.syncfs(descriptor) == 0:
+                return
+        finally:
+            os.close(descriptor)
+    os.sync()
+
+
+def fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this pid runs here (a reused pid errs on the side of keeping)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it runs, as another user
+        return True
+    return True
+
+
+def is_utf8(text: str) -> bool:
+    """False for a path holding bytes the file system could not decode (os.fsdecode turns
+    them into lone surrogates, which neither SQLite nor JSON-as-UTF-8 can keep)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, or None if it is missing: tells a replaced file apart."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def say(line: str) -> None:
+    """A one-line notice for the user (stderr): what the store did on its own."""
+    print(line, file=sys.stderr, flush=True)

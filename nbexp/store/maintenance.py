@@ -1,0 +1,308 @@
+"""Keeping the store healthy: rebuilding the index from the records, collecting objects
+no record uses (under a store-wide lock that writers share), cleaning what killed processes
+left in tmp/, and verifying every record and object (fsck)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..errors import (
+    DamagedIndexError,
+    RecordError,
+    RefError,
+    StoreError,
+)
+from ..hashing import hash_file
+from ..record import SHORT_ID_LENGTH, Experiment
+from . import locks
+from .files import file_identity, process_alive, say
+from .index import INSERT_ROW, check_header, first_clause, refill_columns, set_aside_index
+from .records import StoreRecords
+
+TEMP_GRACE_SECONDS = 3600.0  # tmp/ files younger than this are never collected (as remote gc)
+
+
+_TEMP_NAME = re.compile(r"^(?:\.probe-)?(\d+)-[0-9a-f]+(?:\.tmp)?$")  # _temp_path, the probe
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing `fsck` found wrong."""
+
+    kind: str
+    item: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.item}: {self.detail}"
+
+
+class StoreMaintenance(StoreRecords):
+    """Index rebuilds, gc, tmp cleaning, fsck."""
+
+    _seen_gc_generation: str | None  # the gc generation this process last wrote under
+
+    def _rebuild_index(self, why: str) -> sqlite3.Connection:
+        """Rebuild the index from the records, one process at a time (tmp/index.rebuild, an
+        exclusive flock): a damaged file is moved aside to index.sqlite.damaged, never
+        deleted, and a fresh one filled. A process that waited finds the work done."""
+        started = time.monotonic()
+        with open(self.tmp_dir / "index.rebuild", "a+b") as lock, self._healing_now():
+            locks.exclusive(lock)
+            old = getattr(self, "_db", None)
+            if old is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    old.close()
+            try:
+                self._db = self._open_index()  # another process may have rebuilt it meanwhile
+                healthy = self._index_answers()
+            except DamagedIndexError:
+                healthy = False
+            if not healthy:
+                with contextlib.suppress(sqlite3.Error, AttributeError):
+                    self._db.close()
+                set_aside_index(self.root)
+                self._db = self._open_index()
+            self._index_identity = file_identity(self.index_path)
+            count = self.reindex(progress=True)
+        seconds = time.monotonic() - started
+        kept = " (the damaged file is kept as index.sqlite.damaged)" if not healthy else ""
+        say(
+            f"nbexp: {first_clause(why)}; rebuilt it from {count} record"
+            f"{'' if count == 1 else 's'} in {seconds:.1f} s{kept}"
+        )
+        return self._db
+
+    def _has_records(self) -> bool:
+        with contextlib.suppress(OSError):
+            return any(folder.is_dir() for folder in self.records_dir.iterdir())
+        return False
+
+    def reindex(self, *, progress: bool = False) -> int:
+        """Rebuild the index from the records; returns how many were indexed.
+
+        The rebuild happens inside the existing index, in one transaction: other processes
+        keep their connections (a deleted index file would silently swallow what they write
+        next) and never see it half-built. Only an index SQLite cannot use is replaced.
+        """
+        rows = []
+        started = shown = time.monotonic()
+        for experiment_id in self.iter_record_ids():
+            with contextlib.suppress(RecordError, RefError):
+                rows.append(self._index_row(self.load(experiment_id)))
+            if progress and time.monotonic() - shown > 2.0:  # only when it takes long
+                shown = time.monotonic()
+                say(f"nbexp: rebuilding the index: {len(rows)} records read so far…")
+        if progress and shown != started:
+            say(f"nbexp: rebuilding the index: all {len(rows)} records read")
+        indexed = {row[0] for row in rows}
+        with self._lock:
+            try:
+                with self._db:
+                    # damage in pages this rebuild never touches (the name index, the caches)
+                    # would outlive it: a damaged index is replaced instead
+                    check = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+                    if check != "ok":
+                        raise sqlite3.DatabaseError(f"damaged: {check}")
+                    self._db.executemany(INSERT_ROW, rows)
+                    others = [
+                        str(row[0])
+                        for row in self._db.execute("SELECT id FROM experiments")
+                        if row[0] not in indexed
+                    ]
+                    # rows not rebuilt: keep those saved meanwhile by another process
+                    gone = [(i,) for i in others if not self._loadable(i)]
+                    self._db.executemany("DELETE FROM experiments WHERE id = ?", gone)
+                    refill_columns(self._db)
+            except sqlite3.DatabaseError as error:
+                failure = self._index_failure(error, opening=True)
+                if not isinstance(failure, DamagedIndexError):  # locked, read-only, disk full
+                    raise failure from error
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                set_aside_index(self.root)
+                self._db = self._open_index()
+                self._index_identity = file_identity(self.index_path)
+                with self._db:
+                    self._db.executemany(INSERT_ROW, rows)
+                    refill_columns(self._db)
+            return len(rows)
+
+    def _loadable(self, experiment_id: str) -> bool:
+        try:
+            self.load(experiment_id)
+        except (RecordError, RefError):
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold while writing objects a record will reference: `gc` waits for it to end.
+
+        Taking it also notices a gc by another process since the last write, and forgets
+        which objects this process believed present (gc may have deleted them).
+        """
+        with self._gc_lock(exclusive=False):
+            generation = self._gc_generation()
+            if generation != self._seen_gc_generation:
+                self._known_objects.clear()
+                self._seen_gc_generation = generation
+            yield
+
+    @contextlib.contextmanager
+    def _gc_lock(self, *, exclusive: bool) -> Iterator[None]:
+        """gc.lock: shared by every process writing objects or staging files in tmp/ for a
+        record (`writing`), exclusive for `gc` and `clean_tmp`."""
+        with self._file_writes():
+            handle = open(self.root / "gc.lock", "a+")  # noqa: SIM115 (closed below)
+        with handle, locks.holding(handle, exclusive_lock=exclusive):
+            yield
+
+    def _gc_generation(self) -> str:
+        try:
+            return (self.root / "gc.generation").read_text()
+        except FileNotFoundError:
+            return ""
+
+    def referenced_objects(self) -> set[str]:
+        referenced: set[str] = set()
+        for experiment_id in self.iter_record_ids():
+            try:
+                referenced |= self.load(experiment_id).object_hashes()
+            except RefError:  # deleted meanwhile
+                continue
+            except RecordError as error:
+                # its objects look unreferenced: collecting them would make the damage
+                # permanent (the record may yet be put back from a backup or a remote)
+                raise StoreError(
+                    f"record {experiment_id[:SHORT_ID_LENGTH]} is unreadable, so gc cannot "
+                    "tell which objects it needs; repair or delete it first (`nbexp fsck` "
+                    "says how)"
+                ) from error
+        return referenced
+
+    def gc(self, *, delete: bool = False) -> tuple[list[str], int]:
+        """Objects no record references, and their total size; deleted only if `delete`."""
+        with self._gc_lock(exclusive=True):
+            referenced = self.referenced_objects()
+            garbage: list[str] = []
+            size = 0
+            for digest in self.iter_objects():
+                if digest not in referenced:
+                    path = self.object_path(digest)
+                    with contextlib.suppress(FileNotFoundError):
+                        size += path.stat().st_size
+                        garbage.append(digest)
+            if delete and garbage:
+                # A new generation before the first deletion, not after the last: a gc
+                # killed halfway must still make every kernel forget which objects it
+                # believed stored (`writing`), or its next record names deleted ones.
+                self._write_atomic(self.root / "gc.generation", secrets.token_hex(8).encode())
+                self._known_objects.clear()
+                for digest in garbage:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.object_path(digest).unlink()
+            return garbage, size
+
+    def clean_tmp(
+        self, *, delete: bool = False, grace: float = TEMP_GRACE_SECONDS
+    ) -> tuple[int, int]:
+        """Temp files killed processes left in tmp/ (never read, but some are whole staged
+        chunks): how many and their size; deleted only if `delete`.
+
+        Only files older than `grace` whose writer (the pid in their name) is no longer
+        running count, and only under gc's exclusive lock, which no recording or pull
+        staging files there holds (`writing`). The notes of `_locked_note` are never
+        touched: the next open finishes their work, and a locked one is live."""
+        cutoff = time.time() - grace
+        found = size = 0
+        with self._gc_lock(exclusive=True):
+            for path in list(self.tmp_dir.iterdir()):
+                match = _TEMP_NAME.match(path.name)
+                if match is None:
+                    continue
+                try:
+                    stat = path.lstat()
+                except FileNotFoundError:
+                    continue
+                if stat.st_mtime > cutoff or process_alive(int(match.group(1))):
+                    continue
+                if delete:
+                    try:
+                        path.unlink()
+                    except FileNotFoundError:
+                        continue
+                found += 1
+                size += stat.st_size
+        return found, size
+
+    def fsck(self) -> list[Problem]:
+        """Verify every record and object; returns the problems (empty means healthy)."""
+        problems: list[Problem] = []
+        referenced: dict[str, list[str]] = {}  # object → every experiment that uses it
+        record_ids = set()
+        unreadable = set()  # named once, as a record problem, not again as index problems
+        for experiment_id in self.iter_record_ids():
+            short = experiment_id[:SHORT_ID_LENGTH]
+            relative = self.record_path(experiment_id).relative_to(self.root)
+            fix = f"; delete {relative} (then `nbexp pull` it again if a remote has it)"
+            try:
+                body = json.loads(self.record_path(experiment_id).read_bytes())
+                experiment = Experiment.from_dict(body)
+            except (ValueError, UnicodeDecodeError, RecordError) as error:
+                problems.append(Problem("record", short, f"unreadable: {error}{fix}"))
+                unreadable.add(experiment_id)
+                continue
+            record_ids.add(experiment_id)  # readable: the index should list it
+            # the id field is not hashed into the id, so it is compared on its own
+            if self.make_id(body) != experiment_id or body.get("id") != experiment_id:
+                problems.append(Problem("record", short, f"content does not match its id{fix}"))
+            for digest in experiment.object_hashes():
+                referenced.setdefault(digest, []).append(short)
+        for digest, owners in sorted(referenced.items()):
+            users = ", ".join(sorted(set(owners)))  # every one: each is an experiment to fix
+            path = self.object_path(digest)
+            if not path.exists():
+                problems.append(Problem("object", digest[:12], f"missing (used by {users})"))
+            elif hash_file(path)[0] != digest:
+                problems.append(Problem("object", digest[:12], f"corrupt (used by {users})"))
+        try:
+            check_header(self.index_path)
+            with self._lock:
+                check = [row[0] for row in self._db.execute("PRAGMA integrity_check(3)")]
+                indexed = {row[0] for row in self._db.execute("SELECT id FROM experiments")}
+                if check == ["ok"]:
+                    self._index_answers_or_raise()
+        except sqlite3.DatabaseError as error:
+            if "locked" in str(error) or "busy" in str(error):  # no damage: say so
+                raise self._index_failure(error) from error
+            check = [str(error)]
+        except DamagedIndexError as error:
+            check = [first_clause(str(error))]
+        if check != ["ok"]:  # pages SQLite can no longer trust, even where a listing still works
+            problems.append(
+                Problem("index", "index.sqlite", f"damaged ({check[0]}); run `nbexp reindex`")
+            )
+            return problems
+        for missing in sorted(record_ids - indexed):
+            problems.append(
+                Problem(
+                    "index",
+                    missing[:SHORT_ID_LENGTH],
+                    "record not in the index; run `nbexp reindex`",
+                )
+            )
+        for stale in sorted(indexed - record_ids - unreadable):
+            problems.append(
+                Problem(
+                    "index", stale[:SHORT_ID_LENGTH], "indexed but no record; run `nbexp reindex`"
+                )
+            )
+        return problems

@@ -199,6 +199,14 @@ def test_dvc_project_md5s_stage_repro_and_exp_run(ip, project, capsys):
     record = nbexp.get("tree")
     entry = next(item for item in record.data if item["path"] == "data/train.csv")
     assert entry["dvc"] == {"md5": md5, "source": "data/train.csv.dvc", "path": "data/train.csv"}
+    import importlib.resources
+
+    import jsonschema
+
+    schema = json.loads(
+        (importlib.resources.files("nbexp") / "schema" / "record-v1.json").read_text()
+    )
+    jsonschema.validate(record.to_dict(), schema)
     assert record.params == {"train.max_depth": 1}
     code, out, _ = _cli(capsys, "show", "tree")
     assert f"dvc md5 {md5[:12]} (data/train.csv.dvc)" in out

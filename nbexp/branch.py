@@ -187,9 +187,8 @@ def _stem(repo: Any, env: dict[str, str], folder: str, experiment: Experiment) -
 
 
 def _record_bytes(store: Store, experiment: Experiment) -> bytes:
-    path = store.record_path(experiment.id)
-    if path.is_file():
-        return path.read_bytes()
+    if store.has_record(experiment.id):
+        return store.record_bytes(experiment.id)
     return (json.dumps(experiment.to_dict(), indent=1, sort_keys=True) + "\n").encode()
 
 

@@ -32,7 +32,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,13 +43,14 @@ from .errors import (
     RecordError,
     RefError,
     RemoteError,
+    StoreError,
     TransferError,
     UntrustedRemoteError,
 )
 from .hashing import hash_bytes, hash_file
 from .record import SHORT_ID_LENGTH, Experiment
 from .refs import could_be_id, is_hex, steps_back
-from .store import Store
+from .store import Store, editing_config, read_config
 from .transfer import DEFAULT_WORKERS, IN_MEMORY_LIMIT, Entry, Progress, RemoteFiles, run_parallel
 
 CONFIG_NAME = "config.json"
@@ -101,37 +102,11 @@ class Remote:
         return {"url": self.url, "options": self.options, "trusted": self.trusted}
 
 
-def _config_path(store: Store) -> Path:
-    return store.root / CONFIG_NAME
-
-
 def _read_config(store: Store) -> dict[str, Any]:
     try:
-        config = json.loads(_config_path(store).read_bytes())
-    except FileNotFoundError:
-        return {}
-    except ValueError as error:
-        raise RemoteError(
-            f"{_config_path(store)} is not valid JSON ({error}); fix or delete it"
-        ) from error
-    return config if isinstance(config, dict) else {}
-
-
-@contextlib.contextmanager
-def _editing_config(store: Store) -> Iterator[dict[str, Any]]:
-    """Read, change and atomically rewrite config.json, one process at a time."""
-    import fcntl
-
-    with open(store.root / "config.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            config = _read_config(store)
-            yield config
-            store.write_file(
-                _config_path(store), (json.dumps(config, indent=1, sort_keys=True) + "\n").encode()
-            )
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        return read_config(store)
+    except StoreError as error:
+        raise RemoteError(str(error)) from error
 
 
 def remotes(store: Store) -> dict[str, Remote]:
@@ -268,7 +243,7 @@ def add_remote(
     remote = Remote(name=name, url=normalize_url(url), options=dict(options or {}), trusted=trusted)
     _refuse_credentials(remote.options, remote.protocol)
     _backend_class(remote.protocol)
-    with _editing_config(store) as config:
+    with editing_config(store) as config:
         entries = config.setdefault("remotes", {})
         if name in entries:
             raise RemoteError(
@@ -283,7 +258,7 @@ def add_remote(
 
 def remove_remote(store: Store, name: str) -> Remote:
     remote = get_remote(store, name)
-    with _editing_config(store) as config:
+    with editing_config(store) as config:
         config.get("remotes", {}).pop(name, None)
         if config.get("default_remote") == name:
             config.pop("default_remote")
@@ -293,7 +268,7 @@ def remove_remote(store: Store, name: str) -> Remote:
 def set_trusted(store: Store, name: str, trusted: bool = True) -> Remote:
     """Mark a remote trusted (its pulled state may be restored) or not."""
     get_remote(store, name)
-    with _editing_config(store) as config:
+    with editing_config(store) as config:
         config["remotes"][name]["trusted"] = trusted
     return get_remote(store, name)
 
@@ -473,10 +448,6 @@ def _object_digests(listing: Mapping[str, Entry]) -> dict[str, Entry]:
     return found
 
 
-def _marker_key(remote: Remote, experiment_id: str) -> str:
-    return f"remote-tags:{remote.url}:{experiment_id}"
-
-
 def _merge(ours: Sequence[str], theirs: Sequence[str], base: Sequence[str] | None) -> list[str]:
     """Both sides' tags after a three-way merge against `base`, the tags both had when they
     were last exchanged: a tag added on either side is kept, one removed on either side since
@@ -537,8 +508,8 @@ def push(
     broken: dict[str, str] = {}
     for digest in users:
         try:
-            sizes[digest] = store.object_path(digest).stat().st_size
-        except FileNotFoundError:
+            sizes[digest] = store.object_size(digest)
+        except IntegrityError:
             broken[digest] = f"object {digest[:12]} is missing from this store"
     # about how many objects the remote holds, to choose how to list them (see listing_of)
     per_record = len(users) / max(1, len(experiments))
@@ -596,7 +567,7 @@ def push(
     records: dict[str, bytes] = {}
 
     def send_record(experiment_id: str) -> int:
-        data = store.record_path(experiment_id).read_bytes()
+        data = store.record_bytes(experiment_id)
         if store.make_id(json.loads(data)) != experiment_id:
             raise IntegrityError(
                 f"record {experiment_id[:SHORT_ID_LENGTH]} is corrupt in this store"
@@ -637,16 +608,10 @@ def _push_tags(store: Store, spec: Remote, files: RemoteFiles, ids: set[str], wo
     """Send tags changed here since they were last exchanged with this remote, merged with
     the remote's (a tag added on either side survives, one removed on either side goes)."""
     changed: list[tuple[str, list[str]]] = []
-    for path in store.tags_dir.glob("*.json"):
-        if path.stem not in ids:
-            continue
-        try:
-            local = _parse_tags(path.read_bytes())
-        except (OSError, ValueError):
-            continue
-        marker = store.cache_get(_marker_key(spec, path.stem)) or {}
-        if marker.get("tags") != local:
-            changed.append((path.stem, local))
+    markers = store.sync_markers(spec.url)
+    for experiment_id, local in store.tagged():
+        if experiment_id in ids and markers.get(experiment_id).get("tags") != local:
+            changed.append((experiment_id, local))
 
     updated: list[str] = []
 
@@ -656,17 +621,20 @@ def _push_tags(store: Store, spec: Remote, files: RemoteFiles, ids: set[str], wo
             theirs = _parse_tags(files.read(_tags_key(experiment_id)))
         except FileNotFoundError:
             theirs = []
-        base = (store.cache_get(_marker_key(spec, experiment_id)) or {}).get("tags")
+        base = markers.get(experiment_id).get("tags")
         merged = _merge(local, theirs, base)
         if merged != theirs:
             files.write(_tags_key(experiment_id), json.dumps(merged).encode())
             updated.append(experiment_id)
         if merged != local:
             store.set_tags(experiment_id, merged)
-        store.cache_put(_marker_key(spec, experiment_id), {"tags": merged, "stamp": ""})
+        markers.put(experiment_id, {"tags": merged, "stamp": ""})
         return 0
 
-    run_parallel(changed, send, workers=workers)
+    try:
+        run_parallel(changed, send, workers=workers)
+    finally:
+        markers.save()
     return len(updated)
 
 
@@ -696,7 +664,7 @@ def pull(
     if not on_remote and not refs:
         report.seconds = time.perf_counter() - started
         return report
-    here = {i for i in on_remote if store.record_path(i).exists()}
+    here = {i for i in on_remote if store.has_record(i)}
     new = [i for i in on_remote if i not in here]
     wanted = _prefix_matches(refs, on_remote) if refs else None
     fetch = new if wanted is None else [i for i in new if i in wanted]
@@ -839,13 +807,13 @@ def _pull_tags(store: Store, spec: Remote, files: RemoteFiles, ids: set[str], wo
     """Merge the remote's tags into ours where they changed since we last looked."""
     listing = _reaching(spec, files.listing, "tags/")
     changed: list[tuple[str, str, str]] = []
+    markers = store.sync_markers(spec.url)
     for key, entry in listing.items():
         experiment_id = key.rsplit("/", 1)[-1].removesuffix(".json")
         if experiment_id not in ids:
             continue
         stamp = f"{entry.size}:{entry.stamp}:{entry.modified}"
-        marker = store.cache_get(_marker_key(spec, experiment_id)) or {}
-        if marker.get("stamp") != stamp:
+        if markers.get(experiment_id).get("stamp") != stamp:
             changed.append((experiment_id, key, stamp))
 
     updated: list[str] = []
@@ -854,15 +822,18 @@ def _pull_tags(store: Store, spec: Remote, files: RemoteFiles, ids: set[str], wo
         experiment_id, key, stamp = item
         theirs = _parse_tags(files.read(key))
         ours = list(store.load(experiment_id).tags)
-        base = (store.cache_get(_marker_key(spec, experiment_id)) or {}).get("tags")
+        base = markers.get(experiment_id).get("tags")
         merged = _merge(ours, theirs, base)
         if merged != ours:
             store.set_tags(experiment_id, merged)
             updated.append(experiment_id)
-        store.cache_put(_marker_key(spec, experiment_id), {"tags": merged, "stamp": stamp})
+        markers.put(experiment_id, {"tags": merged, "stamp": stamp})
         return 0
 
-    run_parallel(changed, fetch, workers=workers)
+    try:
+        run_parallel(changed, fetch, workers=workers)
+    finally:
+        markers.save()
     return len(updated)
 
 

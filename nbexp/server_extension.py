@@ -57,13 +57,11 @@ import json
 import os
 import re
 import secrets
-import sqlite3
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import tornado.ioloop
 from jupyter_server.auth.decorator import authorized
@@ -72,7 +70,7 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from . import query as query_language
-from .errors import AmbiguousRefError, NbexpError, QueryError, RefError, StoreError
+from .errors import AmbiguousRefError, NbexpError, QueryError, RefError
 from .record import SHORT_ID_LENGTH, Experiment, encode_value
 from .store import STORE_DIRNAME, STORE_ENV, Store, find_store_root, sort_key
 
@@ -205,23 +203,12 @@ class _Open:
 
     def __init__(self, root: Path) -> None:
         self.lock = threading.Lock()
-        self.store = Store(root)
+        self.store = Store(root, read_only=True)  # the server never creates or writes
         self.index_id = _file_id(self.store.index_path)
         self.nonce = secrets.token_hex(8)  # data_version counts per connection
-        try:
-            self._watch = sqlite3.connect(
-                f"file:{quote(str(self.store.index_path))}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-        except sqlite3.Error as error:
-            raise StoreError(f"cannot read the index {self.store.index_path}: {error}") from error
 
     def version(self) -> str:
-        with self.lock:
-            (value,) = self._watch.execute("PRAGMA data_version").fetchone()
-        return f"{self.nonce}:{value}"
+        return f"{self.nonce}:{self.store.change_token()}"
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:

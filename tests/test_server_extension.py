@@ -161,6 +161,27 @@ def test_a_sort_key_is_data_never_sql(
     assert body(fetch(params={"path": "nb.ipynb"}))["total"] == 4  # the table is still there
 
 
+def test_a_read_only_store_is_served_and_left_untouched(
+    fetch: Fetch, filled: tuple[Store, list[Experiment]]
+) -> None:
+    from tests.faults.stores import read_only
+
+    store, made = filled
+    store.close()
+    (store.root / "index.sqlite").unlink()  # and its index is gone: listed from the records
+    for suffix in ("-wal", "-shm"):
+        (store.root / f"index.sqlite{suffix}").unlink(missing_ok=True)
+    before = sorted(p.relative_to(store.root) for p in store.root.rglob("*"))
+    try:
+        with read_only(store.root):
+            listing = body(fetch(params={"path": "nb.ipynb"}))
+            assert listing["total"] == 4 and ids(listing)[0] == made[-1].id
+            assert body(fetch("best", params={"path": "nb.ipynb"}))["id"] == made[1].id
+    except OSError as error:
+        pytest.skip(f"cannot make a folder read-only here: {error}")
+    assert sorted(p.relative_to(store.root) for p in store.root.rglob("*")) == before
+
+
 def test_a_huge_last_n_is_not_found(fetch: Fetch, filled: tuple[Store, list[Experiment]]) -> None:
     refusal(fetch("last~99999999999999999999", params={"path": "nb.ipynb"}), 404, "does not exist")
 

@@ -41,6 +41,7 @@ from .files import STORE_ENV, write_atomically
 from .index import SORTABLE, set_aside_index, sort_key
 from .maintenance import TEMP_GRACE_SECONDS, Problem, StoreMaintenance
 from .records import DELETING_SUFFIX, UNINDEXED_SUFFIX
+from .sync import SyncMarkers, editing_config, read_config
 
 __all__ = [
     "DELETING_SUFFIX",
@@ -52,8 +53,11 @@ __all__ = [
     "UNINDEXED_SUFFIX",
     "Problem",
     "Store",
+    "SyncMarkers",
+    "editing_config",
     "find_store_root",
     "open_store",
+    "read_config",
     "set_aside_index",
     "sort_key",
     "store_root",
@@ -117,6 +121,10 @@ class Store(StoreMaintenance):
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r}{', read_only=True' if self.read_only else ''})"
+
+    def sync_markers(self, remote_url: str) -> SyncMarkers:
+        """What was last exchanged with the remote at `remote_url` (see `sync`)."""
+        return SyncMarkers(self, remote_url)
 
     def close(self) -> None:
         with self._lock:

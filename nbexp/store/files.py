@@ -37,6 +37,14 @@ class StoreFiles:
         self.index_path = self.root / "index.sqlite"
         self._lock = threading.RLock()
 
+    def _writable(self, doing: str) -> None:
+        """A StoreError when this store was opened read-only (`open_store(read_only=True)`)."""
+        if self.read_only:
+            raise StoreError(
+                f"the store at {self.root} was opened read-only, and {doing} writes to it; "
+                "open it with open_store(path) to change it"
+            )
+
     def _temp_path(self) -> Path:
         return self.tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}.tmp"
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .. import query as query_language
 from .. import refs
@@ -190,6 +191,8 @@ class StoreIndex(StoreFiles):
 
     def _open_index(self) -> sqlite3.Connection:
         check_header(self.index_path)
+        if self.read_only:
+            return self._open_index_read_only()
         try:
             connection = sqlite3.connect(
                 self.index_path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
@@ -218,6 +221,33 @@ class StoreIndex(StoreFiles):
                 "rebuild it from the records with `nbexp reindex`"
             ) from error
         connection.isolation_level = "DEFERRED"
+        return connection
+
+    def _open_index_read_only(self) -> sqlite3.Connection:
+        """The index as it is, for reading only: nothing is created, migrated or fixed. An
+        index that is missing or lacks what this version reads is a DamagedIndexError (the
+        read-only store then lists from the records in memory)."""
+        if not self.index_path.exists():
+            raise DamagedIndexError(f"the store's index {self.index_path} is missing")
+        try:
+            connection = sqlite3.connect(
+                f"file:{quote(str(self.index_path))}?mode=ro",
+                uri=True,
+                timeout=BUSY_TIMEOUT,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            connection.execute(f"SELECT {_ROW_COLUMNS} FROM experiments LIMIT 0").fetchall()
+            connection.execute("SELECT section, key, scalar, physical FROM columns LIMIT 0")
+        except sqlite3.DatabaseError as error:
+            raise DamagedIndexError(
+                f"the store's index {self.index_path} cannot be read ({error})"
+            ) from error
+        except (UnicodeDecodeError, ValueError) as error:
+            raise DamagedIndexError(
+                f"the store's index {self.index_path} is damaged ({error})"
+            ) from error
         return connection
 
     def _index_failure(self, error: sqlite3.DatabaseError, *, opening: bool = False) -> StoreError:
@@ -602,7 +632,7 @@ class StoreIndex(StoreFiles):
     def file_hash(self, path: str | os.PathLike[str]) -> tuple[str, int]:
         """(hash, size) of a file, re-read only when its size, mtime or inode changed."""
         absolute = os.path.abspath(path)
-        if not is_utf8(absolute):  # SQLite keeps text as UTF-8: such a name is not cached
+        if not is_utf8(absolute) or self.read_only:  # UTF-8 names only; readers keep nothing
             return hash_file(absolute)
         stat = os.stat(absolute)
         key = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
@@ -629,8 +659,23 @@ class StoreIndex(StoreFiles):
 
     @index_guard
     def cache_put(self, key: str, value: Any) -> None:
+        if self.read_only:  # a cache: a reader simply does not keep what it computed
+            return
         with self._lock, self._db:
             self._db.execute("INSERT OR REPLACE INTO cache VALUES (?, ?)", (key, json.dumps(value)))
+
+    def change_token(self) -> str:
+        """A value that changes whenever another process changes the index (SQLite's
+        `data_version` on this connection), or, for an index held in memory, whenever a
+        record is added or removed: pollers compare it instead of re-reading listings."""
+        if self._index_identity is None or self._index_identity != file_identity(self.index_path):
+            try:
+                return f"records:{self.records_dir.stat().st_mtime_ns}"
+            except OSError:
+                return "records:none"
+        with self._lock:
+            (value,) = self._db.execute("PRAGMA data_version").fetchone()
+        return f"index:{value}"
 
     def _rebuild_index(self, why: str) -> sqlite3.Connection:
         """Rebuild the index from the records (StoreMaintenance)."""
@@ -768,6 +813,15 @@ def _add_origin_column(connection: sqlite3.Connection) -> None:
         except sqlite3.OperationalError as error:  # another process added it just now
             if "duplicate column" not in str(error):
                 raise
+
+
+def new_index_in_memory() -> sqlite3.Connection:
+    """An empty index of this version's layout in memory (a read-only store's fallback)."""
+    connection = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    connection.executescript(_INDEX_SCHEMA)
+    _add_origin_column(connection)
+    connection.isolation_level = "DEFERRED"
+    return connection
 
 
 def set_aside_index(root: str | os.PathLike[str]) -> None:

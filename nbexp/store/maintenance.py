@@ -23,7 +23,14 @@ from ..hashing import hash_file
 from ..record import SHORT_ID_LENGTH, Experiment
 from . import locks
 from .files import file_identity, process_alive, say
-from .index import INSERT_ROW, check_header, first_clause, refill_columns, set_aside_index
+from .index import (
+    INSERT_ROW,
+    check_header,
+    first_clause,
+    new_index_in_memory,
+    refill_columns,
+    set_aside_index,
+)
 from .records import StoreRecords
 
 TEMP_GRACE_SECONDS = 3600.0  # tmp/ files younger than this are never collected (as remote gc)
@@ -52,7 +59,10 @@ class StoreMaintenance(StoreRecords):
     def _rebuild_index(self, why: str) -> sqlite3.Connection:
         """Rebuild the index from the records, one process at a time (tmp/index.rebuild, an
         exclusive flock): a damaged file is moved aside to index.sqlite.damaged, never
-        deleted, and a fresh one filled. A process that waited finds the work done."""
+        deleted, and a fresh one filled. A process that waited finds the work done. A
+        read-only store builds its index in memory instead, leaving the files alone."""
+        if self.read_only:
+            return self._index_in_memory(why)
         started = time.monotonic()
         with open(self.tmp_dir / "index.rebuild", "a+b") as lock, self._healing_now():
             locks.exclusive(lock)
@@ -77,6 +87,22 @@ class StoreMaintenance(StoreRecords):
         say(
             f"nbexp: {first_clause(why)}; rebuilt it from {count} record"
             f"{'' if count == 1 else 's'} in {seconds:.1f} s{kept}"
+        )
+        return self._db
+
+    def _index_in_memory(self, why: str) -> sqlite3.Connection:
+        """For a read-only store whose index cannot be read: the same index, in memory."""
+        with self._healing_now():
+            old = getattr(self, "_db", None)
+            if old is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    old.close()
+            self._db = new_index_in_memory()
+            self._index_identity = file_identity(self.index_path)
+            count = self.reindex()
+        say(
+            f"nbexp: {first_clause(why)}; read {count} record{'' if count == 1 else 's'} "
+            "instead (`nbexp reindex` rebuilds the index)"
         )
         return self._db
 

@@ -44,6 +44,7 @@ class StoreObjects(StoreFiles):
         `digest`, when the caller already hashed `data`, saves hashing it twice. Inside
         `object_batch()` the write is only staged; the batch makes it durable and visible.
         """
+        self._writable("storing an object")
         digest = digest or hash_bytes(data)
         if self.has_object(digest):
             return digest
@@ -112,6 +113,7 @@ class StoreObjects(StoreFiles):
 
     def put_file(self, path: str | os.PathLike[str]) -> tuple[str, int]:
         """Copy a file into the object store while hashing it; returns (hash, size)."""
+        self._writable("storing a file")
         temp = self._temp_path()
         hasher = xxhash.xxh3_128()
         size = 0

@@ -41,6 +41,18 @@ class StoreRecords(StoreIndex, StoreObjects):
     def record_path(self, experiment_id: str) -> Path:
         return self.records_dir / experiment_id[:2] / f"{experiment_id}.json"
 
+    def has_record(self, experiment_id: str) -> bool:
+        return self.record_path(experiment_id).exists()
+
+    def record_bytes(self, experiment_id: str) -> bytes:
+        """A record's file as it is on disk (push sends it byte for byte, after checking it)."""
+        try:
+            return self.record_path(experiment_id).read_bytes()
+        except FileNotFoundError as error:
+            raise RefError(
+                f"experiment {experiment_id[:SHORT_ID_LENGTH]} does not exist"
+            ) from error
+
     @staticmethod
     def make_id(body: dict[str, Any]) -> str:
         """An experiment's id: the hash of its record's content (without the id itself)."""
@@ -48,6 +60,7 @@ class StoreRecords(StoreIndex, StoreObjects):
 
     def save(self, experiment: Experiment) -> Experiment:
         """Write a new record (its id must be `make_id` of its content) and index it."""
+        self._writable("recording an experiment")
         body = experiment.to_dict()
         path = self.record_path(experiment.id)
         if path.exists():
@@ -171,6 +184,7 @@ class StoreRecords(StoreIndex, StoreObjects):
         record is gone; if this one is killed before the files are gone too, the next
         process to open the store removes them (`_finish_interrupted`). Either way the
         experiment ends fully present or fully gone."""
+        self._writable("deleting an experiment")
         with self._file_writes(), self._locked_note(f"{experiment_id}{DELETING_SUFFIX}") as note:
             try:
                 self._delete_row(experiment_id)
@@ -200,11 +214,19 @@ class StoreRecords(StoreIndex, StoreObjects):
         except (FileNotFoundError, ValueError):
             return None
 
+    def tagged(self) -> Iterator[tuple[str, list[str]]]:
+        """(id, tags) of every experiment whose tags were changed after its run."""
+        for path in self.tags_dir.glob("*.json"):
+            tags = self._read_tags(path.stem)
+            if tags is not None and all(isinstance(tag, str) for tag in tags):
+                yield path.stem, list(tags)
+
     def set_tags(self, experiment_id: str, tags: Iterable[str]) -> Experiment:
         """Replace an experiment's tags: the tags file, then its index row. If the row is
         refused (disk full, read-only index), the old tags file is put back, so nothing
         changed; a process killed in between leaves a locked note, and the next process to
         open the store re-indexes the experiment from its files (`_finish_interrupted`)."""
+        self._writable("tagging")
         experiment = self.load(experiment_id)
         ordered = tuple(dict.fromkeys(tags))
         updated = experiment.with_tags(ordered)
@@ -253,6 +275,7 @@ class StoreRecords(StoreIndex, StoreObjects):
         """Add a record that arrived from a remote, byte for byte, once its content is
         verified against its id. Its origin is written first, so a visible pulled record is
         never mistaken for a local one. Its objects must already be in the store."""
+        self._writable("pulling")
         try:
             body = json.loads(data)
             experiment = Experiment.from_dict(body)

@@ -375,6 +375,26 @@ def test_a_tag_removed_on_one_machine_is_removed_on_the_other(two, capsys) -> No
     )
 
 
+def test_a_removed_tag_stays_removed_after_the_index_is_rebuilt(two, capsys) -> None:
+    """What was last exchanged with a remote lives in .nbexp/sync/, not in the index: a
+    reindex (or a rebuilt index) between the two syncs must not bring a removed tag back."""
+    a, b, _ = two
+    run = fake(a, "run", blobs_for("run", 1), tags=("candidate",))
+    a.add_tag(run.id, "best")
+    push(a, progress=False)
+    pull(b, progress=False)
+    b.remove_tag(run.id, "best")
+    for store in (a, b):  # both indexes rebuilt from scratch, their caches gone
+        store.close()
+        (store.root / "index.sqlite").unlink()
+    store_module._stores.clear()
+    a, b = open_store(a.root), open_store(b.root)
+    push(b, progress=False)
+    pull(a, progress=False)
+    assert a.load(run.id).tags == b.load(run.id).tags == ("candidate",)
+    assert list((b.root / "sync").glob("*.json"))
+
+
 def test_push_and_pull_named_experiments(two, capsys) -> None:
     a, b, _ = two
     keep = fake(a, "keep", blobs_for("keep", 1))

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from . import api
 from .errors import NbexpError
 from .record import SHORT_ID_LENGTH, encode_value
 from .store import Store, open_store
@@ -104,20 +105,17 @@ def cmd_show(args: argparse.Namespace, store: Store) -> int:
 
 def cmd_rm(args: argparse.Namespace, store: Store) -> int:
     for ref in args.refs:
-        experiment = store.get(ref)
-        store.delete(experiment.id)
+        experiment = api.remove(ref, store=store)
         print(f"deleted {experiment.name} ({experiment.short_id})")
     return 0
 
 
 def cmd_tag(args: argparse.Namespace, store: Store) -> int:
-    experiment_id = store.resolve(args.ref)
+    experiment = api.tag(args.ref, args.tag, remove=args.remove, store=store)
     if args.remove:
-        experiment = store.remove_tag(experiment_id, args.tag)
         left = ", ".join(experiment.tags) or "no tags left"
         print(f"untagged {args.tag} from {experiment.name} ({experiment.short_id}): {left}")
         return 0
-    experiment = store.add_tag(experiment_id, args.tag)
     print(f"tagged {experiment.name} ({experiment.short_id}): {', '.join(experiment.tags)}")
     return 0
 

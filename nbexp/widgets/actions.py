@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import api
 from ..errors import NbexpError
 from ..record import Experiment
 from ..store import Store
@@ -122,15 +123,14 @@ def tag(store: Store, ids: Sequence[str], name: str) -> list[Experiment]:
     name = name.strip()
     if not name or any(ch.isspace() for ch in name):
         raise NbexpError("a tag is one word, e.g. best or baseline")
-    return [store.add_tag(experiment_id, name) for experiment_id in ids]
+    return [api.tag(experiment_id, name, store=store) for experiment_id in ids]
 
 
 def delete(store: Store, ids: Sequence[str]) -> list[str]:
     """Delete the experiments' records (objects stay until `nbexp gc`); their labels."""
     labels = []
     for experiment_id in ids:
-        experiment = store.load(experiment_id)
-        store.delete(experiment_id)
+        experiment = api.remove(experiment_id, store=store)
         labels.append(f"{experiment.name} ({experiment.short_id})")
     return labels
 

@@ -16,7 +16,7 @@ import ast
 import contextlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -170,66 +170,54 @@ def mask_credential_keys(value: Any) -> Any:
     return value
 
 
-def credential_values(value: Any, depth: int = 3) -> list[str]:
-    """The strings a container holds under credential-looking keys or columns (its
-    `password` values): secrets to scrub wherever they appear, the code that wrote them too."""
-    found: list[str] = []
+def _credential_entries(value: Any, depth: int = 3) -> Iterator[tuple[str, Any]]:
+    """(key, what it holds) for each credential-looking key or column of a container — a
+    dict's `password` key, a DataFrame's `api_token` column, a structured array's `secret`
+    field — looked for a few levels deep (bounded, so a huge container costs little)."""
     if depth <= 0:
-        return found
+        return
     if isinstance(value, Mapping):
         for key, item in list(value.items())[:10_000]:
             if isinstance(key, str) and looks_like_secret(key):
-                found += [item] if isinstance(item, str) else _strings(item)
+                yield key, item
             elif isinstance(item, (Mapping, list, tuple)):
-                found += credential_values(item, depth - 1)
+                yield from _credential_entries(item, depth - 1)
     elif isinstance(value, (list, tuple)):
         for item in value[:100]:
             if isinstance(item, (Mapping, list, tuple)):
-                found += credential_values(item, depth - 1)
-    elif (type(value).__module__ or "").startswith("pandas") and hasattr(value, "columns"):
-        for label in list(value.columns)[:10_000]:
-            if looks_like_secret(str(label)):
-                with contextlib.suppress(Exception):
-                    column = value[label]
-                    found += [v for v in column.iloc[:10_000].tolist() if isinstance(v, str)]
-    return found
-
-
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, Mapping):
-        return [v for v in list(value.values())[:1000] if isinstance(v, str)]
-    if isinstance(value, (list, tuple)):
-        return [v for v in value[:1000] if isinstance(v, str)]
-    return []
-
-
-def credential_fields(value: Any, depth: int = 3) -> list[str]:
-    """Credential-looking keys or columns a container holds (a dict's `password` key, a
-    DataFrame's `api_token` column, a structured array's `secret` field), looked for a few
-    levels deep: storing such a container would store the credentials with it."""
-    found: list[str] = []
-    if depth <= 0:
-        return found
-    if isinstance(value, Mapping):
-        for key, item in list(value.items())[:10_000]:
-            if isinstance(key, str) and looks_like_secret(key):
-                found.append(key)
-            elif isinstance(item, (Mapping, list, tuple)):
-                found += credential_fields(item, depth - 1)
-    elif isinstance(value, (list, tuple)):
-        for item in value[:100]:
-            if isinstance(item, (Mapping, list, tuple)):
-                found += credential_fields(item, depth - 1)
+                yield from _credential_entries(item, depth - 1)
     else:
         module = type(value).__module__ or ""
         if module.startswith("pandas") and hasattr(value, "columns"):
-            labels: Iterable[Any] = list(value.columns)[:10_000]
+            for label in list(value.columns)[:10_000]:
+                if looks_like_secret(str(label)):
+                    yield str(label), value[label]
         elif module.startswith("numpy") and getattr(getattr(value, "dtype", None), "names", None):
-            labels = value.dtype.names
-        else:
-            labels = ()
-        found += [str(label) for label in labels if looks_like_secret(str(label))]
-    return list(dict.fromkeys(found))
+            for label in value.dtype.names:
+                if looks_like_secret(str(label)):
+                    yield str(label), value[label]
+
+
+def credential_fields(value: Any) -> list[str]:
+    """The credential-looking keys or columns a container holds: storing the container
+    would store the credentials with it."""
+    return list(dict.fromkeys(key for key, _ in _credential_entries(value)))
+
+
+def credential_values(value: Any) -> list[str]:
+    """The strings a container holds under credential-looking keys or columns (its
+    `password` values): secrets to scrub wherever they appear, the code that wrote them too."""
+    found: list[str] = []
+    for _, held in _credential_entries(value):
+        if isinstance(held, str):
+            found.append(held)
+            continue
+        with contextlib.suppress(Exception):  # a column, a list, a dict of strings
+            items = held.values() if isinstance(held, Mapping) else held
+            if hasattr(items, "tolist"):
+                items = items.tolist()
+            found += [v for v in list(items)[:10_000] if isinstance(v, str)]
+    return found
 
 
 class Redactor:

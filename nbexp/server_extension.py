@@ -204,19 +204,10 @@ class _Open:
     def __init__(self, root: Path) -> None:
         self.lock = threading.Lock()
         self.store = Store(root, read_only=True)  # the server never creates or writes
-        self.index_id = _file_id(self.store.index_path)
         self.nonce = secrets.token_hex(8)  # data_version counts per connection
 
     def version(self) -> str:
         return f"{self.nonce}:{self.store.change_token()}"
-
-
-def _file_id(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return stat.st_dev, stat.st_ino
 
 
 class Stores:
@@ -234,7 +225,7 @@ class Stores:
             if not root.is_dir():
                 self._open.pop(root, None)
                 return None
-            if current is None or current.index_id != _file_id(current.store.index_path):
+            if current is None:  # a replaced index is followed by the store itself
                 current = self._open[root] = _Open(root)
             return current
 
@@ -286,7 +277,7 @@ class ExperimentsHandler(_Handler):
             opened = await self._in_thread(self.stores.get, root)
             if opened is not None:
                 version = await self._in_thread(opened.version)
-                self.set_header("Etag", listing.etag(root, opened.index_id, version))
+                self.set_header("Etag", listing.etag(root, version))
                 if self.check_etag_header():
                     self.set_header("Cache-Control", "private, no-cache")
                     self.set_status(304)

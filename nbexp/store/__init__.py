@@ -101,7 +101,7 @@ class Store(StoreMaintenance):
         self._healing = False  # True while _rebuild_index runs
         self._index_identity = None
         if read_only:
-            if not self.records_dir.is_dir():
+            if not self.root.is_dir():
                 raise StoreError(f"there is no store at {self.root}")
         else:
             try:

@@ -668,6 +668,7 @@ class StoreIndex(StoreFiles):
         """A value that changes whenever another process changes the index (SQLite's
         `data_version` on this connection), or, for an index held in memory, whenever a
         record is added or removed: pollers compare it instead of re-reading listings."""
+        self._follow_index()  # an index replaced by another process is reopened first
         if self._index_identity is None or self._index_identity != file_identity(self.index_path):
             try:
                 return f"records:{self.records_dir.stat().st_mtime_ns}"
@@ -675,7 +676,8 @@ class StoreIndex(StoreFiles):
                 return "records:none"
         with self._lock:
             (value,) = self._db.execute("PRAGMA data_version").fetchone()
-        return f"index:{value}"
+        device, inode = self._index_identity
+        return f"index:{device}:{inode}:{value}"
 
     def _rebuild_index(self, why: str) -> sqlite3.Connection:
         """Rebuild the index from the records (StoreMaintenance)."""

@@ -170,6 +170,8 @@ class StoreRecords(StoreIndex, StoreObjects):
         return experiment.with_tags(extra) if extra is not None else experiment
 
     def iter_record_ids(self) -> Iterator[str]:
+        if not self.records_dir.is_dir():  # a read-only look at a store never written to
+            return
         for folder in sorted(self.records_dir.iterdir()):
             if folder.is_dir():
                 for item in folder.iterdir():

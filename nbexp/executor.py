@@ -194,7 +194,11 @@ class DaskTrials:
         )
         self._store_root = _store_root()
         self._pending: dict[Any, _Pending] = {}  # future key → trial
-        self._completed = require("distributed").as_completed([], loop=client.loop)
+        self._completed = require("distributed").as_completed(
+            [], loop=client.loop, with_results=True, raise_errors=False
+        )
+        self._unreported: list[tuple[int, RunResult | None]] = []
+        self._cwd = os.getcwd()
         self.capacity = max(1, sum(client.nthreads().values()))
 
     def submit(self, index: int, cell: str, options: RunOptions) -> None:
@@ -203,7 +207,7 @@ class DaskTrials:
         spec = {
             "source": run.source,
             "filename": f"<experiment {options.name}>",
-            "cwd": os.getcwd(),
+            "cwd": self._cwd,
             "ignore": (self._store_root,) if self._store_root else (),
             "small": self._small,
         }
@@ -219,9 +223,16 @@ class DaskTrials:
 
     def next_done(self) -> tuple[int, RunResult | None]:
         """Wait for the next trial to finish and record it: (its index, its run's result;
-        None when it was cancelled)."""
-        future = next(self._completed)
-        return self._finish(self._pending.pop(future.key))
+        None when it was cancelled). Results are fetched by the client in the background
+        while the driver records the ones before."""
+        future, outcome = next(self._completed)
+        pending = self._pending.pop(future.key)
+        with _interrupt_held() as held:  # a record being written is finished first
+            done = self._finish(pending, outcome)
+        if held:
+            self._unreported.append(done)
+            raise KeyboardInterrupt
+        return done
 
     def cancel(self) -> list[tuple[int, RunResult | None]]:
         """Cancel the trials not finished yet; record those that have (an interrupt keeps
@@ -229,11 +240,11 @@ class DaskTrials:
         undone = [p.future for p in self._pending.values() if not p.future.done()]
         if undone:
             self.client.cancel(undone)
-        finished = []
+        finished, self._unreported = self._unreported, []
         for key, pending in list(self._pending.items()):
             if pending.future.status in ("finished", "error"):
                 del self._pending[key]
-                finished.append(self._finish(pending))
+                finished.append(self._finish(pending, None))
         self._pending.clear()
         return finished
 
@@ -244,19 +255,24 @@ class DaskTrials:
                 self.client.cancel(list(self._large.values()))
         self._large = {}
 
-    def _finish(self, pending: _Pending) -> tuple[int, RunResult | None]:
+    def _finish(self, pending: _Pending, outcome: Any) -> tuple[int, RunResult | None]:
+        """Record one finished trial from what `as_completed` fetched (`outcome`: the
+        worker's answer, or for an error (type, exception, traceback)); None: fetch it."""
         from .recorder import BodyResult
 
         future = pending.future
         if future.status == "cancelled":
             return pending.index, None
-        with _interrupt_after():  # a record being written is finished before Ctrl-C stops
+        if future.status == "error":  # the worker died twice, or our side of it failed
+            error = outcome[1] if outcome is not None else future.exception()
+            fields = _lost(error, pending.submitted)
+        else:
             try:
-                fields = future.result()
-            except Exception as error:  # the worker died twice, or our side of it failed
+                fields = future.result() if outcome is None else outcome
+            except Exception as error:
                 fields = _lost(error, pending.submitted)
-            body = BodyResult(**_unpacked(fields))
-            result = self.recorder.record(pending.run, body)
+        body = BodyResult(**_unpacked(fields))
+        result = self.recorder.record(pending.run, body)
         future.release()
         if body.error is not None:
             result.error = TrialFailed(f"{body.error['type']}: {body.error['message']}")
@@ -327,20 +343,18 @@ class _Unshipped:
 
 
 @contextlib.contextmanager
-def _interrupt_after() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block ends, then raise it: a record half-written by
-    an interrupt would lose a finished trial."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _interrupt_held() -> Iterator[list[int]]:
+    """Hold Ctrl-C (SIGINT) while the block runs; the list it gives says whether one came.
+    A record half-written by an interrupt would lose a finished trial."""
     caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
     previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
     try:
-        yield
+        yield caught
     finally:
         signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
 
 
 def _utc(timestamp: float | None = None) -> str:

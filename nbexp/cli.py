@@ -16,19 +16,14 @@ from typing import Any, NoReturn
 from . import api
 from .errors import NbexpError
 from .record import SHORT_ID_LENGTH, encode_value
+from .show import TABLE_DIGITS, format_value
 from .store import Store, open_store
 
 Command = Callable[[argparse.Namespace, Store], int]
 
 
 def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
+    return format_value(value, TABLE_DIGITS)
 
 
 def cmd_list(args: argparse.Namespace, store: Store) -> int:
@@ -85,7 +80,7 @@ def _column_text(name: str, values: tuple[Any, ...], *, exact: bool = False) -> 
             else ["" if value is None else str(value) for value in values]
         )
     if kinds <= {float, int, _NONE}:
-        return ["" if value is None else f"{value:.4g}" for value in values]
+        return ["" if value is None else f"{value:.{TABLE_DIGITS}g}" for value in values]
     return [
         _cell(value) if not exact or isinstance(value, (list, dict)) else value for value in values
     ]

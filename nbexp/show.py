@@ -61,13 +61,20 @@ def summary_line(experiment: Experiment, recording_seconds: float | None = None)
     return " · ".join(parts)
 
 
-def format_value(value: Any) -> str:
-    """A param/metric value for people: floats to 6 significant digits, others as JSON."""
+TABLE_DIGITS = 4  # significant digits of a float in a table cell (CLI, widget)
+
+
+def format_value(value: Any, digits: int = 6) -> str:
+    """A param/metric value for people — the one rule for text, HTML, the CLI and the
+    widget: floats to `digits` significant digits, strings as they are, nothing as an empty
+    string, everything else (true/false, lists, dicts) as compact JSON."""
+    if value is None:
+        return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.{digits}g}"
     if isinstance(value, str):
         return value
-    return json.dumps(value, default=str)
+    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 def text_view(experiment: Experiment) -> str:

@@ -8,7 +8,6 @@ computed by the caller and passed in, so the same page can be redrawn cheaply.
 from __future__ import annotations
 
 import html
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..record import SHORT_ID_LENGTH
+from ..show import TABLE_DIGITS, format_value
 from ..store import SORTABLE, Store, open_store
 
 ROW_HEIGHT = 24  # px; the checkbox column beside the table uses the same height
@@ -116,13 +116,7 @@ def cell_text(key: str, value: Any) -> str:
         return ", ".join(value)
     if key == "duration" and is_number(value):
         return f"{value:.2f} s"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, separators=(",", ":"), default=str)
-    return str(value)
+    return format_value(value, TABLE_DIGITS)
 
 
 def widths(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> list[int]:

@@ -8,6 +8,7 @@ shell with nbexp loaded:
                 sklearn already imported on them), through the kernel's connected Client
   * plain Dask: `client.map` of the same fit on the same cluster, X and y scattered once,
                 nothing recorded — the floor nbexp's Dask path is measured against
+  * --no-state: nbexp on Dask without the state snapshot (what the snapshots cost)
   * --workers 2: the nbexp cell starting its own LocalCluster (cluster start included)
 Then 1,000 trivial trials (`score = k * 2`) through nbexp on the warm cluster vs 1,000 plain
 `client.map` tasks: the per-trial cost on the driver (prepare + ship + record).
@@ -159,9 +160,18 @@ def main() -> None:
         )
         rows.append(
             (
-                f"nbexp --cluster, 2 workers (best of 2: {_fmt(on_dask)})",
+                f"nbexp, connected client, 2 workers (best of 2: {_fmt(on_dask)})",
                 nbexp_best,
                 f"{serial / nbexp_best:.2f}× serial; {nbexp_best / plain_best:.3f}× plain",
+            )
+        )
+        # what the state snapshot of each trial's model costs the driver (and so the cores)
+        stateless = silently(cell, f"nostate {grid} --no-state")
+        rows.append(
+            (
+                "nbexp, connected client, 2 workers, --no-state",
+                stateless,
+                f"{serial / stateless:.2f}× serial; {stateless / plain_best:.3f}× plain",
             )
         )
 

@@ -72,7 +72,9 @@ plt.plot([0, depth, n])
 """
 
 
-def test_a_grid_on_the_cluster_records_and_restores_every_trial(ip, capfd, cluster) -> None:
+def test_a_grid_on_the_cluster_records_and_restores_every_trial(
+    ip, capfd, cluster, project: Path
+) -> None:
     run(ip, "from sklearn.datasets import load_iris\nX, y = load_iris(return_X_y=True)\n")
     before = set(ip.user_ns)
     result = run(ip, cell(f"grid --sweep depth=1,2,3,4 --sweep n=5,10,15 --cluster {cluster}", FIT))
@@ -112,6 +114,15 @@ def test_a_grid_on_the_cluster_records_and_restores_every_trial(ip, capfd, clust
     }
     table = result.result
     assert list(table["name"]) == [f"grid-{k}" for k in range(1, 13)]
+    # a trial exports as a script like any other run, which reproduces its metrics
+    from nbexp.rerun import parse_metrics
+    from tests.test_export import assert_same_metrics, run_script
+
+    trial = experiments[7]
+    ip.run_line_magic("exp_export", f"{trial.id[:12]} -o trial.py")
+    completed = run_script(project / "trial.py", cwd=project)
+    assert completed.returncode == 0, completed.stderr
+    assert_same_metrics(parse_metrics(completed.stdout), trial.metrics)
     fsck_clean()
 
 

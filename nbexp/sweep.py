@@ -271,11 +271,22 @@ def run_sweep(
                 f"▶ sweep {sweep.sweep_id}: {len(points)} runs on Dask "
                 f"({trials.capacity} worker threads)"
             )
-            for index, point in enumerate(points, start=1):
-                name = f"{base_name}-{index}"
-                trials.submit(index, cell, trial_options(options, sweep.sweep_id, name, point))
+            waiting = iter(enumerate(points, start=1))
+            window = max(8, 4 * trials.capacity)  # enough queued to keep every worker busy
+
+            def top_up() -> None:
+                while trials.running < window:
+                    index, point = next(waiting, (0, {}))
+                    if not index:
+                        return
+                    name = f"{base_name}-{index}"
+                    options_ = trial_options(options, sweep.sweep_id, name, point)
+                    trials.submit(index, cell, options_)
+
+            top_up()  # records are written as trials land, not after every trial is sent
             while trials.running:
                 landed(*trials.next_done())
+                top_up()
         landed.finish()
         return sweep
     before = _user_names(namespace) if namespace is not None else {}

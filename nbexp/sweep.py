@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import itertools
 import math
 import secrets
@@ -148,8 +149,20 @@ def combination_line(line: str, name: str, overrides: Sequence[str]) -> str:
     name replaced by `name`, its --sweep/--search options replaced by `-p KEY=VALUE` and
     those of running many (--workers, --trials...) dropped, so the recorded cell re-runs
     exactly that combination."""
+    kept, at = _line_template(line)
+    words = [*kept[:at], name, *kept[at:]]
+    for override in overrides:
+        words += ["-p", override]
+    return shlex.join(words)
+
+
+@functools.lru_cache(maxsize=8)
+def _line_template(line: str) -> tuple[tuple[str, ...], int]:
+    """The sweep's line without its name and sweep options, and where the name goes: parsed
+    once per sweep (a thousand-value --sweep is a long line to split per run)."""
     words = shlex.split(line)
     kept: list[str] = []
+    at = 0
     named = False
     index = 0
     while index < len(words):
@@ -164,14 +177,9 @@ def combination_line(line: str, name: str, overrides: Sequence[str]) -> str:
         elif word.startswith("-") or named:
             kept.append(word)
         else:
-            kept.append(name)
-            named = True
+            at, named = len(kept), True
         index += 1
-    if not named:
-        kept.insert(0, name)
-    for override in overrides:
-        kept += ["-p", override]
-    return shlex.join(kept)
+    return tuple(kept), at
 
 
 def new_sweep_id() -> str:

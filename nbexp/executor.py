@@ -19,6 +19,7 @@ import io
 import linecache
 import os
 import pickle
+import secrets
 import signal
 import sys
 import threading
@@ -188,10 +189,14 @@ class DaskTrials:
     def __init__(self, client: Any, recorder: Recorder, shipment: _Shipment) -> None:
         self.client = client
         self.recorder = recorder
+        # The small inputs travel in each trial's task, so Dask can rerun a trial anywhere
+        # from its task alone; the large ones are scattered once, a copy on every worker, so
+        # that a worker that dies does not take the only copy with it.
         self._small = shipment.small
-        self._large = (  # scattered once, to one worker each; Dask copies them where needed
-            client.scatter(shipment.large, broadcast=False, hash=False) if shipment.large else {}
+        self._large = (
+            client.scatter(shipment.large, broadcast=True, hash=False) if shipment.large else {}
         )
+        self._cancelled = False
         self._store_root = _store_root()
         self._pending: dict[Any, _Pending] = {}  # future key → trial
         self._completed = require("distributed").as_completed(
@@ -209,10 +214,14 @@ class DaskTrials:
             "filename": f"<experiment {options.name}>",
             "cwd": self._cwd,
             "ignore": (self._store_root,) if self._store_root else (),
-            "small": self._small,
         }
-        future = self.client.submit(
-            run_trial, spec, self._large, pure=False, key=f"nbexp-trial-{index}-{_t()}"
+        future = self.client.submit(  # a key no other kernel on the cluster can share
+            run_trial,
+            spec,
+            self._small,
+            self._large,
+            pure=False,
+            key=f"nbexp-trial-{index}-{secrets.token_hex(8)}",
         )
         self._pending[future.key] = _Pending(index, run, future, time.time())
         self._completed.add(future)
@@ -237,6 +246,7 @@ class DaskTrials:
     def cancel(self) -> list[tuple[int, RunResult | None]]:
         """Cancel the trials not finished yet; record those that have (an interrupt keeps
         every finished trial)."""
+        self._cancelled = True
         undone = [p.future for p in self._pending.values() if not p.future.done()]
         if undone:
             self.client.cancel(undone)
@@ -261,9 +271,14 @@ class DaskTrials:
         from .recorder import BodyResult
 
         future = pending.future
-        if future.status == "cancelled":
+        if future.status == "cancelled" and self._cancelled:
             return pending.index, None
-        if future.status == "error":  # the worker died twice, or our side of it failed
+        if future.status == "cancelled":  # not by us: the cluster lost what it needed
+            fields = _lost(
+                RuntimeError("cancelled by the cluster (its inputs were lost with a worker)"),
+                pending.submitted,
+            )
+        elif future.status == "error":  # the worker died twice, or our side of it failed
             error = outcome[1] if outcome is not None else future.exception()
             fields = _lost(error, pending.submitted)
         else:
@@ -277,13 +292,6 @@ class DaskTrials:
         if body.error is not None:
             result.error = TrialFailed(f"{body.error['type']}: {body.error['message']}")
         return pending.index, result
-
-
-_counter = iter(range(1 << 62))
-
-
-def _t() -> int:
-    return next(_counter)
 
 
 def _store_root() -> str | None:
@@ -479,7 +487,9 @@ def _traceback(error: BaseException) -> str:
     return "".join(report.format())
 
 
-def run_trial(spec: dict[str, Any], large: dict[str, Any]) -> dict[str, Any]:
+def run_trial(
+    spec: dict[str, Any], small: dict[str, bytes], large: dict[str, Any]
+) -> dict[str, Any]:
     """Run one trial's body in this worker like a cell and return what recording needs, all
     picklable: the names it bound (each pickled here, so one that cannot travel is named
     rather than failing the trial), output, error, series, figures, files read and written."""
@@ -493,7 +503,7 @@ def run_trial(spec: dict[str, Any], large: dict[str, Any]) -> dict[str, Any]:
         "__builtins__": builtins,
         "display": _display,
     }
-    for name, data in spec["small"].items():
+    for name, data in small.items():
         namespace[name] = cloudpickle.loads(data)
     namespace.update(large)
     seeded = dict(namespace)

@@ -373,3 +373,27 @@ def test_interrupting_the_kernel_cancels_the_rest_and_keeps_every_finished_trial
     assert names == ["slow-1", "slow-2"]
     assert all(store.load(row["id"]).status == "ok" for row in store.rows())
     fsck_clean()
+
+
+def test_a_large_input_is_scattered_once_and_read_by_every_trial(ip, capfd, cluster) -> None:
+    from nbexp.executor import SCATTER_BYTES, pack_inputs
+
+    run(ip, "import numpy as np\nbig = np.arange(400_000.0)\nsmall = [1, 2, 3]\n")
+    shipment = pack_inputs(ip.user_ns, {"big", "small", "np"})
+    assert set(shipment.large) == {"big"} and big_enough(ip.user_ns["big"], SCATTER_BYTES)
+    assert set(shipment.small) == {"small", "np"}
+    result = run(
+        ip,
+        cell(
+            f"scat --sweep k=1,2,3 --cluster {cluster}",
+            "k = 0\ntotal = float(big[k]) + small[k - 1]\n",
+        ),
+    )
+    assert result.success, result.error_in_exec
+    experiments = records("scat-")
+    assert [e.metrics["total"] for e in experiments] == [2.0, 4.0, 6.0]
+    assert all(any(d.get("name") == "big" for d in e.data) for e in experiments)
+
+
+def big_enough(value: Any, limit: int) -> bool:
+    return int(value.nbytes) >= limit

@@ -16,11 +16,13 @@ import re
 import socket
 import sys
 import types
+from collections import abc
 from typing import Any
 
 MARK = "@@nbprobe "
 NETWORK_MARK = "nbexp-bench: network disabled"
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+_FILE = re.compile(r'file "[^"]*", line \d+')
 _VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
 _MAX_DEPTH = 6
 _MAX_ITEMS = 20_000
@@ -146,7 +148,8 @@ def digest(value: Any, depth: int = 0, stack: set[int] | None = None) -> str:
     if isinstance(value, (types.FunctionType, types.MethodType)):
         function = getattr(value, "__func__", value)
         code = function.__code__
-        consts = _ADDRESS.sub("", repr(code.co_consts))[:2000]
+        # nested code objects show their file: nbexp restores functions from "<dynamic-code>"
+        consts = _FILE.sub("", _ADDRESS.sub("", repr(code.co_consts)))[:2000]
         return _h("function", function.__qualname__, code.co_code, consts)
     if isinstance(value, (types.BuiltinFunctionType, types.BuiltinMethodType)):
         return _h("builtin", getattr(value, "__qualname__", repr(value)))
@@ -217,6 +220,10 @@ def _digest_container(value: Any, depth: int, stack: set[int], module: str) -> s
     if np is not None and isinstance(value, np.random.RandomState):
         state = value.get_state()
         return _h("randomstate", state[0], state[1].tobytes(), state[2:])
+    if isinstance(value, abc.Mapping):  # e.g. networkx's views: compared by content
+        return _h("mapping", _qual(value), digest(dict(value.items()), depth + 1, stack))
+    if isinstance(value, abc.Set):
+        return _h("set", _qual(value), digest(set(value), depth + 1, stack))
     attributes = getattr(value, "__dict__", None)
     if isinstance(attributes, dict):
         return _h("object", _qual(value), digest(attributes, depth + 1, stack))
@@ -238,7 +245,12 @@ def _library_ids() -> set[int]:
     for module in list(sys.modules.values()):
         namespace = getattr(module, "__dict__", None)
         if isinstance(namespace, dict) and namespace is not user:
-            ids.update(id(v) for v in namespace.values())
+            for value in list(namespace.values()):
+                ids.add(id(value))
+                if type(value) is not dict and isinstance(value, dict) and len(value) < 10_000:
+                    # a settings mapping such as matplotlib's rcParams: its entries (e.g. the
+                    # default `path.effects` list every artist holds) are library objects too
+                    ids.update(id(entry) for entry in value.values())
     return ids
 
 

@@ -74,7 +74,9 @@ def wanted(workers: int | None, cluster: str | None) -> bool:
     else a `distributed.Client` already connected in the kernel. `--workers 0` keeps them here."""
     if workers is not None:
         if workers < 0:
-            raise ExecutorError(f"--workers {workers}: give a number of worker processes ≥ 1")
+            raise ExecutorError(
+                f"--workers {workers}: give a number of worker processes (0: in the kernel)"
+            )
         return workers > 0
     if cluster or os.environ.get(SCHEDULER_ENV):
         return True

@@ -430,8 +430,9 @@ def run_notebook(name: str, source: Path, work: Path, timeout: float) -> Result:
             shutil.copy2(sibling, project / sibling.name)
     store = project / ".nbexp"
     env = {
+        # no MPLBACKEND: ipykernel's default inline backend renders figures at the end of
+        # each cell, as in Jupyter, in the plain runs too
         "PYTHONPATH": str(BENCH),
-        "MPLBACKEND": "Agg",
         "NBEXP_STORE": str(store),
         "OMP_NUM_THREADS": "1",
         "PYTHONHASHSEED": "0",
@@ -663,7 +664,6 @@ def profile_slowest(results: list[Result], work: Path, count: int, timeout: floa
         shutil.copytree(work / name, project, ignore=shutil.ignore_patterns(".nbexp", "export_*"))
         env = {
             "PYTHONPATH": str(BENCH),
-            "MPLBACKEND": "Agg",
             "NBEXP_STORE": str(project / ".nbexp"),
             "OMP_NUM_THREADS": "1",
         }

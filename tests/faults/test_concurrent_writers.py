@@ -170,8 +170,8 @@ time.sleep(600)
 # `nbexp ARGV...` waiting 0.3 s, not 60, for another process's lock on the index.
 IMPATIENT = """
 import sys
-from nbexp import store
-store.BUSY_TIMEOUT = 0.3
+from nbexp.store import index
+index.BUSY_TIMEOUT = 0.3
 from nbexp.cli import main
 sys.exit(main(["--store", *sys.argv[1:]]))
 """

@@ -15,10 +15,10 @@ import pytest
 
 import nbexp
 from nbexp import store as store_module
-from nbexp.store import index as store_index
 from nbexp.errors import IntegrityError, NbexpError, QueryError, RecordError, RefError, StoreError
 from nbexp.record import Code, Experiment, Outcome
 from nbexp.store import Store, find_store_root, open_store
+from nbexp.store import index as store_index
 from tests.conftest import run
 
 _BASE_TIME = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)

@@ -142,12 +142,12 @@ def candidates(tree: ast.AST, cwd: str, explicit: list[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _span(node: ast.AST) -> tuple[int, int, int, int]:
+def _span(node: ast.expr) -> tuple[int, int, int, int]:
     return (
-        node.lineno,  # type: ignore[attr-defined]
-        node.col_offset,  # type: ignore[attr-defined]
-        node.end_lineno or node.lineno,  # type: ignore[attr-defined]
-        node.end_col_offset or 0,  # type: ignore[attr-defined]
+        node.lineno,
+        node.col_offset,
+        node.end_lineno or node.lineno,
+        node.end_col_offset or 0,
     )
 
 
@@ -276,7 +276,7 @@ def analyze(
             if isinstance(target, ast.Name):
                 targets[id(node.value)] = target.id
     for node in ast.walk(tree):
-        if id(node) in inner or id(node) in aliases or not hasattr(node, "lineno"):
+        if id(node) in inner or id(node) in aliases or not isinstance(node, ast.expr):
             continue
         found = state.resolve(node)
         if found is None:

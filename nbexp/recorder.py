@@ -257,8 +257,8 @@ class Recorder:
         routed = paramsfile.route(
             use, overrides, override_values, set(info.params) if info else set()
         )
-        if routed and use is not None:  # -p on params-file keys: the chains reading them
-            for key in [k for k in overrides if k not in info.params]:  # type: ignore[union-attr]
+        if routed and use is not None and info is not None:  # -p on params-file keys
+            for key in [k for k in overrides if k not in info.params]:
                 if key in routed or (key in use.derived and use.derived[key] in routed):
                     del overrides[key], override_values[key]
             transformed = paramsfile.apply(transformed, use, routed)

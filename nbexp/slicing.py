@@ -400,14 +400,21 @@ class _Scopes(ast.NodeVisitor):
             parts.extend([*([generator.iter] if number else []), generator.target, *generator.ifs])
         if isinstance(node, ast.DictComp):
             parts.extend([node.key, node.value])
-        else:
-            parts.append(node.elt)  # type: ignore[attr-defined]
+        elif isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp)):
+            parts.append(node.elt)
         self._inside(scope, parts)
 
     def visit_ListComp(self, node: ast.ListComp) -> None:
         self._comprehension(node, node.generators)
 
-    visit_SetComp = visit_GeneratorExp = visit_DictComp = visit_ListComp  # type: ignore[assignment]
+    def visit_SetComp(self, node: ast.SetComp) -> None:
+        self._comprehension(node, node.generators)
+
+    def visit_GeneratorExp(self, node: ast.GeneratorExp) -> None:
+        self._comprehension(node, node.generators)
+
+    def visit_DictComp(self, node: ast.DictComp) -> None:
+        self._comprehension(node, node.generators)
 
     def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
         self.visit(node.value)

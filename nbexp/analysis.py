@@ -232,6 +232,8 @@ def _reads_and_stores(node: ast.AST) -> tuple[set[str], set[str]]:
         return reads, stores
     if isinstance(node, ast.ClassDef):
         stores.add(node.name)
+    elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+        reads.add(node.target.id)  # `x += 1` reads the x it rebinds
     elif isinstance(node, (ast.Import, ast.ImportFrom)):
         stores.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
     for child in ast.iter_child_nodes(node):

@@ -468,3 +468,12 @@ def test_exp_tag_and_exp_rm(ip, capsys):
     assert isinstance(bad.error_in_exec, UsageError)
     bad = run(ip, "%exp_rm")
     assert isinstance(bad.error_in_exec, UsageError)
+
+
+def test_an_augmented_assignment_reads_its_target_from_the_kernel(ip) -> None:
+    """`arr += 1` reads the kernel's arr before rebinding it: arr is an input of the run."""
+    assert run(ip, "import numpy as np\narr = np.zeros(3)").success
+    assert run(ip, "%%experiment aug\narr += 1\ntotal = float(arr.sum())\n").success
+    experiment = nbexp.get("aug")
+    inputs = {item["name"] for item in experiment.data if item.get("kind") == "variable"}
+    assert "arr" in inputs and experiment.metrics["total"] == 3.0

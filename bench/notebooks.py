@@ -828,7 +828,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         for requirement, path in corpus:
-            result = run_item(requirement, path, work, args.timeout)
+            try:
+                result = run_item(requirement, path, work, args.timeout)
+            except Exception as error:  # a kernel that died on start, a full disk: go on
+                result = Result(item_name(path), status=f"failed: harness: {error}"[:60])
             results.append(result)
             print(
                 f"  {result.name}: {result.status}, {len(result.experiments)} experiments, "

@@ -73,6 +73,9 @@ def plan(experiment: Experiment) -> Plan:
     params = {k: v for k, v in experiment.params.items() if k not in from_files}  # files read them
     python_body, ipython_body = _body(experiment)
     statements = _param_statements(python_body, params)
+    # the record keeps params as JSON ({0: 10} has string keys there, a set is a string):
+    # the value the body's own literal gives is the one the script must start from
+    params.update(_exact_literals(python_body, statements))
     history = list(experiment.code.history)
     pythons = [translate.to_python(cell) for cell in history]
     failures = _failures(experiment, pythons)
@@ -82,7 +85,7 @@ def plan(experiment: Experiment) -> Plan:
     body_facts = slicing.facts(_remove(python_body, statements, set()))
     if body_facts is None:  # removing whole statements keeps the code parseable
         raise ExportError(f"cannot export {_who(experiment)}: its code could not be analysed")
-    needed = set(body_facts.reads) - set(params)
+    needed = set(body_facts.reads | body_facts.deferred) - set(params)
     bound_by_body = body_facts.binds
     wanted = set(experiment.metrics) - bound_by_body - set(params)
     found = slicing.slice_history(facts, needed, wanted)
@@ -385,6 +388,34 @@ def _param_statements(code: str, params: dict[str, Any]) -> list[_Statement]:
     return found
 
 
+def _exact_literals(code: str, statements: list[_Statement]) -> dict[str, Any]:
+    """Each param's value as the body's literal gives it, where JSON would have changed it."""
+    tree = ast.parse(code)
+    exact: dict[str, Any] = {}
+    wanted = {statement.first: statement for statement in statements}
+    for node in tree.body:
+        statement = wanted.get(node.lineno)
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+        if statement is None or value is None:
+            continue
+        literal = ast.literal_eval(value)
+        if _changed_by_json(literal):
+            exact.update(dict.fromkeys(statement.names, literal))
+    return exact
+
+
+def _changed_by_json(value: Any) -> bool:
+    """Whether JSON cannot keep `value` as it is: a set, a tuple, bytes, a complex number, or
+    a dict with keys that are not strings (anywhere inside)."""
+    if isinstance(value, (set, frozenset, tuple, bytes, complex)):
+        return True
+    if isinstance(value, dict):
+        return any(not isinstance(key, str) or _changed_by_json(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_changed_by_json(item) for item in value)
+    return False
+
+
 def _remove(code: str, statements: list[_Statement], references: set[str]) -> str:
     """The code without its param assignments; a param that an earlier kept cell rebinds is
     set again from the params block instead (`depth = NBEXP_PARAMS["depth"]`)."""
@@ -457,7 +488,12 @@ def python_literal(value: Any) -> str:
     if isinstance(value, tuple):
         inner = ", ".join(python_literal(item) for item in value)
         return "(" + inner + ("," if len(value) == 1 else "") + ")"
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if isinstance(value, (set, frozenset)):
+        if not value:
+            return f"{type(value).__name__}()"
+        items = ", ".join(sorted(python_literal(item) for item in value))
+        return "{" + items + "}" if isinstance(value, set) else f"frozenset({{{items}}})"
+    if value is None or isinstance(value, (bool, int, float, str, bytes, complex)):
         return repr(value)
     raise ExportError(f"a param of type {type(value).__name__} cannot be written as a literal")
 

@@ -52,6 +52,9 @@ class Facts:
     kills: frozenset[str]  # names it certainly binds (a top-level, unconditional binding)
     mutates: frozenset[str]  # names whose object it may change in place
     opaque: bool = False  # `%run` & co.: may bind any name
+    # names its functions read when called (not when defined), which it does not bind itself:
+    # any cell before the call may bind them, also one after the definition
+    deferred: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -85,6 +88,7 @@ def facts(code: str) -> Facts | None:
         kills=frozenset(kills),
         mutates=frozenset(mutates),
         opaque=opaque,
+        deferred=frozenset(flow.deferred - flow.binds - kills),
     )
 
 
@@ -96,6 +100,18 @@ def slice_history(
     `wanted` names are kept when some cell binds them but not reported missing otherwise
     (metrics the body does not bind, which may come from `nbexp.log`).
     """
+    needed, wanted = set(needed), set(wanted)
+    late: set[str] = set()  # what kept functions read when called, bound anywhere before
+    while True:
+        result = _walk(cells, needed | late, wanted)
+        called = set().union(*(cells[i].deferred for i in result.kept if cells[i] is not None))
+        if called <= late:
+            return result
+        late |= called
+
+
+def _walk(cells: list[Facts | None], needed: set[str], wanted: set[str]) -> Slice:
+    """One backward walk of `slice_history`."""
     result = Slice()
     needed = set(needed) - BUILTIN_NAMES
     wanted = set(wanted) - BUILTIN_NAMES
@@ -470,6 +486,7 @@ class _Flow:
         self.scopes = scopes.scopes
         self.bound: set[str] = set()
         self.reads: set[str] = set()
+        self.deferred: set[str] = set()
         self.binds: set[str] = set()
         self.class_bound: set[str] | None = None  # inside a module-level class body
 
@@ -487,11 +504,13 @@ class _Flow:
         self.binds.add(name)
 
     def nested(self, node: ast.AST) -> None:
-        """A function, lambda, class or comprehension scope: its module reads and binds."""
+        """A function, lambda, class or comprehension scope: its module reads and binds. A
+        function's (or lambda's) reads happen when it is called: they are `deferred`."""
         reads, binds = self.scopes[node].module_names()
+        called_later = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
         for name in reads:
             if name not in self.bound:
-                self.reads.add(name)
+                (self.deferred if called_later else self.reads).add(name)
         self.bound |= binds
         self.binds |= binds
 

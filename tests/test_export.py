@@ -334,3 +334,42 @@ def test_papermill_runs_the_notebook_with_a_parameter_override(fresh: Any, proje
     metrics = parse_metrics(printed)
     assert metrics == {"score": round(experiment.metrics["score"], 1)}
     assert experiment.metrics["score"] == round(experiment.metrics["score"], 4)
+
+
+def test_params_json_cannot_keep_are_exported_as_the_body_wrote_them(
+    fresh: Any, project: Path
+) -> None:
+    """Int dict keys, sets and tuples: the record's JSON turns them into strings and lists,
+    but the script starts from the body's own literal (found on a public notebook)."""
+    experiment = record_session(
+        fresh,
+        [
+            "%%experiment keys\n"
+            "weights = {0: 10, 1: 15}\nseeds = {1, 3}\npair = (2, 4)\n"
+            "total = weights[0] + weights[1] + len(seeds) + pair[1]\n"
+        ],
+    )
+    path = nbexp.export("last", project / "keys.py")
+    completed = run_script(path, cwd=project)
+    assert completed.returncode == 0, completed.stderr
+    assert_same_metrics(parse_metrics(completed.stdout), experiment.metrics)
+    changed = run_script(path, "--weights", "{0: 1, 1: 1}", cwd=project)
+    assert parse_metrics(changed.stdout) == {"total": 1 + 1 + 2 + 4}
+
+
+def test_a_function_may_read_a_name_a_later_cell_binds(fresh: Any, project: Path) -> None:
+    """Python looks a function's globals up when it is called: a cell defining a function
+    before the cell that imports what it uses still exports (found on a public notebook)."""
+    experiment = record_session(
+        fresh,
+        [
+            "def total(values):\n    return float(np.sum(values))\n",
+            "import numpy as np\n",
+            "def a():\n    return b() + 1\ndef b():\n    return 1\n",
+            "%%experiment late\ns = total(np.arange(4)) + a()\n",
+        ],
+    )
+    path = nbexp.export("last", project / "late.py")
+    completed = run_script(path, cwd=project)
+    assert completed.returncode == 0, completed.stderr
+    assert_same_metrics(parse_metrics(completed.stdout), experiment.metrics)

@@ -195,7 +195,8 @@ def test_facts_stay_within_the_symbol_table(code: str) -> None:
         if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name)
     }
     # and a class body reading its own name before binding it (`x = x`) reads the module's
-    assert found.reads <= reads | deleted | augmented | class_locals_read(code), code
+    read = found.reads | found.deferred
+    assert read <= reads | deleted | augmented | class_locals_read(code), code
     assert found.binds <= binds, code
     bare = {
         node.target.id
@@ -209,7 +210,7 @@ def test_facts_stay_within_the_symbol_table(code: str) -> None:
 def reads(code: str) -> set[str]:
     found = slicing.facts(code)
     assert found is not None
-    return set(found.reads) - slicing.BUILTIN_NAMES
+    return set(found.reads | found.deferred) - slicing.BUILTIN_NAMES
 
 
 def binds(code: str) -> set[str]:
@@ -274,6 +275,21 @@ def test_the_gallery_benchmark_function_reads_nothing_from_the_kernel() -> None:
 def test_binding_forms(code: str, expected_reads: set[str], expected_binds: set[str]) -> None:
     assert reads(code) == expected_reads
     assert binds(code) == expected_binds
+
+
+def test_a_function_reads_its_globals_when_called_not_when_defined() -> None:
+    """Defaults and decorators run at the definition; the body's globals at each call, so
+    any cell before the call may bind them (`deferred`)."""
+    found = slicing.facts("@wraps(f)\ndef g(x=np.pi):\n    return h(x) + k\nk = 1\n")
+    assert found is not None
+    assert set(found.reads) - slicing.BUILTIN_NAMES == {"wraps", "f", "np"}
+    assert found.deferred == {"h"}  # k is bound by the cell itself
+    cells = [
+        slicing.facts("def t(v):\n    return np.sum(v)\n"),
+        slicing.facts("import numpy as np"),
+    ]
+    kept = slicing.slice_history(cells, {"t"})
+    assert kept.kept == [0, 1] and not kept.unresolved
 
 
 def test_a_local_augmented_assignment_does_not_pull_in_an_earlier_cell() -> None:

@@ -104,7 +104,8 @@ def slice_history(
     late: set[str] = set()  # what kept functions read when called, bound anywhere before
     while True:
         result = _walk(cells, needed | late, wanted)
-        called = set().union(*(cells[i].deferred for i in result.kept if cells[i] is not None))
+        kept = [cells[i] for i in result.kept]
+        called = set().union(*(cell.deferred for cell in kept if cell is not None))
         if called <= late:
             return result
         late |= called

@@ -119,12 +119,18 @@ def derived_secret_values(namespace: Mapping[str, Any], cells: Iterable[str]) ->
     `auth = "Bearer " + token`), following assignments through the cells in order: they are
     as secret as what they came from, though their names look innocent."""
     assignments = [item for cell in cells for item in _assignments(cell)]
+    # the credentials themselves: credential-named strings (a list named `tokens` is none)
+    sources = {
+        name
+        for name, value in list(namespace.items())
+        if isinstance(value, str) and looks_like_secret(str(name))
+    }
     tainted: set[str] = set()
     changed = True
     while changed:
         changed = False
         for bound, reads in assignments:
-            if any(looks_like_secret(name) or name in tainted for name in reads):
+            if any(name in sources or name in tainted for name in reads):
                 new = [
                     name for name in bound if name not in tainted and not looks_like_secret(name)
                 ]
@@ -199,9 +205,25 @@ def _credential_entries(value: Any, depth: int = 3) -> Iterator[tuple[str, Any]]
 
 
 def credential_fields(value: Any) -> list[str]:
-    """The credential-looking keys or columns a container holds: storing the container
-    would store the credentials with it."""
-    return list(dict.fromkeys(key for key, _ in _credential_entries(value)))
+    """The credential-looking keys or columns a container holds text under: storing the
+    container would store the credentials with it. (A `tokens` column of lists, or a
+    `token_count` of numbers, holds no credential.)"""
+    return list(dict.fromkeys(key for key, held in _credential_entries(value) if _is_text(held)))
+
+
+def _is_text(held: Any) -> bool:
+    """Whether what sits under a credential-looking key is text: a string, or a column or
+    array of strings."""
+    if isinstance(held, (str, bytes)):
+        return True
+    kind = getattr(getattr(held, "dtype", None), "kind", None)
+    if kind in ("U", "S"):
+        return True
+    if kind == "O" or str(getattr(held, "dtype", "")).startswith(("string", "str")):
+        with contextlib.suppress(Exception):
+            first = held.dropna().iloc[0] if hasattr(held, "dropna") else held.flat[0]
+            return isinstance(first, (str, bytes))
+    return False
 
 
 def credential_values(value: Any) -> list[str]:

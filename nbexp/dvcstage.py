@@ -164,10 +164,6 @@ def write(
 
 
 def _atomic(target: Path, text: str) -> None:
-    temporary = target.with_name(f".{target.name}.nbexp-{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, target)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise StageError(f"cannot write {target}: {error.strerror or error}") from error
+    from .exporter import write_text_atomically
+
+    write_text_atomically(target, text, StageError)

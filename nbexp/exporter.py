@@ -410,7 +410,9 @@ def _changed_by_json(value: Any) -> bool:
     if isinstance(value, (set, frozenset, tuple, bytes, complex)):
         return True
     if isinstance(value, dict):
-        return any(not isinstance(key, str) or _changed_by_json(item) for key, item in value.items())
+        return any(
+            not isinstance(key, str) or _changed_by_json(item) for key, item in value.items()
+        )
     if isinstance(value, list):
         return any(_changed_by_json(item) for item in value)
     return False
@@ -999,12 +1001,16 @@ def write(
         )
     if target.exists() and not force:
         raise ExportError(f"{target} already exists; pass --force (force=True) to overwrite it")
-    text = render(experiment, format, filename=target.name)
+    write_text_atomically(target, render(experiment, format, filename=target.name))
+    return target
+
+
+def write_text_atomically(target: Path, text: str, failure: type[NbexpError] = ExportError) -> None:
+    """Write a user's file so it is whole or untouched; an OSError is one `failure` line."""
     temporary = target.with_name(f".{target.name}.nbexp-{os.getpid()}.tmp")
     try:
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, target)
     except OSError as error:
         temporary.unlink(missing_ok=True)
-        raise ExportError(f"cannot write {target}: {error.strerror or error}") from error
-    return target
+        raise failure(f"cannot write {target}: {error.strerror or error}") from error

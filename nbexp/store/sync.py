@@ -44,7 +44,9 @@ def read_config(store: Store) -> dict[str, Any]:
 def editing_config(store: Store) -> Iterator[dict[str, Any]]:
     """Read, change and atomically rewrite config.json, one process at a time."""
     store._writable("changing the settings")
-    with open(store.root / "config.lock", "a+") as handle, locks.holding(handle):
+    with store._file_writes():
+        handle = open(store.root / "config.lock", "a+")  # noqa: SIM115 (closed below)
+    with handle, locks.holding(handle):
         config = read_config(store)
         yield config
         store.write_file(
@@ -90,9 +92,11 @@ class SyncMarkers:
         """Write the changes, merged into what other processes saved meanwhile."""
         if not self._changed:
             return
-        self._path.parent.mkdir(exist_ok=True)
         lock_path = self._path.with_suffix(".lock")
-        with open(lock_path, "a+") as handle, locks.holding(handle):
+        with self._store._file_writes():  # a full or read-only disk: one line, not OSError
+            self._path.parent.mkdir(exist_ok=True)
+            handle = open(lock_path, "a+")  # noqa: SIM115 (closed below)
+        with handle, locks.holding(handle):
             markers = self._read(self._path)
             with self._lock:
                 markers.update(self._changed)

@@ -47,7 +47,7 @@ from .errors import (
     TransferError,
     UntrustedRemoteError,
 )
-from .hashing import hash_bytes, hash_file
+from .hashing import hash_bytes
 from .record import SHORT_ID_LENGTH, Experiment
 from .refs import could_be_id, is_hex, steps_back
 from .store import Store, editing_config, read_config
@@ -520,16 +520,14 @@ def push(
     upload = [d for d in sizes if d not in remote_objects or remote_objects[d].size != sizes[d]]
 
     def send(digest: str) -> int:
-        path = store.object_path(digest)
         if sizes[digest] <= IN_MEMORY_LIMIT:
-            data = path.read_bytes()
+            data = store.read_object(digest, verify=False)
             if hash_bytes(data) != digest:
                 raise IntegrityError(f"object {digest[:12]} is corrupt in this store")
             files.write(_object_key(digest), data)
             return len(data)
-        if hash_file(path)[0] != digest:
-            raise IntegrityError(f"object {digest[:12]} is corrupt in this store")
-        files.upload(path, _object_key(digest))
+        with store.object_file(digest) as path:  # verified: a corrupt one is refused
+            files.upload(path, _object_key(digest))
         return sizes[digest]
 
     meter = Progress(

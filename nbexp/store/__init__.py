@@ -6,7 +6,9 @@ Layout::
       records/ab/<id>.json   one immutable JSON record per experiment
       tags/<id>.json         tags added after the run (the only mutable per-experiment file)
       origins/<id>.json      where a pulled experiment came from (remote name and URL)
-      objects/ab/<rest>      content-addressed blobs, named by their xxh3-128 hash
+      objects/ab/<rest>      content-addressed blobs, named by their xxh3-128 hash (loose)
+      packs/pack-<h>.pack    many objects of one batch in one file (a large snapshot), and
+      packs/pack-<h>.idx     its index: digest → offset, length (see `packs`)
       index.sqlite           listing/filtering index, rebuilt from the records when needed
       sync/<remote>.json     what each remote had when we last exchanged tags with it
       tmp/                   files being written; renamed into place only once complete
@@ -22,7 +24,8 @@ disk or SQLite refuses (full, read-only, locked) is one StoreError line saying w
 and what to do. Nothing here imports IPython.
 
 The store is a house of small rooms, one concern a module, joined here into `Store`:
-`files` (atomic writes, notes, origins), `locks` (flock), `objects`, `index` (SQLite, healing,
+`files` (atomic writes, notes, origins), `locks` (flock), `objects` (loose and packed:
+`packs`), `index` (SQLite, healing,
 listings, references), `records` (save, load, delete, tags, pulled records), `sync` (what
 remotes need remembered), `maintenance` (reindex, gc, tmp cleaning, fsck). No other module
 touches the store's files.
@@ -40,6 +43,7 @@ from ..errors import StoreError
 from .files import STORE_ENV, write_atomically
 from .index import SORTABLE, set_aside_index, sort_key
 from .maintenance import TEMP_GRACE_SECONDS, Problem, StoreMaintenance
+from .packs import PackSet
 from .records import DELETING_SUFFIX, UNINDEXED_SUFFIX
 from .sync import SyncMarkers, editing_config, read_config
 
@@ -97,6 +101,7 @@ class Store(StoreMaintenance):
         self.read_only = read_only
         self._known_objects = set()
         self._batch = threading.local()
+        self._packs = PackSet(self.root / "packs")
         self._seen_gc_generation = None
         self._healing = False  # True while _rebuild_index runs
         self._index_identity = None
@@ -129,6 +134,7 @@ class Store(StoreMaintenance):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._packs.close()
 
 
 _stores: dict[tuple[Path, bool], Store] = {}

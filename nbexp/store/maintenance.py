@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import (
     DamagedIndexError,
+    IntegrityError,
     RecordError,
     RefError,
     StoreError,
@@ -22,7 +23,7 @@ from ..errors import (
 from ..hashing import hash_file
 from ..record import SHORT_ID_LENGTH, Experiment
 from . import locks
-from .files import file_identity, process_alive, say
+from .files import file_identity, fsync_dir, process_alive, say
 from .index import (
     INSERT_ROW,
     check_header,
@@ -31,6 +32,7 @@ from .index import (
     refill_columns,
     set_aside_index,
 )
+from .packs import PackWriter, iter_pack_files
 from .records import StoreRecords
 
 TEMP_GRACE_SECONDS = 3600.0  # tmp/ files younger than this are never collected (as remote gc)
@@ -178,7 +180,7 @@ class StoreMaintenance(StoreRecords):
         with self._gc_lock(exclusive=False):
             generation = self._gc_generation()
             if generation != self._seen_gc_generation:
-                self._known_objects.clear()
+                self._forget_objects()
                 self._seen_gc_generation = generation
             yield
 
@@ -215,27 +217,101 @@ class StoreMaintenance(StoreRecords):
         return referenced
 
     def gc(self, *, delete: bool = False) -> tuple[list[str], int]:
-        """Objects no record references, and their total size; deleted only if `delete`."""
+        """Objects no record references, and their total size; deleted only if `delete`.
+
+        Loose garbage is unlinked. A pack holding garbage has its live objects written into
+        a new pack first (published, durable), and only then is it deleted, index first: a
+        gc killed at any point leaves every live object in some pack or loose file. A pack
+        whose index is damaged is rewritten the same way, and a pack without an index (a
+        writer killed between its two renames) is deleted once it is old."""
         with self._gc_lock(exclusive=True):
             referenced = self.referenced_objects()
+            self._packs.refresh(force=True)
             garbage: list[str] = []
             size = 0
-            for digest in self.iter_objects():
-                if digest not in referenced:
-                    path = self.object_path(digest)
-                    with contextlib.suppress(FileNotFoundError):
-                        size += path.stat().st_size
+            loose_garbage: list[str] = []
+            live_loose: set[str] = set()
+            for digest in self.iter_loose_objects():
+                if digest in referenced:
+                    live_loose.add(digest)
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    size += self.object_path(digest).stat().st_size
+                    loose_garbage.append(digest)
+            counted = set(loose_garbage)
+            damaged = self._packs.damaged()
+            rewrite: list[str] = []
+            for name in self._packs.names():
+                entries = self._packs.entries(name)
+                dead = [d for d in entries if d not in referenced]
+                for digest in dead:
+                    if digest not in counted:
+                        counted.add(digest)
                         garbage.append(digest)
-            if delete and garbage:
+                        size += entries[digest][1]
+                if dead or name in damaged:
+                    rewrite.append(name)
+            garbage = loose_garbage + garbage
+            if delete and (garbage or rewrite):
                 # A new generation before the first deletion, not after the last: a gc
                 # killed halfway must still make every kernel forget which objects it
                 # believed stored (`writing`), or its next record names deleted ones.
                 self._write_atomic(self.root / "gc.generation", secrets.token_hex(8).encode())
-                self._known_objects.clear()
-                for digest in garbage:
+                self._forget_objects()
+                for digest in loose_garbage:
                     with contextlib.suppress(FileNotFoundError):
                         self.object_path(digest).unlink()
+                self._repack(rewrite, referenced, live_loose)
+            if delete:
+                self._remove_orphan_packs()
             return garbage, size
+
+    def _repack(self, names: list[str], referenced: set[str], placed: set[str]) -> None:
+        """Replace the packs `names` by one pack of their live objects that no other kept
+        pack or loose file holds, then delete them."""
+        placed = set(placed)
+        for name in self._packs.names():
+            if name not in names:
+                placed.update(self._packs.entries(name))
+        writer: PackWriter | None = None
+        try:
+            for name in names:
+                with open(self.packs_dir / f"{name}.pack", "rb") as source:
+                    for digest, (offset, length) in sorted(
+                        self._packs.entries(name).items(), key=lambda item: item[1]
+                    ):
+                        if digest in referenced and digest not in placed:
+                            if writer is None:
+                                with self._file_writes():
+                                    writer = PackWriter(self._temp_path())
+                            with self._file_writes():
+                                writer.add_from(digest, source.fileno(), offset, length)
+                            placed.add(digest)
+            if writer is not None:
+                with self._file_writes():
+                    writer.publish(self.packs_dir, self._temp_path())
+                writer = None
+        finally:
+            if writer is not None:
+                writer.discard()
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                (self.packs_dir / f"{name}.idx").unlink()
+            with contextlib.suppress(FileNotFoundError):
+                (self.packs_dir / f"{name}.pack").unlink()
+        fsync_dir(self.packs_dir)
+        self._forget_objects()
+
+    def _remove_orphan_packs(self, grace: float = TEMP_GRACE_SECONDS) -> None:
+        """Packs without an index, older than `grace`: a writer died between the renames."""
+        cutoff = time.time() - grace
+        names = {path.name for path in iter_pack_files(self.packs_dir)}
+        for path in iter_pack_files(self.packs_dir):
+            if path.suffix != ".pack" or f"{path.stem}.idx" in names:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
 
     def clean_tmp(
         self, *, delete: bool = False, grace: float = TEMP_GRACE_SECONDS
@@ -269,6 +345,17 @@ class StoreMaintenance(StoreRecords):
                 size += stat.st_size
         return found, size
 
+    def _object_state(self, digest: str) -> str:
+        """"" if the object reads back whole, else "missing" or "corrupt"."""
+        path = self.object_path(digest)
+        if path.exists():
+            return "" if hash_file(path)[0] == digest else "corrupt"
+        try:
+            self.read_object(digest)
+        except IntegrityError as error:
+            return "missing" if "missing" in str(error) else "corrupt"
+        return ""
+
     def fsck(self) -> list[Problem]:
         """Verify every record and object; returns the problems (empty means healthy)."""
         problems: list[Problem] = []
@@ -292,13 +379,21 @@ class StoreMaintenance(StoreRecords):
                 problems.append(Problem("record", short, f"content does not match its id{fix}"))
             for digest in experiment.object_hashes():
                 referenced.setdefault(digest, []).append(short)
+        self._packs.refresh(force=True)
         for digest, owners in sorted(referenced.items()):
             users = ", ".join(sorted(set(owners)))  # every one: each is an experiment to fix
-            path = self.object_path(digest)
-            if not path.exists():
-                problems.append(Problem("object", digest[:12], f"missing (used by {users})"))
-            elif hash_file(path)[0] != digest:
-                problems.append(Problem("object", digest[:12], f"corrupt (used by {users})"))
+            state = self._object_state(digest)
+            if state:
+                problems.append(Problem("object", digest[:12], f"{state} (used by {users})"))
+        for name in sorted(self._packs.damaged()):
+            problems.append(
+                Problem(
+                    "pack",
+                    name,
+                    "its index is damaged (its objects are still found by reading the pack); "
+                    "run `nbexp gc --yes` to rewrite it",
+                )
+            )
         try:
             check_header(self.index_path)
             with self._lock:

@@ -1,5 +1,10 @@
 """Content-addressed objects: blobs named by their xxh3-128 hash, written once however many
-experiments share them, staged and synced once per batch, verified when read."""
+experiments share them, staged and synced once per batch, verified when read.
+
+An object lives loose (`objects/ab/<rest>`, one file) or in a pack (`packs/`, see `packs`):
+a batch of more than `FEW_OBJECTS` new objects (a snapshot of large state) becomes one
+pack, a smaller batch or a single object stays loose. Reads look loose first, then packed,
+so stores written before packs keep working unchanged."""
 
 from __future__ import annotations
 
@@ -17,8 +22,45 @@ from ..errors import (
 )
 from ..hashing import CHUNK, hash_bytes, hash_file
 from .files import StoreFiles, fsync_dir, fsync_file, sync_filesystem
+from .packs import Location, PackSet, PackWriter, read_exactly
 
-FEW_OBJECTS = 16  # batches up to this many objects are fsynced file by file
+# Batches up to this many objects stay loose files, fsynced one by one; a larger batch is
+# written as one pack (bench/state.py --only packs measures both ways).
+FEW_OBJECTS = 16
+
+
+def _missing(digest: str, root: Path) -> IntegrityError:
+    return IntegrityError(
+        f"object {digest[:12]} is missing from {root}; run `nbexp fsck` to see what is affected"
+    )
+
+
+def _corrupt(digest: str) -> IntegrityError:
+    return IntegrityError(
+        f"object {digest[:12]} is corrupt (its content no longer matches its hash); "
+        "run `nbexp fsck` to see what is affected"
+    )
+
+
+class _Batch:
+    """The objects an open `object_batch` staged: loose temp files until there are more
+    than FEW_OBJECTS, then one pack (the staged files moved into it)."""
+
+    def __init__(self) -> None:
+        self.loose: dict[str, Path] = {}
+        self.pack: PackWriter | None = None
+
+    def __contains__(self, digest: str) -> bool:
+        return digest in self.loose or (self.pack is not None and digest in self.pack)
+
+    def discard(self) -> None:
+        for temp in self.loose.values():
+            with contextlib.suppress(OSError):
+                temp.unlink()
+        self.loose.clear()
+        if self.pack is not None:
+            self.pack.discard()
+            self.pack = None
 
 
 class StoreObjects(StoreFiles):
@@ -26,14 +68,32 @@ class StoreObjects(StoreFiles):
 
     _known_objects: set[str]  # objects this process knows are stored (cleared by a gc)
     _batch: threading.local  # the objects staged by this thread's open `object_batch`
+    _packs: PackSet
+
+    @property
+    def packs_dir(self) -> Path:
+        return self.root / "packs"
 
     def object_path(self, digest: str) -> Path:
+        """Where the object would be as a loose file (a packed one is not there)."""
         return self.objects_dir / digest[:2] / digest[2:]
+
+    def object_location(self, digest: str) -> tuple[Path, int, int] | None:
+        """(file, offset, length) of a packed object, None if it is not in a pack."""
+        found = self._packs.locate(digest)
+        if found is None:
+            return None
+        return self.packs_dir / f"{found.pack}.pack", found.offset, found.length
+
+    def _forget_objects(self) -> None:
+        """Forget which objects this process believed stored (a gc may have changed them)."""
+        self._known_objects.clear()
+        self._packs.forget()
 
     def has_object(self, digest: str) -> bool:
         if digest in self._known_objects or digest in (getattr(self._batch, "pending", None) or ()):
             return True
-        if self.object_path(digest).exists():
+        if self.object_path(digest).exists() or self._packs.locate(digest) is not None:
             self._known_objects.add(digest)
             return True
         return False
@@ -48,21 +108,38 @@ class StoreObjects(StoreFiles):
         digest = digest or hash_bytes(data)
         if self.has_object(digest):
             return digest
-        batch: dict[str, Path] | None = getattr(self._batch, "pending", None)
+        batch: _Batch | None = getattr(self._batch, "pending", None)
         if batch is None:
             self._write_atomic(self.object_path(digest), data)
             self._known_objects.add(digest)
         elif digest not in batch:
-            temp = self._temp_path()
-            try:
-                with self._file_writes(), open(temp, "wb") as handle:
-                    handle.write(data)
-            except BaseException:  # a full disk: no partial file left behind in tmp/
-                with contextlib.suppress(OSError):
-                    temp.unlink()
-                raise
-            batch[digest] = temp
+            with self._file_writes():
+                if batch.pack is None and len(batch.loose) >= FEW_OBJECTS:
+                    self._start_pack(batch)
+                if batch.pack is not None:
+                    batch.pack.add(digest, data)
+                else:
+                    temp = self._temp_path()
+                    try:
+                        with open(temp, "wb") as handle:
+                            handle.write(data)
+                    except BaseException:  # a full disk: no partial file left in tmp/
+                        with contextlib.suppress(OSError):
+                            temp.unlink()
+                        raise
+                    batch.loose[digest] = temp
         return digest
+
+    def _start_pack(self, batch: _Batch) -> None:
+        """The batch outgrew loose files: open its pack and move the staged files in."""
+        pack = PackWriter(self._temp_path())
+        batch.pack = pack
+        for digest, temp in list(batch.loose.items()):
+            with open(temp, "rb") as source:
+                pack.add_from(digest, source.fileno(), 0, os.fstat(source.fileno()).st_size)
+            del batch.loose[digest]
+            with contextlib.suppress(OSError):
+                temp.unlink()
 
     @contextlib.contextmanager
     def object_batch(self) -> Iterator[None]:
@@ -74,30 +151,26 @@ class StoreObjects(StoreFiles):
         if getattr(self._batch, "pending", None) is not None:
             yield
             return
-        pending: dict[str, Path] = {}
-        self._batch.pending = pending
+        batch = _Batch()
+        self._batch.pending = batch
         try:
             yield
             with self._file_writes():
-                self._publish_batch(pending)
+                if batch.pack is not None:
+                    batch.pack.publish(self.packs_dir, self._temp_path())
+                    self._known_objects.update(batch.pack.entries)
+                    batch.pack = None
+                self._publish_loose(batch.loose)
         finally:
             self._batch.pending = None
-            for temp in pending.values():
-                with contextlib.suppress(OSError):
-                    temp.unlink()
+            batch.discard()
 
-    def _publish_batch(self, pending: dict[str, Path]) -> None:
-        """Make the staged objects durable, then visible."""
+    def _publish_loose(self, pending: dict[str, Path]) -> None:
+        """Make the staged loose objects (at most FEW_OBJECTS) durable, then visible."""
         if not pending:
             return
-        # A few files: fsync each (cheap, touches only ours). Many: one syncfs, which
-        # beats a thousand fsyncs but also flushes other processes' dirty pages.
-        few = len(pending) <= FEW_OBJECTS
-        if few:
-            for temp in pending.values():
-                fsync_file(temp)
-        else:
-            sync_filesystem(self.tmp_dir)
+        for temp in pending.values():
+            fsync_file(temp)
         folders = set()
         for digest, temp in pending.items():
             target = self.object_path(digest)
@@ -105,11 +178,9 @@ class StoreObjects(StoreFiles):
             os.replace(temp, target)
             folders.add(target.parent)
             self._known_objects.add(digest)
-        if few:
-            for folder in folders:
-                fsync_dir(folder)
-        else:
-            sync_filesystem(self.objects_dir)
+        pending.clear()
+        for folder in folders:
+            fsync_dir(folder)
 
     def put_file(self, path: str | os.PathLike[str]) -> tuple[str, int]:
         """Copy a file into the object store while hashing it; returns (hash, size)."""
@@ -145,26 +216,31 @@ class StoreObjects(StoreFiles):
         """An object's bytes, refused if they no longer match their hash."""
         try:
             data = self.object_path(digest).read_bytes()
-        except FileNotFoundError as error:
-            raise IntegrityError(
-                f"object {digest[:12]} is missing from {self.root}; "
-                "run `nbexp fsck` to see what is affected"
-            ) from error
+        except FileNotFoundError:
+            data = self._read_packed(digest)
         if verify and hash_bytes(data) != digest:
-            raise IntegrityError(
-                f"object {digest[:12]} is corrupt (its content no longer matches its hash); "
-                "run `nbexp fsck` to see what is affected"
-            )
+            raise _corrupt(digest)
         return data
+
+    def _read_packed(self, digest: str) -> bytes:
+        def read(handle: int, where: Location) -> bytes:
+            data = bytearray(where.length)
+            count = read_exactly(handle, memoryview(data), where.offset)
+            return bytes(data[:count])
+
+        try:
+            return self._packs.reading(digest, read)  # type: ignore[return-value]
+        except FileNotFoundError as error:
+            raise _missing(digest, self.root) from error
 
     def object_size(self, digest: str) -> int:
         try:
             return self.object_path(digest).stat().st_size
-        except FileNotFoundError as error:
-            raise IntegrityError(
-                f"object {digest[:12]} is missing from {self.root}; "
-                "run `nbexp fsck` to see what is affected"
-            ) from error
+        except FileNotFoundError:
+            found = self._packs.locate(digest)
+            if found is None:
+                raise _missing(digest, self.root) from None
+            return found.length
 
     def read_object_into(self, digest: str, view: memoryview) -> None:
         """Read an object straight into `view` (exactly its size), verifying its hash there:
@@ -173,31 +249,78 @@ class StoreObjects(StoreFiles):
             with open(self.object_path(digest), "rb", buffering=0) as handle:
                 count = handle.readinto(view)
                 extra = handle.read(1)
-        except FileNotFoundError as error:
-            raise IntegrityError(
-                f"object {digest[:12]} is missing from {self.root}; "
-                "run `nbexp fsck` to see what is affected"
-            ) from error
+        except FileNotFoundError:
+
+            def read(handle: int, where: Location) -> tuple[int, bool]:
+                count = read_exactly(handle, view, where.offset)
+                return count, where.length != view.nbytes
+
+            try:
+                count, extra = self._packs.reading(digest, read)  # type: ignore[misc]
+            except FileNotFoundError as error:
+                raise _missing(digest, self.root) from error
         if count != len(view) or extra or hash_bytes(view) != digest:
-            raise IntegrityError(
-                f"object {digest[:12]} is corrupt (its content no longer matches its hash); "
-                "run `nbexp fsck` to see what is affected"
-            )
+            raise _corrupt(digest)
 
     def copy_object_to(self, digest: str, destination: str | os.PathLike[str]) -> None:
         """Write an object back out as a file, verifying it on the way."""
         source = self.object_path(digest)
-        if not source.exists():
-            raise IntegrityError(f"object {digest[:12]} is missing from {self.root}")
-        shutil.copyfile(source, destination)
+        if source.exists():
+            shutil.copyfile(source, destination)
+        else:
+            found = self.object_location(digest)
+            if found is None:
+                raise IntegrityError(f"object {digest[:12]} is missing from {self.root}")
+            pack, offset, length = found
+            with open(pack, "rb") as handle, open(destination, "wb") as sink:
+                handle.seek(offset)
+                left = length
+                while left and (piece := handle.read(min(left, 8 * CHUNK))):
+                    sink.write(piece)
+                    left -= len(piece)
         if hash_file(destination)[0] != digest:
             raise IntegrityError(f"object {digest[:12]} is corrupt; run `nbexp fsck`")
 
-    def iter_objects(self) -> Iterator[str]:
+    @contextlib.contextmanager
+    def object_file(self, digest: str) -> Iterator[Path]:
+        """A file holding exactly the object's bytes, verified, for the block (a loose
+        object's own file; a packed one's bytes copied to tmp/ and deleted after)."""
+        path = self.object_path(digest)
+        if path.exists():
+            if hash_file(path)[0] != digest:
+                raise IntegrityError(f"object {digest[:12]} is corrupt in this store")
+            yield path
+            return
+        temp = self._temp_path()
+        try:
+            try:
+                self.copy_object_to(digest, temp)
+            except IntegrityError as error:
+                if "missing" in str(error):
+                    raise
+                raise IntegrityError(f"object {digest[:12]} is corrupt in this store") from error
+            yield temp
+        finally:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+    def iter_loose_objects(self) -> Iterator[str]:
         for folder in sorted(self.objects_dir.iterdir()):
             if folder.is_dir():
                 for item in folder.iterdir():
                     yield folder.name + item.name
+
+    def iter_objects(self) -> Iterator[str]:
+        """Every stored object once, loose or packed."""
+        seen = set()
+        for digest in self.iter_loose_objects():
+            seen.add(digest)
+            yield digest
+        for name in self._packs.names():
+            for digest in self._packs.entries(name):
+                if digest not in seen:
+                    seen.add(digest)
+                    yield digest
 
     def check_arrival(self, temp: Path, digest: str) -> int:
         """Verify that a file that arrived from elsewhere hashes to `digest`; returns its size.

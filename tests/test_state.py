@@ -64,7 +64,9 @@ def var_hash(experiment, name: str) -> str:
 
 
 def objects_size(root: Path) -> int:
-    return sum(path.stat().st_size for path in (root / "objects").rglob("*") if path.is_file())
+    """Bytes of stored objects, loose (objects/) and packed (packs/)."""
+    folders = (root / "objects", root / "packs")
+    return sum(p.stat().st_size for f in folders for p in f.rglob("*") if p.is_file())
 
 
 def assert_same(restored: Any, original: Any) -> None:

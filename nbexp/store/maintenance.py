@@ -346,7 +346,7 @@ class StoreMaintenance(StoreRecords):
         return found, size
 
     def _object_state(self, digest: str) -> str:
-        """"" if the object reads back whole, else "missing" or "corrupt"."""
+        """ "" if the object reads back whole, else "missing" or "corrupt"."""
         path = self.object_path(digest)
         if path.exists():
             return "" if hash_file(path)[0] == digest else "corrupt"

@@ -15,13 +15,15 @@ from typing import Any
 
 from nbexp import store as store_module
 from nbexp.cli import main
-from nbexp.hashing import hash_file
+from nbexp.hashing import hash_bytes, hash_file
 from nbexp.restorer import restore_into
 from nbexp.store import Store
+from nbexp.store.packs import decode_index, scan_pack
 from tests.faults.workers import REPO, expected_state, same_value, worker_env
 
 _RECORD = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{32}\.json$")
 _OBJECT = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{30}$")
+_PACK = re.compile(r"^pack-[0-9a-f]{32}\.(pack|idx)$")
 
 
 def forget_stores() -> None:
@@ -85,7 +87,47 @@ def check_layout(root: Path) -> int:
             assert _OBJECT.match(relative), f"stray file among the objects: {relative}"
             assert hash_file(path)[0] == relative.replace("/", ""), f"object {relative} is corrupt"
             count += 1
+    return count + check_packs(root)
+
+
+def check_packs(root: Path) -> int:
+    """Every file in packs/ is a pack or its index; every index is whole and every object it
+    names reads back as the bytes its digest promises. A pack without an index (its writer
+    killed between the two renames) names nothing, but must be whole too. Returns how many
+    packed objects were verified."""
+    folder = root / "packs"
+    if not folder.is_dir():
+        return 0
+    names = {path.name for path in folder.iterdir()}
+    count = 0
+    for name in sorted(names):
+        assert _PACK.match(name), f"stray file among the packs: {name}"
+        if not name.endswith(".pack"):
+            continue
+        pack = folder / name
+        index = pack.with_suffix(".idx")
+        if index.name in names:
+            entries = decode_index(index.read_bytes())
+            assert entries is not None, f"the index of {name} is damaged"
+            assert entries == scan_pack(pack), f"{name} and its index disagree"
+        else:
+            entries = scan_pack(pack)
+        data = pack.read_bytes()
+        for digest, (offset, length) in entries.items():
+            assert hash_bytes(data[offset : offset + length]) == digest, f"{digest} is corrupt"
+            count += 1
+    for name in names:
+        if name.endswith(".idx"):
+            assert name[: -len(".idx")] + ".pack" in names, f"an index without its pack: {name}"
     return count
+
+
+def orphan_packs(root: Path) -> int:
+    """Packs without an index: a writer killed between renaming the pack and its index."""
+    folder = root / "packs"
+    if not folder.is_dir():
+        return 0
+    return sum(1 for p in folder.glob("*.pack") if not p.with_suffix(".idx").exists())
 
 
 def leftover_temps(root: Path) -> int:
@@ -106,6 +148,8 @@ def assert_restores(store: Store, name: str, step: int, kind: str) -> None:
         assert same_value(namespace[variable], value), f"{name}: {variable} differs"
     if kind == "snapshot":
         assert namespace["alias"] is namespace["arrays"]["a0"], f"{name}: identity lost"
+    if kind == "pack":
+        assert namespace["alias"] is namespace["pieces"][0], f"{name}: identity lost"
 
 
 def step_of(name: str) -> int:

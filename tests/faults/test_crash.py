@@ -57,9 +57,10 @@ from tests.faults.checks import (
     leftover_temps,
     listed,
     nbexp,
+    orphan_packs,
     step_of,
 )
-from tests.faults.workers import REPO, Zygote, record_cell, worker_env
+from tests.faults.workers import REPO, Zygote, pack_cell, record_cell, worker_env
 
 try:  # the moto S3 server fixture, shared with tests/test_remote_s3.py
     from tests.test_remote_s3 import (  # noqa: F401 (fixtures)
@@ -76,8 +77,8 @@ except pytest.skip.Exception:
 SEED = int(os.environ.get("NBEXP_FAULT_SEED") or random.SystemRandom().randrange(2**31))
 LONG = os.environ.get("NBEXP_FAULTS_LONG") == "1"
 KILLS = {
-    "default": {"record": 30, "snapshot": 16, "gc": 12, "push": 12, "s3": 4, "rm": 12},
-    "long": {"record": 180, "snapshot": 110, "gc": 45, "push": 48, "s3": 12, "rm": 60},
+    "default": {"record": 30, "snapshot": 16, "pack": 16, "gc": 12, "push": 12, "s3": 4, "rm": 12},
+    "long": {"record": 180, "snapshot": 110, "pack": 80, "gc": 45, "push": 48, "s3": 12, "rm": 60},
 }
 LANE = 30  # kill rounds per store: then a fresh store, so fsck's cost per round stays flat
 PUSH_LANE = 16  # push rounds per store and remote
@@ -237,6 +238,8 @@ def _tally_orphans(root: Path) -> None:
     orphans = [i for i in ids if (root / "records" / i[:2] / f"{i}.json").exists()]
     if orphans:
         _tally("crash: kills between a record and its index row (indexed at the next open)")
+    if orphan_packs(root):
+        _tally("crash: kills between a pack and its index (a pack naming nothing, left for gc)")
 
 
 def _verify_after_kill(
@@ -304,9 +307,8 @@ def _kill_kernels(
             timing = _calibrate(zygote, lane)
         finished, in_flight, phase = _kill_recording_kernel(zygote, lane, rng, timing)
         phases[phase] += 1
-        _tally(
-            f"crash: SIGKILLs of a kernel while {'recording' if kind == 'record' else 'snapshotting'}"
-        )
+        doing = {"record": "recording", "snapshot": "snapshotting", "pack": "writing a pack"}
+        _tally(f"crash: SIGKILLs of a kernel while {doing[kind]}")
         _verify_after_kill(lane, finished, in_flight, rng, full=number % 10 == 9)
     _close_lane(zygote, lane)
     return phases
@@ -330,6 +332,61 @@ def test_kills_while_snapshotting(zygote: Zygote, tmp_path: Path, scale: str) ->
     phases = _kill_kernels(zygote, tmp_path, "snapshot", KILLS[scale]["snapshot"], rng)
     figures.report("crash: where snapshotting kills landed", dict(phases))
     assert phases["recording (after the body)"] >= KILLS[scale]["snapshot"] // 3, phases
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_kills_while_packing(zygote: Zygote, tmp_path: Path, scale: str) -> None:
+    """(b') Kernels killed inside a snapshot written as a pack file (48 new objects of
+    200 kB): while the pack fills in tmp/, while it is fsynced, between the pack's rename
+    and its index's. No record names an object of a pack that did not become visible, fsck
+    stays clean, and `nbexp gc --yes` later removes a pack left without its index."""
+    rng = _rng("pack", scale)
+    phases = _kill_kernels(zygote, tmp_path, "pack", KILLS[scale]["pack"], rng)
+    figures.report("crash: where pack-writing kills landed", dict(phases))
+    assert phases["recording (after the body)"] >= KILLS[scale]["pack"] // 3, phases
+
+
+def test_gc_removes_a_pack_left_without_its_index(zygote: Zygote, tmp_path: Path) -> None:
+    """A kernel killed right after renaming a pack into place, before its index: the pack
+    names nothing (the run is not recorded), fsck is clean, the same run records again, and
+    `nbexp gc --yes` deletes the orphan once it is old — never a pack with an index."""
+    lane = Lane.make(tmp_path, "pack", 0)
+    _calibrate(zygote, lane, runs=1)
+    # the kernel dies at its first os.replace of a `.pack` into packs/: SIGKILL right after
+    hook = (
+        "import os, signal\n"
+        "_real_replace = os.replace\n"
+        "def _replace(source, target, *a, **k):\n"
+        "    _real_replace(source, target, *a, **k)\n"
+        "    if str(target).endswith('.pack'):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "os.replace = _replace\n"
+    )
+    child = zygote.fork("serve", lane.root, lane.work, lane.log)
+    _ran(zygote.command(child, cell=hook))
+    zygote._send({"op": "send", "child": child, "command": {"cell": pack_cell("pack-orphan", 1)}})
+    end = zygote.reap(child)
+    assert end["signal"] == signal.SIGKILL, (end, lane.log.read_text()[-3000:])
+    assert orphan_packs(lane.root) == 1
+    assert_fsck_clean(lane.root, fresh_process=True)
+    assert "pack-orphan" not in listed(lane.root)
+    _tally("crash: kills between a pack and its index (a pack naming nothing, left for gc)")
+    _calibrate(zygote, lane, runs=1)  # the next kernel records
+    code, out, err = nbexp(lane.root, "gc", "--yes")
+    assert code == 0 and orphan_packs(lane.root) == 1, out + err  # too young to be collected
+    old = time.time() - TEMP_GRACE_SECONDS - 60
+    for pack in (lane.root / "packs").glob("*.pack"):
+        os.utime(pack, (old, old))
+    code, out, err = nbexp(lane.root, "gc", "--yes")
+    assert code == 0 and orphan_packs(lane.root) == 0, out + err
+    assert_fsck_clean(lane.root, fresh_process=True)
+    store = Store(lane.root)
+    try:
+        for name in sorted(lane.known):
+            assert_restores(store, name, step_of(name), "pack")
+    finally:
+        store.close()
+    check_layout(lane.root)
 
 
 # -- (c): nbexp gc killed while a kernel keeps recording -----------------------------------

@@ -49,6 +49,8 @@ BIG_N = 250_000  # `big`: 2 MB of new content per run (2 chunks)
 ROWS = 60_000  # `frame`: ~1 MB DataFrame per run
 WIDE_ROWS = 32_768  # snapshot runs: `wide` is WIDE_ROWS x 16 floats = 4 MB
 ARRAYS = 6  # snapshot runs: `arrays` holds ARRAYS x 50_000 floats (2.4 MB)
+PIECES = 48  # pack runs: `pieces` holds PIECES x PIECE_N floats, one object each: a pack
+PIECE_N = 25_000  # 200 kB a piece, 9.6 MB a run
 
 SETUP = f"""\
 import numpy as np
@@ -102,8 +104,28 @@ def snapshot_cell(name: str, step: int) -> str:
     )
 
 
+def pack_cell(name: str, step: int) -> str:
+    """A run whose new state is many objects (more than the store keeps loose in one batch),
+    so its snapshot is written as one pack file; the body's last line tells the test the
+    snapshot starts now."""
+    seed = content_seed(name)
+    return (
+        f"%%experiment {name} -t pack\n"
+        f"step = {step}\n"
+        f"rng = np.random.default_rng({seed})\n"
+        f"pieces = [rng.random({PIECE_N}) for k in range({PIECES})]\n"
+        "alias = pieces[0]\n"
+        "score = float(sum(p.sum() for p in pieces))\n"
+        "_signal(step)\n"
+    )
+
+
+CELLS = {"record": record_cell, "snapshot": snapshot_cell, "pack": pack_cell}
+
+
 def expected_state(name: str, step: int, kind: str) -> dict[str, Any]:
-    """The variables a finished run of `record_cell`/`snapshot_cell` left in the kernel."""
+    """The variables a finished run of `record_cell`/`snapshot_cell`/`pack_cell` left in the
+    kernel."""
     import numpy as np
     import pandas as pd
 
@@ -121,6 +143,15 @@ def expected_state(name: str, step: int, kind: str) -> dict[str, Any]:
             "base": base,
         }
     rng = np.random.default_rng(seed)
+    if kind == "pack":
+        pieces = [rng.random(PIECE_N) for k in range(PIECES)]
+        return {
+            "step": step,
+            "pieces": pieces,
+            "alias": pieces[0],
+            "score": float(sum(p.sum() for p in pieces)),
+            "base": base,
+        }
     wide = pd.DataFrame(rng.random((WIDE_ROWS, 16)), columns=[f"c{k}" for k in range(16)])
     arrays = {f"a{k}": rng.random(50_000) for k in range(ARRAYS)}
     return {
@@ -283,7 +314,7 @@ def _loop(shell: Any, events: _Events, request: dict[str, Any]) -> None:
     from nbexp.errors import RefError
     from nbexp.store import open_store
 
-    make = record_cell if request["kind"] == "record" else snapshot_cell
+    make = CELLS[request["kind"]]
     step = 0
     while request.get("runs") is None or step < request["runs"]:
         name = f"{request['prefix']}-{step}"

@@ -240,9 +240,9 @@ class StoreMaintenance(StoreRecords):
                     loose_garbage.append(digest)
             counted = set(loose_garbage)
             damaged = self._packs.damaged()
+            packs = {name: self._packs.entries(name) for name in self._packs.names()}
             rewrite: list[str] = []
-            for name in self._packs.names():
-                entries = self._packs.entries(name)
+            for name, entries in packs.items():
                 dead = [d for d in entries if d not in referenced]
                 for digest in dead:
                     if digest not in counted:
@@ -261,24 +261,32 @@ class StoreMaintenance(StoreRecords):
                 for digest in loose_garbage:
                     with contextlib.suppress(FileNotFoundError):
                         self.object_path(digest).unlink()
-                self._repack(rewrite, referenced, live_loose)
+                self._repack(packs, rewrite, referenced, live_loose)
             if delete:
                 self._remove_orphan_packs()
             return garbage, size
 
-    def _repack(self, names: list[str], referenced: set[str], placed: set[str]) -> None:
-        """Replace the packs `names` by one pack of their live objects that no other kept
-        pack or loose file holds, then delete them."""
+    def _repack(
+        self,
+        packs: dict[str, dict[str, tuple[int, int]]],
+        names: list[str],
+        referenced: set[str],
+        placed: set[str],
+    ) -> None:
+        """Replace the packs `names` (of `packs`, name → entries, read under gc's lock) by
+        one pack of their live objects that no other kept pack or loose file holds, then
+        delete them."""
         placed = set(placed)
-        for name in self._packs.names():
+        for name, entries in packs.items():
             if name not in names:
-                placed.update(self._packs.entries(name))
+                placed.update(entries)
         writer: PackWriter | None = None
+        published = ""
         try:
             for name in names:
                 with open(self.packs_dir / f"{name}.pack", "rb") as source:
                     for digest, (offset, length) in sorted(
-                        self._packs.entries(name).items(), key=lambda item: item[1]
+                        packs[name].items(), key=lambda item: item[1]
                     ):
                         if digest in referenced and digest not in placed:
                             if writer is None:
@@ -289,12 +297,14 @@ class StoreMaintenance(StoreRecords):
                             placed.add(digest)
             if writer is not None:
                 with self._file_writes():
-                    writer.publish(self.packs_dir, self._temp_path())
+                    published = writer.publish(self.packs_dir, self._temp_path())
                 writer = None
         finally:
             if writer is not None:
                 writer.discard()
         for name in names:
+            if name == published:  # the same objects at the same places: the same pack
+                continue
             with contextlib.suppress(FileNotFoundError):
                 (self.packs_dir / f"{name}.idx").unlink()
             with contextlib.suppress(FileNotFoundError):

@@ -46,7 +46,7 @@ def fsck_lines(result: Result) -> dict[tuple[str, str], str]:
     for line in result.out.splitlines():
         head, _, detail = line.partition(": ")
         kind, _, item = head.partition(" ")
-        assert kind in ("record", "object", "index") and item and detail, line
+        assert kind in ("record", "object", "index", "pack") and item and detail, line
         assert (kind, item) not in found, f"named twice: {line}"
         found[(kind, item)] = detail
     return found

@@ -21,7 +21,9 @@ import pytest
 import nbexp
 from nbexp import store as store_module
 from nbexp.errors import NbexpError, RecordError
+from nbexp.restorer import restore_into
 from nbexp.store import Store, open_store
+from nbexp.store.packs import decode_index
 from tests.conftest import run
 from tests.faults import figures
 from tests.faults.stores import (
@@ -506,3 +508,67 @@ def test_a_damaged_record_is_one_line_and_the_rest_keep_working(
     assert [(k, i) for k, i in fsck_lines(cli("fsck"))] == [("record", bad.short_id)]
     store_module._stores.clear()
     assert sorted(nbexp.experiments()["name"]) == ["keep-1", "keep-2"]
+
+
+# -- pack files: a flipped byte in a pack, a damaged pack index ------------------------------
+
+PACKED = """
+    import numpy as np
+    pieces = [np.full(20_000, float(k)) for k in range(40)]
+    others = [np.full(20_000, -1.0 - k) for k in range(40)]
+    score = 0.9
+"""
+
+
+def test_a_damaged_pack_names_its_users_and_refuses_only_the_damaged_variable(ip: Any) -> None:
+    """A snapshot of many new objects is one pack. A byte flipped inside one object's bytes
+    in it: fsck names that object and every experiment using it, and nothing else; restore
+    refuses only the variable built on it. A damaged pack index: fsck says what to run, the
+    objects are still found (by walking the pack), and `nbexp gc --yes` rewrites it."""
+    alpha = record(ip, "alpha", PACKED)
+    beta = record(ip, "beta", "note = 1")  # its state reuses alpha's packed objects
+    store = open_store()
+    victim = alpha.variables["pieces"]["buffers"][3][0]
+    assert beta.variables["pieces"]["buffers"][3][0] == victim
+    located = store.object_location(victim)
+    assert located is not None and not store.object_path(victim).exists(), "not packed"
+    pack, offset, length = located
+    assert cli("fsck").code == 0
+    flip(pack, offset + length // 2)
+
+    result = cli("fsck")
+    assert result.code == 1 and "1 problem" in result.err, result.out + result.err
+    found = fsck_lines(result)
+    assert set(found) == {("object", victim[:12])}, result.out
+    assert "corrupt" in found[("object", victim[:12])]
+    assert users_named(found[("object", victim[:12])]) == {alpha.short_id, beta.short_id}
+
+    for experiment in (alpha, beta):
+        namespace: dict[str, Any] = {}
+        report = restore_into(namespace, store, experiment)
+        assert set(report.skipped) == {"pieces"}, report.skipped
+        assert "corrupt" in report.skipped["pieces"] and "nbexp fsck" in report.skipped["pieces"]
+        assert all(
+            np.array_equal(a, np.full(20_000, -1.0 - k)) for k, a in enumerate(namespace["others"])
+        )
+        assert namespace["score"] == 0.9
+    _TOTALS["refused"] += 2
+
+    # the index of the pack damaged too: fsck says what to run; reads still find objects
+    index = pack.with_suffix(".idx")
+    flip(index, 40)
+    store_module._stores.clear()
+    result = cli("fsck")
+    found = fsck_lines(result)
+    assert set(found) == {("object", victim[:12]), ("pack", pack.stem)}, result.out
+    assert "nbexp gc --yes" in found[("pack", pack.stem)]
+    namespace = {}
+    report = restore_into(namespace, open_store(), alpha)
+    assert set(report.skipped) == {"pieces"} and len(namespace["others"]) == 40
+    assert cli("gc", "--yes").code == 0
+    indexes = list(pack.parent.glob("*.idx"))  # rewritten: the same pack, its index whole
+    assert len(indexes) == 1 and all(decode_index(i.read_bytes()) for i in indexes)
+    store_module._stores.clear()
+    found = fsck_lines(cli("fsck"))
+    assert set(found) == {("object", victim[:12])}, found
+    figures.report("corruption: damaged packs (a flipped object, a flipped index) named by fsck", 2)

@@ -22,7 +22,7 @@ from nbexp.restorer import restore_into
 from nbexp.store import Store
 from tests.faults import figures
 from tests.faults.checks import assert_fsck_clean, check_layout, leftover_temps, listed, nbexp
-from tests.faults.workers import REPO, worker_env
+from tests.faults.workers import REPO, expected_a, worker_env
 from tests.test_store import make_experiment
 
 WRITERS = 4
@@ -116,6 +116,73 @@ def test_four_kernels_and_a_janitor(tmp_path: Path) -> None:
         f"({work_done['deleted']})",
     )
     assert work_done["gcs"] >= 5 and work_done["deleted"] > 0, work_done
+
+
+PACK_RUNS = 30
+
+
+def test_gc_repacks_while_a_kernel_writes_packs(tmp_path: Path) -> None:
+    """A kernel writes packs (`tmp-p<step>`: 40 new objects) and records `keep-<step>`
+    naming half of them, while a janitor removes every `tmp-` run and runs `nbexp gc
+    --yes` over and over: gc rewrites each pack's live half into a new pack and deletes the
+    old one while the kernel dedups against it. No record may end up naming an object gc
+    took away; afterwards every pack holds only live objects."""
+    root = tmp_path / "shared" / ".nbexp"
+    go, stop = tmp_path / "go", tmp_path / "stop"
+    env = worker_env(NBEXP_STORE=str(root))
+
+    def spawn(*argv: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.faults.workers", *argv],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    packer = spawn("packer", str(PACK_RUNS), str(go))
+    janitor = spawn("janitor", str(root), str(go), str(stop))
+    time.sleep(3)
+    go.touch()
+    try:
+        out, err = packer.communicate(timeout=600)
+        stop.touch()
+        janitor_out, janitor_err = janitor.communicate(timeout=300)
+    finally:
+        for process in (packer, janitor):
+            if process.poll() is None:
+                process.kill()
+    assert packer.returncode == 0, out[-3000:] + err[-3000:]
+    for problem in PROBLEMS:
+        found = [line for line in (out + err).splitlines() if problem in line]
+        assert not found, (problem, found[:5], err[-3000:])
+    assert janitor.returncode == 0, janitor_out + janitor_err
+    work_done = json.loads(janitor_out.strip().splitlines()[-1])
+
+    assert set(listed(root)) == {f"keep-{step}" for step in range(PACK_RUNS)}
+    assert_fsck_clean(root, fresh_process=True)
+    check_layout(root)
+    store = Store(root)
+    try:
+        for step in range(PACK_RUNS):
+            namespace: dict = {}
+            report = restore_into(namespace, store, store.get(f"keep-{step}"))
+            assert not report.skipped, report.skipped
+            assert "b" not in namespace and namespace["step"] == step
+            assert all(
+                (x == y).all() for x, y in zip(namespace["a"], expected_a(step), strict=True)
+            )
+        assert store.gc() == ([], 0)  # the last gc left no garbage in any pack
+        packed = sum(len(store._packs.entries(name)) for name in store._packs.names())
+    finally:
+        store.close()
+    assert packed >= 20 * PACK_RUNS  # every `a` is packed, none lost
+    figures.report(
+        "concurrency: gc repacking beside a kernel writing packs (runs / gc runs / objects)",
+        f"{PACK_RUNS} / {work_done['gcs']} / {work_done['deleted']}",
+    )
+    assert work_done["gcs"] >= 3 and work_done["deleted"] > 0, work_done
 
 
 # Six `nbexp list` processes released at the same instant onto a store that does not exist.

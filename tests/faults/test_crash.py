@@ -60,7 +60,16 @@ from tests.faults.checks import (
     orphan_packs,
     step_of,
 )
-from tests.faults.workers import REPO, Zygote, pack_cell, record_cell, worker_env
+from tests.faults.workers import (
+    REPO,
+    Zygote,
+    expected_a,
+    expected_b,
+    pack_cell,
+    packed_cell,
+    record_cell,
+    worker_env,
+)
 
 try:  # the moto S3 server fixture, shared with tests/test_remote_s3.py
     from tests.test_remote_s3 import (  # noqa: F401 (fixtures)
@@ -529,6 +538,170 @@ def test_kills_during_gc(zygote: Zygote, tmp_path: Path, scale: str) -> None:
     zygote.kill(kernel)
     check_layout(root)
     figures.report("crash: gc kill outcomes", dict(outcomes))
+    assert outcomes["finished before the kill"] <= kills // 2, outcomes
+
+
+# -- (c'): nbexp gc killed while it rewrites a pack ----------------------------------------
+
+# `nbexp gc --yes`, killed by SIGKILL right after its K-th step of rewriting packs: an object
+# copied into the new pack, a file deleted, the new pack renamed into place.
+GC_REPACK_KILLED_AFTER = textwrap.dedent(
+    """
+    import os, pathlib, signal, sys
+    from nbexp.cli import main
+    from nbexp.store import packs
+
+    left = int(sys.argv[2])
+
+    def step():
+        global left
+        left -= 1
+        if left == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def counted(method):
+        def wrapper(*args, **kwargs):
+            result = method(*args, **kwargs)
+            step()
+            return result
+        return wrapper
+
+    packs.PackWriter.add_from = counted(packs.PackWriter.add_from)
+    real_unlink = pathlib.Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        real_unlink(self, *args, **kwargs)
+        if "/packs/" in str(self) or "/objects/" in str(self):
+            step()
+
+    pathlib.Path.unlink = unlink
+    real_replace = os.replace
+
+    def replace(source, target, *args, **kwargs):
+        real_replace(source, target, *args, **kwargs)
+        if "/packs/" in str(target):
+            step()
+
+    os.replace = replace
+    sys.exit(main(["--store", sys.argv[1], "gc", "--yes"]))
+    """
+)
+
+
+def test_kills_while_gc_rewrites_packs(zygote: Zygote, tmp_path: Path) -> None:
+    """(c') `nbexp gc --yes` killed while it rewrites packs: each round a kernel writes a pack
+    of 40 objects (`a`, kept by the next run, and `b`, whose run is removed), so gc must copy
+    the live half into a new pack before deleting the old one. Killed at any moment, or
+    right after its k-th copy, rename or deletion: fsck stays clean, every kept run restores,
+    and the kernel — which believes `b` is still stored — records `b` again correctly."""
+    rng = _rng("gc-repack", "default")
+    work = tmp_path / "repack"
+    work.mkdir()
+    root = work / ".nbexp"
+    kernel = zygote.fork("serve", root, work, work / "kernel.log")
+    env = worker_env()
+    keepers: list[str] = []
+
+    def make_round(step: int) -> None:
+        _ran(zygote.command(kernel, cell=packed_cell(f"junk-{step}", step)), f"junk-{step}")
+        _ran(zygote.command(kernel, cell="del b"))
+        name = f"keeper-{step}"
+        _ran(zygote.command(kernel, cell=f"%%experiment {name}\nstep = {step}\n"), name)
+        keepers.append(name)
+        for old in [n for n in listed(root) if n.startswith("junk-")]:
+            code, _, err = nbexp(root, "rm", old)
+            assert code == 0, err
+
+    def verify(step: int) -> None:
+        assert_fsck_clean(root, fresh_process=True)
+        _tally("crash: fsck runs after kills, all clean")
+        assert set(listed(root)) == set(keepers)
+        again = f"junk-again-{step}"  # `b` again: content gc may just have deleted
+        _ran(zygote.command(kernel, cell=packed_cell(again, step)), recorded=again)
+        _ran(zygote.command(kernel, cell="del b"))
+        assert_fsck_clean(root)
+        store = Store(root)
+        try:
+            for name in keepers:
+                namespace: dict[str, Any] = {}
+                report = restore_into(namespace, store, store.get(name), ["a", "step"])
+                assert not report.skipped, report.skipped
+                expected = expected_a(namespace["step"])
+                assert all((x == y).all() for x, y in zip(namespace["a"], expected, strict=True))
+            namespace = {}
+            restore_into(namespace, store, store.get(again), ["b"])
+            expected = expected_b(step)
+            assert all((x == y).all() for x, y in zip(namespace["b"], expected, strict=True))
+            _tally(
+                "crash: experiments verified intact (loaded, state restored and compared)",
+                len(keepers) + 1,
+            )
+        finally:
+            store.close()
+
+    make_round(0)
+    timings = []
+    for _ in range(3):  # a dry run does all a gc does but write and delete
+        began = time.monotonic()
+        code, out, err = nbexp(root, "gc", fresh_process=True)
+        timings.append(time.monotonic() - began)
+        assert code == 0 and "would be deleted" in out, out + err
+    duration = statistics.median(timings) * 1.5
+    # one gc to the end: the pack of junk-0 is replaced by a pack of keeper-0's objects
+    store = Store(root)
+    before = set(store._packs.names())
+    located = store.object_location(store.get("keeper-0").variables["a"]["buffers"][0][0])
+    store.close()
+    assert located is not None and located[0].stem in before
+    code, out, err = nbexp(root, "gc", "--yes")
+    assert code == 0 and out.startswith("deleted "), out + err
+    store = Store(root)
+    after = set(store._packs.names())
+    moved = store.object_location(store.get("keeper-0").variables["a"]["buffers"][0][0])
+    store.close()
+    assert moved is not None and moved[0].stem not in before and moved[0].stem in after
+    verify(0)
+
+    outcomes: Counter[str] = Counter()
+    kills = KILLS["default"]["gc"]
+    for number in range(1, kills + 1):
+        make_round(number)
+        if number % 2:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "nbexp.cli", "--store", str(root), "gc", "--yes"],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            time.sleep(rng.uniform(0, duration))
+            process.send_signal(signal.SIGKILL)
+            process.communicate(timeout=60)
+            how = "killed at a random moment"
+        else:
+            steps = str(rng.randint(1, 24))
+            process = subprocess.Popen(
+                [sys.executable, "-c", GC_REPACK_KILLED_AFTER, str(root), steps],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            process.communicate(timeout=120)
+            how = "killed after its k-th copy, rename or deletion"
+        if process.returncode == -signal.SIGKILL:
+            outcomes[how] += 1
+            _tally("crash: SIGKILLs of `nbexp gc --yes` while it rewrites packs")
+        else:
+            assert process.returncode == 0, process.returncode
+            outcomes["finished before the kill"] += 1
+        verify(number)
+    zygote.kill(kernel)
+    code, out, err = nbexp(root, "gc", "--yes")
+    assert code == 0, out + err
+    assert_fsck_clean(root, fresh_process=True)
+    check_layout(root)
+    figures.report("crash: gc-rewriting-packs kill outcomes", dict(outcomes))
     assert outcomes["finished before the kill"] <= kills // 2, outcomes
 
 

@@ -244,9 +244,7 @@ def _relayout(index: Path, layout: str) -> None:
         "newer-incompatible",
     ],
 )
-def test_an_index_from_another_layout_answers_the_same(
-    store: Store, layout: str
-) -> None:
+def test_an_index_from_another_layout_answers_the_same(store: Store, layout: str) -> None:
     for i in range(6):
         make_experiment(
             store,

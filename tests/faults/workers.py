@@ -413,6 +413,57 @@ def junk_cell(worker: int, step: int) -> str:
     return f"%%experiment tmp-w{worker}-{step}\njunk = np.full(150_000, {content}.0)\n"
 
 
+PACK_PIECE = 20_000  # floats in each array of `packed_cell`: 160 kB, one object
+
+
+def packed_cell(name: str, step: int) -> str:
+    """A run whose snapshot is one pack holding objects that stay live (`a`: fresh content,
+    kept by the run after it) and objects that die when the run is removed (`b`: content
+    that repeats every other step, so after gc dropped it a writer must store it again)."""
+    return (
+        f"%%experiment {name}\n"
+        f"a = [np.full({PACK_PIECE}, {step} * 1000.0 + k) for k in range(20)]\n"
+        f"b = [np.full({PACK_PIECE}, -1.0 - k - 100 * ({step} % 2)) for k in range(20)]\n"
+    )
+
+
+def expected_a(step: int) -> list[Any]:
+    import numpy as np
+
+    return [np.full(PACK_PIECE, step * 1000.0 + k) for k in range(20)]
+
+
+def expected_b(step: int) -> list[Any]:
+    import numpy as np
+
+    return [np.full(PACK_PIECE, -1.0 - k - 100 * (step % 2)) for k in range(20)]
+
+
+def packer(runs: int, go: str) -> None:
+    """A kernel whose runs write packs half of which a janitor's rm + gc turns to garbage:
+    `tmp-p<step>` (a pack of `a` and `b`), then, without `b`, `keep-<step>` (only `a`,
+    already packed: nothing new is written, the record names objects gc may be repacking)."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "nbexp")
+    if not shell.run_cell("import numpy as np\n", store_history=True).success:
+        sys.exit(2)
+    while not os.path.exists(go):
+        time.sleep(0.005)
+    for step in range(runs):
+        cells = [
+            packed_cell(f"tmp-p{step}", step),
+            "del b",
+            f"%%experiment keep-{step}\nstep = {step}\n",
+        ]
+        for cell in cells:
+            if not shell.run_cell(cell, store_history=True).success:
+                print(f"packer: step {step} failed", file=sys.stderr)
+                sys.exit(3)
+    print("packer done", file=sys.stderr)
+
+
 def writer(worker: int, runs: int, go: str) -> None:
     """A kernel recording `runs` experiments through the magic, plus throwaways."""
     from IPython.core.interactiveshell import InteractiveShell
@@ -613,7 +664,9 @@ if __name__ == "__main__":
         zygote(sys.argv[2])
     elif sys.argv[1:2] == ["writer"]:
         writer(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    elif sys.argv[1:2] == ["packer"]:
+        packer(int(sys.argv[2]), sys.argv[3])
     elif sys.argv[1:2] == ["janitor"]:
         janitor(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
-        sys.exit("usage: python -m tests.faults.workers zygote|writer|janitor ARGS...")
+        sys.exit("usage: python -m tests.faults.workers zygote|writer|packer|janitor ARGS...")

@@ -12,7 +12,10 @@ plain columns) give the same answers as a fresh one; an incompatible one says `n
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from nbexp import record as record_module
 from nbexp import store as store_module
 from nbexp.errors import RecordError
 from nbexp.record import SCHEMA_VERSION, Experiment
+from nbexp.restorer import restore_into
 from nbexp.store import Store, open_store
 from tests.conftest import run
 from tests.faults import figures
@@ -302,3 +306,104 @@ def test_a_cache_table_it_cannot_use_never_skips_or_unrecords_a_run(
         "cached",
     ]
     assert cli("fsck").code == 0
+
+
+# -- a store written before pack files: loose objects only -----------------------------------
+
+OLD_WRITER = """
+import sys
+from IPython.core.interactiveshell import InteractiveShell
+import nbexp.store
+assert nbexp.store.__file__.startswith(sys.argv[1]), nbexp.store.__file__
+shell = InteractiveShell.instance()
+shell.run_line_magic("load_ext", "nbexp")
+cell = '''%%experiment before-packs
+import numpy as np
+import pandas as pd
+pieces = [np.full(20_000, float(k)) for k in range(40)]
+frame = pd.DataFrame({"x": np.arange(50_000.0), "y": np.arange(50_000) % 7})
+alias = pieces[0]
+score = 0.25
+'''
+sys.exit(0 if shell.run_cell(cell, store_history=True).success else 3)
+"""
+
+
+def _old_nbexp(folder: Path) -> Path:
+    """The nbexp of the commit before pack files, extracted from git; skip without history."""
+    repo = Path(__file__).resolve().parents[2]
+
+    def git(*argv: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["git", "-C", str(repo), *argv], capture_output=True, check=False)
+
+    added = git("log", "--diff-filter=A", "--format=%H", "--", "nbexp/store/packs.py")
+    commits = added.stdout.decode().split()
+    if added.returncode != 0 or not commits:
+        pytest.skip("no git history here to take the nbexp from before pack files")
+    archive = git("archive", "--format=tar", f"{commits[-1]}^", "nbexp")
+    if archive.returncode != 0:
+        pytest.skip("the commit before pack files is not in this clone")
+    folder.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder
+
+
+def test_a_store_written_before_packs_restores_the_same_values(
+    tmp_path: Path, project: Path
+) -> None:
+    """Experiments recorded by the nbexp before pack files (every object a loose file)
+    restore the very values with this one, fsck is clean, a new run reuses the loose objects
+    instead of packing them again, and gc works across loose and packed objects."""
+    import numpy as np
+    import pandas as pd
+
+    old = _old_nbexp(tmp_path / "old")
+    root = project / ".nbexp"
+    env = {**os.environ, "PYTHONPATH": str(old), "NBEXP_STORE": str(root), "MPLBACKEND": "Agg"}
+    env.pop("JPY_SESSION_NAME", None)
+    done = subprocess.run(
+        [sys.executable, "-c", OLD_WRITER, str(old)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not (root / "packs").exists()  # the old layout: loose objects only
+    loose = old_loose = sum(1 for path in (root / "objects").rglob("*") if path.is_file())
+    assert loose > 40
+
+    store_module._stores.clear()
+    store = open_store()
+    experiment = store.get("before-packs")
+    namespace: dict[str, Any] = {}
+    report = restore_into(namespace, store, experiment)
+    assert not report.skipped, report.skipped
+    for k, piece in enumerate(namespace["pieces"]):
+        assert np.array_equal(piece, np.full(20_000, float(k)))
+    assert namespace["alias"] is namespace["pieces"][0]
+    expected = pd.DataFrame({"x": np.arange(50_000.0), "y": np.arange(50_000) % 7})
+    pd.testing.assert_frame_equal(namespace["frame"], expected)
+    assert namespace["score"] == 0.25
+    assert cli("fsck").code == 0
+
+    # this nbexp: the same values again are no new objects; new values become a pack
+    from nbexp.state import snapshot
+
+    with store.writing(), store.object_batch():
+        snapshot(store, {"pieces": namespace["pieces"]})
+    assert not list(root.glob("packs/*.idx"))  # its 40 chunks are the loose ones
+    loose = sum(1 for path in (root / "objects").rglob("*") if path.is_file())  # + its pickle
+    with store.writing(), store.object_batch():
+        fresh = snapshot(store, {"more": [np.full(20_000, -float(k)) for k in range(40)]})
+    assert fresh.new_bytes >= 40 * 160_000 and len(list(root.glob("packs/*.idx"))) == 1
+    assert sum(1 for path in (root / "objects").rglob("*") if path.is_file()) == loose
+    # nothing names the new objects: gc finds them packed, and deletes the pack
+    garbage, _ = store.gc(delete=True)
+    assert len(garbage) >= 40 and not list(root.glob("packs/*.idx"))
+    assert sum(1 for path in (root / "objects").rglob("*") if path.is_file()) == old_loose
+    assert cli("fsck").code == 0
+    namespace = {}
+    assert not restore_into(namespace, store, experiment).skipped
+    figures.report("version skew: loose-object stores restored by this nbexp (values equal)", 1)

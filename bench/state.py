@@ -11,7 +11,7 @@ Scenario A — the 8-cell session kishu was measured on:
   * plain:  the cells in a kernel without any tool (the reference wall time per cell)
   * nbexp:  every cell is a `%%experiment` cell; added ms = wall − plain wall; "own" is
             wall − the body's recorded duration − an empty cell's wall (less noisy);
-            stored = size of `.nbexp/objects` after the cell
+            stored = size of `.nbexp/objects` and `.nbexp/packs` after the cell
   * dill:   `dill.dump_session(file)` after every cell, one file per cell (added ms = the
             dump cell's wall − an empty cell's); `dill.load_session` of cell 7's file
   * kishu:  headless (KISHU_PATH_ROOT, TEST_NOTEBOOK_PATH, ENV_KISHU_TEST_MODE=true,
@@ -24,12 +24,16 @@ Scenario B — ~1 GB of numpy/pandas state (~300 MB with --quick), nbexp only:
   small variable (added ms per 60 MB of unchanged state, new vs changed bytes); a cell
   changing one element of a large array; full restore in a fresh kernel vs a page-cache
   read of the same byte count; the kernel's peak RSS (VmHWM) around the first snapshot.
-  References (not targets): 1 MiB files each fsynced (the store's layout), and one read()
-  of the file into new memory (what any restore pays for first-touch page faults).
+  References (not targets): 1 MiB files each fsynced (the loose layout, the store's only
+  one before pack files), and one read() of the file into new memory (what any restore
+  pays for first-touch page faults).
+Scenario packs — one `object_batch` of N new objects (N = 1 … 64; 64 KiB and 1 MiB each),
+  written as loose files (fsync each) and as one pack (one fsync), in this process: the
+  measurement behind `objects.FEW_OBJECTS` (batches up to it stay loose).
 
 Prints figures only; never asserts. Temp files go to a temp dir, deleted at the end.
 
-    .venv/bin/python bench/state.py [--quick] [--only A|B|profile] [--profile] [--keep]
+    .venv/bin/python bench/state.py [--quick] [--only A|B|packs|profile] [--profile] [--keep]
 
 --profile runs an extra nbexp-only pass with cProfile around the costly nbexp cells (its
 timings are distorted by the profiler and are not the benchmark's figures).
@@ -170,7 +174,7 @@ def run_nbexp_a(root: Path, cells: list[tuple[str, str]]) -> dict[str, Any]:
             if "NOT recorded" in result.stderr:
                 out.setdefault("problems", []).append(f"cell {index}: {result.stderr.strip()}")
             out["walls"].append(result.wall)
-            out["stored"].append(tree_bytes(str(store_dir / "objects")))
+            out["stored"].append(stored_bytes(store_dir))
         kernel.run("df = arr = model = x = None")
         restore = kernel.run(timed_call('_report = nbexp.restore("A7")') + "print(_report)")
         out["restore_same"] = (inner(restore), restore.wall)
@@ -451,6 +455,11 @@ print("@@live=" + str(int(bdf.memory_usage(deep=True).sum()) + barr1.nbytes + ba
     return code, frame_rows
 
 
+def stored_bytes(store_dir: Path) -> int:
+    """Bytes of the store's objects, loose (objects/) and packed (packs/)."""
+    return tree_bytes(str(store_dir / "objects")) + tree_bytes(str(store_dir / "packs"))
+
+
 def write_fsync(path: Path, nbytes: int) -> float:
     buffer = os.urandom(64 * MIB)
     begin = time.perf_counter()
@@ -466,7 +475,7 @@ def write_fsync(path: Path, nbytes: int) -> float:
 
 
 def write_chunk_files(folder: Path, nbytes: int) -> float:
-    """Reference for the store's layout: 1 MiB files, each written, fsynced and renamed."""
+    """Reference for the loose layout: 1 MiB files, each written, fsynced and renamed."""
     buffer = os.urandom(MIB)
     folder.mkdir()
     begin = time.perf_counter()
@@ -509,7 +518,6 @@ def scenario_b(root: Path, quick: bool, total_mb: int) -> None:
     work.mkdir()
     store_dir = work / ".nbexp"
     env = {"NBEXP_STORE": str(store_dir)}
-    objects = str(store_dir / "objects")
     build, _ = b_build(total_mb)
     with Kernel(str(work), env) as kernel:
         kernel.run(IMPORTS + "%load_ext nbexp\n")
@@ -519,13 +527,13 @@ def scenario_b(root: Path, quick: bool, total_mb: int) -> None:
         mem0 = kernel.memory()
         first = kernel.run("%%experiment B1\nstep = 1")
         mem1 = kernel.memory()
-        stored1 = tree_bytes(objects)
+        stored1 = stored_bytes(store_dir)
         second = kernel.run("%%experiment B2\nsmall[0] = 1")
         mem2 = kernel.memory()
-        stored2 = tree_bytes(objects)
+        stored2 = stored_bytes(store_dir)
         third = kernel.run("%%experiment B3\nbarr1[0] = 1.0")
         mem3 = kernel.memory()
-        stored3 = tree_bytes(objects)
+        stored3 = stored_bytes(store_dir)
     store = Store(store_dir)
     try:
         records = {name: store.get(name) for name in ("B1", "B2", "B3")}
@@ -565,7 +573,7 @@ def scenario_b(root: Path, quick: bool, total_mb: int) -> None:
         f"{'met' if rate / plain_rate >= 0.7 else 'MISSED'})"
     )
     print(
-        f"  reference, the store's layout: {live / MIB:.0f} files of 1 MiB, each write+fsync+rename:"
+        f"  reference, the loose layout: {live / MIB:.0f} files of 1 MiB, each write+fsync+rename:"
         f" {chunk_seconds * 1e3:.0f} ms = {live / chunk_seconds / MB:.0f} MB/s"
     )
     for label, result, name, before, after, changed in (
@@ -673,12 +681,56 @@ def profile_pass(root: Path, quick: bool, total_mb: int) -> None:
         profiled(kernel, f"B restore of {total_mb} MB in a fresh kernel", 'nbexp.restore, "B3"')
 
 
+# -- scenario packs -------------------------------------------------------------------------
+
+
+def _one_batch(store: Any, blobs: list[bytes], packed: bool) -> float:
+    from nbexp.store import objects
+
+    objects.FEW_OBJECTS = 0 if packed else len(blobs)
+    begin = time.perf_counter()
+    with store.writing(), store.object_batch():
+        for blob in blobs:
+            store.put_bytes(blob)
+    return time.perf_counter() - begin
+
+
+def scenario_packs(root: Path, quick: bool) -> None:
+    from nbexp.store import Store, objects
+
+    print("\n=== Scenario packs: one batch of N new objects, loose vs one pack ===", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f}; objects.FEW_OBJECTS = {objects.FEW_OBJECTS}")
+    chosen = objects.FEW_OBJECTS
+    store = Store(root / "packs-bench" / ".nbexp")
+    repeats = 3 if quick else 5
+    print(f"{'size':>8}{'N':>5} |{'loose ms':>10}{'pack ms':>10}{'pack/loose':>12}")
+    try:
+        for size in (64 * 1024, MIB):
+            for count in (1, 2, 4, 8, 16, 32, 64):
+                times: dict[bool, list[float]] = {False: [], True: []}
+                for _ in range(repeats):
+                    for packed in (False, True):
+                        blobs = [os.urandom(size) for _ in range(count)]
+                        times[packed].append(_one_batch(store, blobs, packed))
+                loose = sorted(times[False])[repeats // 2]
+                pack = sorted(times[True])[repeats // 2]
+                print(
+                    f"{size // 1024:>6}Ki{count:>5} |{loose * 1e3:>10.1f}{pack * 1e3:>10.1f}"
+                    f"{pack / loose:>12.2f}",
+                    flush=True,
+                )
+    finally:
+        objects.FEW_OBJECTS = chosen
+        store.close()
+    print(f"(medians of {repeats}; load average now {os.getloadavg()[0]:.2f})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (< 1 min)")
     parser.add_argument(
         "--only",
-        choices=("A", "B", "profile"),
+        choices=("A", "B", "packs", "profile"),
         default=None,
         help="run one scenario, or only the cProfile pass",
     )
@@ -708,6 +760,8 @@ def main() -> int:
             scenario_a(root, args.quick)
         if args.only in (None, "B"):
             scenario_b(root, args.quick, total_mb)
+        if args.only in (None, "packs"):
+            scenario_packs(root, args.quick)
         if args.profile or args.only == "profile":
             profile_pass(root, args.quick, total_mb)
     finally:

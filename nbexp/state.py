@@ -670,8 +670,13 @@ class StateLoader:
         else:
             payload = self._store.read_object(entry["pickle"])
         content = xxhash.xxh3_128(entry["pickle"].encode())
-        buffers = []
+        buffers: list[memoryview | bytearray] = []
         for chunks in entry.get("buffers", ()):
+            mapped = self._store.map_objects(chunks)  # one run of a pack: no copy
+            if mapped is not None:
+                content.update("".join(chunks).encode() + b"|")
+                buffers.append(mapped)
+                continue
             sizes = [self._store.object_size(digest) for digest in chunks]
             buffer = bytearray(sum(sizes))
             view = memoryview(buffer)

@@ -29,6 +29,9 @@ from .packs import Location, PackSet, PackWriter, read_exactly
 # packs), but every pack's index is read by each process that looks objects up (~0.14 ms a
 # pack): small runs stay loose so the number of packs grows with large snapshots only.
 FEW_OBJECTS = 16
+# Buffers at least this large are restored by mapping their pack (`map_objects`); each
+# mapping holds a file descriptor, so small buffers are read into memory instead.
+MAP_AT_LEAST = 4 << 20
 
 
 def _missing(digest: str, root: Path) -> IntegrityError:
@@ -263,6 +266,35 @@ class StoreObjects(StoreFiles):
                 raise _missing(digest, self.root) from error
         if count != len(view) or extra or hash_bytes(view) != digest:
             raise _corrupt(digest)
+
+    def map_objects(self, digests: list[str]) -> memoryview | None:
+        """The objects' bytes back to back, verified against their hashes, as writable
+        copy-on-write memory mapped from the pack that holds them (no copy into new
+        memory; pages are copied only if written). None when they are not one contiguous
+        run of one pack (loose, or stored by different batches), or smaller than
+        MAP_AT_LEAST: read them instead."""
+        if not digests or any(self.object_path(d).exists() for d in digests):
+            return None
+        places = [self._packs.locate(d) for d in digests]
+        first = places[0]
+        if first is None:
+            return None
+        position = first.offset
+        for place in places:
+            if place is None or place.pack != first.pack or place.offset != position:
+                return None
+            position += place.length
+        if position - first.offset < MAP_AT_LEAST:
+            return None
+        view = self._packs.map_range(first.pack, first.offset, position - first.offset)
+        if view is None:
+            return None
+        for digest, place in zip(digests, places, strict=True):
+            assert place is not None
+            start = place.offset - first.offset
+            if hash_bytes(view[start : start + place.length]) != digest:
+                raise _corrupt(digest)
+        return view
 
     def copy_object_to(self, digest: str, destination: str | os.PathLike[str]) -> None:
         """Write an object back out as a file, verifying it on the way."""

@@ -5,11 +5,16 @@ instead of a thousand of each.
 On disk, in `.nbexp/packs/` (beside `objects/`, where a store written before packs, or an
 older nbexp, never looks)::
 
-    pack-<name>.pack   b"NBEXPPK1", then per object: digest (16 bytes), length (8, little
-                       endian), the object's bytes. Self-describing: the index can be
-                       rebuilt by walking it.
+    pack-<name>.pack   b"NBEXPPK1", the objects' bytes back to back (each starting at a
+                       multiple of 8, so the chunks of one array stay contiguous and
+                       aligned), then a copy of the index, its length (8, little endian)
+                       and b"NBEXPEND": a damaged .idx is replaced by the pack's own copy.
     pack-<name>.idx    b"NBEXPIX1", count (8), count × (digest 16, offset 8, length 8), and
                        the xxh3-128 of everything before it (16): a damaged index is noticed.
+
+Restore maps a pack (`map_objects`, copy-on-write) instead of copying its bytes into new
+memory: the chunks of one array written in one batch are contiguous, so the array's buffer
+is the mapped file itself, verified by hash, and pages nobody writes are never copied.
 
 A pack becomes visible when its index appears: the pack is renamed into place first, its
 index second, both fsynced before and the folder after. A pack without an index (a writer
@@ -21,6 +26,7 @@ the old one (index first), so a reader always finds every live object in some pa
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import struct
 import threading
@@ -33,8 +39,9 @@ import xxhash
 from .files import fsync_dir
 
 PACK_MAGIC = b"NBEXPPK1"
+PACK_END = b"NBEXPEND"
 INDEX_MAGIC = b"NBEXPIX1"
-_HEADER = struct.Struct("<16sQ")  # an object's header inside a pack: digest, length
+ALIGN = 8  # objects start at multiples of this (an 8-byte dtype's chunks stay aligned)
 _ENTRY = struct.Struct("<16sQQ")  # an index entry: digest, offset of the bytes, length
 _COUNT = struct.Struct("<Q")
 _TRAILER = 16  # xxh3-128 digest of the index
@@ -80,23 +87,19 @@ def decode_index(data: bytes) -> dict[str, tuple[int, int]] | None:
 
 
 def scan_pack(path: Path) -> dict[str, tuple[int, int]]:
-    """A pack's entries read from its object headers (when its index is damaged), up to the
-    first header that does not fit the file."""
-    entries: dict[str, tuple[int, int]] = {}
+    """A pack's entries from the copy of its index at its end (when its .idx is damaged);
+    empty if that copy is damaged too."""
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
-        if handle.read(len(PACK_MAGIC)) != PACK_MAGIC:
-            return entries
-        position = len(PACK_MAGIC)
-        while position + _HEADER.size <= size:
-            handle.seek(position)
-            digest, length = _HEADER.unpack(handle.read(_HEADER.size))
-            start = position + _HEADER.size
-            if start + length > size:
-                break
-            entries.setdefault(digest.hex(), (start, length))
-            position = start + length
-    return entries
+        tail = _COUNT.size + len(PACK_END)
+        if size < len(PACK_MAGIC) + tail:
+            return {}
+        handle.seek(size - tail)
+        (length,) = _COUNT.unpack(handle.read(_COUNT.size))
+        if handle.read(len(PACK_END)) != PACK_END or length > size - tail - len(PACK_MAGIC):
+            return {}
+        handle.seek(size - tail - length)
+        return decode_index(handle.read(length)) or {}
 
 
 class PackWriter:
@@ -115,22 +118,24 @@ class PackWriter:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def _header(self, digest: str, length: int) -> int:
-        self._handle.write(_HEADER.pack(_digest_bytes(digest), length))
-        start = self._position + _HEADER.size
+    def _start(self, digest: str, length: int) -> int:
+        """Pad to the next multiple of ALIGN; where the object's bytes go."""
+        padding = -self._position % ALIGN
+        if padding:
+            self._handle.write(bytes(padding))
+        start = self._position + padding
         self.entries[digest] = (start, length)
         self._position = start + length
         return start
 
     def add(self, digest: str, data: bytes | bytearray | memoryview) -> None:
-        length = memoryview(data).nbytes
-        self._header(digest, length)
+        self._start(digest, memoryview(data).nbytes)
         self._handle.write(data)
 
     def add_from(self, digest: str, source: int, offset: int, length: int) -> None:
         """Append `length` bytes of the open file `source` from `offset` (copied in the
         kernel where it can be: staged files, the live objects of a pack being repacked)."""
-        start = self._header(digest, length)
+        start = self._start(digest, length)
         self._handle.flush()
         target = self._handle.fileno()
         copied = 0
@@ -158,6 +163,7 @@ class PackWriter:
         what makes the objects visible), fsync the folder; returns the pack's name."""
         index = encode_index(self.entries)
         name = "pack-" + xxhash.xxh3_128_hexdigest(index)
+        self._handle.write(index + _COUNT.pack(len(index)) + PACK_END)
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self._handle.close()
@@ -293,8 +299,45 @@ class PackSet:
                 self.refresh(force=True)
         raise FileNotFoundError(digest)
 
+    def map_range(self, name: str, offset: int, length: int) -> memoryview | None:
+        """`length` bytes of the pack from `offset` as writable copy-on-write memory mapped
+        from the file (pages are read when touched, copied only when written), a mapping of
+        its own (two restores, or two variables, never share memory). None if the pack is
+        gone or shorter than that (damaged: the caller reads, and reports it), or if this
+        process is short of file descriptors (each mapping holds one)."""
+        if not _descriptors_to_spare():
+            return None
+        end = offset + length
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            handle = self._handle(name)
+            if os.fstat(handle).st_size < end:
+                return None
+            region = mmap.mmap(
+                handle,
+                end - base,
+                flags=mmap.MAP_PRIVATE,
+                prot=mmap.PROT_READ | mmap.PROT_WRITE,
+                offset=base,
+            )
+        except (OSError, ValueError):
+            return None
+        return memoryview(region)[offset - base :]
+
     def close(self) -> None:
         self.forget()
+
+
+def _descriptors_to_spare() -> bool:
+    """Whether this process uses under half its file descriptor limit (Linux: /proc)."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        used = len(os.listdir("/proc/self/fd"))
+    except (ImportError, OSError, ValueError):
+        return False
+    return soft == resource.RLIM_INFINITY or used < soft // 2
 
 
 def read_exactly(handle: int, view: memoryview, offset: int) -> int:

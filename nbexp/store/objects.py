@@ -269,31 +269,42 @@ class StoreObjects(StoreFiles):
 
     def map_objects(self, digests: list[str]) -> memoryview | None:
         """The objects' bytes back to back, verified against their hashes, as writable
-        copy-on-write memory mapped from the pack that holds them (no copy into new
-        memory; pages are copied only if written). None when they are not one contiguous
-        run of one pack (loose, or stored by different batches), or smaller than
-        MAP_AT_LEAST: read them instead."""
-        if not digests or any(self.object_path(d).exists() for d in digests):
+        copy-on-write memory mapped from the pack that holds most of them in that order
+        (no copy into new memory; pages are copied only when written). Chunks stored
+        elsewhere (a changed chunk of an array, stored by a later run) are read into their
+        place in the mapping. None when no pack holds at least half of the bytes so, or
+        they are fewer than MAP_AT_LEAST: read them instead."""
+        places: list[Location | None] = []
+        starts: list[int] = []
+        total = 0
+        votes: dict[tuple[str, int], int] = {}
+        try:
+            for digest in digests:
+                place = None if self.object_path(digest).exists() else self._packs.locate(digest)
+                size = place.length if place is not None else self.object_size(digest)
+                if place is not None:
+                    key = (place.pack, place.offset - total)
+                    votes[key] = votes.get(key, 0) + size
+                places.append(place)
+                starts.append(total)
+                total += size
+        except IntegrityError:  # missing: the read path says so
             return None
-        places = [self._packs.locate(d) for d in digests]
-        first = places[0]
-        if first is None:
+        if not votes or total < MAP_AT_LEAST:
             return None
-        position = first.offset
-        for place in places:
-            if place is None or place.pack != first.pack or place.offset != position:
-                return None
-            position += place.length
-        if position - first.offset < MAP_AT_LEAST:
+        (pack, base), covered = max(votes.items(), key=lambda vote: vote[1])
+        if base < 0 or 2 * covered < total:
             return None
-        view = self._packs.map_range(first.pack, first.offset, position - first.offset)
+        view = self._packs.map_range(pack, base, total)
         if view is None:
             return None
-        for digest, place in zip(digests, places, strict=True):
-            assert place is not None
-            start = place.offset - first.offset
-            if hash_bytes(view[start : start + place.length]) != digest:
-                raise _corrupt(digest)
+        for digest, place, start in zip(digests, places, starts, strict=True):
+            piece = view[start : start + (place.length if place else self.object_size(digest))]
+            if place is not None and place.pack == pack and place.offset - start == base:
+                if hash_bytes(piece) != digest:
+                    raise _corrupt(digest)
+            else:
+                self.read_object_into(digest, piece)
         return view
 
     def copy_object_to(self, digest: str, destination: str | os.PathLike[str]) -> None:

@@ -313,16 +313,22 @@ class StoreObjects(StoreFiles):
         if source.exists():
             shutil.copyfile(source, destination)
         else:
-            found = self.object_location(digest)
-            if found is None:
-                raise IntegrityError(f"object {digest[:12]} is missing from {self.root}")
-            pack, offset, length = found
-            with open(pack, "rb") as handle, open(destination, "wb") as sink:
-                handle.seek(offset)
-                left = length
-                while left and (piece := handle.read(min(left, 8 * CHUNK))):
-                    sink.write(piece)
-                    left -= len(piece)
+
+            def copy(handle: int, where: Location) -> None:
+                with open(destination, "wb") as sink:
+                    done = 0
+                    while done < where.length:
+                        size = min(where.length - done, 8 * CHUNK)
+                        piece = os.pread(handle, size, where.offset + done)
+                        if not piece:
+                            break
+                        sink.write(piece)
+                        done += len(piece)
+
+            try:
+                self._packs.reading(digest, copy)
+            except FileNotFoundError as error:
+                raise IntegrityError(f"object {digest[:12]} is missing from {self.root}") from error
         if hash_file(destination)[0] != digest:
             raise IntegrityError(f"object {digest[:12]} is corrupt; run `nbexp fsck`")
 

@@ -85,7 +85,7 @@ class StoreObjects(StoreFiles):
 
     def object_location(self, digest: str) -> tuple[Path, int, int] | None:
         """(file, offset, length) of a packed object, None if it is not in a pack."""
-        found = self._packs.locate(digest)
+        found = self._packs.locate(digest, sure=True)
         if found is None:
             return None
         return self.packs_dir / f"{found.pack}.pack", found.offset, found.length
@@ -242,7 +242,7 @@ class StoreObjects(StoreFiles):
         try:
             return self.object_path(digest).stat().st_size
         except FileNotFoundError:
-            found = self._packs.locate(digest)
+            found = self._packs.locate(digest, sure=True)
             if found is None:
                 raise _missing(digest, self.root) from None
             return found.length

@@ -213,15 +213,19 @@ class PackSet:
         self.refresh()
         return set(self._damaged)
 
-    def locate(self, digest: str) -> Location | None:
+    def locate(self, digest: str, *, sure: bool = False) -> Location | None:
+        """Where a packed object is, None if in no pack. The packs folder's mtime says when
+        to look again; `sure` looks again anyway before answering None (an mtime may not
+        change between two packs published within one clock tick), for callers to whom
+        None means "missing" rather than "store it"."""
         found = self._where.get(digest)
-        if found is None and self.refresh():
+        if found is None and self.refresh(force=sure):
             found = self._where.get(digest)
         return found
 
     def refresh(self, *, force: bool = False) -> bool:
         """Read indexes added since the last look and forget removed packs; True if the
-        folder changed."""
+        set of packs changed."""
         try:
             stamp = self.folder.stat().st_mtime_ns
         except FileNotFoundError:
@@ -237,18 +241,29 @@ class PackSet:
                 }
             except FileNotFoundError:
                 present = set()
+            removed = self._packs.keys() - present
+            added = sorted(present - self._packs.keys())
+            if not removed and not added:
+                self._stamp = stamp
+                return False
             packs = {name: entries for name, entries in self._packs.items() if name in present}
             damaged = self._damaged & present
-            for name in sorted(present - packs.keys()):
+            for name in added:
                 loaded = self._load(name)
                 if loaded is not None:
                     packs[name], bad = loaded
                     if bad:
                         damaged.add(name)
-            where: dict[str, Location] = {}
-            for name in sorted(packs):
-                for digest, (offset, length) in packs[name].items():
-                    where.setdefault(digest, Location(name, offset, length))
+            if removed:  # rebuilt: a removed pack's objects may be in another one now
+                where: dict[str, Location] = {}
+                for name in sorted(packs):
+                    for digest, (offset, length) in packs[name].items():
+                        where.setdefault(digest, Location(name, offset, length))
+            else:  # only added: the map grows in place (readers see old or new entries)
+                where = self._where
+                for name in added:
+                    for digest, (offset, length) in packs.get(name, {}).items():
+                        where.setdefault(digest, Location(name, offset, length))
             for name in [n for n in self._handles if n not in packs]:
                 with contextlib.suppress(OSError):
                     os.close(self._handles.pop(name))
@@ -288,7 +303,7 @@ class PackSet:
         up again once (its live objects are in a newer pack). FileNotFoundError if the
         object is in no pack."""
         for attempt in range(2):
-            location = self.locate(digest)
+            location = self.locate(digest, sure=True)
             if location is None:
                 break
             try:

@@ -107,14 +107,17 @@ def connect(workers: int | None, cluster: str | None, preload: Sequence[str] = (
     distributed = require("distributed")
     require("dask")
     if workers:
-        local = _local_cluster(workers, preload)
+        # a nanny (re)starting a worker writes the workers' thread limits into this process's
+        # environment; the kernel's own values are put back after the sweep
+        kernel_environment = {key: os.environ.get(key) for key in _nanny_keys()}
         try:
+            local = _local_cluster(workers, preload)
             yield local.client
         except BaseException:
             close_cluster()  # interrupted or broken: a trial may still be running in it
             raise
-        finally:  # a worker restarted by its nanny wrote its thread limits here again
-            _put_back(local.kernel_environment)
+        finally:
+            _put_back(kernel_environment)
         if not keep_cluster():
             close_cluster()
         return
@@ -150,7 +153,6 @@ class _Local:
 
     cluster: Any
     client: Any
-    kernel_environment: dict[str, str | None]  # what the nanny may overwrite, as it was
     cluster_config: dict[str, Any]
     workers: int
     started: float
@@ -217,9 +219,7 @@ def _running(local: _Local) -> bool:
         return False
 
 
-def _start_local(
-    workers: int, preload: Sequence[str]
-) -> tuple[Any, Any, dict[str, str | None], dict[str, Any]]:
+def _start_local(workers: int, preload: Sequence[str]) -> tuple[Any, Any, dict[str, Any]]:
     """A LocalCluster of single-threaded worker processes. Where the platform can, they are
     forked from a fork server that imported distributed and the body's libraries once (a
     worker then starts in a fraction of a second, warm) and whose environment limits BLAS and
@@ -228,8 +228,8 @@ def _start_local(
     the kernel's own environment is put back afterwards."""
     distributed, dask = require("distributed"), require("dask")
     config: dict[str, Any] = dict(CLUSTER_CONFIG)
-    limits = {
-        key: str(value)
+    limits = {  # as the nanny reads them: the kernel's own setting, if any, wins
+        key: os.environ.get(key, str(value))
         for key, value in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
         if value is not None
     }
@@ -253,8 +253,7 @@ def _start_local(
             raise
     finally:
         _restore_environment(before)
-    touched = [*limits, "PYTHONHASHSEED"]
-    return cluster, client, {key: before.get(key) for key in touched}, config
+    return cluster, client, config
 
 
 _fork_server_ours: list[bool] = []
@@ -281,6 +280,12 @@ def _fork_server(limits: dict[str, str], preload: Sequence[str]) -> bool:
     return True
 
 
+def _nanny_keys() -> list[str]:
+    """The environment variables a nanny sets in its own process before starting a worker."""
+    limits = require("dask").config.get("distributed.nanny.pre-spawn-environ", {}) or {}
+    return [*limits, "PYTHONHASHSEED"]
+
+
 def _put_back(values: dict[str, str | None]) -> None:
     for key, value in values.items():
         if value is None:
@@ -299,8 +304,9 @@ def _restore_environment(before: dict[str, str]) -> None:
 
 def preloadable(source: str, namespace: dict[str, Any], names: set[str]) -> list[str]:
     """The modules worth importing once for every worker: those the body imports and the
-    packages of the inputs it reads, already imported here (so they import), installed
-    rather than the project's own (whose edits a fork server would never see)."""
+    packages of the inputs it reads, when their package is already imported here (so they
+    are there) and installed rather than the project's own (whose edits a fork server would
+    never see)."""
     import ast
 
     wanted: list[str] = []
@@ -316,9 +322,9 @@ def preloadable(source: str, namespace: dict[str, Any], names: set[str]) -> list
     project = os.path.realpath(os.getcwd()) + os.sep
     chosen: list[str] = []
     for module_name in wanted:
-        module = sys.modules.get(module_name)
-        path = getattr(module, "__file__", None)
-        if module is None or not path or module_name in chosen:
+        package = sys.modules.get(module_name.split(".")[0])
+        path = getattr(package, "__file__", None)
+        if package is None or not path or module_name in chosen:
             continue
         if os.path.realpath(path).startswith(project):
             continue

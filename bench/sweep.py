@@ -36,6 +36,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,21 +108,70 @@ def _ours() -> float:
     return total
 
 
+def _autogroup(pid: str | int) -> str:
+    with open(f"/proc/{pid}/autogroup") as handle:
+        return handle.read().split()[0]
+
+
+class Sessions(threading.Thread):
+    """How many other sessions had a runnable thread, sampled every 0.2 s. Linux with
+    `sched_autogroup_enabled` shares the CPU between sessions (autogroups) before threads:
+    the bench, its kernel and its Dask workers are one session, so while another session
+    keeps a core busy, a second worker process gets no more CPU than the first had alone."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[int] = []
+        self.halt = threading.Event()
+        try:
+            self.mine: str | None = _autogroup(os.getpid())
+        except OSError:
+            self.mine = None  # no autogroups here: nothing to sample
+
+    def run(self) -> None:
+        while self.mine is not None and not self.halt.wait(0.2):
+            self.samples.append(len(self._busy_sessions()))
+
+    def _busy_sessions(self) -> set[str]:
+        sessions = set()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/stat") as handle:
+                        if handle.read().rsplit(")", 1)[1].split()[0] == "R":
+                            group = _autogroup(pid)
+                            if group != self.mine:
+                                sessions.add(group)
+                            break
+            except (OSError, IndexError):
+                continue
+        return sessions
+
+
+SESSIONS = Sessions()
+
+
 @dataclass
 class Timing:
     wall: float
     cpu: float  # CPU seconds of ours
     others: float  # cores other processes used meanwhile
     load1: float
+    sessions: float  # other sessions with a runnable thread, on average
 
 
 def timed(action: Callable[..., Any], *args: Any) -> Timing:
     busy, ours, begin = _machine_busy(), _ours(), time.perf_counter()
+    sampled = len(SESSIONS.samples)
     action(*args)
     wall = time.perf_counter() - begin
     cpu = _ours() - ours
     others = max(0.0, (_machine_busy() - busy - cpu) / wall)
-    return Timing(wall, cpu, others, os.getloadavg()[0])
+    samples = SESSIONS.samples[sampled:]
+    sessions = statistics.mean(samples) if samples else float("nan")
+    return Timing(wall, cpu, others, os.getloadavg()[0], sessions)
 
 
 def main() -> None:
@@ -190,6 +240,7 @@ def main() -> None:
     def cold(tag: str) -> None:
         cell(f"{tag} {grid} --workers 2")
 
+    SESSIONS.start()
     first = timed(cold, "first")  # fork server + imports + cluster, once per kernel
     variants: dict[str, list[Timing]] = {
         name: [] for name in ("serial", "plain serial", "nbexp warm", "plain Dask", "nbexp cold")
@@ -231,6 +282,7 @@ def main() -> None:
             statistics.median(t.cpu for t in runs),
             statistics.median(t.others for t in runs),
             statistics.median(t.load1 for t in runs),
+            statistics.median(t.sessions for t in runs),
         )
 
     medians = {name: median(name) for name in order}
@@ -244,17 +296,19 @@ def main() -> None:
     print(f"{n} trials, {rounds} interleaved round(s); medians (every round: wall s)")
     print(
         f"{'variant':<34} {'wall s':>7} {'our CPU s':>9} {'our cores':>9} {'others':>7} "
-        f"{'load1':>6}  rounds"
+        f"{'load1':>6} {'sessions':>8}  rounds"
     )
     for name, timing in [("first --workers 2 of the process", first), *medians.items()]:
         runs = variants.get(name, [timing])
         print(
             f"{name:<34} {timing.wall:>7.2f} {timing.cpu:>9.2f} {timing.cpu / timing.wall:>9.2f} "
-            f"{timing.others:>7.2f} {timing.load1:>6.2f}  {', '.join(f'{t.wall:.2f}' for t in runs)}"
+            f"{timing.others:>7.2f} {timing.load1:>6.2f} {timing.sessions:>8.1f}  "
+            f"{', '.join(f'{t.wall:.2f}' for t in runs)}"
         )
     print(
         f"(our cores: CPU seconds of this process and its workers per wall second; others: cores "
-        f"other processes used meanwhile; the machine has {os.cpu_count()})"
+        f"other processes used meanwhile; sessions: other sessions with a runnable thread, on "
+        f"average; the machine has {os.cpu_count()} cores)"
     )
     serial, loop = medians["serial"], medians["plain serial"]
     print()
@@ -283,6 +337,11 @@ def main() -> None:
     print(
         f"CPU seconds, plain Dask over the plain loop: {medians['plain Dask'].cpu / loop.cpu:.2f}× "
         "(the same fits: ≈ 1 means no oversubscription or per-task overhead in the workers)"
+    )
+    print(
+        "with S other busy sessions sharing the machine's 2 cores per session, this session "
+        "gets about 2/(S+1) cores: 1 core serial and 2 on Dask only while S = 0, the same share "
+        "for both once S ≥ 1 (a speed-up of about 1×)"
     )
     idle = [
         k

@@ -2,21 +2,31 @@
 
 A 16-trial sweep (`--sweep depth=4,6,8,10 --sweep seed=0,1,2,3`) of a CPU-bound body of about
 1 s (a scikit-learn RandomForest fit, `n_jobs=1`, calibrated to ~1 s here), in a real IPython
-shell with nbexp loaded:
-  * serial:     `%%experiment --sweep ...` in the kernel, one trial after another
-  * nbexp/Dask: the same cell on a warm LocalCluster of 2 worker processes (1 thread each;
-                sklearn already imported on them), through the kernel's connected Client
-  * plain Dask: `client.map` of the same fit on the same cluster, X and y scattered once,
-                nothing recorded — the floor nbexp's Dask path is measured against
-  * --no-state: nbexp on Dask without the state snapshot (what the snapshots cost)
-  * --workers 2: the nbexp cell starting its own LocalCluster (cluster start included)
+shell with nbexp loaded. Each round runs, one after the other (so a change in the machine's
+load hits every variant alike):
+  * serial:       `%%experiment --sweep ...` in the kernel, one trial after another
+  * plain serial: the same 16 fits in a loop in the kernel, nothing recorded
+  * nbexp warm:   the same cell with `--workers 2` on the LocalCluster kept from the round
+                  before (cluster start not counted)
+  * plain Dask:   `client.map` of the same fit on that same cluster, X and y scattered once,
+                  nothing recorded: the floor nbexp's Dask path is measured against
+  * nbexp cold:   `--workers 2` after closing the kept cluster (cluster start counted; the
+                  fork server workers are forked from is already up, as after any first sweep)
+Before the rounds, the first `--workers 2` sweep of the process is timed once: fork server,
+its imports (distributed, scikit-learn) and the cluster all started for it.
+
+For each variant: wall time, the CPU seconds of this process and its children (kernel, fork
+server, workers; the same work should cost the same CPU wherever it runs), and the cores
+other processes used meanwhile (from /proc/stat): on a machine shared with other work, a
+second worker process only helps as much as the scheduler gives it a core.
+
 Then 1,000 trivial trials (`score = k * 2`) through nbexp on the warm cluster vs 1,000 plain
 `client.map` tasks: the per-trial cost on the driver (prepare + ship + record).
 
-Targets: serial / nbexp-on-Dask ≥ 1.7 on 2 cores; nbexp-on-Dask / plain Dask ≤ 1.15.
-Prints figures only; never asserts.
+Targets: serial / nbexp ≥ 1.7 on 2 cores; nbexp / plain Dask ≤ 1.15. Prints figures only;
+never asserts.
 
-    .venv/bin/python bench/sweep.py [--quick] [--trivial N]
+    .venv/bin/python bench/sweep.py [--quick] [--rounds N] [--trivial N]
 """
 
 from __future__ import annotations
@@ -26,7 +36,10 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -43,7 +56,7 @@ accuracy = float(model.score(X, y))
 
 
 def fit(X: Any, y: Any, trees: int, depth: int, seed: int) -> float:
-    """The body as a plain function, for `client.map`."""
+    """The body as a plain function, for the plain loop and `client.map`."""
     from sklearn.ensemble import RandomForestClassifier
 
     model = RandomForestClassifier(
@@ -69,20 +82,112 @@ def load() -> str:
     return "/".join(f"{value:.2f}" for value in os.getloadavg())
 
 
+def _machine_busy() -> float:
+    """CPU seconds all processes have used, from /proc/stat (0 where there is none)."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:9]]
+    except OSError:
+        return 0.0
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _ours() -> float:
+    """CPU seconds of this process and its live descendants (workers, fork server)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def _autogroup(pid: str | int) -> str:
+    with open(f"/proc/{pid}/autogroup") as handle:
+        return handle.read().split()[0]
+
+
+class Sessions(threading.Thread):
+    """How many other sessions had a runnable thread, sampled every 0.2 s. Linux with
+    `sched_autogroup_enabled` shares the CPU between sessions (autogroups) before threads:
+    the bench, its kernel and its Dask workers are one session, so while another session
+    keeps a core busy, a second worker process gets no more CPU than the first had alone."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[int] = []
+        self.halt = threading.Event()
+        try:
+            self.mine: str | None = _autogroup(os.getpid())
+        except OSError:
+            self.mine = None  # no autogroups here: nothing to sample
+
+    def run(self) -> None:
+        while self.mine is not None and not self.halt.wait(0.2):
+            self.samples.append(len(self._busy_sessions()))
+
+    def _busy_sessions(self) -> set[str]:
+        sessions = set()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/stat") as handle:
+                        if handle.read().rsplit(")", 1)[1].split()[0] == "R":
+                            group = _autogroup(pid)
+                            if group != self.mine:
+                                sessions.add(group)
+                            break
+            except (OSError, IndexError):
+                continue
+        return sessions
+
+
+SESSIONS = Sessions()
+
+
+@dataclass
+class Timing:
+    wall: float
+    cpu: float  # CPU seconds of ours
+    others: float  # cores other processes used meanwhile
+    load1: float
+    sessions: float  # other sessions with a runnable thread, on average
+
+
+def timed(action: Callable[..., Any], *args: Any) -> Timing:
+    busy, ours, begin = _machine_busy(), _ours(), time.perf_counter()
+    sampled = len(SESSIONS.samples)
+    action(*args)
+    wall = time.perf_counter() - begin
+    cpu = _ours() - ours
+    others = max(0.0, (_machine_busy() - busy - cpu) / wall)
+    samples = SESSIONS.samples[sampled:]
+    sessions = statistics.mean(samples) if samples else float("nan")
+    return Timing(wall, cpu, others, os.getloadavg()[0], sessions)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="8 trials, 200 trivial ones")
+    parser.add_argument("--quick", action="store_true", help="8 trials, 1 round, 200 trivial")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (3)")
     parser.add_argument("--trivial", type=int, default=None, help="trivial trials (1000)")
     args = parser.parse_args()
     trivial = args.trivial or (200 if args.quick else 1000)
+    rounds = args.rounds or (1 if args.quick else 3)
     seeds = "0,1" if args.quick else "0,1,2,3"
 
-    import dask
-    import distributed
     from IPython.testing.globalipapp import start_ipython
     from sklearn.datasets import make_classification
 
-    from nbexp.executor import CLUSTER_CONFIG
+    from nbexp import executor
     from nbexp.store import open_store
 
     folder = tempfile.mkdtemp(prefix="nbexp-bench-sweep-")
@@ -100,144 +205,170 @@ def main() -> None:
     grid = f"--sweep depth=4,6,8,10 --sweep seed={seeds}"
     points = [(d, s) for d in (4, 6, 8, 10) for s in map(int, seeds.split(","))]
     n = len(points)
-
-    def cell(line: str, text: str = body) -> float:
-        begin = time.perf_counter()
-        result = shell.run_cell(f"%%experiment {line}\n{text}", store_history=True)
-        elapsed = time.perf_counter() - begin
-        if not result.success:
-            raise SystemExit(f"the cell failed: {result.error_in_exec!r}")
-        return elapsed
-
     quiet = open(os.devnull, "w")  # noqa: SIM115 (the summary lines of every trial)
 
-    def silently(function: Any, *a: Any) -> Any:
+    def cell(line: str, text: str = body) -> None:
         saved = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = quiet
         try:
-            return function(*a)
+            result = shell.run_cell(f"%%experiment {line}\n{text}", store_history=True)
         finally:
             sys.stdout, sys.stderr = saved
+        if not result.success:
+            raise SystemExit(f"the cell failed: {result.error_in_exec!r}")
 
-    rows: list[tuple[str, float, str]] = []
-    serial = silently(cell, f"serial {grid}")
-    rows.append((f"serial in the kernel ({n} trials)", serial, ""))
+    def plain_serial() -> None:
+        for depth, seed in points:
+            fit(X, y, trees, depth, seed)
 
-    with dask.config.set(CLUSTER_CONFIG):
-        cluster = distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    def plain_dask() -> None:
+        local = executor.kept_cluster()
+        assert local is not None
+        client = local.client
+        xf, yf = client.scatter([X, y], broadcast=True, hash=False)
+        futures = client.map(
+            fit,
+            [xf] * n,
+            [yf] * n,
+            [trees] * n,
+            [d for d, _ in points],
+            [s for _, s in points],
+            pure=False,
         )
-    # the kernel's connected client: nbexp's cells below find it (no --cluster needed), so
-    # both sides use one connection to the same cluster
-    client = distributed.Client(cluster)
-    try:
-        client.run(lambda: __import__("sklearn.ensemble"))  # warm: imports paid once, by both
+        client.gather(futures)
 
-        def plain() -> float:
-            begin = time.perf_counter()
-            xf, yf = client.scatter([X, y], broadcast=False, hash=False)
-            futures = client.map(
-                fit,
-                [xf] * n,
-                [yf] * n,
-                [trees] * n,
-                [d for d, _ in points],
-                [s for _, s in points],
-                pure=False,
-            )
-            client.gather(futures)
-            return time.perf_counter() - begin
+    def cold(tag: str) -> None:
+        cell(f"{tag} {grid} --workers 2")
 
-        dask_plain = [plain() for _ in range(2)]
-        on_dask = [silently(cell, f"dask{k} {grid}") for k in range(2)]
-        plain_best, nbexp_best = min(dask_plain), min(on_dask)
-        rows.append(
-            (
-                f"plain Dask client.map, 2 workers (best of 2: {_fmt(dask_plain)})",
-                plain_best,
-                f"{serial / plain_best:.2f}× serial",
-            )
-        )
-        rows.append(
-            (
-                f"nbexp, connected client, 2 workers (best of 2: {_fmt(on_dask)})",
-                nbexp_best,
-                f"{serial / nbexp_best:.2f}× serial; {nbexp_best / plain_best:.3f}× plain",
-            )
-        )
-        # what the state snapshot of each trial's model costs the driver (and so the cores)
-        stateless = silently(cell, f"nostate {grid} --no-state")
-        rows.append(
-            (
-                "nbexp, connected client, 2 workers, --no-state",
-                stateless,
-                f"{serial / stateless:.2f}× serial; {stateless / plain_best:.3f}× plain",
-            )
+    SESSIONS.start()
+    first = timed(cold, "first")  # fork server + imports + cluster, once per kernel
+    variants: dict[str, list[Timing]] = {
+        name: [] for name in ("serial", "plain serial", "nbexp warm", "plain Dask", "nbexp cold")
+    }
+    order = ("serial", "nbexp warm", "plain serial", "plain Dask", "nbexp cold")
+    for round_ in range(rounds):  # serial and parallel alternate, paired within a round
+        variants["serial"].append(timed(cell, f"serial{round_} {grid}"))
+        variants["nbexp warm"].append(timed(cell, f"warm{round_} {grid} --workers 2"))
+        variants["plain serial"].append(timed(plain_serial))
+        variants["plain Dask"].append(timed(plain_dask))
+        executor.close_cluster()
+        variants["nbexp cold"].append(timed(cold, f"cold{round_}"))
+        print(
+            f"round {round_ + 1}/{rounds}: "
+            + ", ".join(f"{k} {variants[k][-1].wall:.2f} s" for k in order)
+            + f"; load {load()}",
+            flush=True,
         )
 
-        # 1,000 trivial trials: the driver's cost per trial. Every record also snapshots the
-        # kernel's own variables (as a serial sweep's do), so the kernel holds only X and y
-        # here; a tenth as many trials again with the last fitted forest back in the kernel.
-        leftovers = {
-            name: shell.user_ns.pop(name)
-            for name in ("model", "accuracy", "depth", "seed", "RandomForestClassifier")
-            if name in shell.user_ns
-        }
-        trivial_body = "k = 0\nscore = k * 2\n"
+    # 1,000 trivial trials: the driver's cost per trial. Every record also snapshots the
+    # kernel's own variables (as a serial sweep's do), so the kernel holds only X and y here.
+    for name in ("model", "accuracy", "depth", "seed", "RandomForestClassifier"):
+        shell.user_ns.pop(name, None)
+    values = ",".join(str(k) for k in range(trivial))
+    tiny = timed(
+        lambda: cell(
+            f"tiny --sweep k={values} --max-runs {trivial} --workers 2", "k = 0\nscore = k * 2\n"
+        )
+    )
+    local = executor.kept_cluster()
+    assert local is not None
+    tiny_plain = timed(lambda: local.client.gather(local.client.map(_double, range(trivial))))
+    executor.close_cluster()
 
-        def trivial_line(prefix: str, count: int) -> str:
-            values = ",".join(str(k) for k in range(count))
-            return f"{prefix} --sweep k={values} --max-runs {count}"
+    def median(name: str) -> Timing:
+        runs = variants[name]
+        return Timing(
+            statistics.median(t.wall for t in runs),
+            statistics.median(t.cpu for t in runs),
+            statistics.median(t.others for t in runs),
+            statistics.median(t.load1 for t in runs),
+            statistics.median(t.sessions for t in runs),
+        )
 
-        tiny = silently(cell, trivial_line("tiny", trivial), trivial_body)
-        shell.user_ns.update(leftovers)
-        heavy_n = max(10, trivial // 10)
-        heavy = silently(cell, trivial_line("heavy", heavy_n), trivial_body)
-        begin = time.perf_counter()
-        client.gather(client.map(_double, range(trivial), pure=False))
-        tiny_plain = time.perf_counter() - begin
-    finally:
-        client.close()
-        cluster.close()
+    medians = {name: median(name) for name in order}
 
-    own = silently(cell, f"own {grid} --workers 2")
-    rows.append(
+    def paired(top: str, bottom: str) -> str:
+        """The median over rounds of one variant's wall over another's (same round, same load)."""
+        ratios = [a.wall / b.wall for a, b in zip(variants[top], variants[bottom], strict=True)]
+        return f"{statistics.median(ratios):.2f}× (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+
+    print()
+    print(f"{n} trials, {rounds} interleaved round(s); medians (every round: wall s)")
+    print(
+        f"{'variant':<34} {'wall s':>7} {'our CPU s':>9} {'our cores':>9} {'others':>7} "
+        f"{'load1':>6} {'sessions':>8}  rounds"
+    )
+    for name, timing in [("first --workers 2 of the process", first), *medians.items()]:
+        runs = variants.get(name, [timing])
+        print(
+            f"{name:<34} {timing.wall:>7.2f} {timing.cpu:>9.2f} {timing.cpu / timing.wall:>9.2f} "
+            f"{timing.others:>7.2f} {timing.load1:>6.2f} {timing.sessions:>8.1f}  "
+            f"{', '.join(f'{t.wall:.2f}' for t in runs)}"
+        )
+    print(
+        f"(our cores: CPU seconds of this process and its workers per wall second; others: cores "
+        f"other processes used meanwhile; sessions: other sessions with a runnable thread, on "
+        f"average; the machine has {os.cpu_count()} cores)"
+    )
+    serial, loop = medians["serial"], medians["plain serial"]
+    print()
+    figures = [
         (
-            "nbexp --workers 2 (starts and closes its LocalCluster)",
-            own,
-            f"{serial / own:.2f}× serial",
+            "speed-up, --workers 2, cluster kept (start not counted)",
+            paired("serial", "nbexp warm") + " — target ≥ 1.7",
+        ),
+        ("speed-up, --workers 2, cluster started for it (counted)", paired("serial", "nbexp cold")),
+        (
+            "speed-up, first --workers 2 of the process (all start-up)",
+            f"{serial.wall / first.wall:.2f}× the median serial",
+        ),
+        (
+            "speed-up, plain Dask over the plain loop (no nbexp)",
+            paired("plain serial", "plain Dask"),
+        ),
+        (
+            "nbexp on Dask over plain Dask on the same cluster",
+            paired("nbexp warm", "plain Dask") + " — target ≤ 1.15",
+        ),
+        ("recording in the kernel: serial sweep over plain loop", paired("serial", "plain serial")),
+    ]
+    for label, value in figures:
+        print(f"{label:<58} {value}")
+    print(
+        f"CPU seconds, plain Dask over the plain loop: {medians['plain Dask'].cpu / loop.cpu:.2f}× "
+        "(the same fits: ≈ 1 means no oversubscription or per-task overhead in the workers)"
+    )
+    print(
+        "with S other busy sessions sharing the machine's 2 cores per session, this session "
+        "gets about 2/(S+1) cores: 1 core serial and 2 on Dask only while S = 0, the same share "
+        "for both once S ≥ 1 (a speed-up of about 1×)"
+    )
+    idle = [
+        k
+        for k in range(rounds)
+        if variants["serial"][k].others < 0.2 and variants["nbexp warm"][k].others < 0.2
+    ]
+    if idle:
+        k = idle[0]
+        s_, w_ = variants["serial"][k].wall, variants["nbexp warm"][k].wall
+        print(
+            f"round {k + 1} ran on an (almost) idle machine: serial {s_:.2f} s, "
+            f"nbexp warm {w_:.2f} s → {s_ / w_:.2f}×"
         )
-    )
-
-    print()
-    print(f"{'variant':<62} {'wall s':>8}  notes")
-    for name, seconds, note in rows:
-        print(f"{name:<62} {seconds:>8.2f}  {note}")
+    else:
+        print("no round ran on an idle machine (other processes used ≥ 0.2 cores in each)")
     print()
     print(
-        f"{trivial} trivial trials on the warm cluster: nbexp {tiny:.2f} s "
-        f"({tiny / trivial * 1000:.1f} ms per trial), plain client.map {tiny_plain:.2f} s "
-        f"({tiny_plain / trivial * 1000:.2f} ms per task); the driver's cost per trial "
-        f"(prepare, ship, record) ≈ {(tiny - tiny_plain) / trivial * 1000:.1f} ms"
-    )
-    print(
-        f"{heavy_n} trivial trials with a {trees}-tree forest also in the kernel (snapshotted "
-        f"into every record, unchanged): {heavy / heavy_n * 1000:.1f} ms per trial"
-    )
-    print()
-    print(
-        f"speed-up on 2 workers: {serial / nbexp_best:.2f}× (target ≥ 1.7); "
-        f"nbexp over plain Dask: {nbexp_best / plain_best:.3f}× (target ≤ 1.15)"
+        f"{trivial} trivial trials on the warm cluster: nbexp {tiny.wall:.2f} s "
+        f"({tiny.wall / trivial * 1000:.1f} ms per trial), plain client.map {tiny_plain.wall:.2f} s "
+        f"({tiny_plain.wall / trivial * 1000:.2f} ms per task); the driver's cost per trial "
+        f"(prepare, ship, record) ≈ {(tiny.wall - tiny_plain.wall) / trivial * 1000:.1f} ms"
     )
     print(f"load {load()} at end; {len(open_store().rows())} records written")
 
 
 def _double(k: int) -> int:
     return k * 2
-
-
-def _fmt(values: list[float]) -> str:
-    return ", ".join(f"{v:.2f}" for v in values) + f"; median {statistics.median(values):.2f}"
 
 
 if __name__ == "__main__":

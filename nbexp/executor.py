@@ -12,6 +12,7 @@ are scattered once, not sent with every trial.
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import contextlib
 import datetime as dt
@@ -25,7 +26,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 INSTALL = "pip install 'nbexp[dask]'"
 SCHEDULER_ENV = "NBEXP_DASK_SCHEDULER"
+KEEP_ENV = "NBEXP_DASK_KEEP"  # "0": close the LocalCluster of --workers after each sweep
 SCATTER_BYTES = 1 << 20  # inputs at least this big are scattered once, not sent per trial
 MAX_OUTPUT_CHARS = 256 * 1024  # as the recorder keeps; the rest is not worth shipping
 # A worker that dies is retried once; a worker is sent one trial per thread, no more, so
@@ -95,26 +98,28 @@ def _connected_client() -> Any:
 
 
 @contextlib.contextmanager
-def connect(workers: int | None, cluster: str | None) -> Iterator[Any]:
-    """A client for the trials: a LocalCluster of `workers` processes started for them (and
-    closed after), else the scheduler at `cluster` / NBEXP_DASK_SCHEDULER, else the kernel's
-    connected client (left open). A worker that dies is retried once, then the trial fails."""
+def connect(workers: int | None, cluster: str | None, preload: Sequence[str] = ()) -> Iterator[Any]:
+    """A client for the trials: a LocalCluster of `workers` processes (started for the first
+    sweep and kept for the next ones in this kernel, unless NBEXP_DASK_KEEP=0), else the
+    scheduler at `cluster` / NBEXP_DASK_SCHEDULER, else the kernel's connected client (left
+    open). A worker that dies is retried once, then the trial fails. `preload`: modules the
+    body imports, imported once in the process new workers are forked from."""
     distributed = require("distributed")
-    dask = require("dask")
+    require("dask")
     if workers:
-        with dask.config.set(CLUSTER_CONFIG):
-            local = distributed.LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-            )
-        client = distributed.Client(local, set_as_default=False)
+        # a nanny (re)starting a worker writes the workers' thread limits into this process's
+        # environment; the kernel's own values are put back after the sweep
+        kernel_environment = {key: os.environ.get(key) for key in _nanny_keys()}
         try:
-            yield client
+            local = _local_cluster(workers, preload)
+            yield local.client
+        except BaseException:
+            close_cluster()  # interrupted or broken: a trial may still be running in it
+            raise
         finally:
-            client.close()
-            local.close()
+            _put_back(kernel_environment)
+        if not keep_cluster():
+            close_cluster()
         return
     address = cluster or os.environ.get(SCHEDULER_ENV)
     if not address:
@@ -137,6 +142,208 @@ def connect(workers: int | None, cluster: str | None) -> Iterator[Any]:
         yield client
     finally:
         client.close()
+
+
+# -- the LocalCluster of `--workers N`, kept between sweeps -----------------------------------
+
+
+@dataclass
+class _Local:
+    """The kernel's own LocalCluster, and when its workers last (re)started."""
+
+    cluster: Any
+    client: Any
+    cluster_config: dict[str, Any]
+    workers: int
+    started: float
+    reused: bool = False
+
+
+_local: _Local | None = None
+
+
+def keep_cluster() -> bool:
+    """Whether `--workers N` leaves its LocalCluster up for the next sweep (the default: a
+    cold start costs seconds, and the workers' imports are paid again): NBEXP_DASK_KEEP=0 no."""
+    return os.environ.get(KEEP_ENV, "1").strip().lower() not in ("0", "no", "false", "off")
+
+
+def kept_cluster() -> _Local | None:
+    """The LocalCluster kept from an earlier sweep in this kernel, if it is still up."""
+    return _local
+
+
+def close_cluster() -> None:
+    """Close the kept LocalCluster (its worker processes end); the next `--workers` starts one."""
+    global _local
+    local, _local = _local, None
+    if local is None:
+        return
+    with contextlib.suppress(Exception):
+        local.client.close()
+    with contextlib.suppress(Exception):
+        local.cluster.close()
+
+
+def _local_cluster(workers: int, preload: Sequence[str]) -> _Local:
+    """The kept cluster when it has `workers` workers and is running (its workers restarted
+    if a module of the project they imported has changed since), else a new one."""
+    global _local
+    local = _local
+    if local is not None and local.workers == workers and _running(local):
+        local.reused = True
+        changed = local.client.run(_changed_modules, os.getcwd(), local.started)
+        if any(changed.values()):  # a worker would run the old code of an edited module
+            with require("dask").config.set(local.cluster_config):
+                local.client.restart()
+            local.started = time.time()
+        return local
+    close_cluster()
+    local = _Local(*_start_local(workers, preload), workers=workers, started=time.time())
+    _local = local
+    if not _exit_hook:
+        atexit.register(close_cluster)
+        _exit_hook.append(True)
+    return local
+
+
+_exit_hook: list[bool] = []
+
+
+def _running(local: _Local) -> bool:
+    try:
+        return bool(
+            local.client.status == "running" and len(local.client.nthreads()) == local.workers
+        )
+    except Exception:
+        return False
+
+
+def _start_local(workers: int, preload: Sequence[str]) -> tuple[Any, Any, dict[str, Any]]:
+    """A LocalCluster of single-threaded worker processes. Where the platform can, they are
+    forked from a fork server that imported distributed and the body's libraries once (a
+    worker then starts in a fraction of a second, warm) and whose environment limits BLAS and
+    OpenMP to one thread per worker (two workers on two cores, not two times N threads).
+    The nanny writes those limits into this process's environment before it starts a worker;
+    the kernel's own environment is put back afterwards."""
+    distributed, dask = require("distributed"), require("dask")
+    config: dict[str, Any] = dict(CLUSTER_CONFIG)
+    limits = {  # as the nanny reads them: the kernel's own setting, if any, wins
+        key: os.environ.get(key, str(value))
+        for key, value in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+        if value is not None
+    }
+    before = dict(os.environ)
+    try:
+        if _fork_server(limits, preload):
+            config["distributed.worker.multiprocessing-method"] = "forkserver"
+        with dask.config.set(config), warnings.catch_warnings():
+            # its scheduler's HTTP routes move to a free port when 8787 is taken; not a concern
+            warnings.filterwarnings("ignore", message="Port .* is already in use")
+            cluster = distributed.LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+            )
+        try:
+            client = distributed.Client(cluster, set_as_default=False)
+        except BaseException:
+            cluster.close()
+            raise
+    finally:
+        _restore_environment(before)
+    return cluster, client, config
+
+
+_fork_server_ours: list[bool] = []
+
+
+def _fork_server(limits: dict[str, str], preload: Sequence[str]) -> bool:
+    """Start the fork server workers are forked from (once per kernel), its environment
+    carrying the thread limits and its preloads the body's libraries; False where there is no
+    fork server, or one this kernel started for someone else (its environment is not ours)."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    if _fork_server_ours:
+        return True
+    if getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", 0) is not None:
+        return False  # already running (or a Python whose internals differ): not ours
+    os.environ.update(limits)
+    modules = ["distributed", "cloudpickle", "nbexp.executor", "nbexp.series", "nbexp.watcher"]
+    forkserver.set_forkserver_preload(modules + [m for m in preload if m not in modules])
+    forkserver.ensure_running()
+    _fork_server_ours.append(True)
+    return True
+
+
+def _nanny_keys() -> list[str]:
+    """The environment variables a nanny sets in its own process before starting a worker."""
+    limits = require("dask").config.get("distributed.nanny.pre-spawn-environ", {}) or {}
+    return [*limits, "PYTHONHASHSEED"]
+
+
+def _put_back(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _restore_environment(before: dict[str, str]) -> None:
+    for key in set(os.environ) - set(before):
+        del os.environ[key]
+    for key, value in before.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
+def preloadable(source: str, namespace: dict[str, Any], names: set[str]) -> list[str]:
+    """The modules worth importing once for every worker: those the body imports and the
+    packages of the inputs it reads, when their package is already imported here (so they
+    are there) and installed rather than the project's own (whose edits a fork server would
+    never see)."""
+    import ast
+
+    wanted: list[str] = []
+    with contextlib.suppress(SyntaxError, ValueError):
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                wanted.extend(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                wanted.append(node.module)
+    for name in sorted(names):
+        if name in namespace:
+            wanted.append(type(namespace[name]).__module__.split(".")[0])
+    project = os.path.realpath(os.getcwd()) + os.sep
+    chosen: list[str] = []
+    for module_name in wanted:
+        package = sys.modules.get(module_name.split(".")[0])
+        path = getattr(package, "__file__", None)
+        if package is None or not path or module_name in chosen:
+            continue
+        if os.path.realpath(path).startswith(project):
+            continue
+        chosen.append(module_name)
+    return chosen
+
+
+def _changed_modules(cwd: str, since: float) -> list[str]:
+    """(In a worker) the project's modules it imported whose file changed after `since`."""
+    project = os.path.realpath(cwd) + os.sep
+    changed = []
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if not path or not os.path.realpath(path).startswith(project):
+            continue
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_mtime > since:
+                changed.append(name)
+    return changed
 
 
 # -- the driver's side ------------------------------------------------------------------------

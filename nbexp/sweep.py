@@ -399,8 +399,12 @@ def on_dask(
     first = recorder.prepare(cell, options)  # user mistakes and unpicklable inputs: first
     names = set(first.info.loaded) if first.info is not None else set()
     shipment = executor.pack_inputs(recorder.shell.user_ns, names)
-    with executor.connect(where.workers, where.cluster) as client:
+    preload = executor.preloadable(first.source, recorder.shell.user_ns, names)
+    with executor.connect(where.workers, where.cluster, preload) as client:
         trials = executor.DaskTrials(client, recorder, shipment)
+        kept = executor.kept_cluster() if where.workers else None
+        if kept is not None and kept.reused:
+            say(f"(the LocalCluster of {kept.workers} workers kept from the last sweep)")
         landed.start()
         try:
             yield trials
@@ -416,6 +420,12 @@ def on_dask(
         finally:
             landed.close()
             trials.close()
+    kept = executor.kept_cluster() if where.workers else None
+    if kept is not None and not kept.reused:
+        say(
+            f"the LocalCluster of {where.workers} workers stays up for the next sweep in this "
+            f"kernel ({executor.KEEP_ENV}=0: close it after each sweep)"
+        )
 
 
 class _LiveTable:

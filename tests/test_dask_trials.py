@@ -397,3 +397,54 @@ def test_a_large_input_is_scattered_once_and_read_by_every_trial(ip, capfd, clus
 
 def big_enough(value: Any, limit: int) -> bool:
     return int(value.nbytes) >= limit
+
+
+WORKER = """
+k = 0
+import os
+import helper
+pid = os.getpid()
+answer = helper.ANSWER + k
+threads = int(os.environ.get("OMP_NUM_THREADS", "0"))  # 0: unset
+"""
+
+
+def test_workers_keep_their_cluster_for_the_next_sweep_and_see_edited_modules(
+    ip, capfd, project: Path, monkeypatch
+) -> None:
+    from nbexp import executor
+
+    (project / "helper.py").write_text("ANSWER = 40\n")
+    kernel_threads = os.environ.get("OMP_NUM_THREADS")
+    try:
+        assert run(ip, cell("first --sweep k=1,2 --workers 2", WORKER)).success
+        out = capfd.readouterr().out
+        assert "stays up for the next sweep" in out and "NBEXP_DASK_KEEP=0" in out
+        first = records("first-")
+        assert [e.metrics["answer"] for e in first] == [41, 42]
+        assert os.environ.get("OMP_NUM_THREADS") == kernel_threads  # the kernel's, untouched
+        assert {e.metrics["threads"] for e in first} == {1}  # one BLAS/OpenMP thread each
+
+        # the next sweep runs in the same worker processes, not in new ones
+        assert run(ip, cell("second --sweep k=1,2 --workers 2", WORKER)).success
+        assert "kept from the last sweep" in capfd.readouterr().out
+        pids = {e.metrics["pid"] for e in first}
+        assert {e.metrics["pid"] for e in records("second-")} <= pids
+
+        # a module of the project edited since: the workers start again and import the new one
+        (project / "helper.py").write_text("ANSWER = 50\n")
+        later = time.time() + 5
+        os.utime(project / "helper.py", (later, later))
+        assert run(ip, cell("edited --sweep k=1,2 --workers 2", WORKER)).success
+        edited = records("edited-")
+        assert [e.metrics["answer"] for e in edited] == [51, 52]
+        assert not {e.metrics["pid"] for e in edited} & pids
+
+        # NBEXP_DASK_KEEP=0: closed after the sweep, the next one starts its own
+        monkeypatch.setenv("NBEXP_DASK_KEEP", "0")
+        assert run(ip, cell("closing --sweep k=1,2 --workers 2", WORKER)).success
+        assert executor.kept_cluster() is None
+        assert "stays up" not in capfd.readouterr().out
+    finally:
+        executor.close_cluster()
+    fsck_clean()

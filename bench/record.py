@@ -376,6 +376,7 @@ def main() -> int:
         if args.profile:
             folder = plain_dir / "profile"
             folder.mkdir()
+            bench.body = BODY  # the last variant left the params+data body
             bench.enter(folder)
             bench.run("%%experiment", WARMUP)
             print_profile(

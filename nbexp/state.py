@@ -450,6 +450,44 @@ def _address(raw: memoryview) -> tuple[int, int] | None:
         return None
 
 
+class PickleCache:
+    """Pickles taken earlier in a stretch of recording during which the kernel runs no user
+    code: the trials of one sweep landing on the driver (see `executor`). Only nbexp's code
+    runs between two such records, so an object it pickled before is still what it was, and
+    pickling it again would only repeat the same bytes. Never kept across cells: there, any
+    cell may have changed any object in place, and only a fresh pickle's hash is proof.
+
+    Entries hold their values, so an id cannot pass to another object while they live.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[
+            tuple[int, ...], tuple[tuple[Any, ...], frozenset[bytes], _Pickled]
+        ] = {}
+
+    def get(self, values: tuple[Any, ...], needles: list[bytes], store: Store) -> _Pickled | None:
+        """The pickle of `values` taken under the same secrets, if its objects are all still
+        in the store (a record that failed to save may have left them unwritten)."""
+        entry = self._entries.get(tuple(id(value) for value in values))
+        if entry is None or entry[1] != frozenset(needles):
+            return None
+        held, _, pickled = entry
+        if any(a is not b for a, b in zip(held, values, strict=True)):
+            return None
+        if not all(store.has_object(digest) for chunks in pickled.chunks for digest in chunks):
+            return None
+        if len(pickled.payload) > INLINE_LIMIT and not store.has_object(pickled.pickle_hash):
+            return None
+        return pickled
+
+    def put(self, values: tuple[Any, ...], needles: list[bytes], pickled: _Pickled) -> None:
+        key = tuple(id(value) for value in values)
+        self._entries[key] = (values, frozenset(needles), pickled)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
 def snapshot(
     store: Store,
     values: Mapping[str, Any],
@@ -457,16 +495,28 @@ def snapshot(
     imports: Mapping[str, str] | None = None,
     secret_names: Iterable[str] = (),
     secret_values: Iterable[str] = (),
-    known: dict[str, tuple[int, dict[str, Any]]] | None = None,
+    reuse: PickleCache | None = None,
 ) -> Snapshot:
     """Store every value, variables that share objects as one group; unchanged content costs
     a hash and no new bytes.
 
     `secret_values` are strings that must never be written: a variable whose pickle contains
-    one is reported as unstored instead (and so never joins a group).
+    one is reported as unstored instead (and so never joins a group). `reuse` (only while
+    no user code runs between snapshots: see `PickleCache`) skips pickling a value again.
     """
     result = Snapshot(imports=dict(imports or {}), secrets=list(secret_names))
     writer = _Writer(store, encoded_secrets(secret_values), result)
+
+    def dump(members: tuple[Any, ...], *, track: bool) -> _Pickled:
+        if reuse is not None:
+            cached = reuse.get(members, writer.needles, store)
+            if cached is not None:
+                return cached
+        done = writer.dump(members[0] if track else members, track=track)
+        if reuse is not None:
+            reuse.put(members, writer.needles, done)
+        return done
+
     canonical: dict[int, str] = {}
     for name, value in values.items():
         if not (isinstance(value, _ATOMS) or _is_by_reference(value)):
@@ -479,7 +529,7 @@ def snapshot(
             result.variables[name] = {"type": _type_name(value), "alias_of": first}
             continue
         try:
-            pickled[name] = writer.dump(value, track=True)
+            pickled[name] = dump((value,), track=True)
         except UnstorableError as error:
             result.unstored[name] = str(error)
         except StoreError:  # the store cannot take it (disk full): no variable's fault
@@ -499,7 +549,7 @@ def snapshot(
             }
             continue
         try:
-            group = writer.dump(tuple(values[name] for name in members), track=False)
+            group = dump(tuple(values[name] for name in members), track=False)
         except StoreError:
             raise
         except Exception as error:

@@ -147,9 +147,44 @@ def _rank(path: LibraryPath) -> tuple[bool, bool, int, int, str]:
 
 
 def _note(value: Any, path: LibraryPath) -> None:
-    known = _library.get(id(value))
-    if known is None or _rank(path) < _rank(known):
-        _library[id(value)] = path
+    key = id(value)
+    known = _library.get(key)
+    if known is None:
+        _library[key] = path
+        return
+    rank, known_rank = _rank(path), _ranks.get(key)
+    if known_rank is None:
+        known_rank = _ranks[key] = _rank(known)
+    if rank < known_rank:
+        _library[key] = path
+        _ranks[key] = rank
+
+
+_ranks: dict[int, tuple[bool, bool, int, int, str]] = {}  # of the places that met another
+# type -> whether its instances are never library objects / are descriptors. A scan looks at
+# some 100,000 values, mostly of a few types, and `isinstance` against `_NOT_LIBRARY_OBJECT`
+# (an ABC among them) costs more than a dict lookup.
+_excluded_types: dict[type, bool] = {}
+_descriptor_types: dict[type, bool] = {}
+
+
+def _never_library(value: Any) -> bool:
+    kind = type(value)
+    verdict = _excluded_types.get(kind)
+    if verdict is None:
+        verdict = isinstance(value, _NOT_LIBRARY_OBJECT)
+        if value.__class__ is not kind:  # an object lying about its class: no caching
+            return verdict
+        _excluded_types[kind] = verdict
+    return verdict
+
+
+def _is_descriptor(value: Any) -> bool:
+    kind = type(value)
+    verdict = _descriptor_types.get(kind)
+    if verdict is None:
+        verdict = _descriptor_types[kind] = hasattr(kind, "__get__")
+    return verdict
 
 
 def _scan_module(name: str, module: types.ModuleType) -> None:
@@ -158,6 +193,7 @@ def _scan_module(name: str, module: types.ModuleType) -> None:
         items = list(vars(module).items())
     except TypeError:
         return
+    excluded = _excluded_types
     for attribute, value in items:
         if attribute.startswith("__"):
             continue
@@ -165,18 +201,20 @@ def _scan_module(name: str, module: types.ModuleType) -> None:
             if getattr(value, "__module__", None) != name:
                 continue
             for inner, member in list(vars(value).items()):
-                if inner.startswith("__") or isinstance(member, _NOT_LIBRARY_OBJECT):
+                if excluded.get(type(member)) or inner.startswith("__"):
                     continue
-                if hasattr(type(member), "__get__"):  # a descriptor (six's lazy imports...)
+                if _never_library(member):
+                    continue
+                if _is_descriptor(member):  # a descriptor (six's lazy imports...)
                     continue
                 _note(member, (name, attribute, "attr", inner))
             continue
-        if isinstance(value, _NOT_LIBRARY_OBJECT):
+        if _never_library(value):
             continue
         _note(value, (name, attribute))
         if isinstance(value, dict) and len(value) <= 10_000:
             for key, member in list(dict.items(value)):
-                if isinstance(key, str) and not isinstance(member, _NOT_LIBRARY_OBJECT):
+                if isinstance(key, str) and not _never_library(member):
                     _note(member, (name, attribute, "item", key))
 
 
@@ -274,13 +312,14 @@ def _pickler_class() -> type:
     return _StatePickler
 
 
-def _shares(obj: Any, library: Mapping[int, LibraryPath], dtype: type | None) -> bool:
-    """Whether two variables reaching `obj` share something a user could notice."""
-    if isinstance(obj, (*_IMMUTABLE, *_CODE)):
+_NEVER_SHARED = (*_IMMUTABLE, *_CODE)
+_shareable_types: dict[type, bool] = {}  # type -> whether its instances can be shared
+
+
+def _shareable_kind(obj: Any, dtype: type | None) -> bool:
+    if isinstance(obj, _NEVER_SHARED):
         return False
     if dtype is not None and isinstance(obj, dtype):
-        return False
-    if _library_reference(obj, library) is not None:
         return False
     module = type(obj).__module__
     if module.startswith("numpy") and type(obj).__name__ in ("ndarray", "matrix", "memmap"):
@@ -289,6 +328,18 @@ def _shares(obj: Any, library: Mapping[int, LibraryPath], dtype: type | None) ->
     return not (
         module.startswith("numpy") and hasattr(obj, "dtype") and not hasattr(obj, "__dict__")
     )
+
+
+def _shares(obj: Any, library: Mapping[int, LibraryPath], dtype: type | None) -> bool:
+    """Whether two variables reaching `obj` share something a user could notice. What its
+    type says is worked out once per type: a snapshot asks for every object it pickled."""
+    kind = type(obj)
+    shareable = _shareable_types.get(kind)
+    if shareable is None:
+        shareable = _shareable_kind(obj, dtype)
+        if obj.__class__ is kind:  # an object lying about its class is asked every time
+            _shareable_types[kind] = shareable
+    return shareable and _library_reference(obj, library) is None
 
 
 @dataclass

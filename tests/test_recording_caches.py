@@ -62,10 +62,10 @@ def test_a_package_installed_then_upgraded_between_cells_shows_each_version(
     sys.modules.pop("nbexpdemo", None)
 
 
-def _age(repo: Path) -> None:
+def _age(folder: Path) -> None:
     """Make the repository's files look written a minute ago, so git answers may be reused."""
     past = time.time() - 60
-    for path in [repo / ".git" / "index", *repo.rglob("*")]:
+    for path in [folder / ".git" / "index", *folder.rglob("*")]:
         if ".nbexp" not in path.parts:
             os.utime(path, (past, past))
 

@@ -30,12 +30,17 @@ MAX_DIFF_BYTES = 2 * 1024 * 1024
 def _install_signature() -> tuple[tuple[str, int], ...]:
     """When the folders on `sys.path` last changed: installing, upgrading or removing a
     distribution adds or removes its `.dist-info` folder in one of them, so the cached
-    module → distribution → version lookups below hold exactly while this stays the same."""
+    module → distribution → version lookups below hold exactly while this stays the same.
+    The working folder (`''` on the path) is left out: the user's files, and the store, are
+    written there all the time, and nothing installs into it."""
     signature = []
+    here = os.getcwd()
     for entry in sys.path:
+        if not entry or not isinstance(entry, str) or entry == here:
+            continue
         try:
-            signature.append((entry, os.stat(entry or ".").st_mtime_ns))
-        except (OSError, TypeError, ValueError):
+            signature.append((entry, os.stat(entry).st_mtime_ns))
+        except (OSError, ValueError):
             continue
     return tuple(signature)
 

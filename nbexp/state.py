@@ -48,6 +48,9 @@ from .store import Store
 
 STATE_FORMAT = 2
 INLINE_LIMIT = 512  # pickles this small live in the record: no object file, no fsync
+# Buffers this small stay inside their pickle: a figure or a forest holds hundreds of tiny
+# arrays, and hashing, looking up and listing each as its own chunk cost more than the bytes.
+IN_BAND_LIMIT = 4096
 _ATOMS = (int, float, complex, str, bytes, bool, type(None), range, slice)
 # Values whose identity nobody can observe through a mutation: sharing them is not sharing.
 _IMMUTABLE = (
@@ -424,8 +427,16 @@ class _Writer:
     def dump(self, value: Any, *, track: bool) -> _Pickled:
         """Pickle `value`, refusing secrets; with `track`, note the shareable objects it reaches."""
         buffers: list[pickle.PickleBuffer] = []
+
+        def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+            """pickle's callback: a true answer keeps the buffer in the stream."""
+            if memoryview(buffer).nbytes < IN_BAND_LIMIT:
+                return True
+            buffers.append(buffer)
+            return False
+
         sink = io.BytesIO()
-        pickler = self.pickler_class(sink, self.library, buffer_callback=buffers.append)
+        pickler = self.pickler_class(sink, self.library, buffer_callback=out_of_band)
         pickler.dump(value)
         payload = sink.getvalue()
         for needle in self.needles:
@@ -496,7 +507,8 @@ def _address(raw: memoryview) -> tuple[int, int] | None:
     if numpy is None or raw.nbytes == 0:
         return None
     try:
-        return (int(numpy.frombuffer(raw, dtype=numpy.uint8).ctypes.data), raw.nbytes)
+        view = numpy.frombuffer(raw, dtype=numpy.uint8)
+        return (int(view.__array_interface__["data"][0]), raw.nbytes)  # `.ctypes` is slower
     except (TypeError, ValueError):
         return None
 

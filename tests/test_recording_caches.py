@@ -125,6 +125,26 @@ def test_a_reused_pickle_is_only_for_the_very_same_objects_and_secrets(tmp_path:
     assert "rows" in third["unstored"]  # the secret is refused though the pickle was cached
 
 
+def test_small_arrays_travel_inside_their_pickle_and_restore_writable(tmp_path: Path) -> None:
+    import numpy as np
+
+    small = {f"w{i}": np.full((3, 3), float(i)) for i in range(200)}  # a figure's transforms
+    frozen = np.arange(10.0)
+    frozen.flags.writeable = False
+    values = {"small": small, "big": np.arange(100_000.0), "frozen": frozen}
+    store = open_store(tmp_path)
+    with store.writing(), store.object_batch():
+        entry = state.snapshot(store, values).to_record()
+    assert len(entry["variables"]["small"].get("buffers", ())) == 0  # one pickle, no chunks
+    assert len(entry["variables"]["big"]["buffers"]) == 1
+    loader = state.StateLoader(store, entry)
+    restored = loader.load("small")
+    assert all(np.array_equal(restored[k], small[k]) for k in small)
+    restored["w1"][0, 0] = 5.0  # writable, as it was
+    assert not loader.load("frozen").flags.writeable  # read-only, as it was
+    assert np.array_equal(loader.load("big"), values["big"])
+
+
 distributed = pytest.importorskip("distributed")
 from tests.test_dask_trials import cluster  # noqa: E402, F401  (the fixture)
 

@@ -27,22 +27,52 @@ from .secrets import allowed_environment
 MAX_DIFF_BYTES = 2 * 1024 * 1024
 
 
-def _install_signature() -> tuple[tuple[str, int], ...]:
-    """When the folders on `sys.path` last changed: installing, upgrading or removing a
-    distribution adds or removes its `.dist-info` folder in one of them, so the cached
-    module → distribution → version lookups below hold exactly while this stays the same.
-    The working folder (`''` on the path) is left out: the user's files, and the store, are
-    written there all the time, and nothing installs into it."""
-    signature = []
-    here = os.getcwd()
-    for entry in sys.path:
-        if not entry or not isinstance(entry, str) or entry == here:
-            continue
-        try:
-            signature.append((entry, os.stat(entry).st_mtime_ns))
-        except (OSError, ValueError):
-            continue
-    return tuple(signature)
+class _InstallWatch:
+    """Tells when the cached module → distribution → version lookups below may be out of
+    date: installing, upgrading or removing a distribution adds or removes its `.dist-info`
+    folder in a folder on `sys.path`, which changes that folder's mtime. A folder that holds
+    no distribution (a project's `src`, `/tmp`: written to all the time) is listed again
+    only when it changed, and counts only once a distribution appears in it; the working
+    folder (where the store and the user's files are written) is not watched."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self._seen: dict[str, tuple[int | None, bool]] = {}  # folder → (mtime, holds any)
+
+    def check(self) -> int:
+        """The generation of what is installed: it grows when something may have changed."""
+        here = os.getcwd()
+        changed = False
+        for entry in sys.path:
+            if not isinstance(entry, str) or not entry or entry == here:
+                continue
+            try:
+                stamp: int | None = os.stat(entry).st_mtime_ns
+            except (OSError, ValueError):
+                stamp = None
+            known = self._seen.get(entry)
+            if known is not None and known[0] == stamp:
+                continue
+            holds = stamp is not None and _holds_distributions(entry)
+            self._seen[entry] = (stamp, holds)
+            if known is None:
+                changed = changed or self.generation == 0 or holds  # a new folder on the path
+            elif holds or known[1]:
+                changed = True
+        if changed:
+            self.generation += 1
+        return self.generation
+
+
+def _holds_distributions(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as listing:
+            return any(item.name.endswith((".dist-info", ".egg-info")) for item in listing)
+    except (OSError, ValueError):
+        return False
+
+
+_installs = _InstallWatch()
 
 
 @lru_cache(maxsize=1)
@@ -123,7 +153,7 @@ def _forget_if_installs_changed() -> Any:
     """Drop the cached distribution lookups when a package was installed, upgraded or
     removed since they were read; returns the current `_install_signature()`."""
     global _installed_under
-    installed = _install_signature()
+    installed = _installs.check()
     if installed != _installed_under:
         _module_distributions.cache_clear()
         _distribution_version.cache_clear()

@@ -276,6 +276,23 @@ def _reduce_reference(path: LibraryPath) -> tuple[Any, tuple[Any, ...]]:
 # -- pickling --------------------------------------------------------------------------------
 
 
+# type -> (why its instances cannot be stored, or ""; whether they are code). The pickler
+# asks for every object it meets, and `io.IOBase` is an ABC: slow to test instance by instance.
+_type_verdicts: dict[type, tuple[str, bool]] = {}
+
+
+def _refusal(obj: Any) -> str:
+    # cloudpickle would silently turn an open file into a StringIO and dill would reopen
+    # it (truncating a 'w' file): refusing is better than a value that comes back different.
+    if isinstance(obj, io.IOBase):
+        return "an open file cannot be stored; reopen it after restoring"
+    if isinstance(obj, types.GeneratorType):
+        return "a generator cannot be stored; rebuild it after restoring"
+    if isinstance(obj, types.FrameType):
+        return "a stack frame cannot be stored"
+    return ""
+
+
 def _pickler_class() -> type:
     import cloudpickle
 
@@ -289,15 +306,16 @@ def _pickler_class() -> type:
             self._dtype: Any = numpy.dtype if numpy is not None else None
 
         def reducer_override(self, obj: Any) -> Any:
-            # cloudpickle would silently turn an open file into a StringIO and dill would reopen
-            # it (truncating a 'w' file): refusing is better than a value that comes back different.
-            if isinstance(obj, io.IOBase):
-                _refuse("an open file cannot be stored; reopen it after restoring")
-            if isinstance(obj, types.GeneratorType):
-                _refuse("a generator cannot be stored; rebuild it after restoring")
-            if isinstance(obj, types.FrameType):
-                _refuse("a stack frame cannot be stored")
-            if type(obj).__module__ == "torch" and type(obj).__name__ in ("Tensor", "Parameter"):
+            kind = type(obj)
+            verdict = _type_verdicts.get(kind)
+            if verdict is None:
+                verdict = (_refusal(obj), isinstance(obj, _CODE))
+                if obj.__class__ is kind:  # an object lying about its class is asked each time
+                    _type_verdicts[kind] = verdict
+            refusal, is_code = verdict
+            if refusal:
+                _refuse(refusal)
+            if kind.__module__ == "torch" and kind.__name__ in ("Tensor", "Parameter"):
                 device = getattr(obj, "device", None)
                 if device is not None and getattr(device, "type", "cpu") != "cpu":
                     _refuse(f"a tensor on {device} cannot be stored; move it to the CPU first")
@@ -306,7 +324,7 @@ def _pickler_class() -> type:
                 # naming it gives restored arrays the canonical `np.dtype("float64")` again
                 if obj.isbuiltin == 1 and self._dtype(obj.str) is obj:
                     return (self._dtype, (obj.str,))
-            elif self._library and not isinstance(obj, _CODE):
+            elif self._library and not is_code:
                 path = _library_reference(obj, self._library)
                 if path is not None:
                     return _reduce_reference(path)

@@ -331,14 +331,14 @@ def _work_tree_signature(root: Path, repo: Any) -> Any:
         # The list of tracked files changes only with the index.
         files = [name for name in repo.git.ls_files("-z").split("\0") if name]
         known = _tracked[root] = (index, files)
-    files = tuple(_stat_key(root / name) for name in known[1])
+    stats = tuple(_stat_key(root / name) for name in known[1])
     # A file changed within the file system's timestamp granularity of the last look may
     # show the same mtime and size with other bytes ("racy git"): while anything is that
     # recent, ask git itself.
     recent = time.time_ns() - _RACY_NS
-    if any(key is not None and key[0] >= recent for key in (index, *files)):
+    if any(key is not None and key[0] >= recent for key in (index, *stats)):
         return None
-    return (refs, index, files)
+    return (refs, index, stats)
 
 
 def _branch(repo: Any) -> str | None:

@@ -119,8 +119,10 @@ class _Run:
     namespace: dict[str, Any] | None = None
     figures: list[bytes] | None = None
     written: dict[str, bytes] | None = None
-    # Pickles of kernel values from the sweep's earlier trials (see `state.PickleCache`)
+    # Pickles of kernel values from the sweep's earlier trials (see `state.PickleCache`),
+    # and the names the trial itself bound (new objects each time: never kept there)
     reuse: Any = None
+    fresh: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -361,6 +363,7 @@ class Recorder:
         if run.info is not None:  # a name the body failed to rebind keeps the kernel's object
             run.bound_before = {n: id(namespace[n]) for n in run.info.assigned if n in namespace}
         run.namespace = {**namespace, **body.variables}
+        run.fresh = set(body.variables)
         run.started, run.duration, run.error = body.started, body.duration, body.error
         run.stdout, run.stderr = _Tee(io.StringIO()), _Tee(io.StringIO())
         run.stdout.write(body.stdout)
@@ -655,6 +658,7 @@ class Recorder:
                 secret_names=secret_names,
                 secret_values=[text for text in secrets if text not in allowed],
                 reuse=reuse,
+                fresh=run.fresh,
             )
             state = snapshot.to_record()
             for name, fields in credential_containers.items():

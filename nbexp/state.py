@@ -577,25 +577,31 @@ def snapshot(
     secret_names: Iterable[str] = (),
     secret_values: Iterable[str] = (),
     reuse: PickleCache | None = None,
+    fresh: Iterable[str] = (),
 ) -> Snapshot:
     """Store every value, variables that share objects as one group; unchanged content costs
     a hash and no new bytes.
 
     `secret_values` are strings that must never be written: a variable whose pickle contains
     one is reported as unstored instead (and so never joins a group). `reuse` (only while
-    no user code runs between snapshots: see `PickleCache`) skips pickling a value again.
+    no user code runs between snapshots: see `PickleCache`) skips pickling a value again;
+    the `fresh` names (a trial's own values, new each time) are neither looked up nor kept.
     """
     result = Snapshot(imports=dict(imports or {}), secrets=list(secret_names))
     writer = _Writer(store, encoded_secrets(secret_values), result)
 
-    def dump(members: tuple[Any, ...], *, track: bool) -> _Pickled:
-        if reuse is not None:
-            cached = reuse.get(members, writer.needles, store)
+    new_names = set(fresh)
+
+    def dump(names: tuple[str, ...], *, track: bool) -> _Pickled:
+        members = tuple(values[name] for name in names)
+        cache = reuse if reuse is not None and not new_names.intersection(names) else None
+        if cache is not None:
+            cached = cache.get(members, writer.needles, store)
             if cached is not None:
                 return cached
         done = writer.dump(members[0] if track else members, track=track)
-        if reuse is not None:
-            reuse.put(members, writer.needles, done)
+        if cache is not None:
+            cache.put(members, writer.needles, done)
         return done
 
     canonical: dict[int, str] = {}
@@ -610,7 +616,7 @@ def snapshot(
             result.variables[name] = {"type": _type_name(value), "alias_of": first}
             continue
         try:
-            pickled[name] = dump((value,), track=True)
+            pickled[name] = dump((name,), track=True)
         except UnstorableError as error:
             result.unstored[name] = str(error)
         except StoreError:  # the store cannot take it (disk full): no variable's fault
@@ -630,7 +636,7 @@ def snapshot(
             }
             continue
         try:
-            group = dump(tuple(values[name] for name in members), track=False)
+            group = dump(tuple(members), track=False)
         except StoreError:
             raise
         except Exception as error:

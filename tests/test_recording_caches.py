@@ -125,6 +125,31 @@ def test_a_reused_pickle_is_only_for_the_very_same_objects_and_secrets(tmp_path:
     assert "rows" in third["unstored"]  # the secret is refused though the pickle was cached
 
 
+class Model:
+    """A trial's fitted model stand-in: a plain user object that weak references can watch."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+
+
+def test_a_sweep_cache_never_keeps_the_trials_own_values_alive(tmp_path: Path) -> None:
+    import gc
+    import weakref
+
+    store = open_store(tmp_path)
+    cache = state.PickleCache()
+    kernel = {"data": [1, 2, 3]}
+    watched = []
+    for depth in range(3):
+        model = Model(depth)
+        watched.append(weakref.ref(model))
+        with store.writing(), store.object_batch():
+            state.snapshot(store, {**kernel, "model": model}, reuse=cache, fresh={"model"})
+        del model
+    gc.collect()
+    assert [ref() for ref in watched] == [None, None, None]  # 1,000 trials, 1,000 models: no
+
+
 def test_small_arrays_travel_inside_their_pickle_and_restore_writable(tmp_path: Path) -> None:
     import numpy as np
 

@@ -35,7 +35,7 @@ import site
 import sys
 import sysconfig
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,6 +244,71 @@ def _library_objects() -> dict[int, LibraryPath]:
     return _library
 
 
+def _scan_modules(names: Iterable[str]) -> None:
+    """Scan the library modules among `names` not scanned since they were imported."""
+    roots = _library_roots()
+    modules = sys.modules
+    for name in names:
+        module = modules.get(name)
+        if module is None or _scanned.get(name) == id(module):
+            continue
+        _scanned[name] = id(module)
+        if _is_library_module(name, module, roots):
+            try:
+                _scan_module(name, module)
+            except Exception:  # an odd module must never fail a recording: it is just not scanned
+                continue
+
+
+class _LibraryIndex(Mapping[int, LibraryPath]):
+    """The library map of one snapshot, scanned package by package as the snapshot meets
+    objects of a package's types: a forest's pickle scans scikit-learn and numpy, not the
+    hundreds of modules of scipy, IPython or fontTools the kernel also imported (a full
+    scan cost a notebook's first record about as much as pickling its whole state).
+
+    A library object is found when the package its type comes from was scanned, which is
+    where libraries keep their own instances (`scipy.stats.loguniform`, `matplotlib.rcParams`).
+    One held at module level by another package is pickled by value, as everything was
+    before library references; a plain dict or list is pickled by value anyway."""
+
+    def __init__(self) -> None:
+        self._tops: dict[str, list[str]] | None = None  # top-level package -> module names
+        self._seen: set[type] = set()
+        self._done: set[str] = set()
+
+    def reach(self, obj: Any) -> None:
+        """Scan the package `obj`'s type comes from, once per snapshot."""
+        kind = type(obj)
+        if kind in self._seen:
+            return
+        self._seen.add(kind)
+        module = getattr(kind, "__module__", None)
+        top = module.partition(".")[0] if isinstance(module, str) else ""
+        if not top or top in self._done:
+            return
+        self._done.add(top)
+        if self._tops is None:
+            self._tops = {}
+            for name in list(sys.modules):
+                self._tops.setdefault(name.partition(".")[0], []).append(name)
+        _scan_modules(self._tops.get(top, ()))
+
+    def __getitem__(self, key: int) -> LibraryPath:
+        return _library[key]
+
+    def get(self, key: int, default: Any = None) -> Any:
+        return _library.get(key, default)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(_library)
+
+    def __len__(self) -> int:
+        return len(_library)
+
+    def __bool__(self) -> bool:
+        return True
+
+
 def _resolve(path: LibraryPath) -> Any:
     module = sys.modules.get(path[0])
     if module is None:
@@ -257,6 +322,8 @@ def _resolve(path: LibraryPath) -> Any:
 
 
 def _library_reference(obj: Any, library: Mapping[int, LibraryPath]) -> LibraryPath | None:
+    if isinstance(library, _LibraryIndex):
+        library.reach(obj)
     path = library.get(id(obj))
     if path is None or _resolve(path) is not obj:
         return None
@@ -436,7 +503,7 @@ class _Writer:
         self.reach = max((len(needle) for needle in needles), default=1) - 1
         self.result = result
         self.pickler_class = _pickler_class()
-        self.library = _library_objects()
+        self.library = _LibraryIndex()
         numpy = sys.modules.get("numpy")
         self.dtype: type | None = numpy.dtype if numpy is not None else None
         # (address, size) -> (the buffer, kept alive so the address stays its own; digests)

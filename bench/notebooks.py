@@ -32,6 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 CACHE = BENCH / ".cache"
+# The kernels import the harness (`_nbprobe`) and this checkout's nbexp, not an installed one
+KERNEL_PATH = os.pathsep.join([str(BENCH), str(BENCH.parent)])
 VENV_BIN = Path(sys.executable).parent
 
 sys.path.insert(0, str(BENCH))
@@ -432,7 +434,7 @@ def run_notebook(name: str, source: Path, work: Path, timeout: float) -> Result:
     env = {
         # no MPLBACKEND: ipykernel's default inline backend renders figures at the end of
         # each cell, as in Jupyter, in the plain runs too
-        "PYTHONPATH": str(BENCH),
+        "PYTHONPATH": KERNEL_PATH,
         "NBEXP_STORE": str(store),
         "OMP_NUM_THREADS": "1",
         "PYTHONHASHSEED": "0",
@@ -663,7 +665,7 @@ def profile_slowest(results: list[Result], work: Path, count: int, timeout: floa
         project = work / f"profile-{name}"
         shutil.copytree(work / name, project, ignore=shutil.ignore_patterns(".nbexp", "export_*"))
         env = {
-            "PYTHONPATH": str(BENCH),
+            "PYTHONPATH": KERNEL_PATH,
             "NBEXP_STORE": str(project / ".nbexp"),
             "OMP_NUM_THREADS": "1",
         }

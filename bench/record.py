@@ -14,6 +14,11 @@ In one process:
 5. N MLflow runs (``mlflow.set_tracking_uri("sqlite:///<tmp>/mlflow.db")``, ``start_run`` +
    ``log_params`` (5) + ``log_metrics`` (3)).
 
+6. a Dask sweep's driver cost per trial without Dask: ``Recorder.prepare`` + ``Recorder.record``
+   of a trivial body's result (what ``executor.DaskTrials`` does as each trial lands) with a
+   32-tree RandomForest and its data in the kernel, with and without the sweep's
+   ``state.PickleCache``, alternating; median CPU time of this thread and wall time.
+
 Each variant is warmed up first (runs not counted) and starts from a fresh IPython session
 (``shell.reset(new_session=True)``), so every record's captured input history has the same
 length across variants. MLflow is imported only after the nbexp runs, so nbexp's record of
@@ -280,6 +285,49 @@ def mlflow_runs(folder: Path, count: int) -> tuple[list[float], float, str]:
     return times, setup, mlflow.__version__
 
 
+FOREST = """\
+from sklearn.datasets import make_classification
+from sklearn.ensemble import RandomForestClassifier
+X, y = make_classification(n_samples=3000, n_features=20, random_state=0)
+forest = RandomForestClassifier(n_estimators=32, max_depth=7, random_state=0).fit(X, y)
+"""
+
+
+def driver_costs(bench: Bench, folder: Path, count: int) -> dict[str, tuple[float, float]]:
+    """What the driver of a Dask sweep does per trial, without Dask: `Recorder.prepare` and
+    `Recorder.record` of a trivial body's result (as `executor.DaskTrials` does when a trial
+    lands), with a 32-tree forest and its data in the kernel, every trial snapshotting them
+    too; with and without the sweep's `state.PickleCache`, alternating. Median CPU (this
+    thread) and wall per trial."""
+    from nbexp import state
+    from nbexp.recorder import BodyResult, Recorder, RunOptions, _utc_now
+
+    folder.mkdir(exist_ok=True)
+    bench.enter(folder)
+    bench.shell.run_cell(FOREST, store_history=True)
+    recorder = Recorder(bench.shell)
+    cache = state.PickleCache()
+    times: dict[str, list[tuple[float, float]]] = {"without": [], "with": []}
+    for k in range(WARMUP + count):
+        for label, reuse in (("without", None), ("with", cache)):
+            options = RunOptions(name=f"trial-{label}", params=[f"k={k}"], links={"sweep": "b"})
+            cpu, wall = time.thread_time(), time.perf_counter()
+            run = recorder.prepare("k = 0\nscore = k * 2\n", options)
+            body = BodyResult(_utc_now(), 0.001, {"k": k, "score": 2 * k})
+            result = recorder.record(run, body, reuse=reuse)
+            if k >= WARMUP:
+                times[label].append((time.thread_time() - cpu, time.perf_counter() - wall))
+            if result.experiment is None and len(bench.failures) < 5:
+                bench.failures.append(f"driver trial: {result.not_recorded}")
+    return {
+        label: (
+            statistics.median(cpu for cpu, _ in pairs),
+            statistics.median(wall for _, wall in pairs),
+        )
+        for label, pairs in times.items()
+    }
+
+
 def print_profile(title: str, function, top: int = 15) -> None:
     profiler = cProfile.Profile()
     sink = io.StringIO()
@@ -376,6 +424,7 @@ def main() -> int:
         if args.profile:
             folder = plain_dir / "profile"
             folder.mkdir()
+            bench.body = BODY  # the last variant left the params+data body
             bench.enter(folder)
             bench.run("%%experiment", WARMUP)
             print_profile(
@@ -388,6 +437,12 @@ def main() -> int:
                 "50 x run_cell('%%experiment ...') in a git repo",
                 lambda: bench.run("%%experiment", 50),
             )
+
+        driver: dict[str, tuple[float, float]] = {}
+        try:  # last: its scikit-learn imports would change what the other variants record
+            driver = driver_costs(bench, plain_dir / "driver", max(20, count // 2))
+        except ImportError:
+            notes.append("scikit-learn is not installed: no driver figures")
 
         fsyncs.restore()
         notes.extend(bench.failures)
@@ -467,6 +522,13 @@ def main() -> int:
         f"a run in a DVC project (.dvc file + 20-stage dvc.lock read for md5s) vs outside one: "
         f"{extra * 1e3:+.2f} ms per run (target <= 5 ms: {'met' if extra <= 0.005 else 'MISSED'})"
     )
+    if driver:
+        (cpu_off, wall_off), (cpu_on, wall_on) = driver["without"], driver["with"]
+        print(
+            "a Dask sweep's driver per trial (prepare + record, 32-tree forest in the kernel; "
+            f"median CPU / wall): without the sweep's pickle cache {cpu_off * 1e3:.2f} / "
+            f"{wall_off * 1e3:.2f} ms, with it {cpu_on * 1e3:.2f} / {wall_on * 1e3:.2f} ms"
+        )
     for note in notes:
         print(f"NOTE: {note}")
     return 0

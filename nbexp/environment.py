@@ -16,6 +16,7 @@ import platform
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +25,54 @@ from typing import Any
 from .secrets import allowed_environment
 
 MAX_DIFF_BYTES = 2 * 1024 * 1024
+
+
+class _InstallWatch:
+    """Tells when the cached module → distribution → version lookups below may be out of
+    date: installing, upgrading or removing a distribution adds or removes its `.dist-info`
+    folder in a folder on `sys.path`, which changes that folder's mtime. A folder that holds
+    no distribution (a project's `src`, `/tmp`: written to all the time) is listed again
+    only when it changed, and counts only once a distribution appears in it; the working
+    folder (where the store and the user's files are written) is not watched."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self._seen: dict[str, tuple[int | None, bool]] = {}  # folder → (mtime, holds any)
+
+    def check(self) -> int:
+        """The generation of what is installed: it grows when something may have changed."""
+        here = os.getcwd()
+        changed = False
+        for entry in sys.path:
+            if not isinstance(entry, str) or not entry or entry == here:
+                continue
+            try:
+                stamp: int | None = os.stat(entry).st_mtime_ns
+            except (OSError, ValueError):
+                stamp = None
+            known = self._seen.get(entry)
+            if known is not None and known[0] == stamp:
+                continue
+            holds = stamp is not None and _holds_distributions(entry)
+            self._seen[entry] = (stamp, holds)
+            if known is None:
+                changed = changed or self.generation == 0 or holds  # a new folder on the path
+            elif holds or known[1]:
+                changed = True
+        if changed:
+            self.generation += 1
+        return self.generation
+
+
+def _holds_distributions(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as listing:
+            return any(item.name.endswith((".dist-info", ".egg-info")) for item in listing)
+    except (OSError, ValueError):
+        return False
+
+
+_installs = _InstallWatch()
 
 
 @lru_cache(maxsize=1)
@@ -43,8 +92,10 @@ def _distribution_version(distribution: str) -> str | None:
         return None
 
 
-# top-level module -> (distribution, version) pairs, for the modules imported so far
-_package_cache: tuple[int, dict[str, list[tuple[str, str]]]] = (-1, {})
+# top-level module -> (distribution, version) pairs, for the modules imported so far, with
+# what they were read under: how many modules were imported, and `_install_signature()`
+_package_cache: tuple[Any, dict[str, list[tuple[str, str]]]] = (None, {})
+_installed_under: Any = None
 
 # top-level package -> True when nbexp's own code imported it first (only those imported
 # after this module loaded are known; earlier ones count as the user's)
@@ -98,8 +149,21 @@ def _install_attribution() -> None:
 _install_attribution()
 
 
+def _forget_if_installs_changed() -> Any:
+    """Drop the cached distribution lookups when a package was installed, upgraded or
+    removed since they were read; returns the current `_install_signature()`."""
+    global _installed_under
+    installed = _installs.check()
+    if installed != _installed_under:
+        _module_distributions.cache_clear()
+        _distribution_version.cache_clear()
+        _installed_under = installed
+    return installed
+
+
 def warm_up() -> None:
     """Build the slow, cached lookups ahead of the first experiment."""
+    _forget_if_installs_changed()
     _module_distributions()
 
 
@@ -129,7 +193,8 @@ def imported_packages(namespace: Mapping[str, Any] | None = None) -> dict[str, s
     those only nbexp imported for itself (`namespace`, the user's, tells what they use)."""
     global _package_cache
     modules = sys.modules
-    if _package_cache[0] != len(modules):
+    installed = _forget_if_installs_changed()
+    if _package_cache[0] != (len(modules), installed):
         mapping = _module_distributions()
         by_top: dict[str, list[tuple[str, str]]] = {}
         for top in {name.partition(".")[0] for name in list(modules)}:
@@ -139,7 +204,7 @@ def imported_packages(namespace: Mapping[str, Any] | None = None) -> dict[str, s
                 version = _distribution_version(distribution)
                 if version:
                     by_top.setdefault(top, []).append((distribution, version))
-        _package_cache = (len(modules), by_top)
+        _package_cache = ((len(modules), installed), by_top)
     by_top = _package_cache[1]
     nbexp_only = {top for top in by_top if _first_imported_by_nbexp.get(top)}
     if nbexp_only:
@@ -181,6 +246,7 @@ def find_git_root(start: str | os.PathLike[str] | None = None) -> Path | None:
     return None
 
 
+_RACY_NS = 2_000_000_000
 _repos: dict[Path, Any] = {}
 _git_results: dict[Path, tuple[Any, dict[str, Any]]] = {}
 _tracked: dict[Path, tuple[Any, list[str]]] = {}
@@ -265,7 +331,14 @@ def _work_tree_signature(root: Path, repo: Any) -> Any:
         # The list of tracked files changes only with the index.
         files = [name for name in repo.git.ls_files("-z").split("\0") if name]
         known = _tracked[root] = (index, files)
-    return (refs, index, tuple(_stat_key(root / name) for name in known[1]))
+    stats = tuple(_stat_key(root / name) for name in known[1])
+    # A file changed within the file system's timestamp granularity of the last look may
+    # show the same mtime and size with other bytes ("racy git"): while anything is that
+    # recent, ask git itself.
+    recent = time.time_ns() - _RACY_NS
+    if any(key is not None and key[0] >= recent for key in (index, *stats)):
+        return None
+    return (refs, index, stats)
 
 
 def _branch(repo: Any) -> str | None:

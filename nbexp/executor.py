@@ -414,6 +414,9 @@ class DaskTrials:
         self._unreported: list[tuple[int, RunResult | None]] = []
         self._cwd = os.getcwd()
         self.capacity = max(1, sum(client.nthreads().values()))
+        from .state import PickleCache
+
+        self._pickles = PickleCache()  # the kernel's values, pickled once per sweep
 
     def submit(self, index: int, cell: str, options: RunOptions) -> None:
         """Prepare one trial here (a user mistake raises before it is sent) and send it."""
@@ -496,7 +499,7 @@ class DaskTrials:
             except Exception as error:
                 fields = _lost(error, pending.submitted)
         body = BodyResult(**_unpacked(fields))
-        result = self.recorder.record(pending.run, body)
+        result = self.recorder.record(pending.run, body, reuse=self._pickles)
         future.release()
         if body.error is not None:
             result.error = TrialFailed(f"{body.error['type']}: {body.error['message']}")

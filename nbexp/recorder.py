@@ -119,6 +119,10 @@ class _Run:
     namespace: dict[str, Any] | None = None
     figures: list[bytes] | None = None
     written: dict[str, bytes] | None = None
+    # Pickles of kernel values from the sweep's earlier trials (see `state.PickleCache`),
+    # and the names the trial itself bound (new objects each time: never kept there)
+    reuse: Any = None
+    fresh: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -347,14 +351,19 @@ class Recorder:
             return result
         return self._save(store, run, result)
 
-    def record(self, run: _Run, body: BodyResult) -> RunResult:
+    def record(self, run: _Run, body: BodyResult, reuse: Any = None) -> RunResult:
         """Record a prepared run whose body ran elsewhere (a Dask worker), from what it sent
         back, by the same `_build` as a body run here. Its namespace is the kernel's with the
-        body's names on top, as after `run`, but the kernel itself is left as it is."""
+        body's names on top, as after `run`, but the kernel itself is left as it is.
+
+        `reuse` (a `state.PickleCache` the caller keeps for one sweep, while the kernel runs
+        no user code) spares pickling the kernel's unchanged values again for every trial."""
+        run.reuse = reuse
         namespace = self.shell.user_ns
         if run.info is not None:  # a name the body failed to rebind keeps the kernel's object
             run.bound_before = {n: id(namespace[n]) for n in run.info.assigned if n in namespace}
         run.namespace = {**namespace, **body.variables}
+        run.fresh = set(body.variables)
         run.started, run.duration, run.error = body.started, body.duration, body.error
         run.stdout, run.stderr = _Tee(io.StringIO()), _Tee(io.StringIO())
         run.stdout.write(body.stdout)
@@ -637,12 +646,19 @@ class Recorder:
                 for name in options.allow_secrets
                 for text in credential_values(namespace.get(name))
             }
+            reuse = run.reuse
+            if reuse is not None and options.expect:
+                # --expect expressions ran user code just now: what was pickled may have changed
+                reuse.clear()
+                reuse = None
             snapshot = state_module.snapshot(
                 store,
                 values,
                 imports=imports,
                 secret_names=secret_names,
                 secret_values=[text for text in secrets if text not in allowed],
+                reuse=reuse,
+                fresh=run.fresh,
             )
             state = snapshot.to_record()
             for name, fields in credential_containers.items():

@@ -35,7 +35,7 @@ import site
 import sys
 import sysconfig
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,9 @@ from .store import Store
 
 STATE_FORMAT = 2
 INLINE_LIMIT = 512  # pickles this small live in the record: no object file, no fsync
+# Buffers this small stay inside their pickle: a figure or a forest holds hundreds of tiny
+# arrays, and hashing, looking up and listing each as its own chunk cost more than the bytes.
+IN_BAND_LIMIT = 4096
 _ATOMS = (int, float, complex, str, bytes, bool, type(None), range, slice)
 # Values whose identity nobody can observe through a mutation: sharing them is not sharing.
 _IMMUTABLE = (
@@ -147,9 +150,44 @@ def _rank(path: LibraryPath) -> tuple[bool, bool, int, int, str]:
 
 
 def _note(value: Any, path: LibraryPath) -> None:
-    known = _library.get(id(value))
-    if known is None or _rank(path) < _rank(known):
-        _library[id(value)] = path
+    key = id(value)
+    known = _library.get(key)
+    if known is None:
+        _library[key] = path
+        return
+    rank, known_rank = _rank(path), _ranks.get(key)
+    if known_rank is None:
+        known_rank = _ranks[key] = _rank(known)
+    if rank < known_rank:
+        _library[key] = path
+        _ranks[key] = rank
+
+
+_ranks: dict[int, tuple[bool, bool, int, int, str]] = {}  # of the places that met another
+# type -> whether its instances are never library objects / are descriptors. A scan looks at
+# some 100,000 values, mostly of a few types, and `isinstance` against `_NOT_LIBRARY_OBJECT`
+# (an ABC among them) costs more than a dict lookup.
+_excluded_types: dict[type, bool] = {}
+_descriptor_types: dict[type, bool] = {}
+
+
+def _never_library(value: Any) -> bool:
+    kind = type(value)
+    verdict = _excluded_types.get(kind)
+    if verdict is None:
+        verdict = isinstance(value, _NOT_LIBRARY_OBJECT)
+        if value.__class__ is not kind:  # an object lying about its class: no caching
+            return verdict
+        _excluded_types[kind] = verdict
+    return verdict
+
+
+def _is_descriptor(value: Any) -> bool:
+    kind = type(value)
+    verdict = _descriptor_types.get(kind)
+    if verdict is None:
+        verdict = _descriptor_types[kind] = hasattr(kind, "__get__")
+    return verdict
 
 
 def _scan_module(name: str, module: types.ModuleType) -> None:
@@ -158,6 +196,7 @@ def _scan_module(name: str, module: types.ModuleType) -> None:
         items = list(vars(module).items())
     except TypeError:
         return
+    excluded = _excluded_types
     for attribute, value in items:
         if attribute.startswith("__"):
             continue
@@ -165,18 +204,20 @@ def _scan_module(name: str, module: types.ModuleType) -> None:
             if getattr(value, "__module__", None) != name:
                 continue
             for inner, member in list(vars(value).items()):
-                if inner.startswith("__") or isinstance(member, _NOT_LIBRARY_OBJECT):
+                if excluded.get(type(member)) or inner.startswith("__"):
                     continue
-                if hasattr(type(member), "__get__"):  # a descriptor (six's lazy imports...)
+                if _never_library(member):
+                    continue
+                if _is_descriptor(member):  # a descriptor (six's lazy imports...)
                     continue
                 _note(member, (name, attribute, "attr", inner))
             continue
-        if isinstance(value, _NOT_LIBRARY_OBJECT):
+        if _never_library(value):
             continue
         _note(value, (name, attribute))
         if isinstance(value, dict) and len(value) <= 10_000:
             for key, member in list(dict.items(value)):
-                if isinstance(key, str) and not isinstance(member, _NOT_LIBRARY_OBJECT):
+                if isinstance(key, str) and not _never_library(member):
                     _note(member, (name, attribute, "item", key))
 
 
@@ -203,6 +244,71 @@ def _library_objects() -> dict[int, LibraryPath]:
     return _library
 
 
+def _scan_modules(names: Iterable[str]) -> None:
+    """Scan the library modules among `names` not scanned since they were imported."""
+    roots = _library_roots()
+    modules = sys.modules
+    for name in names:
+        module = modules.get(name)
+        if module is None or _scanned.get(name) == id(module):
+            continue
+        _scanned[name] = id(module)
+        if _is_library_module(name, module, roots):
+            try:
+                _scan_module(name, module)
+            except Exception:  # an odd module must never fail a recording: it is just not scanned
+                continue
+
+
+class _LibraryIndex(Mapping[int, LibraryPath]):
+    """The library map of one snapshot, scanned package by package as the snapshot meets
+    objects of a package's types: a forest's pickle scans scikit-learn and numpy, not the
+    hundreds of modules of scipy, IPython or fontTools the kernel also imported (a full
+    scan cost a notebook's first record about as much as pickling its whole state).
+
+    A library object is found when the package its type comes from was scanned, which is
+    where libraries keep their own instances (`scipy.stats.loguniform`, `matplotlib.rcParams`).
+    One held at module level by another package is pickled by value, as everything was
+    before library references; a plain dict or list is pickled by value anyway."""
+
+    def __init__(self) -> None:
+        self._tops: dict[str, list[str]] | None = None  # top-level package -> module names
+        self._seen: set[type] = set()
+        self._done: set[str] = set()
+
+    def reach(self, obj: Any) -> None:
+        """Scan the package `obj`'s type comes from, once per snapshot."""
+        kind = type(obj)
+        if kind in self._seen:
+            return
+        self._seen.add(kind)
+        module = getattr(kind, "__module__", None)
+        top = module.partition(".")[0] if isinstance(module, str) else ""
+        if not top or top in self._done:
+            return
+        self._done.add(top)
+        if self._tops is None:
+            self._tops = {}
+            for name in list(sys.modules):
+                self._tops.setdefault(name.partition(".")[0], []).append(name)
+        _scan_modules(self._tops.get(top, ()))
+
+    def __getitem__(self, key: int) -> LibraryPath:
+        return _library[key]
+
+    def get(self, key: int, default: Any = None) -> Any:
+        return _library.get(key, default)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(_library)
+
+    def __len__(self) -> int:
+        return len(_library)
+
+    def __bool__(self) -> bool:
+        return True
+
+
 def _resolve(path: LibraryPath) -> Any:
     module = sys.modules.get(path[0])
     if module is None:
@@ -216,6 +322,8 @@ def _resolve(path: LibraryPath) -> Any:
 
 
 def _library_reference(obj: Any, library: Mapping[int, LibraryPath]) -> LibraryPath | None:
+    if isinstance(library, _LibraryIndex):
+        library.reach(obj)
     path = library.get(id(obj))
     if path is None or _resolve(path) is not obj:
         return None
@@ -235,6 +343,23 @@ def _reduce_reference(path: LibraryPath) -> tuple[Any, tuple[Any, ...]]:
 # -- pickling --------------------------------------------------------------------------------
 
 
+# type -> (why its instances cannot be stored, or ""; whether they are code). The pickler
+# asks for every object it meets, and `io.IOBase` is an ABC: slow to test instance by instance.
+_type_verdicts: dict[type, tuple[str, bool]] = {}
+
+
+def _refusal(obj: Any) -> str:
+    # cloudpickle would silently turn an open file into a StringIO and dill would reopen
+    # it (truncating a 'w' file): refusing is better than a value that comes back different.
+    if isinstance(obj, io.IOBase):
+        return "an open file cannot be stored; reopen it after restoring"
+    if isinstance(obj, types.GeneratorType):
+        return "a generator cannot be stored; rebuild it after restoring"
+    if isinstance(obj, types.FrameType):
+        return "a stack frame cannot be stored"
+    return ""
+
+
 def _pickler_class() -> type:
     import cloudpickle
 
@@ -248,15 +373,16 @@ def _pickler_class() -> type:
             self._dtype: Any = numpy.dtype if numpy is not None else None
 
         def reducer_override(self, obj: Any) -> Any:
-            # cloudpickle would silently turn an open file into a StringIO and dill would reopen
-            # it (truncating a 'w' file): refusing is better than a value that comes back different.
-            if isinstance(obj, io.IOBase):
-                _refuse("an open file cannot be stored; reopen it after restoring")
-            if isinstance(obj, types.GeneratorType):
-                _refuse("a generator cannot be stored; rebuild it after restoring")
-            if isinstance(obj, types.FrameType):
-                _refuse("a stack frame cannot be stored")
-            if type(obj).__module__ == "torch" and type(obj).__name__ in ("Tensor", "Parameter"):
+            kind = type(obj)
+            verdict = _type_verdicts.get(kind)
+            if verdict is None:
+                verdict = (_refusal(obj), isinstance(obj, _CODE))
+                if obj.__class__ is kind:  # an object lying about its class is asked each time
+                    _type_verdicts[kind] = verdict
+            refusal, is_code = verdict
+            if refusal:
+                _refuse(refusal)
+            if kind.__module__ == "torch" and kind.__name__ in ("Tensor", "Parameter"):
                 device = getattr(obj, "device", None)
                 if device is not None and getattr(device, "type", "cpu") != "cpu":
                     _refuse(f"a tensor on {device} cannot be stored; move it to the CPU first")
@@ -265,7 +391,7 @@ def _pickler_class() -> type:
                 # naming it gives restored arrays the canonical `np.dtype("float64")` again
                 if obj.isbuiltin == 1 and self._dtype(obj.str) is obj:
                     return (self._dtype, (obj.str,))
-            elif self._library and not isinstance(obj, _CODE):
+            elif self._library and not is_code:
                 path = _library_reference(obj, self._library)
                 if path is not None:
                     return _reduce_reference(path)
@@ -274,13 +400,14 @@ def _pickler_class() -> type:
     return _StatePickler
 
 
-def _shares(obj: Any, library: Mapping[int, LibraryPath], dtype: type | None) -> bool:
-    """Whether two variables reaching `obj` share something a user could notice."""
-    if isinstance(obj, (*_IMMUTABLE, *_CODE)):
+_NEVER_SHARED = (*_IMMUTABLE, *_CODE)
+_shareable_types: dict[type, bool] = {}  # type -> whether its instances can be shared
+
+
+def _shareable_kind(obj: Any, dtype: type | None) -> bool:
+    if isinstance(obj, _NEVER_SHARED):
         return False
     if dtype is not None and isinstance(obj, dtype):
-        return False
-    if _library_reference(obj, library) is not None:
         return False
     module = type(obj).__module__
     if module.startswith("numpy") and type(obj).__name__ in ("ndarray", "matrix", "memmap"):
@@ -289,6 +416,18 @@ def _shares(obj: Any, library: Mapping[int, LibraryPath], dtype: type | None) ->
     return not (
         module.startswith("numpy") and hasattr(obj, "dtype") and not hasattr(obj, "__dict__")
     )
+
+
+def _shares(obj: Any, library: Mapping[int, LibraryPath], dtype: type | None) -> bool:
+    """Whether two variables reaching `obj` share something a user could notice. What its
+    type says is worked out once per type: a snapshot asks for every object it pickled."""
+    kind = type(obj)
+    shareable = _shareable_types.get(kind)
+    if shareable is None:
+        shareable = _shareable_kind(obj, dtype)
+        if obj.__class__ is kind:  # an object lying about its class is asked every time
+            _shareable_types[kind] = shareable
+    return shareable and _library_reference(obj, library) is None
 
 
 @dataclass
@@ -364,7 +503,7 @@ class _Writer:
         self.reach = max((len(needle) for needle in needles), default=1) - 1
         self.result = result
         self.pickler_class = _pickler_class()
-        self.library = _library_objects()
+        self.library = _LibraryIndex()
         numpy = sys.modules.get("numpy")
         self.dtype: type | None = numpy.dtype if numpy is not None else None
         # (address, size) -> (the buffer, kept alive so the address stays its own; digests)
@@ -373,8 +512,16 @@ class _Writer:
     def dump(self, value: Any, *, track: bool) -> _Pickled:
         """Pickle `value`, refusing secrets; with `track`, note the shareable objects it reaches."""
         buffers: list[pickle.PickleBuffer] = []
+
+        def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+            """pickle's callback: a true answer keeps the buffer in the stream."""
+            if memoryview(buffer).nbytes < IN_BAND_LIMIT:
+                return True
+            buffers.append(buffer)
+            return False
+
         sink = io.BytesIO()
-        pickler = self.pickler_class(sink, self.library, buffer_callback=buffers.append)
+        pickler = self.pickler_class(sink, self.library, buffer_callback=out_of_band)
         pickler.dump(value)
         payload = sink.getvalue()
         for needle in self.needles:
@@ -445,9 +592,48 @@ def _address(raw: memoryview) -> tuple[int, int] | None:
     if numpy is None or raw.nbytes == 0:
         return None
     try:
-        return (int(numpy.frombuffer(raw, dtype=numpy.uint8).ctypes.data), raw.nbytes)
+        view = numpy.frombuffer(raw, dtype=numpy.uint8)
+        return (int(view.__array_interface__["data"][0]), raw.nbytes)  # `.ctypes` is slower
     except (TypeError, ValueError):
         return None
+
+
+class PickleCache:
+    """Pickles taken earlier in a stretch of recording during which the kernel runs no user
+    code: the trials of one sweep landing on the driver (see `executor`). Only nbexp's code
+    runs between two such records, so an object it pickled before is still what it was, and
+    pickling it again would only repeat the same bytes. Never kept across cells: there, any
+    cell may have changed any object in place, and only a fresh pickle's hash is proof.
+
+    Entries hold their values, so an id cannot pass to another object while they live.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[
+            tuple[int, ...], tuple[tuple[Any, ...], frozenset[bytes], _Pickled]
+        ] = {}
+
+    def get(self, values: tuple[Any, ...], needles: list[bytes], store: Store) -> _Pickled | None:
+        """The pickle of `values` taken under the same secrets, if its objects are all still
+        in the store (a record that failed to save may have left them unwritten)."""
+        entry = self._entries.get(tuple(id(value) for value in values))
+        if entry is None or entry[1] != frozenset(needles):
+            return None
+        held, _, pickled = entry
+        if any(a is not b for a, b in zip(held, values, strict=True)):
+            return None
+        if not all(store.has_object(digest) for chunks in pickled.chunks for digest in chunks):
+            return None
+        if len(pickled.payload) > INLINE_LIMIT and not store.has_object(pickled.pickle_hash):
+            return None
+        return pickled
+
+    def put(self, values: tuple[Any, ...], needles: list[bytes], pickled: _Pickled) -> None:
+        key = tuple(id(value) for value in values)
+        self._entries[key] = (values, frozenset(needles), pickled)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 def snapshot(
@@ -457,16 +643,34 @@ def snapshot(
     imports: Mapping[str, str] | None = None,
     secret_names: Iterable[str] = (),
     secret_values: Iterable[str] = (),
-    known: dict[str, tuple[int, dict[str, Any]]] | None = None,
+    reuse: PickleCache | None = None,
+    fresh: Iterable[str] = (),
 ) -> Snapshot:
     """Store every value, variables that share objects as one group; unchanged content costs
     a hash and no new bytes.
 
     `secret_values` are strings that must never be written: a variable whose pickle contains
-    one is reported as unstored instead (and so never joins a group).
+    one is reported as unstored instead (and so never joins a group). `reuse` (only while
+    no user code runs between snapshots: see `PickleCache`) skips pickling a value again;
+    the `fresh` names (a trial's own values, new each time) are neither looked up nor kept.
     """
     result = Snapshot(imports=dict(imports or {}), secrets=list(secret_names))
     writer = _Writer(store, encoded_secrets(secret_values), result)
+
+    new_names = set(fresh)
+
+    def dump(names: tuple[str, ...], *, track: bool) -> _Pickled:
+        members = tuple(values[name] for name in names)
+        cache = reuse if reuse is not None and not new_names.intersection(names) else None
+        if cache is not None:
+            cached = cache.get(members, writer.needles, store)
+            if cached is not None:
+                return cached
+        done = writer.dump(members[0] if track else members, track=track)
+        if cache is not None:
+            cache.put(members, writer.needles, done)
+        return done
+
     canonical: dict[int, str] = {}
     for name, value in values.items():
         if not (isinstance(value, _ATOMS) or _is_by_reference(value)):
@@ -479,7 +683,7 @@ def snapshot(
             result.variables[name] = {"type": _type_name(value), "alias_of": first}
             continue
         try:
-            pickled[name] = writer.dump(value, track=True)
+            pickled[name] = dump((name,), track=True)
         except UnstorableError as error:
             result.unstored[name] = str(error)
         except StoreError:  # the store cannot take it (disk full): no variable's fault
@@ -499,7 +703,7 @@ def snapshot(
             }
             continue
         try:
-            group = writer.dump(tuple(values[name] for name in members), track=False)
+            group = dump(tuple(members), track=False)
         except StoreError:
             raise
         except Exception as error:

@@ -1,0 +1,99 @@
+"""Benchmark: the first `%%experiment` in a fresh kernel, where nbexp's one-time costs land.
+
+Each round starts a fresh Python process with a real IPython ``InteractiveShell``
+(``start_ipython()``) in a temp folder with its own store, imports numpy, pandas,
+matplotlib and scikit-learn and makes a 2000×20 dataset (as a notebook's first cells do),
+runs ``%load_ext nbexp``, waits 3 s (a user reading; nbexp's load-time warm-up runs in a
+thread meanwhile), then times the first ``%%experiment`` of a LogisticRegression fit, a
+second one, and the same body as a plain cell. CPU time is the main thread's
+(``time.thread_time``), so other load on the machine inflates it less than wall time.
+
+Prints per-round figures and the medians; never asserts. Compare two checkouts by running
+it with each on ``PYTHONPATH``.
+
+    PYTHONPATH=. .venv/bin/python bench/first_record.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROUND = r"""
+import json, os, sys, tempfile, time
+os.environ.setdefault("MPLBACKEND", "Agg")
+folder = tempfile.mkdtemp(prefix="nbexp-bench-first-")
+os.chdir(folder)
+os.environ["NBEXP_STORE"] = os.path.join(folder, ".nbexp")
+from IPython.testing.globalipapp import start_ipython
+shell = start_ipython()
+shell.run_cell('''
+import numpy as np, pandas as pd, matplotlib.pyplot as plt
+from sklearn.datasets import make_classification
+from sklearn.linear_model import LogisticRegression
+X, y = make_classification(n_samples=2000, n_features=20, random_state=0)
+''', store_history=True)
+shell.run_line_magic("load_ext", "nbexp")
+time.sleep(3)
+body = "clf = LogisticRegression().fit(X, y)\nacc = clf.score(X, y)\n"
+figures = {}
+for label, source in (("first", "%%experiment\n" + body), ("second", "%%experiment\n" + body),
+                      ("plain", body)):
+    cpu, wall = time.thread_time(), time.perf_counter()
+    result = shell.run_cell(source, store_history=True)
+    figures[label] = [time.thread_time() - cpu, time.perf_counter() - wall, result.success]
+print("@@" + json.dumps(figures))
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="fresh processes (default 3)")
+    args = parser.parse_args()
+    load_before = os.getloadavg()[0]
+    rounds = []
+    for _ in range(args.rounds):
+        with tempfile.TemporaryDirectory(prefix="nbexp-bench-first-") as home:
+            completed = subprocess.run(
+                [sys.executable, "-c", ROUND],
+                capture_output=True,
+                text=True,
+                cwd=home,
+                env={**os.environ, "JPY_SESSION_NAME": ""},
+                check=False,
+            )
+        line = next((x for x in completed.stdout.splitlines() if x.startswith("@@")), None)
+        if line is None:
+            print(f"a round failed: {completed.stderr.strip()[-500:]}")
+            continue
+        figures = json.loads(line[2:])
+        rounds.append(figures)
+        print(
+            "  "
+            + ", ".join(
+                f"{label} {cpu * 1e3:.0f} ms CPU / {wall * 1e3:.0f} ms wall{'' if ok else ' FAILED'}"
+                for label, (cpu, wall, ok) in figures.items()
+            ),
+            flush=True,
+        )
+    if not rounds:
+        return 1
+    print(
+        f"\nfirst record bench — {len(rounds)} fresh processes, Python "
+        f"{sys.version.split()[0]}; load average {load_before:.2f} at start, "
+        f"{os.getloadavg()[0]:.2f} at end"
+    )
+    for label in ("first", "second", "plain"):
+        cpu = statistics.median(r[label][0] for r in rounds)
+        wall = statistics.median(r[label][1] for r in rounds)
+        print(f"{label + ' cell':<14} median {cpu * 1e3:7.1f} ms CPU  {wall * 1e3:7.1f} ms wall")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

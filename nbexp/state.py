@@ -35,7 +35,7 @@ import site
 import sys
 import sysconfig
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -241,11 +241,19 @@ def _pickler_class() -> type:
     class _StatePickler(cloudpickle.CloudPickler):
         """cloudpickle that refuses lossy values, names library objects and canonical dtypes."""
 
-        def __init__(self, sink: Any, library: Mapping[int, LibraryPath], **kwargs: Any):
+        def __init__(
+            self,
+            sink: Any,
+            library: Mapping[int, LibraryPath],
+            view_roots: Collection[int] = (),
+            **kwargs: Any,
+        ):
             super().__init__(sink, protocol=5, **kwargs)
             self._library = library
+            self._view_roots = view_roots
             numpy = sys.modules.get("numpy")
             self._dtype: Any = numpy.dtype if numpy is not None else None
+            self._ndarray: Any = numpy.ndarray if numpy is not None else None
 
         def reducer_override(self, obj: Any) -> Any:
             # cloudpickle would silently turn an open file into a StringIO and dill would reopen
@@ -260,6 +268,10 @@ def _pickler_class() -> type:
                 device = getattr(obj, "device", None)
                 if device is not None and getattr(device, "type", "cpu") != "cpu":
                     _refuse(f"a tensor on {device} cannot be stored; move it to the CPU first")
+            if self._view_roots and type(obj) is self._ndarray and obj.base is not None:
+                view = _view_reduce(obj, self._view_roots)
+                if view is not None:
+                    return view
             if self._dtype is not None and isinstance(obj, self._dtype):
                 # numpy's own reduce rebuilds a builtin dtype as a new instance (copy=True):
                 # naming it gives restored arrays the canonical `np.dtype("float64")` again
@@ -272,6 +284,57 @@ def _pickler_class() -> type:
             return super().reducer_override(obj)
 
     return _StatePickler
+
+
+def _array_root(array: Any) -> Any:
+    """The ndarray whose memory a view lies in (numpy keeps `base` one step from it)."""
+    root = array
+    while type(root.base) is type(array):
+        root = root.base
+    return root
+
+
+def _view_reduce(view: Any, roots: Collection[int]) -> tuple[Any, tuple[Any, ...]] | None:
+    """How pickle rebuilds a view of an array another variable reaches: as a view of it.
+
+    numpy pickles a view as a copy of its elements, so `x = X[:, 0]` would come back as an
+    array of its own; naming the root keeps `x` a window on the restored `X`.
+    """
+    root = _array_root(view)
+    if root is view or id(root) not in roots or view.dtype.hasobject or root.dtype.hasobject:
+        return None
+    if not (root.flags.c_contiguous or root.flags.f_contiguous) or root.nbytes == 0:
+        return None
+    start = view.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    low = start + sum(s * (n - 1) for s, n in zip(view.strides, view.shape, strict=True) if s < 0)
+    high = (
+        start
+        + view.itemsize
+        + sum(s * (n - 1) for s, n in zip(view.strides, view.shape, strict=True) if s > 0)
+    )
+    if view.size == 0 or low < 0 or high > root.nbytes:
+        return None
+    return (
+        _array_view,
+        (root, start, view.shape, view.strides, view.dtype, bool(view.flags.writeable)),
+    )
+
+
+def _array_view(
+    root: Any,
+    offset: int,
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    dtype: Any,
+    writeable: bool,
+) -> Any:
+    """A restored view: the same window on the restored root (`_view_reduce`'s inverse)."""
+    numpy = sys.modules["numpy"]
+    raw = root.ravel(order="K").view(numpy.uint8)
+    view = numpy.ndarray(shape, dtype=dtype, buffer=raw, offset=offset, strides=strides)
+    if not writeable:
+        view.flags.writeable = False
+    return view
 
 
 def _shares(obj: Any, library: Mapping[int, LibraryPath], dtype: type | None) -> bool:
@@ -367,14 +430,16 @@ class _Writer:
         self.library = _library_objects()
         numpy = sys.modules.get("numpy")
         self.dtype: type | None = numpy.dtype if numpy is not None else None
+        self.ndarray: type | None = numpy.ndarray if numpy is not None else None
         # (address, size) -> (the buffer, kept alive so the address stays its own; digests)
         self._digests: dict[tuple[int, int], tuple[memoryview, list[str]]] = {}
 
-    def dump(self, value: Any, *, track: bool) -> _Pickled:
-        """Pickle `value`, refusing secrets; with `track`, note the shareable objects it reaches."""
+    def dump(self, value: Any, *, track: bool, view_roots: Collection[int] = ()) -> _Pickled:
+        """Pickle `value`, refusing secrets; with `track`, note the shareable objects it reaches
+        (an array view reaches its root too); views of `view_roots` are pickled as views."""
         buffers: list[pickle.PickleBuffer] = []
         sink = io.BytesIO()
-        pickler = self.pickler_class(sink, self.library, buffer_callback=buffers.append)
+        pickler = self.pickler_class(sink, self.library, view_roots, buffer_callback=buffers.append)
         pickler.dump(value)
         payload = sink.getvalue()
         for needle in self.needles:
@@ -397,6 +462,9 @@ class _Writer:
             for key, (_, obj) in pickler.memo.copy().items():
                 if _shares(obj, self.library, self.dtype):
                     reached[key] = obj  # held: no other object can take its id meanwhile
+                    if type(obj) is self.ndarray and obj.base is not None:
+                        root = _array_root(obj)
+                        reached[id(root)] = root
         return _Pickled(payload, pickle_hash, chunk_lists, size, content.hexdigest(), reached)
 
     def _chunks(self, buffer: pickle.PickleBuffer, raw: memoryview) -> list[str]:
@@ -487,7 +555,8 @@ def snapshot(
         except Exception as error:  # pickling arbitrary user objects can raise anything
             result.unstored[name] = f"cannot be pickled: {type(error).__name__}: {error}"[:300]
 
-    for members in _groups(pickled):
+    groups, shared = _groups(pickled)
+    for members in groups:
         first_name = members[0]
         if len(members) == 1:
             one = pickled[first_name]
@@ -499,7 +568,9 @@ def snapshot(
             }
             continue
         try:
-            group = writer.dump(tuple(values[name] for name in members), track=False)
+            group = writer.dump(
+                tuple(values[name] for name in members), track=False, view_roots=shared
+            )
         except StoreError:
             raise
         except Exception as error:
@@ -523,8 +594,9 @@ def snapshot(
     return result
 
 
-def _groups(pickled: Mapping[str, _Pickled]) -> list[list[str]]:
-    """Variables joined by the shareable objects they reach (union-find), in namespace order."""
+def _groups(pickled: Mapping[str, _Pickled]) -> tuple[list[list[str]], set[int]]:
+    """Variables joined by the shareable objects they reach (union-find), in namespace order;
+    and the ids of the objects more than one variable reaches."""
     parent = {name: name for name in pickled}
 
     def root(name: str) -> str:
@@ -534,17 +606,19 @@ def _groups(pickled: Mapping[str, _Pickled]) -> list[list[str]]:
         return name
 
     owner: dict[int, str] = {}
+    shared: set[int] = set()
     for name, item in pickled.items():
         for key in item.reached:
             other = owner.setdefault(key, name)
             if other != name:
+                shared.add(key)
                 a, b = root(other), root(name)
                 if a != b:
                     parent[b] = a
     groups: dict[str, list[str]] = {}
     for name in pickled:
         groups.setdefault(root(name), []).append(name)
-    return list(groups.values())
+    return list(groups.values()), shared
 
 
 def _put(store: Store, data: memoryview, digest: str) -> None:

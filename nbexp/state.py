@@ -29,6 +29,7 @@ import enum
 import fractions
 import functools
 import io
+import linecache
 import os
 import pickle
 import site
@@ -237,6 +238,7 @@ def _reduce_reference(path: LibraryPath) -> tuple[Any, tuple[Any, ...]]:
 
 def _pickler_class() -> type:
     import cloudpickle
+    from cloudpickle.cloudpickle import _code_reduce as cloudpickle_code_reduce
 
     class _StatePickler(cloudpickle.CloudPickler):
         """cloudpickle that refuses lossy values, names library objects and canonical dtypes."""
@@ -251,6 +253,7 @@ def _pickler_class() -> type:
             super().__init__(sink, protocol=5, **kwargs)
             self._library = library
             self._view_roots = view_roots
+            self._lines: dict[str, tuple[str, ...]] = {}
             numpy = sys.modules.get("numpy")
             self._dtype: Any = numpy.dtype if numpy is not None else None
             self._ndarray: Any = numpy.ndarray if numpy is not None else None
@@ -268,6 +271,10 @@ def _pickler_class() -> type:
                 device = getattr(obj, "device", None)
                 if device is not None and getattr(device, "type", "cpu") != "cpu":
                     _refuse(f"a tensor on {device} cannot be stored; move it to the CPU first")
+            if type(obj) is types.CodeType:
+                code = self._code_reduce(obj)
+                if code is not None:
+                    return code
             if self._view_roots and type(obj) is self._ndarray and obj.base is not None:
                 view = _view_reduce(obj, self._view_roots)
                 if view is not None:
@@ -283,7 +290,40 @@ def _pickler_class() -> type:
                     return _reduce_reference(path)
             return super().reducer_override(obj)
 
+        def _code_reduce(self, code: types.CodeType) -> tuple[Any, tuple[Any, ...]] | None:
+            """A cell's code keeps its file name and the cell's lines, which cloudpickle drops
+            ("<dynamic-code>"), so `inspect.getsource` and tracebacks work after a restore."""
+            lines = _cell_lines(code.co_filename)
+            if lines is None:
+                return None
+            if code.co_filename not in self._lines:
+                self._lines[code.co_filename] = lines  # one object: pickled once per file
+            constructor, args = cloudpickle_code_reduce(code)
+            args = tuple(code.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+            return (_code_with_source, (constructor, args, self._lines[code.co_filename]))
+
     return _StatePickler
+
+
+def _cell_lines(filename: str) -> tuple[str, ...] | None:
+    """The lines of a notebook cell as IPython registered them (linecache, no file behind)."""
+    entry = linecache.cache.get(filename)
+    if entry is None or len(entry) != 4 or entry[1] is not None:
+        return None
+    return tuple(entry[2])
+
+
+def _code_with_source(constructor: Any, args: tuple[Any, ...], lines: tuple[str, ...]) -> Any:
+    """A restored code object, its cell's lines put back where `inspect` and tracebacks look."""
+    code = constructor(*args)
+    if code.co_filename not in linecache.cache:
+        linecache.cache[code.co_filename] = (
+            sum(len(line) for line in lines),
+            None,
+            list(lines),
+            code.co_filename,
+        )
+    return code
 
 
 def _array_root(array: Any) -> Any:
@@ -459,7 +499,8 @@ class _Writer:
             content.update(b"|")
         reached: dict[int, Any] = {}
         if track:
-            for key, (_, obj) in pickler.memo.copy().items():
+            memo: dict[int, tuple[int, Any]] = pickler.memo.copy()
+            for key, (_, obj) in memo.items():
                 if _shares(obj, self.library, self.dtype):
                     reached[key] = obj  # held: no other object can take its id meanwhile
                     if type(obj) is self.ndarray and obj.base is not None:

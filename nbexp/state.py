@@ -503,7 +503,8 @@ class _Writer:
             for key, (_, obj) in memo.items():
                 if _shares(obj, self.library, self.dtype):
                     reached[key] = obj  # held: no other object can take its id meanwhile
-                    if type(obj) is self.ndarray and obj.base is not None:
+                    view = type(obj) is self.ndarray and getattr(obj, "base", None) is not None
+                    if view:  # a view reaches its base's memory too: `x = X[:, 0]` joins X
                         root = _array_root(obj)
                         reached[id(root)] = root
         return _Pickled(payload, pickle_hash, chunk_lists, size, content.hexdigest(), reached)

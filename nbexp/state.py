@@ -28,6 +28,7 @@ import decimal
 import enum
 import fractions
 import functools
+import importlib
 import io
 import linecache
 import os
@@ -110,7 +111,9 @@ def _is_by_reference(value: Any) -> bool:
 # -- module-level objects of installed libraries ---------------------------------------------
 
 # A library object's place: (module, attribute), or one step further into a module-level
-# class, (module, class, "attr", name), or into a module-level dict, (module, dict, "item", key).
+# class, (module, class, "attr", name), into a module-level dict, (module, dict, "item", key),
+# or into a module-level list or tuple, (module, sequence, "index", position) — e.g. the rows
+# of matplotlib's colormap tables, which every colormap copy holds.
 LibraryPath = tuple[str, ...]
 _NOT_LIBRARY_OBJECT = (*_IMMUTABLE, *_CODE)
 _MISSING = object()
@@ -179,6 +182,10 @@ def _scan_module(name: str, module: types.ModuleType) -> None:
             for key, member in list(dict.items(value)):
                 if isinstance(key, str) and not isinstance(member, _NOT_LIBRARY_OBJECT):
                     _note(member, (name, attribute, "item", key))
+        elif isinstance(value, (list, tuple)) and len(value) <= 10_000:
+            for position, member in enumerate(value):
+                if not isinstance(member, _NOT_LIBRARY_OBJECT):
+                    _note(member, (name, attribute, "index", str(position)))
 
 
 def _library_objects() -> dict[int, LibraryPath]:
@@ -213,6 +220,11 @@ def _resolve(path: LibraryPath) -> Any:
         return value
     if path[2] == "attr":
         return vars(value).get(path[3], _MISSING) if isinstance(value, type) else _MISSING
+    if path[2] == "index":
+        position = int(path[3])
+        if isinstance(value, (list, tuple)) and position < len(value):
+            return value[position]
+        return _MISSING
     return dict.get(value, path[3], _MISSING) if isinstance(value, dict) else _MISSING
 
 
@@ -230,7 +242,17 @@ def _reduce_reference(path: LibraryPath) -> tuple[Any, tuple[Any, ...]]:
         return (getattr, (sys.modules[path[0]], path[1]))
     if path[2] == "attr":
         return (getattr, (owner, path[3]))
-    return (dict.__getitem__, (owner, path[3]))
+    # a plain dict or list is pickled by value whatever reducer_override says: look it up
+    return (_library_lookup, (path,))
+
+
+def _library_lookup(path: LibraryPath) -> Any:
+    """A library object inside a module-level dict or list, found again by import."""
+    importlib.import_module(path[0])
+    value = _resolve(path)
+    if value is _MISSING:
+        raise LookupError(f"{'.'.join(path[:2])} no longer holds {path[3]!r}")
+    return value
 
 
 # -- pickling --------------------------------------------------------------------------------

@@ -275,6 +275,35 @@ def test_array_views_stay_windows_on_their_base_after_restore(ip, capsys):
     assert ns["x"].dtype is np.dtype("float64")
 
 
+def test_figures_sharing_only_library_tables_are_stored_apart(ip, capsys):
+    # every colormap copy holds the rows of matplotlib's module-level viridis table (plain
+    # lists, which pickle never hands to a reducer): two unrelated figures were glued into one
+    # group by them and came back sharing a copy of the table (a gallery notebook)
+    experiment = record(
+        ip,
+        "tables",
+        """
+        import matplotlib.pyplot as plt
+        import numpy as np
+        first, left = plt.subplots()
+        left.imshow(np.arange(6.0).reshape(2, 3))
+        second, right = plt.subplots()
+        right.scatter([1, 2], [3, 4], c=[0.5, 1.0])
+        """,
+    )
+    variables = experiment.state["variables"]
+    assert variables["left"].get("in_group") == "first"
+    assert variables["right"].get("in_group") == "second"
+    clobber(ip, "first", "left", "second", "right")
+    exp_restore(ip, capsys, "tables")
+    ns = ip.user_ns
+    assert ns["left"] in ns["first"].axes and ns["right"] in ns["second"].axes
+    assert sharing(ns, ["first", "left", "second", "right"]) == {
+        frozenset(("first", "left")),
+        frozenset(("second", "right")),
+    }
+
+
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzz9secret"
 
 

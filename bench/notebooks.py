@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 CACHE = BENCH / ".cache"
 VENV_BIN = Path(sys.executable).parent
+# kernels and the nbexp command import this tree's nbexp (not whichever one the venv installed)
+# and the harness's _nbprobe
+KERNEL_PATH = os.pathsep.join([str(ROOT), str(BENCH)])
 
 sys.path.insert(0, str(BENCH))
 from _nbprobe import MARK, NETWORK_MARK  # noqa: E402
@@ -432,7 +435,7 @@ def run_notebook(name: str, source: Path, work: Path, timeout: float) -> Result:
     env = {
         # no MPLBACKEND: ipykernel's default inline backend renders figures at the end of
         # each cell, as in Jupyter, in the plain runs too
-        "PYTHONPATH": str(BENCH),
+        "PYTHONPATH": KERNEL_PATH,
         "NBEXP_STORE": str(store),
         "OMP_NUM_THREADS": "1",
         "PYTHONHASHSEED": "0",
@@ -559,12 +562,13 @@ def _check_exports(
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
     env.update(NBEXP_STORE=str(store), MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    cli_env = {**env, "PYTHONPATH": str(ROOT)}  # this tree's nbexp, as in the kernels
     for experiment in result.experiments:
         script = project / f"export_{experiment.id[:10]}.py"
         exported = subprocess.run(
             [str(VENV_BIN / "nbexp"), "export", experiment.id, "-o", str(script), "--force"],
             cwd=project,
-            env=env,
+            env=cli_env,
             capture_output=True,
             text=True,
         )
@@ -663,7 +667,7 @@ def profile_slowest(results: list[Result], work: Path, count: int, timeout: floa
         project = work / f"profile-{name}"
         shutil.copytree(work / name, project, ignore=shutil.ignore_patterns(".nbexp", "export_*"))
         env = {
-            "PYTHONPATH": str(BENCH),
+            "PYTHONPATH": KERNEL_PATH,
             "NBEXP_STORE": str(project / ".nbexp"),
             "OMP_NUM_THREADS": "1",
         }

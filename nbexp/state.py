@@ -409,7 +409,9 @@ def _shares(obj: Any, library: Mapping[int, LibraryPath], dtype: type | None) ->
         return False
     module = type(obj).__module__
     if module.startswith("numpy") and type(obj).__name__ in ("ndarray", "matrix", "memmap"):
-        return True
+        # a read-only array over read-only memory is a value (matplotlib's cached path codes,
+        # which paths in every figure hold): nobody can change it through either variable
+        return bool(obj.flags.writeable or _array_root(obj).flags.writeable)
     # numpy scalars (np.float64(1.0), ...) are immutable values
     return not (
         module.startswith("numpy") and hasattr(obj, "dtype") and not hasattr(obj, "__dict__")

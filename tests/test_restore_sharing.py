@@ -277,8 +277,9 @@ def test_array_views_stay_windows_on_their_base_after_restore(ip, capsys):
 
 def test_figures_sharing_only_library_tables_are_stored_apart(ip, capsys):
     # every colormap copy holds the rows of matplotlib's module-level viridis table (plain
-    # lists, which pickle never hands to a reducer): two unrelated figures were glued into one
-    # group by them and came back sharing a copy of the table (a gallery notebook)
+    # lists, which pickle never hands to a reducer), and scatter markers of every figure hold
+    # one cached read-only codes array: two unrelated figures were glued into one group by
+    # them and came back sharing copies (gallery notebooks)
     experiment = record(
         ip,
         "tables",
@@ -287,6 +288,7 @@ def test_figures_sharing_only_library_tables_are_stored_apart(ip, capsys):
         import numpy as np
         first, left = plt.subplots()
         left.imshow(np.arange(6.0).reshape(2, 3))
+        left.scatter([1, 2], [3, 4])  # marker paths share matplotlib's read-only codes array
         second, right = plt.subplots()
         right.scatter([1, 2], [3, 4], c=[0.5, 1.0])
         """,

@@ -160,6 +160,14 @@ def digest(value: Any, depth: int = 0, stack: set[int] | None = None) -> str:
         stack.discard(id(value))
 
 
+def _unordered_edges(value: Any) -> bool:
+    """An edge view of an undirected networkx graph (whose edges compare either way round)."""
+    if not _module_of(value).startswith("networkx.classes.reportviews"):
+        return False
+    graph = getattr(value, "_graph", None)
+    return type(value).__name__ in ("EdgeView", "MultiEdgeView") and not graph.is_directed()
+
+
 def _digest_container(value: Any, depth: int, stack: set[int], module: str) -> str:
     np = sys.modules.get("numpy")
     pd = sys.modules.get("pandas")
@@ -220,6 +228,16 @@ def _digest_container(value: Any, depth: int, stack: set[int], module: str) -> s
     if np is not None and isinstance(value, np.random.RandomState):
         state = value.get_state()
         return _h("randomstate", state[0], state[1].tobytes(), state[2:])
+    if _unordered_edges(value):
+        # an undirected graph's edges are unordered pairs: `(u, v)` or `(v, u)` is whichever
+        # end a set of nodes yields first, and set order changes with the process's hash seed
+        pairs = sorted(
+            "".join(sorted(digest(end, depth + 1, stack) for end in edge[:2]))
+            + digest(tuple(edge[2:]), depth + 1, stack)  # a multigraph's key
+            + digest(value[edge], depth + 1, stack)
+            for edge in list(value)[:_MAX_ITEMS]
+        )
+        return _h("edges", _qual(value), len(value), *pairs)
     if isinstance(value, abc.Mapping):  # e.g. networkx's views: compared by content
         return _h("mapping", _qual(value), digest(dict(value.items()), depth + 1, stack))
     if isinstance(value, abc.Set):

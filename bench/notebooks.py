@@ -35,6 +35,9 @@ CACHE = BENCH / ".cache"
 # The kernels import the harness (`_nbprobe`) and this checkout's nbexp, not an installed one
 KERNEL_PATH = os.pathsep.join([str(BENCH), str(BENCH.parent)])
 VENV_BIN = Path(sys.executable).parent
+# kernels and the nbexp command import this tree's nbexp (not whichever one the venv installed)
+# and the harness's _nbprobe
+KERNEL_PATH = os.pathsep.join([str(ROOT), str(BENCH)])
 
 sys.path.insert(0, str(BENCH))
 from _nbprobe import MARK, NETWORK_MARK  # noqa: E402
@@ -561,12 +564,13 @@ def _check_exports(
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
     env.update(NBEXP_STORE=str(store), MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    cli_env = {**env, "PYTHONPATH": str(ROOT)}  # this tree's nbexp, as in the kernels
     for experiment in result.experiments:
         script = project / f"export_{experiment.id[:10]}.py"
         exported = subprocess.run(
             [str(VENV_BIN / "nbexp"), "export", experiment.id, "-o", str(script), "--force"],
             cwd=project,
-            env=env,
+            env=cli_env,
             capture_output=True,
             text=True,
         )

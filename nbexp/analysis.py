@@ -37,6 +37,9 @@ class CodeInfo:
     # names the code binds to an expression that is not a literal param (`x = f()`, `a, b = 1, 2`,
     # `if c: x = 3`): a `-p` value injected before the body would be silently overwritten
     computed: set[str] = field(default_factory=set)
+    # names the body binds to different literals at top level (`s = {0: 10}` ... `s = {0: 25}`):
+    # not params, since no one value (or rewrite) stands for what the body did
+    rebound: set[str] = field(default_factory=set)
 
 
 def literal_value(node: ast.AST) -> tuple[bool, Any]:
@@ -92,6 +95,7 @@ def analyze(source: str) -> CodeInfo:
     params: dict[str, Param] = {}
     assigned: list[str] = []
     computed: set[str] = set()
+    rebound: set[str] = set()
     top_level = tree.body
     for statement in _module_level(tree):
         names: list[str] = []
@@ -122,7 +126,13 @@ def analyze(source: str) -> CodeInfo:
             computed.update(names)
             continue
         for name in names:
+            if name in rebound:
+                continue
             param = params.setdefault(name, Param(name, literal))
+            if not _same_literal(param.value, literal):
+                rebound.add(name)
+                del params[name]
+                continue
             param.spans.append(_span(value))
 
     return CodeInfo(
@@ -131,7 +141,18 @@ def analyze(source: str) -> CodeInfo:
         loaded=free_names(tree),
         seeds=find_seeds(tree),
         computed=computed,
+        rebound=rebound,
     )
+
+
+def _same_literal(a: Any, b: Any) -> bool:
+    """Equal and of one type (`1` and `1.0`, `1` and `True` are two values a user wrote)."""
+    if type(a) is not type(b):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:  # a literal's == cannot fail, but a value that raises is not the same
+        return False
 
 
 def free_names(tree: ast.Module) -> set[str]:

@@ -270,6 +270,11 @@ class Recorder:
             for name in use.derived:  # `max_depth = 6` now, but read from the file, not a param
                 info.params.pop(name, None)
         for key in overrides:
+            if info is not None and key in info.rebound:
+                raise NbexpError(
+                    f"-p {key}: the body assigns {key} more than one value, so -p cannot tell "
+                    f"which to replace; give each value its own name, or drop -p {key}"
+                )
             if info is not None and key in info.computed and key not in info.params:
                 raise NbexpError(
                     f"-p {key}: the body assigns {key} a computed value, not a literal, so the "
@@ -530,6 +535,8 @@ class Recorder:
         if info is not None:
             for name in info.assigned:
                 if name in params or name in run.not_metrics or name.startswith("_"):
+                    continue
+                if name in info.rebound:  # literals the user wrote (`n = 5` ... `n = 10`)
                     continue
                 if looks_like_secret(name):
                     continue

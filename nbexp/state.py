@@ -28,14 +28,16 @@ import decimal
 import enum
 import fractions
 import functools
+import importlib
 import io
+import linecache
 import os
 import pickle
 import site
 import sys
 import sysconfig
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,7 +114,9 @@ def _is_by_reference(value: Any) -> bool:
 # -- module-level objects of installed libraries ---------------------------------------------
 
 # A library object's place: (module, attribute), or one step further into a module-level
-# class, (module, class, "attr", name), or into a module-level dict, (module, dict, "item", key).
+# class, (module, class, "attr", name), into a module-level dict, (module, dict, "item", key),
+# or into a module-level list or tuple, (module, sequence, "index", position) — e.g. the rows
+# of matplotlib's colormap tables, which every colormap copy holds.
 LibraryPath = tuple[str, ...]
 _NOT_LIBRARY_OBJECT = (*_IMMUTABLE, *_CODE)
 _MISSING = object()
@@ -219,6 +223,10 @@ def _scan_module(name: str, module: types.ModuleType) -> None:
             for key, member in list(dict.items(value)):
                 if isinstance(key, str) and not _never_library(member):
                     _note(member, (name, attribute, "item", key))
+        elif isinstance(value, (list, tuple)) and len(value) <= 10_000:
+            for position, member in enumerate(value):
+                if not isinstance(member, _NOT_LIBRARY_OBJECT):
+                    _note(member, (name, attribute, "index", str(position)))
 
 
 def _library_objects() -> dict[int, LibraryPath]:
@@ -318,6 +326,11 @@ def _resolve(path: LibraryPath) -> Any:
         return value
     if path[2] == "attr":
         return vars(value).get(path[3], _MISSING) if isinstance(value, type) else _MISSING
+    if path[2] == "index":
+        position = int(path[3])
+        if isinstance(value, (list, tuple)) and position < len(value):
+            return value[position]
+        return _MISSING
     return dict.get(value, path[3], _MISSING) if isinstance(value, dict) else _MISSING
 
 
@@ -337,7 +350,17 @@ def _reduce_reference(path: LibraryPath) -> tuple[Any, tuple[Any, ...]]:
         return (getattr, (sys.modules[path[0]], path[1]))
     if path[2] == "attr":
         return (getattr, (owner, path[3]))
-    return (dict.__getitem__, (owner, path[3]))
+    # a plain dict or list is pickled by value whatever reducer_override says: look it up
+    return (_library_lookup, (path,))
+
+
+def _library_lookup(path: LibraryPath) -> Any:
+    """A library object inside a module-level dict or list, found again by import."""
+    importlib.import_module(path[0])
+    value = _resolve(path)
+    if value is _MISSING:
+        raise LookupError(f"{'.'.join(path[:2])} no longer holds {path[3]!r}")
+    return value
 
 
 # -- pickling --------------------------------------------------------------------------------
@@ -362,15 +385,25 @@ def _refusal(obj: Any) -> str:
 
 def _pickler_class() -> type:
     import cloudpickle
+    from cloudpickle.cloudpickle import _code_reduce as cloudpickle_code_reduce
 
     class _StatePickler(cloudpickle.CloudPickler):
         """cloudpickle that refuses lossy values, names library objects and canonical dtypes."""
 
-        def __init__(self, sink: Any, library: Mapping[int, LibraryPath], **kwargs: Any):
+        def __init__(
+            self,
+            sink: Any,
+            library: Mapping[int, LibraryPath],
+            view_roots: Collection[int] = (),
+            **kwargs: Any,
+        ):
             super().__init__(sink, protocol=5, **kwargs)
             self._library = library
+            self._view_roots = view_roots
+            self._lines: dict[str, tuple[str, ...]] = {}
             numpy = sys.modules.get("numpy")
             self._dtype: Any = numpy.dtype if numpy is not None else None
+            self._ndarray: Any = numpy.ndarray if numpy is not None else None
 
         def reducer_override(self, obj: Any) -> Any:
             kind = type(obj)
@@ -386,6 +419,14 @@ def _pickler_class() -> type:
                 device = getattr(obj, "device", None)
                 if device is not None and getattr(device, "type", "cpu") != "cpu":
                     _refuse(f"a tensor on {device} cannot be stored; move it to the CPU first")
+            if type(obj) is types.CodeType:
+                code = self._code_reduce(obj)
+                if code is not None:
+                    return code
+            if self._view_roots and type(obj) is self._ndarray and obj.base is not None:
+                view = _view_reduce(obj, self._view_roots)
+                if view is not None:
+                    return view
             if self._dtype is not None and isinstance(obj, self._dtype):
                 # numpy's own reduce rebuilds a builtin dtype as a new instance (copy=True):
                 # naming it gives restored arrays the canonical `np.dtype("float64")` again
@@ -397,25 +438,113 @@ def _pickler_class() -> type:
                     return _reduce_reference(path)
             return super().reducer_override(obj)
 
+        def _code_reduce(self, code: types.CodeType) -> tuple[Any, tuple[Any, ...]] | None:
+            """A cell's code keeps its file name and the cell's lines, which cloudpickle drops
+            ("<dynamic-code>"), so `inspect.getsource` and tracebacks work after a restore."""
+            lines = _cell_lines(code.co_filename)
+            if lines is None:
+                return None
+            if code.co_filename not in self._lines:
+                self._lines[code.co_filename] = lines  # one object: pickled once per file
+            constructor, args = cloudpickle_code_reduce(code)
+            args = tuple(code.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+            return (_code_with_source, (constructor, args, self._lines[code.co_filename]))
+
     return _StatePickler
 
 
+def _cell_lines(filename: str) -> tuple[str, ...] | None:
+    """The lines of a notebook cell as IPython registered them (linecache, no file behind)."""
+    entry = linecache.cache.get(filename)
+    if entry is None or len(entry) != 4 or entry[1] is not None:
+        return None
+    return tuple(entry[2])
+
+
+def _code_with_source(constructor: Any, args: tuple[Any, ...], lines: tuple[str, ...]) -> Any:
+    """A restored code object, its cell's lines put back where `inspect` and tracebacks look."""
+    code = constructor(*args)
+    if code.co_filename not in linecache.cache:
+        linecache.cache[code.co_filename] = (
+            sum(len(line) for line in lines),
+            None,
+            list(lines),
+            code.co_filename,
+        )
+    return code
+
+
+def _array_root(array: Any) -> Any:
+    """The ndarray whose memory a view lies in (numpy keeps `base` one step from it)."""
+    root = array
+    while type(root.base) is type(array):
+        root = root.base
+    return root
+
+
+def _view_reduce(view: Any, roots: Collection[int]) -> tuple[Any, tuple[Any, ...]] | None:
+    """How pickle rebuilds a view of an array another variable reaches: as a view of it.
+
+    numpy pickles a view as a copy of its elements, so `x = X[:, 0]` would come back as an
+    array of its own; naming the root keeps `x` a window on the restored `X`.
+    """
+    root = _array_root(view)
+    if root is view or id(root) not in roots or view.dtype.hasobject or root.dtype.hasobject:
+        return None
+    if not (root.flags.c_contiguous or root.flags.f_contiguous) or root.nbytes == 0:
+        return None
+    start = view.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    low = start + sum(s * (n - 1) for s, n in zip(view.strides, view.shape, strict=True) if s < 0)
+    high = (
+        start
+        + view.itemsize
+        + sum(s * (n - 1) for s, n in zip(view.strides, view.shape, strict=True) if s > 0)
+    )
+    if view.size == 0 or low < 0 or high > root.nbytes:
+        return None
+    return (
+        _array_view,
+        (root, start, view.shape, view.strides, view.dtype, bool(view.flags.writeable)),
+    )
+
+
+def _array_view(
+    root: Any,
+    offset: int,
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    dtype: Any,
+    writeable: bool,
+) -> Any:
+    """A restored view: the same window on the restored root (`_view_reduce`'s inverse)."""
+    numpy = sys.modules["numpy"]
+    raw = root.ravel(order="K").view(numpy.uint8)
+    view = numpy.ndarray(shape, dtype=dtype, buffer=raw, offset=offset, strides=strides)
+    if not writeable:
+        view.flags.writeable = False
+    return view
+
+
 _NEVER_SHARED = (*_IMMUTABLE, *_CODE)
-_shareable_types: dict[type, bool] = {}  # type -> whether its instances can be shared
+_NEVER, _ALWAYS, _IF_WRITABLE = 0, 1, 2  # what a type says about whether its objects can be shared
+_shareable_types: dict[type, int] = {}  # type -> one of the three
 
 
-def _shareable_kind(obj: Any, dtype: type | None) -> bool:
+def _shareable_kind(obj: Any, dtype: type | None) -> int:
     if isinstance(obj, _NEVER_SHARED):
-        return False
+        return _NEVER
     if dtype is not None and isinstance(obj, dtype):
-        return False
+        return _NEVER
     module = type(obj).__module__
     if module.startswith("numpy") and type(obj).__name__ in ("ndarray", "matrix", "memmap"):
-        return True
+        # a read-only array over read-only memory is a value (matplotlib's cached path codes,
+        # which paths in every figure hold): nobody can change it through either variable
+        return _IF_WRITABLE
     # numpy scalars (np.float64(1.0), ...) are immutable values
-    return not (
-        module.startswith("numpy") and hasattr(obj, "dtype") and not hasattr(obj, "__dict__")
-    )
+    if module.startswith("numpy") and hasattr(obj, "dtype") and not hasattr(obj, "__dict__"):
+        return _NEVER
+    return _ALWAYS
+
 
 
 def _shares(obj: Any, library: Mapping[int, LibraryPath], dtype: type | None) -> bool:
@@ -427,7 +556,11 @@ def _shares(obj: Any, library: Mapping[int, LibraryPath], dtype: type | None) ->
         shareable = _shareable_kind(obj, dtype)
         if obj.__class__ is kind:  # an object lying about its class is asked every time
             _shareable_types[kind] = shareable
-    return shareable and _library_reference(obj, library) is None
+    if shareable == _NEVER:
+        return False
+    if shareable == _IF_WRITABLE and not (obj.flags.writeable or _array_root(obj).flags.writeable):
+        return False
+    return _library_reference(obj, library) is None
 
 
 @dataclass
@@ -506,11 +639,13 @@ class _Writer:
         self.library = _LibraryIndex()
         numpy = sys.modules.get("numpy")
         self.dtype: type | None = numpy.dtype if numpy is not None else None
+        self.ndarray: type | None = numpy.ndarray if numpy is not None else None
         # (address, size) -> (the buffer, kept alive so the address stays its own; digests)
         self._digests: dict[tuple[int, int], tuple[memoryview, list[str]]] = {}
 
-    def dump(self, value: Any, *, track: bool) -> _Pickled:
-        """Pickle `value`, refusing secrets; with `track`, note the shareable objects it reaches."""
+    def dump(self, value: Any, *, track: bool, view_roots: Collection[int] = ()) -> _Pickled:
+        """Pickle `value`, refusing secrets; with `track`, note the shareable objects it reaches
+        (an array view reaches its root too); views of `view_roots` are pickled as views."""
         buffers: list[pickle.PickleBuffer] = []
 
         def out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -521,7 +656,7 @@ class _Writer:
             return False
 
         sink = io.BytesIO()
-        pickler = self.pickler_class(sink, self.library, buffer_callback=out_of_band)
+        pickler = self.pickler_class(sink, self.library, view_roots, buffer_callback=out_of_band)
         pickler.dump(value)
         payload = sink.getvalue()
         for needle in self.needles:
@@ -541,9 +676,14 @@ class _Writer:
             content.update(b"|")
         reached: dict[int, Any] = {}
         if track:
-            for key, (_, obj) in pickler.memo.copy().items():
+            memo: dict[int, tuple[int, Any]] = pickler.memo.copy()
+            for key, (_, obj) in memo.items():
                 if _shares(obj, self.library, self.dtype):
                     reached[key] = obj  # held: no other object can take its id meanwhile
+                    view = type(obj) is self.ndarray and getattr(obj, "base", None) is not None
+                    if view:  # a view reaches its base's memory too: `x = X[:, 0]` joins X
+                        root = _array_root(obj)
+                        reached[id(root)] = root
         return _Pickled(payload, pickle_hash, chunk_lists, size, content.hexdigest(), reached)
 
     def _chunks(self, buffer: pickle.PickleBuffer, raw: memoryview) -> list[str]:
@@ -659,14 +799,14 @@ def snapshot(
 
     new_names = set(fresh)
 
-    def dump(names: tuple[str, ...], *, track: bool) -> _Pickled:
+    def dump(names: tuple[str, ...], *, track: bool, view_roots: Collection[int] = ()) -> _Pickled:
         members = tuple(values[name] for name in names)
         cache = reuse if reuse is not None and not new_names.intersection(names) else None
         if cache is not None:
             cached = cache.get(members, writer.needles, store)
             if cached is not None:
                 return cached
-        done = writer.dump(members[0] if track else members, track=track)
+        done = writer.dump(members[0] if track else members, track=track, view_roots=view_roots)
         if cache is not None:
             cache.put(members, writer.needles, done)
         return done
@@ -691,7 +831,8 @@ def snapshot(
         except Exception as error:  # pickling arbitrary user objects can raise anything
             result.unstored[name] = f"cannot be pickled: {type(error).__name__}: {error}"[:300]
 
-    for members in _groups(pickled):
+    groups, shared = _groups(pickled)
+    for members in groups:
         first_name = members[0]
         if len(members) == 1:
             one = pickled[first_name]
@@ -703,7 +844,7 @@ def snapshot(
             }
             continue
         try:
-            group = dump(tuple(members), track=False)
+            group = dump(tuple(members), track=False, view_roots=shared)
         except StoreError:
             raise
         except Exception as error:
@@ -727,8 +868,9 @@ def snapshot(
     return result
 
 
-def _groups(pickled: Mapping[str, _Pickled]) -> list[list[str]]:
-    """Variables joined by the shareable objects they reach (union-find), in namespace order."""
+def _groups(pickled: Mapping[str, _Pickled]) -> tuple[list[list[str]], set[int]]:
+    """Variables joined by the shareable objects they reach (union-find), in namespace order;
+    and the ids of the objects more than one variable reaches."""
     parent = {name: name for name in pickled}
 
     def root(name: str) -> str:
@@ -738,17 +880,19 @@ def _groups(pickled: Mapping[str, _Pickled]) -> list[list[str]]:
         return name
 
     owner: dict[int, str] = {}
+    shared: set[int] = set()
     for name, item in pickled.items():
         for key in item.reached:
             other = owner.setdefault(key, name)
             if other != name:
+                shared.add(key)
                 a, b = root(other), root(name)
                 if a != b:
                     parent[b] = a
     groups: dict[str, list[str]] = {}
     for name in pickled:
         groups.setdefault(root(name), []).append(name)
-    return list(groups.values())
+    return list(groups.values()), shared
 
 
 def _put(store: Store, data: memoryview, digest: str) -> None:

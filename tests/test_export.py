@@ -373,3 +373,32 @@ def test_a_function_may_read_a_name_a_later_cell_binds(fresh: Any, project: Path
     completed = run_script(path, cwd=project)
     assert completed.returncode == 0, completed.stderr
     assert_same_metrics(parse_metrics(completed.stdout), experiment.metrics)
+
+
+def test_a_name_the_body_binds_to_two_literals_is_not_a_param(
+    fresh: Any, project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`strategy = {0: 10, ...}` for one sampler, then `strategy = {0: 25, ...}` for the next
+    (a public gallery notebook): the export ran both samplers with the last dict, which the
+    first could not take. Such a name is neither a param nor a metric, and -p refuses it."""
+    experiment = record_session(
+        fresh,
+        [
+            "%%experiment rebound\n"
+            "strategy = {0: 10, 1: 20}\nfirst = strategy[0] + strategy[1]\n"
+            "strategy = {0: 25, 1: 35}\nsecond = strategy[0] + strategy[1]\n"
+            "n = 3\nn = 4\nsame = 1\nsame = 1\nscore = first * 100 + second + n + same\n"
+        ],
+    )
+    assert "strategy" not in experiment.params and "n" not in experiment.params
+    assert "n" not in experiment.metrics and experiment.params["same"] == 1
+    assert experiment.metrics["score"] == 30 * 100 + 60 + 4 + 1
+    path = nbexp.export("last", project / "rebound.py")
+    completed = run_script(path, cwd=project)
+    assert completed.returncode == 0, completed.stderr
+    assert_same_metrics(parse_metrics(completed.stdout), experiment.metrics)
+    capsys.readouterr()
+    run(fresh, "%%experiment -p n=7 rebound-again\nn = 3\nn = 4\nscore = n\n")
+    captured = capsys.readouterr()
+    assert "-p n: the body assigns n more than one value" in captured.out + captured.err
+    assert nbexp.get("last").name == "rebound"

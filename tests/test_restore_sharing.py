@@ -231,6 +231,81 @@ def test_unchanged_groups_cost_nothing_and_keep_per_variable_hashes(ip):
     assert third.state["variables"]["left"]["hash"] == first.state["variables"]["left"]["hash"]
 
 
+def test_array_views_stay_windows_on_their_base_after_restore(ip, capsys):
+    # the gallery shapes: a column of a data matrix, rows of kneighbors' index array taken by
+    # a loop, a reversed slice of a Fortran-ordered array, a read-only view
+    experiment = record(
+        ip,
+        "views",
+        """
+        import numpy as np
+        X = np.arange(24.0).reshape(6, 4)
+        x = X[:, 0]
+        ind = np.arange(6).reshape(2, 3)
+        for neighbors in ind:
+            pass
+        F = np.asfortranarray(X)
+        window = F[::-1, 1:3]
+        frozen = X[2:4]
+        frozen.flags.writeable = False
+        alone = np.arange(1_000_000.0)[10:20]
+        """,
+    )
+    variables = experiment.state["variables"]
+    assert variables["x"]["in_group"] == "X" and variables["neighbors"]["in_group"] == "ind"
+    assert variables["window"]["in_group"] == "F"
+    # a view whose base no other variable reaches is stored alone, its ten elements only
+    assert "in_group" not in variables["alone"] and variables["alone"]["size"] < 1000
+
+    clobber(ip, "X", "x", "ind", "neighbors", "F", "window", "frozen", "alone")
+    exp_restore(ip, capsys, "views")
+    ns = ip.user_ns
+    np.testing.assert_array_equal(ns["x"], np.arange(0.0, 24.0, 4.0))
+    np.testing.assert_array_equal(ns["neighbors"], [3, 4, 5])
+    np.testing.assert_array_equal(ns["window"], np.arange(24.0).reshape(6, 4)[::-1, 1:3])
+    np.testing.assert_array_equal(ns["alone"], np.arange(10.0, 20.0))
+    # what a user notices: an edit through the view shows in the base, and back
+    ns["x"][1] = -1.0
+    assert ns["X"][1, 0] == -1.0
+    ns["ind"][1, 0] = 42
+    assert ns["neighbors"][0] == 42
+    ns["F"][5, 1] = 7.5
+    assert ns["window"][0, 0] == 7.5
+    assert np.shares_memory(ns["frozen"], ns["X"]) and not ns["frozen"].flags.writeable
+    assert ns["x"].dtype is np.dtype("float64")
+
+
+def test_figures_sharing_only_library_tables_are_stored_apart(ip, capsys):
+    # every colormap copy holds the rows of matplotlib's module-level viridis table (plain
+    # lists, which pickle never hands to a reducer), and scatter markers of every figure hold
+    # one cached read-only codes array: two unrelated figures were glued into one group by
+    # them and came back sharing copies (gallery notebooks)
+    experiment = record(
+        ip,
+        "tables",
+        """
+        import matplotlib.pyplot as plt
+        import numpy as np
+        first, left = plt.subplots()
+        left.imshow(np.arange(6.0).reshape(2, 3))
+        left.scatter([1, 2], [3, 4])  # marker paths share matplotlib's read-only codes array
+        second, right = plt.subplots()
+        right.scatter([1, 2], [3, 4], c=[0.5, 1.0])
+        """,
+    )
+    variables = experiment.state["variables"]
+    assert variables["left"].get("in_group") == "first"
+    assert variables["right"].get("in_group") == "second"
+    clobber(ip, "first", "left", "second", "right")
+    exp_restore(ip, capsys, "tables")
+    ns = ip.user_ns
+    assert ns["left"] in ns["first"].axes and ns["right"] in ns["second"].axes
+    assert sharing(ns, ["first", "left", "second", "right"]) == {
+        frozenset(("first", "left")),
+        frozenset(("second", "right")),
+    }
+
+
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzz9secret"
 
 

@@ -32,8 +32,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 CACHE = BENCH / ".cache"
-# The kernels import the harness (`_nbprobe`) and this checkout's nbexp, not an installed one
-KERNEL_PATH = os.pathsep.join([str(BENCH), str(BENCH.parent)])
 VENV_BIN = Path(sys.executable).parent
 # kernels and the nbexp command import this tree's nbexp (not whichever one the venv installed)
 # and the harness's _nbprobe

@@ -3,20 +3,50 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .record import Experiment
-from .store import Store, open_store
 
 if TYPE_CHECKING:
     import pandas as pd
 
-BASE_COLUMNS = ["id", "name", "created", "status", "duration", "tags"]
+    from .store import Store
 
 
 def _store(store: Store | str | os.PathLike[str] | None) -> Store:
+    from .store import Store, open_store  # imported when used: `nbexp --version` stays quick
+
     return store if isinstance(store, Store) else open_store(store)
+
+
+def rows(
+    query: str | None = None,
+    *,
+    sort: str | None = None,
+    limit: int | None = None,
+    store: Store | str | None = None,
+) -> list[dict[str, Any]]:
+    """The index rows of the experiments matching `query`, newest first (or by `sort`): id,
+    name, created, status, duration, note, tags, params, metrics, notebook, sweep, origin."""
+    return _store(store).rows(query, sort=sort, limit=limit)
+
+
+def table(
+    query: str | None = None,
+    *,
+    sort: str | None = None,
+    limit: int | None = None,
+    store: Store | str | None = None,
+) -> tuple[list[str], list[Sequence[Any]]]:
+    """The listing column by column: short id, name, created, status, duration, tags, origin
+    (only when some listed experiment was pulled), then `params.*` and `metrics.*`."""
+    names, columns = _store(store).listing(query, sort=sort, limit=limit, short_ids=True)
+    origin = names.index("origin")
+    if all(value is None for value in columns[origin]):  # only pulled experiments have one
+        del names[origin], columns[origin]
+    return names, columns
 
 
 def experiments(
@@ -26,15 +56,14 @@ def experiments(
     then `params.*` and `metrics.*` columns. `query` filters, e.g. "metrics.f1 > 0.8"."""
     import pandas as pd
 
-    names, rows = _store(store).table(query, sort=sort)
-    frame = pd.DataFrame.from_records(rows, columns=names) if rows else pd.DataFrame(columns=names)
-    frame["id"] = frame["id"].str.slice(0, 8)
-    frame["created"] = pd.to_datetime(frame["created"], utc=True, format="ISO8601")
-    if not frame["origin"].notna().any():  # only pulled experiments have an origin
-        frame = frame.drop(columns="origin")
-    else:
-        frame = frame[[*BASE_COLUMNS, "origin", *names[len(BASE_COLUMNS) + 1 :]]]
-    return frame
+    names, columns = table(query, sort=sort, store=store)
+    # from columns, not rows: each column is converted once, as a whole
+    data: dict[str, Any] = {
+        name: list(values) if values else pd.Series(dtype=object)
+        for name, values in zip(names, columns, strict=True)
+    }
+    data["created"] = pd.to_datetime(data["created"], utc=True, format="ISO8601")
+    return pd.DataFrame(data, columns=names)
 
 
 def get(ref: str, *, salvage: bool = False, store: Store | str | None = None) -> Experiment:

@@ -658,3 +658,30 @@ def _listing_experiment(store, name, params, metrics):
     body = draft.to_dict()
     body["id"] = store.make_id(body)
     return store.save(Experiment.from_dict(body))
+
+
+def test_listed_keys_and_metric_bounds_agree_with_the_whole_listing(project):
+    """The widget's columns and best values come from SQL (`listed_keys`, `metric_bounds`)
+    without reading the rows out; they must say what the whole listing says."""
+    from nbexp.widgets import render
+
+    store = open_store()
+    _listing_experiment(store, "a", {"lr": 0.1, "gone": None}, {"acc": 0.5, "mixed": "n/a"})
+    _listing_experiment(store, "b", {"lr": 0.3, "layers": [64]}, {"acc": 2, "mixed": 0.25})
+    _listing_experiment(store, "c", {"lr": 0.2}, {"acc": float("inf"), "mixed": 7, "ok": True})
+    _listing_experiment(store, "d", {"lr": 0.2}, {"acc": -1.5, "odd": float("nan"), "ok": 3})
+
+    for query in (None, 'name != "d"', "metrics.acc > 100"):
+        names, rows = store.table(query)
+        if query is None:
+            assert store.listed_keys() == [n for n in names if "." in n]
+            assert "params.gone" not in names  # only null values: no column
+        expected = {}
+        for index, name in enumerate(names):
+            numbers = [row[index] for row in rows if render.is_number(row[index])]
+            if name.startswith("metrics.") and numbers:
+                expected[name] = (min(numbers), max(numbers))
+        assert store.metric_bounds(query) == expected
+    assert store.metric_bounds()["metrics.mixed"] == (0.25, 7)  # the text "n/a" is no number
+    assert store.metric_bounds()["metrics.ok"] == (3, 3)  # True is no number
+    assert "metrics.odd" not in store.metric_bounds()  # nan only

@@ -96,7 +96,7 @@ def _column_text(name: str, values: Sequence[Any], *, exact: bool = False) -> Se
 
 
 def cmd_show(args: argparse.Namespace, store: Store) -> int:
-    experiment = store.get(args.ref)
+    experiment = api.get(args.ref, store=store)
     if args.json:
         json.dump(experiment.to_dict(), sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -125,13 +125,13 @@ def cmd_tag(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace, store: Store) -> int:
-    count = store.reindex()
+    count = api.reindex(store=store)
     print(f"indexed {count} experiment{'' if count == 1 else 's'} from {store.records_dir}")
     return 0
 
 
 def cmd_fsck(args: argparse.Namespace, store: Store) -> int:
-    problems = store.fsck()
+    problems = api.fsck(store=store)
     for problem in problems:
         print(problem)
     if problems:
@@ -149,12 +149,14 @@ def cmd_gc(args: argparse.Namespace, store: Store) -> int:
 
     if args.remote:
         return _gc_remote(args, store)
-    garbage, size = store.gc(delete=args.yes)
-    temps, temps_size = store.clean_tmp(delete=args.yes)
-    found = f"{len(garbage)} unreferenced objects ({human_bytes(size)})"
-    if temps:  # what killed processes left in tmp/ (see Store.clean_tmp)
-        found += f" and {temps} leftover temporary files ({human_bytes(temps_size)}) in tmp/"
-    if not garbage and not temps:
+    collected = api.gc(delete=args.yes, store=store)
+    found = f"{len(collected.objects)} unreferenced objects ({human_bytes(collected.size)})"
+    if collected.temporary:  # what killed processes left in tmp/ (see Store.clean_tmp)
+        found += (
+            f" and {collected.temporary} leftover temporary files "
+            f"({human_bytes(collected.temporary_size)}) in tmp/"
+        )
+    if not collected.objects and not collected.temporary:
         print("nothing to collect: every object is referenced by a record")
     elif args.yes:
         print(f"deleted {found}")
@@ -164,10 +166,10 @@ def cmd_gc(args: argparse.Namespace, store: Store) -> int:
 
 
 def _gc_remote(args: argparse.Namespace, store: Store) -> int:
-    from .remote import GC_GRACE_SECONDS, gc_remote
+    from .remote import GC_GRACE_SECONDS
     from .show import human_bytes
 
-    found = gc_remote(store, args.remote, delete=args.yes)
+    found = api.gc(delete=args.yes, remote=args.remote, store=store)
     where = f"on remote {args.remote}"
     if not args.yes:
         for digest in found.objects[:20]:
@@ -197,15 +199,13 @@ def _gc_remote(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_remote_add(args: argparse.Namespace, store: Store) -> int:
-    from .remote import add_remote, parse_options
-
-    remote = add_remote(
-        store,
+    remote = api.remote_add(
         args.name,
         args.url,
-        parse_options(args.option or ()),
+        args.option or (),
         trusted=args.trusted,
         default=args.default,
+        store=store,
     )
     notes = [word for word, on in (("trusted", remote.trusted), ("default", args.default)) if on]
     print(f"added remote {remote.name}: {remote.url}" + (f" ({', '.join(notes)})" if notes else ""))
@@ -213,13 +213,10 @@ def cmd_remote_add(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_remote_list(args: argparse.Namespace, store: Store) -> int:
-    from .remote import default_remote, remotes
-
-    configured = remotes(store)
+    configured, default = api.remotes(store=store)
     if not configured:
         print("no remotes; add one with `nbexp remote add NAME URL`")
         return 0
-    default = default_remote(store)
     for remote in configured.values():
         notes = [
             w for w, on in (("trusted", remote.trusted), ("default", remote.name == default)) if on
@@ -230,98 +227,81 @@ def cmd_remote_list(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_remote_remove(args: argparse.Namespace, store: Store) -> int:
-    from .remote import remove_remote
-
-    remote = remove_remote(store, args.name)
+    remote = api.remote_remove(args.name, store=store)
     print(f"removed remote {remote.name} ({remote.url}); experiments pulled from it stay")
     return 0
 
 
 def cmd_remote_trust(args: argparse.Namespace, store: Store) -> int:
-    from .remote import set_trusted
-
-    remote = set_trusted(store, args.name, True)
+    remote = api.remote_trust(args.name, True, store=store)
     print(f"remote {remote.name} is trusted: state pulled from it can be restored")
     return 0
 
 
 def cmd_remote_untrust(args: argparse.Namespace, store: Store) -> int:
-    from .remote import set_trusted
-
-    remote = set_trusted(store, args.name, False)
+    remote = api.remote_trust(args.name, False, store=store)
     print(f"remote {remote.name} is not trusted: state pulled from it will not be restored")
     return 0
 
 
 def _remote_and_refs(store: Store, words: list[str]) -> tuple[str | None, list[str]]:
     """`[REMOTE] [REF...]`: the first word is a remote when one has that name."""
-    from .remote import remotes
-
-    if words and words[0] in remotes(store):
+    if words and words[0] in api.remotes(store=store)[0]:
         return words[0], words[1:]
     return None, words
 
 
 def cmd_push(args: argparse.Namespace, store: Store) -> int:
-    from .remote import push
-
     name, refs = _remote_and_refs(store, args.words)
-    print(push(store, name, refs, workers=args.jobs, progress=not args.quiet))
+    print(api.push(name, refs, workers=args.jobs, progress=not args.quiet, store=store))
     return 0
 
 
 def cmd_pull(args: argparse.Namespace, store: Store) -> int:
-    from .remote import pull
-
     name, refs = _remote_and_refs(store, args.words)
-    print(pull(store, name, refs, workers=args.jobs, progress=not args.quiet))
+    print(api.pull(name, refs, workers=args.jobs, progress=not args.quiet, store=store))
     return 0
 
 
 def cmd_export(args: argparse.Namespace, store: Store) -> int:
-    from .exporter import infer_format, render, write
+    from .exporter import infer_format
 
-    experiment = store.get(args.ref)
+    experiment = api.get(args.ref, store=store)
     fmt = infer_format(args.output, args.format)
     if fmt == "dvc":
-        from .dvcstage import write as write_stage
-
-        script, dvc_yaml, stage = write_stage(experiment, args.output, force=args.force)
+        script, dvc_yaml, stage = api.export_stage(experiment, args.output, force=args.force)
         print(f"wrote {script} and stage {stage!r} in {dvc_yaml}: `dvc repro {stage}` runs it")
         return 0
     if args.output is None:
-        sys.stdout.write(render(experiment, fmt))
+        _write(api.export_text(experiment, fmt))
         return 0
-    path = write(experiment, args.output, fmt, force=args.force)
+    path = api.export(experiment, args.output, fmt, force=args.force)
     print(f"wrote {path}: {experiment.name} ({experiment.short_id}) as a {fmt}")
     return 0
 
 
 def cmd_artifact(args: argparse.Namespace, store: Store) -> int:
-    from .artifacts import write_artifact
-
-    experiment = store.get(args.ref)
-    where = write_artifact(store, experiment, args.path, args.output, force=args.force)
+    where, experiment = api.artifact(
+        args.ref, args.path, args.output, force=args.force, store=store
+    )
     if where != "-":
         print(f"wrote {where}: {args.path} of {experiment.name} ({experiment.short_id})")
     return 0
 
 
 def cmd_rerun(args: argparse.Namespace, store: Store) -> int:
-    from .rerun import report, rerun
+    from .rerun import report
 
-    result = rerun(
-        store, args.ref, rtol=args.rtol, atol=args.atol,
-        check_data=not args.no_check_data, timeout=args.timeout,
+    result = api.rerun(
+        args.ref, rtol=args.rtol, atol=args.atol,
+        check_data=not args.no_check_data, timeout=args.timeout, store=store,
     )  # fmt: skip
     print(report(result, args.rtol, args.atol))
     return result.exit_code
 
 
 def cmd_branch(args: argparse.Namespace, store: Store) -> int:
-    from .branch import branch
-
-    made = branch(store, args.ref, args.name)
+    made = api.branch(args.ref, args.name, store=store)
     changes = " + the recorded uncommitted changes" if made.diff_applied else ""
     print(
         f"branch {made.name} at {made.commit[:12]} (on {made.base[:12]}{changes}): "
@@ -331,9 +311,9 @@ def cmd_branch(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_diff(args: argparse.Namespace, store: Store) -> int:
-    from .comparison import as_data, diff
+    from .comparison import as_data
 
-    found = diff(store.get(args.a), store.get(args.b))
+    found = api.diff(args.a, args.b, store=store)
     if args.format == "json":
         json.dump(encode_value(as_data(found)), sys.stdout, indent=1, allow_nan=False)
         sys.stdout.write("\n")
@@ -347,7 +327,7 @@ def cmd_drift(args: argparse.Namespace, store: Store) -> int:
     from . import datadrift as drift
 
     drift.check_level(args.fail_on)
-    experiment = store.get(args.ref)
+    experiment = api.get(args.ref, store=store)
     found = [drift.compare(experiment, path, input_name=args.input) for path in args.paths]
     if args.format == "json":
         json.dump(encode_value(drift.as_json(experiment, found)), sys.stdout, indent=1)
@@ -359,18 +339,15 @@ def cmd_drift(args: argparse.Namespace, store: Store) -> int:
 
 def cmd_status(args: argparse.Namespace, store: Store) -> int:
     """Stale experiments and what changed; exit 1 when any is stale, so it can gate a pipeline."""
-    from .staleness import stale
-
-    ids = [store.resolve(args.ref)] if args.ref else None
-    rows = store.rows(ids=ids) if ids else store.rows()
-    found = stale(store, [row["id"] for row in rows])
+    checked = api.status(args.ref, store=store)
+    rows, found = checked.rows, checked.changes
     for row in rows:
         changes = found.get(row["id"])
         if changes:
             print(f"stale  {row['name']} ({row['id'][:SHORT_ID_LENGTH]})")
             print("\n".join(f"  {change}" for change in changes))
         elif args.ref:
-            origin = store.origin_name(row["id"])
+            origin = checked.origins.get(row["id"])
             unchecked = (
                 f"; pulled from {origin}, so inputs not on this machine are not checked"
                 if origin
@@ -507,8 +484,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_remote_commands(commands: Any) -> None:
     """`remote add/list/remove/trust/untrust`, `push`, `pull` (SPEC §9)."""
-    from .transfer import DEFAULT_WORKERS
-
     remote = commands.add_parser("remote", help="manage remotes", description="manage remotes")
     actions = remote.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
@@ -551,7 +526,7 @@ def _add_remote_commands(commands: Any) -> None:
             help="a remote (default: the default remote), then experiments (default: all)",
         )
         sub.add_argument(
-            "-j", "--jobs", type=int, default=DEFAULT_WORKERS, help="parallel transfers"
+            "-j", "--jobs", type=int, default=None, help="parallel transfers (default 16)"
         )
         sub.add_argument("-q", "--quiet", action="store_true", help="no progress line")
 

@@ -685,3 +685,36 @@ def test_listed_keys_and_metric_bounds_agree_with_the_whole_listing(project):
     assert store.metric_bounds()["metrics.mixed"] == (0.25, 7)  # the text "n/a" is no number
     assert store.metric_bounds()["metrics.ok"] == (3, 3)  # True is no number
     assert "metrics.odd" not in store.metric_bounds()  # nan only
+
+
+def test_the_whole_listing_is_served_from_its_cache_only_while_the_index_is_unchanged(project):
+    """`experiments()` and `nbexp list` read the whole listing from cache/listing while the
+    index's generation is the one it was written from: every change (a new experiment, a
+    tag, a deletion, a reindex, another process's write) shows at once; a damaged cache
+    file is ignored."""
+    from nbexp import api
+
+    store = open_store()
+    first = _listing_experiment(store, "a", {"lr": 0.1}, {"acc": 0.5})
+    fresh = lambda: store._listing(None, None, None, 0, True)  # noqa: E731 (SQL, no cache)
+    assert store.listing(short_ids=True) == fresh()
+    assert store.listing_cache_path.exists()
+    assert store.listing(short_ids=True) == fresh()  # from the file
+
+    second = _listing_experiment(store, "b", {"lr": 0.2, "depth": 3}, {"acc": 0.7})
+    assert list(api.experiments(store=store)["params.depth"].isna()) == [False, True]
+    store.add_tag(first.id, "best")
+    assert api.table(store=store)[1][5] == [[], ["best"]]
+    other = Store(store.root)  # another process's handle
+    other.delete(second.id)
+    other.close()
+    assert store.listing(short_ids=True) == fresh() and len(fresh()[1][0]) == 1
+    store.reindex()
+    assert store.listing(short_ids=True) == fresh()
+
+    data = bytearray(store.listing_cache_path.read_bytes())
+    data[-3] ^= 0xFF  # a flipped byte: the file's hash no longer matches
+    store.listing_cache_path.write_bytes(bytes(data))
+    assert store.listing(short_ids=True) == fresh()
+    store.listing_cache_path.write_bytes(b"nonsense")
+    assert store.listing(short_ids=True) == fresh()

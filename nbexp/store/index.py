@@ -28,6 +28,7 @@ from ..errors import (
 )
 from ..hashing import hash_file
 from ..record import SHORT_ID_LENGTH, Experiment
+from . import listing_cache
 from .files import StoreFiles, file_identity, is_utf8
 
 _INDEX_SCHEMA = """
@@ -48,6 +49,37 @@ CREATE TABLE IF NOT EXISTS columns (
     PRIMARY KEY (section, key)
 );
 """
+
+
+# The index's generation: a random name given when the file is made, and a counter raised by
+# every change to the listed rows or the column list (in the same transaction as the change),
+# so a cached listing (`listing_cache`) is known to be current with one tiny read.
+_GENERATION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS generation (
+    one INTEGER PRIMARY KEY CHECK (one = 1), name TEXT NOT NULL, changes INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS generation_insert AFTER INSERT ON experiments
+    BEGIN UPDATE generation SET changes = changes + 1; END;
+CREATE TRIGGER IF NOT EXISTS generation_update AFTER UPDATE ON experiments
+    BEGIN UPDATE generation SET changes = changes + 1; END;
+CREATE TRIGGER IF NOT EXISTS generation_delete AFTER DELETE ON experiments
+    BEGIN UPDATE generation SET changes = changes + 1; END;
+CREATE TRIGGER IF NOT EXISTS generation_columns_insert AFTER INSERT ON columns
+    BEGIN UPDATE generation SET changes = changes + 1; END;
+CREATE TRIGGER IF NOT EXISTS generation_columns_update AFTER UPDATE ON columns
+    BEGIN UPDATE generation SET changes = changes + 1; END;
+CREATE TRIGGER IF NOT EXISTS generation_columns_delete AFTER DELETE ON columns
+    BEGIN UPDATE generation SET changes = changes + 1; END;
+"""
+
+
+def _add_generation(connection: sqlite3.Connection) -> None:
+    """The generation table and its triggers (indexes made before them get them on open)."""
+    connection.executescript(_GENERATION_SCHEMA)
+    if connection.execute("SELECT NOT EXISTS (SELECT 1 FROM generation)").fetchone()[0]:
+        connection.execute(
+            "INSERT OR IGNORE INTO generation VALUES (1, lower(hex(randomblob(16))), 0)"
+        )
 
 
 # Every param and metric name ever indexed, and whether all its values are plain numbers or
@@ -203,9 +235,11 @@ class StoreIndex(StoreFiles):
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.executescript(_INDEX_SCHEMA)
             _add_origin_column(connection)
+            _add_generation(connection)
             layout = {row[1] for row in connection.execute("PRAGMA table_info(columns)")}
             if "physical" not in layout:  # an index from before plain columns: rebuild the list
                 connection.executescript("DROP TABLE columns;" + _INDEX_SCHEMA)
+                _add_generation(connection)  # the triggers on `columns` went with it
             empty = connection.execute("SELECT NOT EXISTS (SELECT 1 FROM columns)").fetchone()[0]
             if (
                 empty
@@ -436,7 +470,46 @@ class StoreIndex(StoreFiles):
         experiment has a value for are left out. Column by column because every reader (the
         DataFrame, the CLI's table and CSV) formats and converts whole columns: at 100,000
         experiments the values are most of the cost, so no per-row dict is built, and only
-        the JSON of non-flat values is parsed (`short_ids`: ids cut to their short form)."""
+        the JSON of non-flat values is parsed (`short_ids`: ids cut to their short form).
+        The whole listing with short ids (what `nbexp list` and `experiments()` ask for) is
+        read from `listing_cache` while the index has not changed since it was written."""
+        whole = not (query and query.strip()) and not sort and limit is None and not offset
+        if whole and short_ids:
+            generation = self._generation()
+            if generation is not None:
+                cached = listing_cache.read(self.listing_cache_path, generation)
+                if cached is not None:
+                    return cached
+                names, columns = self._listing(None, None, None, 0, True)
+                if not self.read_only and generation == self._generation():
+                    data = listing_cache.encode(generation, (names, columns))
+                    if data is not None:
+                        with contextlib.suppress(StoreError, OSError):  # a cache: best effort
+                            self._write_atomic(self.listing_cache_path, data)
+                return names, columns
+        return self._listing(query, sort, limit, offset, short_ids)
+
+    @property
+    def listing_cache_path(self) -> Path:
+        return self.root / "cache" / "listing"
+
+    def _generation(self) -> listing_cache.Generation | None:
+        """The index's generation, or None for an index without one (read-only, older)."""
+        with self._lock:
+            try:
+                row = self._db.execute("SELECT name, changes FROM generation").fetchone()
+            except sqlite3.OperationalError:  # no such table: an index from before it
+                return None
+        return (str(row[0]), int(row[1])) if row else None
+
+    def _listing(
+        self,
+        query: str | None,
+        sort: str | None,
+        limit: int | None,
+        offset: int,
+        short_ids: bool,
+    ) -> tuple[list[str], list[Sequence[Any]]]:
         keys = self._key_columns()
         names = ["id", "name", "created", "status", "duration", "tags", "origin"]
         select = [f"substr(id, 1, {SHORT_ID_LENGTH})" if short_ids else "id", *names[1:]]
@@ -921,6 +994,7 @@ def new_index_in_memory() -> sqlite3.Connection:
     connection = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     connection.executescript(_INDEX_SCHEMA)
     _add_origin_column(connection)
+    _add_generation(connection)
     connection.isolation_level = "DEFERRED"
     return connection
 

@@ -294,8 +294,15 @@ def main() -> int:
             )
         )
 
+        untimed: list[tuple[float, float]] = []
+
         def measure(label: str, function, note: str = "", target: bool = True) -> None:
             best, times, cpu = best_of(function)
+            if untimed:  # `after_a_change`: take its untimed tag change back out
+                cpu -= min(c for c, _ in untimed)
+                times = [t - w for t, (_, w) in zip(times, untimed, strict=True)]
+                best = min(times)
+                untimed.clear()
             verdict = ("met" if best <= TARGET else "MISSED") if target else "reference"
             shown = f"median {statistics.median(times):.3f} s; " if len(times) > 1 else ""
             rows.append(
@@ -313,6 +320,25 @@ def main() -> int:
 
         store_arg = ["--store", str(root)]
         measure("nbexp.experiments()", lambda: nbexp.experiments())
+        newest = store.rows(limit=1)[0]["id"]
+        toggles = iter(range(1_000_000))
+
+        def after_a_change() -> None:
+            """A tag added or taken off first (not timed): the index changed, so the listing
+            comes from SQL and the cache file is written again."""
+            paused = cpu_seconds(), time.perf_counter()
+            if next(toggles) % 2:
+                store.remove_tag(newest, "bench-toggle")
+            else:
+                store.add_tag(newest, "bench-toggle")
+            untimed.append((cpu_seconds() - paused[0], time.perf_counter() - paused[1]))
+            nbexp.experiments()
+
+        measure(
+            "nbexp.experiments() after a change",
+            after_a_change,
+            note="SQL + cache rewrite, tag change not counted; ",
+        )
         measure(
             f"nbexp.experiments({FILTER!r})",
             lambda: nbexp.experiments(FILTER),

@@ -45,7 +45,7 @@ def table(
     (only when some listed experiment was pulled), then `params.*` and `metrics.*`."""
     names, columns = _store(store).listing(query, sort=sort, limit=limit, short_ids=True)
     origin = names.index("origin")
-    if all(value is None for value in columns[origin]):  # only pulled experiments have one
+    if columns[origin].count(None) == len(columns[origin]):  # only pulled experiments have one
         del names[origin], columns[origin]
     return names, columns
 

@@ -89,6 +89,8 @@ def _column_text(name: str, values: Sequence[Any], *, exact: bool = False) -> Se
         )
     if kinds <= {float, int, _NONE}:
         number = f"%.{TABLE_DIGITS}g"  # the same digits as format(value, ".4g")
+        if _NONE not in kinds:
+            return list(map(number.__mod__, values))  # no Python-level loop
         return ["" if value is None else number % value for value in values]
     return [
         _cell(value) if not exact or isinstance(value, (list, dict)) else value for value in values

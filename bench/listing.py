@@ -9,14 +9,19 @@ The temp store goes to /dev/shm when that is a tmpfs with room (``--dir`` to cho
 shared disk, creating and deleting 100k record files took minutes under load, while the
 timed listings read only the SQLite index, which is in the page cache either way.
 
-Then it times (best of 3; target <= 1 s each):
+Then it times (best of 3; target <= 0.5 s each):
 
 * ``nbexp.experiments()``                      in process, a pandas DataFrame
+* the widget's first page                      in process: ``widgets.model.TableModel`` over a
+                                               fresh store handle (columns, total, the page of
+                                               50, best values, stale marks) and its HTML
 * ``nbexp list --format csv > /dev/null``      a subprocess (interpreter start included)
 * ``nbexp list > /dev/null``                   the table
 * ``nbexp list "metrics.acc > 0.9"``           a filter (about 10% of rows match)
 
 and for reference ``nbexp --version`` (the CLI's start-up cost) and ``nbexp list --limit 1``.
+The subprocesses run without PYTHONDONTWRITEBYTECODE (so with compiled bytecode cached, as an
+installed package has it): with it set, every start compiled nbexp's modules again (+0.3 s).
 Prints figures only; never asserts. The temp store is deleted at the end.
 
     .venv/bin/python bench/listing.py [--quick] [--records N] [--via-save] [--profile] [--dir D]
@@ -40,6 +45,8 @@ from pathlib import Path
 
 FILTER = "metrics.acc > 0.9"
 SLOW_CUTOFF = 3.0  # seconds
+TARGET = 0.5  # seconds, each listing (issue 14)
+PAGE_SIZE = 50  # the widget's default page
 
 
 def cores() -> int:
@@ -138,17 +145,29 @@ def default_dir() -> str | None:
     return None
 
 
-def best_of(function, repeat: int = 3) -> tuple[float, list[float]]:
-    """Best of `repeat` runs; stops after a run slower than SLOW_CUTOFF (the target is long
-    missed by then, and repeating it would push the bench past its time budget)."""
-    times = []
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system)."""
+    own = os.times()
+    return own.user + own.system + own.children_user + own.children_system
+
+
+def best_of(function, repeat: int = 3) -> tuple[float, list[float], float]:
+    """Best of `repeat` runs, and the CPU seconds of that best run (this process and the
+    subprocesses it waited for): on a shared machine whose load average is above its core
+    count, wall time is mostly waiting for a core, and CPU time is the steadier figure.
+    Stops after a run slower than SLOW_CUTOFF (the target is long missed by then, and
+    repeating it would push the bench past its time budget)."""
+    times: list[float] = []
+    cpu: list[float] = []
     for _ in range(repeat):
-        begin = time.perf_counter()
+        begin, begin_cpu = time.perf_counter(), cpu_seconds()
         function()
         times.append(time.perf_counter() - begin)
+        cpu.append(cpu_seconds() - begin_cpu)
         if times[-1] > SLOW_CUTOFF:
             break
-    return min(times), times
+    best = min(range(len(times)), key=times.__getitem__)
+    return times[best], times, cpu[best]
 
 
 def store_size(root: Path) -> int:
@@ -166,12 +185,37 @@ def cli_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "nbexp.cli"]
 
 
+def cli_environment() -> dict[str, str]:
+    """This environment, but with bytecode caching on, as a user's installed nbexp has it."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def run_cli(args: list[str]) -> None:
     completed = subprocess.run(
-        [*cli_command(), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
+        [*cli_command(), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=cli_environment(),
+        check=False,
     )
     if completed.returncode != 0:
         raise RuntimeError(f"nbexp {' '.join(args)} failed: {completed.stderr.decode()[-500:]}")
+
+
+def widget_first_page(root: Path) -> str:
+    """What the table widget computes before its first draw (`%experiments`, over the
+    kernel's store handle): its columns, the total, the first page, best values, stale
+    marks, and the page's HTML. Returns the page text ("rows 1–50 of N")."""
+    from nbexp.store import open_store
+    from nbexp.widgets import render
+    from nbexp.widgets.model import TableModel
+
+    model = TableModel(open_store(root), page_size=PAGE_SIZE)
+    model.discover(full=True)
+    model.load()
+    columns = model.visible()
+    render.page_html(columns, model.rows, render.widths(columns, model.rows), model.marks())
+    return model.page_text()
 
 
 def print_profile(title: str, function, top: int = 15) -> None:
@@ -206,7 +250,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="nbexp-bench-list-", dir=args.dir or default_dir()))
     root = workdir / ".nbexp"
     os.environ["NBEXP_STORE"] = str(root)
-    rows: list[tuple[str, str, str, str]] = []
+    rows: list[tuple[str, str, str, str, str]] = []
     try:
         import nbexp
         from nbexp.store import open_store
@@ -226,15 +270,16 @@ def main() -> int:
             "count and size the store); timing listings ...",
             flush=True,
         )
-        begin = time.perf_counter()
+        begin, begin_cpu = time.perf_counter(), cpu_seconds()
         frame = nbexp.experiments()
-        first_call = time.perf_counter() - begin
+        first_call, first_cpu = time.perf_counter() - begin, cpu_seconds() - begin_cpu
         if len(frame) != indexed:
             print(f"NOTE: experiments() returned {len(frame)} rows, index holds {indexed}")
         rows.append(
             (
                 f"setup: write {count:,} records" + (" (Store.save)" if args.via_save else ""),
                 f"{setup:.3f}",
+                "",
                 "",
                 f"{setup / count * 1e6:.0f} us/record; store {size / 1e6:.0f} MB on disk",
             )
@@ -243,31 +288,66 @@ def main() -> int:
             (
                 "nbexp.experiments() first call",
                 f"{first_call:.3f}",
+                f"{first_cpu:.3f}",
                 "1",
                 f"{len(frame):,} rows x {frame.shape[1]} cols",
             )
         )
 
+        untimed: list[tuple[float, float]] = []
+
         def measure(label: str, function, note: str = "", target: bool = True) -> None:
-            best, times = best_of(function)
-            verdict = ("met" if best <= 1.0 else "MISSED") if target else "reference"
+            best, times, cpu = best_of(function)
+            if untimed:  # `after_a_change`: take its untimed tag change back out
+                cpu -= min(c for c, _ in untimed)
+                times = [t - w for t, (_, w) in zip(times, untimed, strict=True)]
+                best = min(times)
+                untimed.clear()
+            verdict = ("met" if best <= TARGET else "MISSED") if target else "reference"
             shown = f"median {statistics.median(times):.3f} s; " if len(times) > 1 else ""
             rows.append(
                 (
                     label,
                     f"{best:.3f}",
+                    f"{cpu:.3f}",
                     str(len(times)),
-                    f"{note}{shown}target <= 1 s: {verdict}" if target else f"{note}reference",
+                    f"{note}{shown}target <= {TARGET:g} s: {verdict}"
+                    if target
+                    else f"{note}reference",
                 )
             )
-            print(f"  {label}: {best:.3f} s", flush=True)
+            print(f"  {label}: {best:.3f} s (cpu {cpu:.3f} s)", flush=True)
 
         store_arg = ["--store", str(root)]
         measure("nbexp.experiments()", lambda: nbexp.experiments())
+        newest = store.rows(limit=1)[0]["id"]
+        toggles = iter(range(1_000_000))
+
+        def after_a_change() -> None:
+            """A tag added or taken off first (not timed): the index changed, so the listing
+            comes from SQL and the cache file is written again."""
+            paused = cpu_seconds(), time.perf_counter()
+            if next(toggles) % 2:
+                store.remove_tag(newest, "bench-toggle")
+            else:
+                store.add_tag(newest, "bench-toggle")
+            untimed.append((cpu_seconds() - paused[0], time.perf_counter() - paused[1]))
+            nbexp.experiments()
+
+        measure(
+            "nbexp.experiments() after a change",
+            after_a_change,
+            note="SQL + cache rewrite, tag change not counted; ",
+        )
         measure(
             f"nbexp.experiments({FILTER!r})",
             lambda: nbexp.experiments(FILTER),
             note=f"{matching:,} rows; ",
+        )
+        measure(
+            "widget: first page (in process, new model)",
+            lambda: widget_first_page(root),
+            note=f"{widget_first_page(root)}; ",
         )
         measure(
             "CLI: nbexp --version (start-up only)", lambda: run_cli(["--version"]), target=False
@@ -300,6 +380,7 @@ def main() -> int:
                 "nbexp list (table, cli.main in process)",
                 lambda: cli.main([*store_arg, "list"]),
             )
+            print_profile("the widget's first page", lambda: widget_first_page(root))
         store.close()
     finally:
         cleanup = time.perf_counter()
@@ -315,9 +396,9 @@ def main() -> int:
         f"load average {load_before:.2f} at start, {os.getloadavg()[0]:.2f} at end"
     )
     width = max(len(r[0]) for r in rows)
-    print(f"{'what':<{width}}  {'best s':>8}  {'runs':>4}  note")
-    for name, seconds, runs, note in rows:
-        print(f"{name:<{width}}  {seconds:>8}  {runs:>4}  {note}")
+    print(f"{'what':<{width}}  {'best s':>8}  {'cpu s':>7}  {'runs':>4}  note")
+    for name, seconds, cpu, runs, note in rows:
+        print(f"{name:<{width}}  {seconds:>8}  {cpu:>7}  {runs:>4}  {note}")
     return 0
 
 

@@ -3,20 +3,51 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .record import Experiment
-from .store import Store, open_store
 
 if TYPE_CHECKING:
     import pandas as pd
 
-BASE_COLUMNS = ["id", "name", "created", "status", "duration", "tags"]
+    from .store import Store
 
 
 def _store(store: Store | str | os.PathLike[str] | None) -> Store:
+    from .store import Store, open_store  # imported when used: `nbexp --version` stays quick
+
     return store if isinstance(store, Store) else open_store(store)
+
+
+def rows(
+    query: str | None = None,
+    *,
+    sort: str | None = None,
+    limit: int | None = None,
+    store: Store | str | None = None,
+) -> list[dict[str, Any]]:
+    """The index rows of the experiments matching `query`, newest first (or by `sort`): id,
+    name, created, status, duration, note, tags, params, metrics, notebook, sweep, origin."""
+    return _store(store).rows(query, sort=sort, limit=limit)
+
+
+def table(
+    query: str | None = None,
+    *,
+    sort: str | None = None,
+    limit: int | None = None,
+    store: Store | str | None = None,
+) -> tuple[list[str], list[Sequence[Any]]]:
+    """The listing column by column: short id, name, created, status, duration, tags, origin
+    (only when some listed experiment was pulled), then `params.*` and `metrics.*`."""
+    names, columns = _store(store).listing(query, sort=sort, limit=limit, short_ids=True)
+    origin = names.index("origin")
+    if columns[origin].count(None) == len(columns[origin]):  # only pulled experiments have one
+        del names[origin], columns[origin]
+    return names, columns
 
 
 def experiments(
@@ -26,15 +57,14 @@ def experiments(
     then `params.*` and `metrics.*` columns. `query` filters, e.g. "metrics.f1 > 0.8"."""
     import pandas as pd
 
-    names, rows = _store(store).table(query, sort=sort)
-    frame = pd.DataFrame.from_records(rows, columns=names) if rows else pd.DataFrame(columns=names)
-    frame["id"] = frame["id"].str.slice(0, 8)
-    frame["created"] = pd.to_datetime(frame["created"], utc=True, format="ISO8601")
-    if not frame["origin"].notna().any():  # only pulled experiments have an origin
-        frame = frame.drop(columns="origin")
-    else:
-        frame = frame[[*BASE_COLUMNS, "origin", *names[len(BASE_COLUMNS) + 1 :]]]
-    return frame
+    names, columns = table(query, sort=sort, store=store)
+    # from columns, not rows: each column is converted once, as a whole
+    data: dict[str, Any] = {
+        name: list(values) if values else pd.Series(dtype=object)
+        for name, values in zip(names, columns, strict=True)
+    }
+    data["created"] = pd.to_datetime(data["created"], utc=True, format="ISO8601")
+    return pd.DataFrame(data, columns=names)
 
 
 def get(ref: str, *, salvage: bool = False, store: Store | str | None = None) -> Experiment:
@@ -121,7 +151,7 @@ def plot(
 
 
 def export(
-    ref: str,
+    ref: str | Experiment,
     path: str | os.PathLike[str] | None = None,
     format: str = "script",
     force: bool = False,
@@ -132,7 +162,7 @@ def export(
     reproduces the experiment; `path` defaults to `<name>.py` / `<name>.ipynb`."""
     from .exporter import default_path, write
 
-    experiment = _store(store).get(ref)
+    experiment = ref if isinstance(ref, Experiment) else _store(store).get(ref)
     return write(experiment, path or default_path(experiment, format), format, force=force)
 
 
@@ -199,12 +229,14 @@ def push(
     refs: list[str] | None = None,
     *,
     progress: bool = True,
+    workers: int | None = None,
     store: Store | str | None = None,
 ) -> Any:
     """Send experiments (all, or `refs`) and the objects the remote lacks; returns a report."""
     from .remote import push as _push
 
-    return _push(_store(store), remote, refs or (), progress=progress)
+    more = {"workers": workers} if workers is not None else {}
+    return _push(_store(store), remote, refs or (), progress=progress, **more)
 
 
 def pull(
@@ -212,10 +244,188 @@ def pull(
     refs: list[str] | None = None,
     *,
     progress: bool = True,
+    workers: int | None = None,
     store: Store | str | None = None,
 ) -> Any:
     """Fetch experiments (all, or `refs`, resolved on the remote) and the objects this store
     lacks; returns a report. Their state restores only from a trusted remote."""
     from .remote import pull as _pull
 
-    return _pull(_store(store), remote, refs or (), progress=progress)
+    more = {"workers": workers} if workers is not None else {}
+    return _pull(_store(store), remote, refs or (), progress=progress, **more)
+
+
+# -- the store's upkeep -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What `gc` found (and with `delete`, removed) in a local store."""
+
+    objects: list[str]  # unreferenced objects' digests
+    size: int  # their bytes
+    temporary: int  # leftover temporary files in tmp/ (see `Store.clean_tmp`)
+    temporary_size: int
+    deleted: bool
+
+
+def gc(*, delete: bool = False, remote: str | None = None, store: Store | str | None = None) -> Any:
+    """Objects no record references, and what killed processes left in tmp/, removed only
+    with `delete` (a `Collected`); with `remote`, the remote's own unreferenced objects,
+    kept while young since a push may be writing the record that needs them
+    (`remote.RemoteGarbage`)."""
+    target = _store(store)
+    if remote is not None:
+        from .remote import gc_remote
+
+        return gc_remote(target, remote, delete=delete)
+    garbage, size = target.gc(delete=delete)
+    temps, temps_size = target.clean_tmp(delete=delete)
+    return Collected(garbage, size, temps, temps_size, delete)
+
+
+def fsck(*, store: Store | str | None = None) -> list[Any]:
+    """Verify every record and object; the problems found (empty: healthy)."""
+    return list(_store(store).fsck())
+
+
+def reindex(*, store: Store | str | None = None) -> int:
+    """Rebuild the index from the records; how many experiments were indexed."""
+    return _store(store).reindex()
+
+
+def status(ref: str | None = None, *, store: Store | str | None = None) -> Staleness:
+    """Which experiments (all, or `ref`) are stale: an input file or their cell changed."""
+    from .staleness import stale
+
+    target = _store(store)
+    rows_ = target.rows(ids=[target.resolve(ref)]) if ref else target.rows()
+    found = stale(target, [row["id"] for row in rows_])
+    return Staleness(
+        rows_,
+        {key: list(changes) for key, changes in found.items()},
+        {row["id"]: target.origin_name(row["id"]) for row in rows_} if ref else {},
+    )
+
+
+@dataclass(frozen=True)
+class Staleness:
+    """`status`: the experiments checked (index rows), what changed for the stale ones (id →
+    changes), and for a single experiment asked for, the remote it was pulled from."""
+
+    rows: list[dict[str, Any]]
+    changes: dict[str, list[Any]]
+    origins: dict[str, str | None]
+
+
+# -- reproducing ------------------------------------------------------------------------------
+
+
+def export_text(
+    ref: str | Experiment, format: str = "script", *, store: Store | str | None = None
+) -> str:
+    """The export (`format`: script or notebook) as text, nothing written."""
+    from .exporter import render
+
+    experiment = ref if isinstance(ref, Experiment) else _store(store).get(ref)
+    return str(render(experiment, format))
+
+
+def export_stage(
+    ref: str | Experiment,
+    script: str | os.PathLike[str] | None = None,
+    *,
+    force: bool = False,
+    store: Store | str | None = None,
+) -> tuple[Path, Path, str]:
+    """The experiment's script and its stage in dvc.yaml, so `dvc repro STAGE` runs it:
+    (script, dvc.yaml, stage name)."""
+    from .dvcstage import write as write_stage
+
+    experiment = ref if isinstance(ref, Experiment) else _store(store).get(ref)
+    written, dvc_yaml, stage = write_stage(experiment, script, force=force)
+    return Path(written), Path(dvc_yaml), str(stage)
+
+
+def artifact(
+    ref: str,
+    path: str,
+    output: str | None = None,
+    *,
+    force: bool = False,
+    store: Store | str | None = None,
+) -> tuple[str, Experiment]:
+    """Write a file the run wrote back out, verified (never over a different file without
+    `force`; `output` "-" is stdout): where it went, and the experiment."""
+    from .artifacts import write_artifact
+
+    target = _store(store)
+    experiment = target.get(ref)
+    return str(write_artifact(target, experiment, path, output, force=force)), experiment
+
+
+def rerun(
+    ref: str,
+    *,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    check_data: bool = True,
+    timeout: float | None = None,
+    store: Store | str | None = None,
+) -> Any:
+    """Run the experiment's export in a fresh process, compare its metrics with the
+    recorded ones and record the rerun, linked to its source (a `rerun.RerunResult`)."""
+    from .rerun import rerun as _rerun
+
+    return _rerun(_store(store), ref, rtol=rtol, atol=atol, check_data=check_data, timeout=timeout)
+
+
+def branch(ref: str, name: str, *, store: Store | str | None = None) -> Any:
+    """A git branch at the experiment's commit holding its recorded changes, script,
+    notebook and record; the working tree is untouched (a `branch.BranchResult`)."""
+    from .branch import branch as _branch
+
+    return _branch(_store(store), ref, name)
+
+
+# -- remotes ----------------------------------------------------------------------------------
+
+
+def remotes(*, store: Store | str | None = None) -> tuple[dict[str, Any], str | None]:
+    """The configured remotes (name → `remote.Remote`) and the default one's name."""
+    from .remote import default_remote
+    from .remote import remotes as configured
+
+    target = _store(store)
+    return configured(target), default_remote(target)
+
+
+def remote_add(
+    name: str,
+    url: str,
+    options: Sequence[str] | dict[str, Any] = (),
+    *,
+    trusted: bool = False,
+    default: bool = False,
+    store: Store | str | None = None,
+) -> Any:
+    """Name a remote (any fsspec URL); `options` are fsspec storage options, as a dict or
+    KEY=VALUE words (credentials are refused: the back end's environment variables work)."""
+    from .remote import add_remote, parse_options
+
+    parsed = options if isinstance(options, dict) else parse_options(options)
+    return add_remote(_store(store), name, url, parsed, trusted=trusted, default=default)
+
+
+def remote_remove(name: str, *, store: Store | str | None = None) -> Any:
+    """Forget a remote; experiments pulled from it stay."""
+    from .remote import remove_remote
+
+    return remove_remote(_store(store), name)
+
+
+def remote_trust(name: str, trusted: bool = True, *, store: Store | str | None = None) -> Any:
+    """Whether state pulled from this remote may be restored (unpickling runs code)."""
+    from .remote import set_trusted
+
+    return set_trusted(_store(store), name, trusted)

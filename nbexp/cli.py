@@ -8,71 +8,79 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
+import itertools
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import api
 from .errors import NbexpError
 from .record import SHORT_ID_LENGTH, encode_value
 from .show import TABLE_DIGITS, format_value
-from .store import Store, open_store
 
-Command = Callable[[argparse.Namespace, Store], int]
+if TYPE_CHECKING:
+    from .store import Store
+
+Command = Callable[[argparse.Namespace, "Store"], int]
 
 
 def _cell(value: Any) -> str:
     return format_value(value, TABLE_DIGITS)
 
 
+def _write(text: str) -> None:
+    """Print a whole answer with one write: with PYTHONUNBUFFERED (common in containers) a
+    write per row is a system call per row, seconds for 100,000 rows."""
+    sys.stdout.write(text)
+
+
 def cmd_list(args: argparse.Namespace, store: Store) -> int:
     if args.format == "json":
-        rows = store.rows(args.query, sort=args.sort, limit=args.limit)
-        json.dump(encode_value(rows), sys.stdout, indent=1, allow_nan=False)
-        sys.stdout.write("\n")
+        rows = api.rows(args.query, sort=args.sort, limit=args.limit, store=store)
+        _write(json.dumps(encode_value(rows), indent=1, allow_nan=False) + "\n")
         return 0
-    header, table = store.table(args.query, sort=args.sort, limit=args.limit)
-    columns = list(zip(*table, strict=True)) if table else [() for _ in header]
-    origin = header.index("origin")
-    if not any(columns[origin]):  # only pulled experiments have an origin
-        del header[origin], columns[origin]
-    if args.format == "csv":  # numbers at full precision; only ids, tags and lists are rewritten
+    header, columns = api.table(args.query, sort=args.sort, limit=args.limit, store=store)
+    if args.format == "csv":  # numbers at full precision; only tags and lists are rewritten
         text = [
             _column_text(name, values, exact=True)
             for name, values in zip(header, columns, strict=True)
         ]
-        writer = csv.writer(sys.stdout)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
         writer.writerow(header)
         writer.writerows(zip(*text, strict=True))
+        _write(buffer.getvalue())
         return 0
-    if not table:
+    if not columns[0]:
         print("no experiments" + (f" match `{args.query}`" if args.query else " yet"))
         return 0
     text = [_column_text(name, values) for name, values in zip(header, columns, strict=True)]
-    widths = [
-        max(len(name), max(map(len, cells))) for name, cells in zip(header, text, strict=True)
+    # padded column by column (every column but the last), then joined row by row
+    padded = [
+        [name.ljust(width), *map(str.ljust, cells, itertools.repeat(width))]
+        for name, cells in zip(header[:-1], text[:-1], strict=True)
+        for width in [max(len(name), max(map(len, cells)))]
     ]
-    line = " ".join(f"{{:<{width}}}" for width in widths)
-    out = [line.format(*header).rstrip()]
-    out.extend(line.format(*cells).rstrip() for cells in zip(*text, strict=True))
-    sys.stdout.write("\n".join(out) + "\n")
+    padded.append([header[-1], *text[-1]])
+    _write("\n".join(map(str.rstrip, map(" ".join, zip(*padded, strict=True)))) + "\n")
     return 0
 
 
 _NONE = type(None)
 
 
-def _column_text(name: str, values: tuple[Any, ...], *, exact: bool = False) -> list[Any]:
+def _column_text(name: str, values: Sequence[Any], *, exact: bool = False) -> Sequence[Any]:
     """One column's cells, formatted column-wise by the column's types (fast for 100k rows).
     With `exact`, numbers and strings are passed through as they are (for CSV)."""
-    if name == "id":
-        return [value[:SHORT_ID_LENGTH] for value in values]
     if name == "created":
         return [value[:19].replace("T", " ") for value in values]
     if name == "tags":
         return [",".join(value) for value in values]
     kinds = set(map(type, values))
+    if kinds <= {str} or (exact and kinds <= {int, float, str}):
+        return values
     if kinds <= {int, str, _NONE} or (exact and kinds <= {int, float, str, _NONE}):
         return (
             ["" if value is None else value for value in values]
@@ -80,14 +88,17 @@ def _column_text(name: str, values: tuple[Any, ...], *, exact: bool = False) -> 
             else ["" if value is None else str(value) for value in values]
         )
     if kinds <= {float, int, _NONE}:
-        return ["" if value is None else f"{value:.{TABLE_DIGITS}g}" for value in values]
+        number = f"%.{TABLE_DIGITS}g"  # the same digits as format(value, ".4g")
+        if _NONE not in kinds:
+            return list(map(number.__mod__, values))  # no Python-level loop
+        return ["" if value is None else number % value for value in values]
     return [
         _cell(value) if not exact or isinstance(value, (list, dict)) else value for value in values
     ]
 
 
 def cmd_show(args: argparse.Namespace, store: Store) -> int:
-    experiment = store.get(args.ref)
+    experiment = api.get(args.ref, store=store)
     if args.json:
         json.dump(experiment.to_dict(), sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -116,13 +127,13 @@ def cmd_tag(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace, store: Store) -> int:
-    count = store.reindex()
+    count = api.reindex(store=store)
     print(f"indexed {count} experiment{'' if count == 1 else 's'} from {store.records_dir}")
     return 0
 
 
 def cmd_fsck(args: argparse.Namespace, store: Store) -> int:
-    problems = store.fsck()
+    problems = api.fsck(store=store)
     for problem in problems:
         print(problem)
     if problems:
@@ -140,12 +151,14 @@ def cmd_gc(args: argparse.Namespace, store: Store) -> int:
 
     if args.remote:
         return _gc_remote(args, store)
-    garbage, size = store.gc(delete=args.yes)
-    temps, temps_size = store.clean_tmp(delete=args.yes)
-    found = f"{len(garbage)} unreferenced objects ({human_bytes(size)})"
-    if temps:  # what killed processes left in tmp/ (see Store.clean_tmp)
-        found += f" and {temps} leftover temporary files ({human_bytes(temps_size)}) in tmp/"
-    if not garbage and not temps:
+    collected = api.gc(delete=args.yes, store=store)
+    found = f"{len(collected.objects)} unreferenced objects ({human_bytes(collected.size)})"
+    if collected.temporary:  # what killed processes left in tmp/ (see Store.clean_tmp)
+        found += (
+            f" and {collected.temporary} leftover temporary files "
+            f"({human_bytes(collected.temporary_size)}) in tmp/"
+        )
+    if not collected.objects and not collected.temporary:
         print("nothing to collect: every object is referenced by a record")
     elif args.yes:
         print(f"deleted {found}")
@@ -155,10 +168,10 @@ def cmd_gc(args: argparse.Namespace, store: Store) -> int:
 
 
 def _gc_remote(args: argparse.Namespace, store: Store) -> int:
-    from .remote import GC_GRACE_SECONDS, gc_remote
+    from .remote import GC_GRACE_SECONDS
     from .show import human_bytes
 
-    found = gc_remote(store, args.remote, delete=args.yes)
+    found = api.gc(delete=args.yes, remote=args.remote, store=store)
     where = f"on remote {args.remote}"
     if not args.yes:
         for digest in found.objects[:20]:
@@ -188,15 +201,13 @@ def _gc_remote(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_remote_add(args: argparse.Namespace, store: Store) -> int:
-    from .remote import add_remote, parse_options
-
-    remote = add_remote(
-        store,
+    remote = api.remote_add(
         args.name,
         args.url,
-        parse_options(args.option or ()),
+        args.option or (),
         trusted=args.trusted,
         default=args.default,
+        store=store,
     )
     notes = [word for word, on in (("trusted", remote.trusted), ("default", args.default)) if on]
     print(f"added remote {remote.name}: {remote.url}" + (f" ({', '.join(notes)})" if notes else ""))
@@ -204,13 +215,10 @@ def cmd_remote_add(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_remote_list(args: argparse.Namespace, store: Store) -> int:
-    from .remote import default_remote, remotes
-
-    configured = remotes(store)
+    configured, default = api.remotes(store=store)
     if not configured:
         print("no remotes; add one with `nbexp remote add NAME URL`")
         return 0
-    default = default_remote(store)
     for remote in configured.values():
         notes = [
             w for w, on in (("trusted", remote.trusted), ("default", remote.name == default)) if on
@@ -221,98 +229,81 @@ def cmd_remote_list(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_remote_remove(args: argparse.Namespace, store: Store) -> int:
-    from .remote import remove_remote
-
-    remote = remove_remote(store, args.name)
+    remote = api.remote_remove(args.name, store=store)
     print(f"removed remote {remote.name} ({remote.url}); experiments pulled from it stay")
     return 0
 
 
 def cmd_remote_trust(args: argparse.Namespace, store: Store) -> int:
-    from .remote import set_trusted
-
-    remote = set_trusted(store, args.name, True)
+    remote = api.remote_trust(args.name, True, store=store)
     print(f"remote {remote.name} is trusted: state pulled from it can be restored")
     return 0
 
 
 def cmd_remote_untrust(args: argparse.Namespace, store: Store) -> int:
-    from .remote import set_trusted
-
-    remote = set_trusted(store, args.name, False)
+    remote = api.remote_trust(args.name, False, store=store)
     print(f"remote {remote.name} is not trusted: state pulled from it will not be restored")
     return 0
 
 
 def _remote_and_refs(store: Store, words: list[str]) -> tuple[str | None, list[str]]:
     """`[REMOTE] [REF...]`: the first word is a remote when one has that name."""
-    from .remote import remotes
-
-    if words and words[0] in remotes(store):
+    if words and words[0] in api.remotes(store=store)[0]:
         return words[0], words[1:]
     return None, words
 
 
 def cmd_push(args: argparse.Namespace, store: Store) -> int:
-    from .remote import push
-
     name, refs = _remote_and_refs(store, args.words)
-    print(push(store, name, refs, workers=args.jobs, progress=not args.quiet))
+    print(api.push(name, refs, workers=args.jobs, progress=not args.quiet, store=store))
     return 0
 
 
 def cmd_pull(args: argparse.Namespace, store: Store) -> int:
-    from .remote import pull
-
     name, refs = _remote_and_refs(store, args.words)
-    print(pull(store, name, refs, workers=args.jobs, progress=not args.quiet))
+    print(api.pull(name, refs, workers=args.jobs, progress=not args.quiet, store=store))
     return 0
 
 
 def cmd_export(args: argparse.Namespace, store: Store) -> int:
-    from .exporter import infer_format, render, write
+    from .exporter import infer_format
 
-    experiment = store.get(args.ref)
+    experiment = api.get(args.ref, store=store)
     fmt = infer_format(args.output, args.format)
     if fmt == "dvc":
-        from .dvcstage import write as write_stage
-
-        script, dvc_yaml, stage = write_stage(experiment, args.output, force=args.force)
+        script, dvc_yaml, stage = api.export_stage(experiment, args.output, force=args.force)
         print(f"wrote {script} and stage {stage!r} in {dvc_yaml}: `dvc repro {stage}` runs it")
         return 0
     if args.output is None:
-        sys.stdout.write(render(experiment, fmt))
+        _write(api.export_text(experiment, fmt))
         return 0
-    path = write(experiment, args.output, fmt, force=args.force)
+    path = api.export(experiment, args.output, fmt, force=args.force)
     print(f"wrote {path}: {experiment.name} ({experiment.short_id}) as a {fmt}")
     return 0
 
 
 def cmd_artifact(args: argparse.Namespace, store: Store) -> int:
-    from .artifacts import write_artifact
-
-    experiment = store.get(args.ref)
-    where = write_artifact(store, experiment, args.path, args.output, force=args.force)
+    where, experiment = api.artifact(
+        args.ref, args.path, args.output, force=args.force, store=store
+    )
     if where != "-":
         print(f"wrote {where}: {args.path} of {experiment.name} ({experiment.short_id})")
     return 0
 
 
 def cmd_rerun(args: argparse.Namespace, store: Store) -> int:
-    from .rerun import report, rerun
+    from .rerun import report
 
-    result = rerun(
-        store, args.ref, rtol=args.rtol, atol=args.atol,
-        check_data=not args.no_check_data, timeout=args.timeout,
+    result = api.rerun(
+        args.ref, rtol=args.rtol, atol=args.atol,
+        check_data=not args.no_check_data, timeout=args.timeout, store=store,
     )  # fmt: skip
     print(report(result, args.rtol, args.atol))
     return result.exit_code
 
 
 def cmd_branch(args: argparse.Namespace, store: Store) -> int:
-    from .branch import branch
-
-    made = branch(store, args.ref, args.name)
+    made = api.branch(args.ref, args.name, store=store)
     changes = " + the recorded uncommitted changes" if made.diff_applied else ""
     print(
         f"branch {made.name} at {made.commit[:12]} (on {made.base[:12]}{changes}): "
@@ -322,9 +313,9 @@ def cmd_branch(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_diff(args: argparse.Namespace, store: Store) -> int:
-    from .comparison import as_data, diff
+    from .comparison import as_data
 
-    found = diff(store.get(args.a), store.get(args.b))
+    found = api.diff(args.a, args.b, store=store)
     if args.format == "json":
         json.dump(encode_value(as_data(found)), sys.stdout, indent=1, allow_nan=False)
         sys.stdout.write("\n")
@@ -338,7 +329,7 @@ def cmd_drift(args: argparse.Namespace, store: Store) -> int:
     from . import datadrift as drift
 
     drift.check_level(args.fail_on)
-    experiment = store.get(args.ref)
+    experiment = api.get(args.ref, store=store)
     found = [drift.compare(experiment, path, input_name=args.input) for path in args.paths]
     if args.format == "json":
         json.dump(encode_value(drift.as_json(experiment, found)), sys.stdout, indent=1)
@@ -350,18 +341,15 @@ def cmd_drift(args: argparse.Namespace, store: Store) -> int:
 
 def cmd_status(args: argparse.Namespace, store: Store) -> int:
     """Stale experiments and what changed; exit 1 when any is stale, so it can gate a pipeline."""
-    from .staleness import stale
-
-    ids = [store.resolve(args.ref)] if args.ref else None
-    rows = store.rows(ids=ids) if ids else store.rows()
-    found = stale(store, [row["id"] for row in rows])
+    checked = api.status(args.ref, store=store)
+    rows, found = checked.rows, checked.changes
     for row in rows:
         changes = found.get(row["id"])
         if changes:
             print(f"stale  {row['name']} ({row['id'][:SHORT_ID_LENGTH]})")
             print("\n".join(f"  {change}" for change in changes))
         elif args.ref:
-            origin = store.origin_name(row["id"])
+            origin = checked.origins.get(row["id"])
             unchecked = (
                 f"; pulled from {origin}, so inputs not on this machine are not checked"
                 if origin
@@ -498,8 +486,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_remote_commands(commands: Any) -> None:
     """`remote add/list/remove/trust/untrust`, `push`, `pull` (SPEC §9)."""
-    from .transfer import DEFAULT_WORKERS
-
     remote = commands.add_parser("remote", help="manage remotes", description="manage remotes")
     actions = remote.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
@@ -542,7 +528,7 @@ def _add_remote_commands(commands: Any) -> None:
             help="a remote (default: the default remote), then experiments (default: all)",
         )
         sub.add_argument(
-            "-j", "--jobs", type=int, default=DEFAULT_WORKERS, help="parallel transfers"
+            "-j", "--jobs", type=int, default=None, help="parallel transfers (default 16)"
         )
         sub.add_argument("-q", "--quiet", action="store_true", help="no progress line")
 
@@ -558,6 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(_sort_values_may_start_with_dash(words))
     try:
+        from .store import open_store
+
         store = open_store(args.store)  # a missing or damaged index is rebuilt on open
         code: int = args.func(args, store)
         return code

@@ -69,6 +69,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
+from . import api
 from . import query as query_language
 from .errors import AmbiguousRefError, NbexpError, QueryError, RefError
 from .record import SHORT_ID_LENGTH, Experiment, encode_value
@@ -348,7 +349,7 @@ class ExperimentHandler(_Handler):
 
 
 def _record(store: Store, ref: str, shown: str) -> dict[str, Any]:
-    experiment = store.get(ref)
+    experiment = api.get(ref, store=store)
     return record_json(experiment, store.origin_name(experiment.id), shown)
 
 

@@ -229,10 +229,12 @@ def _modified(info: Mapping[str, Any]) -> float | None:
 
 
 class Progress:
-    """A one-line progress report on stderr: items, bytes, rate. Thread-safe.
+    """Progress of a transfer on stderr (items, bytes, rate), ending with one summary line
+    (`push team: 3/3 objects, 3.0/3.0 MB, 41.2 MB/s`). Thread-safe.
 
-    On a terminal the line is rewritten in place; elsewhere (a notebook, a CI log) a line
-    is printed at most every few seconds and once at the end.
+    On a terminal a tqdm bar is redrawn in place and cleared at the end; elsewhere (a
+    notebook, a CI log), where a redrawn bar would be a wall of carriage returns, a plain
+    line is printed at most every few seconds.
     """
 
     def __init__(
@@ -258,6 +260,7 @@ class Progress:
         self._started = time.perf_counter()
         self._last = self._started
         self._live = bool(getattr(self._out, "isatty", lambda: False)())
+        self._bar: Any = None  # the tqdm bar, made at the first advance on a terminal
 
     @property
     def _out(self) -> IO[str]:
@@ -267,21 +270,48 @@ class Progress:
         with self._lock:
             self.done += 1
             self.bytes += nbytes
+            if not self.enabled:
+                return
+            if self._live:
+                self._redraw()
+                return
             now = time.perf_counter()
-            if self.enabled and now - self._last >= (0.2 if self._live else 5.0):
+            if now - self._last >= 5.0:
                 self._last = now
-                self._print(final=False)
+                self._print()
 
     def extend(self, count: int) -> None:
         """More items turned out to be part of this transfer."""
         with self._lock:
             self.total += count
             self.enabled = self.requested and self.total > 0
+            if self._bar is not None:
+                self._bar.total = self.total
 
     def close(self) -> None:
-        if self.enabled:
-            with self._lock:
-                self._print(final=True)
+        with self._lock:
+            if self._bar is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self._bar.close()
+                self._bar = None
+            if self.enabled:
+                self._print()
+
+    def _redraw(self) -> None:
+        from tqdm import tqdm  # imported on a terminal only: `import nbexp` stays light
+
+        if self._bar is None:
+            self._bar = tqdm(
+                total=self.total,
+                desc=self.label,
+                unit=f" {self.unit}",
+                file=self._out,
+                leave=False,  # the summary line takes its place
+                dynamic_ncols=True,
+            )
+        self._bar.set_postfix_str(f"{self.bytes / 1e6:.1f} MB", refresh=False)
+        with contextlib.suppress(OSError, ValueError):
+            self._bar.update(self.done - self._bar.n)
 
     def _line(self) -> str:
         elapsed = max(time.perf_counter() - self._started, 1e-9)
@@ -293,12 +323,9 @@ class Progress:
             f"{self.bytes / 1e6 / elapsed:.1f} MB/s"
         )
 
-    def _print(self, *, final: bool) -> None:
+    def _print(self) -> None:
         with contextlib.suppress(OSError, ValueError):
-            if self._live:
-                self._out.write("\r" + self._line() + ("\n" if final else ""))
-            else:
-                self._out.write(self._line() + "\n")
+            self._out.write(self._line() + "\n")
             self._out.flush()
 
 

@@ -83,6 +83,22 @@ def test_the_console_script_is_installed() -> None:
     assert result.code == 0 and result.out.startswith("nbexp ")
 
 
+def test_starting_the_cli_opens_no_store_and_imports_nothing_heavy() -> None:
+    """`nbexp --version` (every command's start-up) loads only the command line itself: the
+    store, SQLite, pandas and the remotes' modules come when a command needs them."""
+    probe = (
+        "import sys\n"
+        "from nbexp import cli\n"
+        "try:\n    cli.main(['--version'])\nexcept SystemExit:\n    pass\n"
+        "heavy = ('nbexp.store', 'sqlite3', 'pandas', 'nbexp.transfer', 'fsspec', 'tqdm')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert found.stdout.strip().splitlines()[-1] == "[]", found.stdout
+
+
 # -- list ---------------------------------------------------------------------------------------
 
 

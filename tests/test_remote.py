@@ -705,3 +705,20 @@ def test_progress_line_on_stderr() -> None:
     assert stream.getvalue().splitlines()[-1].startswith("push team: 3/3 objects, 3.0/3.0 MB")
     failures = run_parallel([1, 0], lambda n: 1 // n)
     assert list(failures) == [0] and isinstance(failures[0], ZeroDivisionError)
+
+
+def test_progress_on_a_terminal_is_a_bar_then_the_summary_line() -> None:
+    from nbexp.transfer import Progress, run_parallel
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    meter = Progress("pull team", 4, unit="files", stream=stream)
+    assert run_parallel([1, 2, 3, 4], lambda n: 500_000, progress=meter) == {}
+    text = stream.getvalue()
+    assert "\r" in text and "pull team" in text.split("\n")[0]  # redrawn in place
+    summary = text.rstrip("\n").split("\n")[-1].split("\r")[-1]
+    assert summary.startswith("pull team: 4/4 files, 2.0 MB, ")
+    assert summary.endswith(" MB/s")

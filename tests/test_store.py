@@ -658,3 +658,63 @@ def _listing_experiment(store, name, params, metrics):
     body = draft.to_dict()
     body["id"] = store.make_id(body)
     return store.save(Experiment.from_dict(body))
+
+
+def test_listed_keys_and_metric_bounds_agree_with_the_whole_listing(project):
+    """The widget's columns and best values come from SQL (`listed_keys`, `metric_bounds`)
+    without reading the rows out; they must say what the whole listing says."""
+    from nbexp.widgets import render
+
+    store = open_store()
+    _listing_experiment(store, "a", {"lr": 0.1, "gone": None}, {"acc": 0.5, "mixed": "n/a"})
+    _listing_experiment(store, "b", {"lr": 0.3, "layers": [64]}, {"acc": 2, "mixed": 0.25})
+    _listing_experiment(store, "c", {"lr": 0.2}, {"acc": float("inf"), "mixed": 7, "ok": True})
+    _listing_experiment(store, "d", {"lr": 0.2}, {"acc": -1.5, "odd": float("nan"), "ok": 3})
+
+    for query in (None, 'name != "d"', "metrics.acc > 100"):
+        names, rows = store.table(query)
+        if query is None:
+            assert store.listed_keys() == [n for n in names if "." in n]
+            assert "params.gone" not in names  # only null values: no column
+        expected = {}
+        for index, name in enumerate(names):
+            numbers = [row[index] for row in rows if render.is_number(row[index])]
+            if name.startswith("metrics.") and numbers:
+                expected[name] = (min(numbers), max(numbers))
+        assert store.metric_bounds(query) == expected
+    assert store.metric_bounds()["metrics.mixed"] == (0.25, 7)  # the text "n/a" is no number
+    assert store.metric_bounds()["metrics.ok"] == (3, 3)  # True is no number
+    assert "metrics.odd" not in store.metric_bounds()  # nan only
+
+
+def test_the_whole_listing_is_served_from_its_cache_only_while_the_index_is_unchanged(project):
+    """`experiments()` and `nbexp list` read the whole listing from cache/listing while the
+    index's generation is the one it was written from: every change (a new experiment, a
+    tag, a deletion, a reindex, another process's write) shows at once; a damaged cache
+    file is ignored."""
+    from nbexp import api
+
+    store = open_store()
+    first = _listing_experiment(store, "a", {"lr": 0.1}, {"acc": 0.5})
+    fresh = lambda: store._listing(None, None, None, 0, True)  # noqa: E731 (SQL, no cache)
+    assert store.listing(short_ids=True) == fresh()
+    assert store.listing_cache_path.exists()
+    assert store.listing(short_ids=True) == fresh()  # from the file
+
+    second = _listing_experiment(store, "b", {"lr": 0.2, "depth": 3}, {"acc": 0.7})
+    assert list(api.experiments(store=store)["params.depth"].isna()) == [False, True]
+    store.add_tag(first.id, "best")
+    assert api.table(store=store)[1][5] == [[], ["best"]]
+    other = Store(store.root)  # another process's handle
+    other.delete(second.id)
+    other.close()
+    assert store.listing(short_ids=True) == fresh() and len(fresh()[1][0]) == 1
+    store.reindex()
+    assert store.listing(short_ids=True) == fresh()
+
+    data = bytearray(store.listing_cache_path.read_bytes())
+    data[-3] ^= 0xFF  # a flipped byte: the file's hash no longer matches
+    store.listing_cache_path.write_bytes(bytes(data))
+    assert store.listing(short_ids=True) == fresh()
+    store.listing_cache_path.write_bytes(b"nonsense")
+    assert store.listing(short_ids=True) == fresh()

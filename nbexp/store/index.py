@@ -12,7 +12,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +28,7 @@ from ..errors import (
 )
 from ..hashing import hash_file
 from ..record import SHORT_ID_LENGTH, Experiment
+from . import listing_cache
 from .files import StoreFiles, file_identity, is_utf8
 
 _INDEX_SCHEMA = """
@@ -37,6 +38,7 @@ CREATE TABLE IF NOT EXISTS experiments (
     notebook TEXT, sweep TEXT
 );
 CREATE INDEX IF NOT EXISTS experiments_created ON experiments(created);
+CREATE INDEX IF NOT EXISTS experiments_listing ON experiments(created DESC, id);
 CREATE INDEX IF NOT EXISTS experiments_name ON experiments(name, created);
 CREATE TABLE IF NOT EXISTS file_hashes (
     path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, inode INTEGER, hash TEXT
@@ -47,6 +49,37 @@ CREATE TABLE IF NOT EXISTS columns (
     PRIMARY KEY (section, key)
 );
 """
+
+
+# The index's generation: a random name given when the file is made, and a counter raised by
+# every change to the listed rows or the column list (in the same transaction as the change),
+# so a cached listing (`listing_cache`) is known to be current with one tiny read.
+_GENERATION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS generation (
+    one INTEGER PRIMARY KEY CHECK (one = 1), name TEXT NOT NULL, changes INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS generation_insert AFTER INSERT ON experiments
+    BEGIN UPDATE generation SET changes = changes + 1; END;
+CREATE TRIGGER IF NOT EXISTS generation_update AFTER UPDATE ON experiments
+    BEGIN UPDATE generation SET changes = changes + 1; END;
+CREATE TRIGGER IF NOT EXISTS generation_delete AFTER DELETE ON experiments
+    BEGIN UPDATE generation SET changes = changes + 1; END;
+CREATE TRIGGER IF NOT EXISTS generation_columns_insert AFTER INSERT ON columns
+    BEGIN UPDATE generation SET changes = changes + 1; END;
+CREATE TRIGGER IF NOT EXISTS generation_columns_update AFTER UPDATE ON columns
+    BEGIN UPDATE generation SET changes = changes + 1; END;
+CREATE TRIGGER IF NOT EXISTS generation_columns_delete AFTER DELETE ON columns
+    BEGIN UPDATE generation SET changes = changes + 1; END;
+"""
+
+
+def _add_generation(connection: sqlite3.Connection) -> None:
+    """The generation table and its triggers (indexes made before them get them on open)."""
+    connection.executescript(_GENERATION_SCHEMA)
+    if connection.execute("SELECT NOT EXISTS (SELECT 1 FROM generation)").fetchone()[0]:
+        connection.execute(
+            "INSERT OR IGNORE INTO generation VALUES (1, lower(hex(randomblob(16))), 0)"
+        )
 
 
 # Every param and metric name ever indexed, and whether all its values are plain numbers or
@@ -202,9 +235,11 @@ class StoreIndex(StoreFiles):
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.executescript(_INDEX_SCHEMA)
             _add_origin_column(connection)
+            _add_generation(connection)
             layout = {row[1] for row in connection.execute("PRAGMA table_info(columns)")}
             if "physical" not in layout:  # an index from before plain columns: rebuild the list
                 connection.executescript("DROP TABLE columns;" + _INDEX_SCHEMA)
+                _add_generation(connection)  # the triggers on `columns` went with it
             empty = connection.execute("SELECT NOT EXISTS (SELECT 1 FROM columns)").fetchone()[0]
             if (
                 empty
@@ -408,7 +443,6 @@ class StoreIndex(StoreFiles):
         with self._lock, self._db:
             refill_columns(self._db)
 
-    @index_guard
     def table(
         self,
         query: str | None = None,
@@ -417,16 +451,68 @@ class StoreIndex(StoreFiles):
         limit: int | None = None,
         offset: int = 0,
     ) -> tuple[list[str], list[list[Any]]]:
-        """The listing as flat columns — id, name, created, status, duration, tags, origin,
+        """The listing row by row (`listing`'s columns turned into rows)."""
+        names, columns = self.listing(query, sort=sort, limit=limit, offset=offset)
+        return names, [list(row) for row in zip(*columns, strict=True)]
+
+    @index_guard
+    def listing(
+        self,
+        query: str | None = None,
+        *,
+        sort: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        short_ids: bool = False,
+    ) -> tuple[list[str], list[Sequence[Any]]]:
+        """The listing column by column — id, name, created, status, duration, tags, origin,
         then `params.*` and `metrics.*` — computed by SQLite in one query. Columns no listed
-        experiment has a value for are left out."""
+        experiment has a value for are left out. Column by column because every reader (the
+        DataFrame, the CLI's table and CSV) formats and converts whole columns: at 100,000
+        experiments the values are most of the cost, so no per-row dict is built, and only
+        the JSON of non-flat values is parsed (`short_ids`: ids cut to their short form).
+        The whole listing with short ids (what `nbexp list` and `experiments()` ask for) is
+        read from `listing_cache` while the index has not changed since it was written."""
+        whole = not (query and query.strip()) and not sort and limit is None and not offset
+        if whole and short_ids:
+            generation = self._generation()
+            if generation is not None:
+                cached = listing_cache.read(self.listing_cache_path, generation)
+                if cached is not None:
+                    return cached
+                names, columns = self._listing(None, None, None, 0, True)
+                if not self.read_only and generation == self._generation():
+                    data = listing_cache.encode(generation, (names, columns))
+                    if data is not None:
+                        with contextlib.suppress(StoreError, OSError):  # a cache: best effort
+                            self._write_atomic(self.listing_cache_path, data)
+                return names, columns
+        return self._listing(query, sort, limit, offset, short_ids)
+
+    @property
+    def listing_cache_path(self) -> Path:
+        return self.root / "cache" / "listing"
+
+    def _generation(self) -> listing_cache.Generation | None:
+        """The index's generation, or None for an index without one (read-only, older)."""
         with self._lock:
-            keys = self._db.execute(
-                "SELECT section, key, scalar, physical FROM columns "
-                "ORDER BY section = 'metrics', rowid"
-            ).fetchall()
+            try:
+                row = self._db.execute("SELECT name, changes FROM generation").fetchone()
+            except sqlite3.OperationalError:  # no such table: an index from before it
+                return None
+        return (str(row[0]), int(row[1])) if row else None
+
+    def _listing(
+        self,
+        query: str | None,
+        sort: str | None,
+        limit: int | None,
+        offset: int,
+        short_ids: bool,
+    ) -> tuple[list[str], list[Sequence[Any]]]:
+        keys = self._key_columns()
         names = ["id", "name", "created", "status", "duration", "tags", "origin"]
-        select = list(names)
+        select = [f"substr(id, 1, {SHORT_ID_LENGTH})" if short_ids else "id", *names[1:]]
         args: list[Any] = []
         nested: list[int] = []
         for section, key, scalar, physical in keys:
@@ -446,20 +532,106 @@ class StoreIndex(StoreFiles):
             sql += " LIMIT ? OFFSET ?"
             args += [limit, offset]
         with self._lock:
-            rows = [list(row) for row in self._db.execute(sql, args)]
+            raw = self._db.execute(sql, args).fetchall()
+        columns: list[Sequence[Any]] = list(zip(*raw, strict=True)) if raw else [()] * len(names)
+        del raw
         from ..record import decode_value
 
         with self._unreadable_rows():
-            for row in rows:
-                row[5] = json.loads(row[5]) if row[5] != "[]" else []
-                for position in nested:
-                    if row[position] is not None:
-                        row[position] = decode_value(json.loads(row[position]))
-        present = [i for i in range(len(names)) if i < 7 or any(row[i] is not None for row in rows)]
+            columns[5] = [[] if text == "[]" else json.loads(text) for text in columns[5]]
+            for position in nested:
+                columns[position] = [
+                    None if text is None else decode_value(json.loads(text))
+                    for text in columns[position]
+                ]
+        present = [
+            i
+            for i, column in enumerate(columns)
+            if i < 7 or any(value is not None for value in column)  # stops at the first
+        ]
         if len(present) < len(names):
             names = [names[i] for i in present]
-            rows = [[row[i] for i in present] for row in rows]
-        return names, rows
+            columns = [columns[i] for i in present]
+        return names, columns
+
+    def _key_columns(self) -> list[tuple[str, str, Any, Any]]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT section, key, scalar, physical FROM columns "
+                "ORDER BY section = 'metrics', rowid"
+            ).fetchall()
+
+    @index_guard
+    def listed_keys(self) -> list[str]:
+        """The `params.*` and `metrics.*` columns `listing` shows for the whole store, in its
+        order, found without reading the rows out: each key's check stops at the first
+        experiment that has it (a table's column names must not cost the whole table)."""
+        keys = self._key_columns()
+        found: list[Any] = []
+        for start in range(0, len(keys), 500):  # SQLite caps a SELECT at 2000 columns
+            checks: list[str] = []
+            args: list[Any] = []
+            for section, key, scalar, physical in keys[start : start + 500]:
+                if scalar and physical:
+                    checks.append(f"EXISTS (SELECT 1 FROM experiments WHERE {physical} NOT NULL)")
+                else:  # JSON null counts as absent, as `listing` decodes it to None
+                    checks.append(
+                        "EXISTS (SELECT 1 FROM experiments "
+                        f"WHERE coalesce({section} -> ?, 'null') != 'null')"
+                    )
+                    args.append(_json_path(key))
+            with self._lock:
+                found.extend(self._db.execute(f"SELECT {', '.join(checks)}", args).fetchone())
+        return [
+            f"{section}.{key}" for (section, key, _, _), has in zip(keys, found, strict=True) if has
+        ]
+
+    @index_guard
+    def metric_bounds(self, query: str | None = None) -> dict[str, tuple[Any, Any]]:
+        """The smallest and largest number (not a bool, not nan) of each metric among the
+        experiments matching `query`: `metrics.NAME` → (min, max), computed by SQLite over
+        the plain columns; only metrics holding other values too are read out and scanned."""
+        keys = [row for row in self._key_columns() if row[0] == "metrics"]
+        bounds: dict[str, tuple[Any, Any]] = {}
+        plain = [(key, physical) for _, key, scalar, physical in keys if scalar and physical]
+        for start in range(0, len(plain), 500):
+            chunk = plain[start : start + 500]
+            columns = ", ".join(f"MIN({physical}), MAX({physical})" for _, physical in chunk)
+            sql, args = self._select(query, None, columns=columns)
+            with self._lock:
+                found = self._db.execute(sql, args).fetchone()
+            for position, (key, physical) in enumerate(chunk):
+                low, high = found[2 * position], found[2 * position + 1]
+                if isinstance(high, str) and not isinstance(low, str):
+                    # SQLite sorts numbers before text: the numbers' largest needs its own look
+                    number = f"CASE WHEN typeof({physical}) IN ('integer', 'real') THEN 1 END"
+                    sql, args = self._select(query, None, columns=f"MAX({physical})")
+                    sql += f" AND {number}" if " WHERE " in sql else f" WHERE {number}"
+                    with self._lock:
+                        high = self._db.execute(sql, args).fetchone()[0]
+                if low is not None and not isinstance(low, str):
+                    bounds[f"metrics.{key}"] = (low, high)
+        from ..record import decode_value
+
+        for _, key, scalar, physical in keys:
+            if scalar and physical:
+                continue
+            sql, args = self._select(query, None, columns="metrics -> ?")
+            with self._lock:
+                texts = [row[0] for row in self._db.execute(sql, [_json_path(key), *args])]
+            with self._unreadable_rows():
+                numbers = [
+                    value
+                    for text in texts
+                    if text is not None
+                    for value in [decode_value(json.loads(text))]
+                    if isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and value == value  # not nan
+                ]
+            if numbers:
+                bounds[f"metrics.{key}"] = (min(numbers), max(numbers))
+        return bounds
 
     @index_guard
     def count(self, query: str | None = None) -> int:
@@ -822,6 +994,7 @@ def new_index_in_memory() -> sqlite3.Connection:
     connection = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     connection.executescript(_INDEX_SCHEMA)
     _add_origin_column(connection)
+    _add_generation(connection)
     connection.isolation_level = "DEFERRED"
     return connection
 

@@ -86,8 +86,6 @@ def stale(store: Store, ids: Sequence[str]) -> dict[str, str]:
 
 def restore(store: Store, experiment_id: str, namespace: dict[str, Any] | None = None) -> Any:
     """Put an experiment's variables into the running kernel; returns the restore report."""
-    from ..restorer import restore_into
-
     if namespace is None:
         from IPython import get_ipython
 
@@ -95,14 +93,14 @@ def restore(store: Store, experiment_id: str, namespace: dict[str, Any] | None =
         if shell is None:
             raise NbexpError("Restore needs a running IPython kernel")
         namespace = shell.user_ns
-    return restore_into(namespace, store, store.load(experiment_id))
+    return api.restore(store.load(experiment_id), namespace=namespace, store=store)
 
 
 def export(store: Store, ids: Sequence[str], folder: str | os.PathLike[str] | None = None) -> str:
     """Write a reproducing script per experiment into `folder` (default: the working
     directory); returns one line per experiment saying where it went or why not."""
     try:
-        from ..exporter import default_path, write
+        from ..exporter import default_path
     except ImportError as error:
         raise _unavailable("Export", error) from None
     lines = []
@@ -111,7 +109,7 @@ def export(store: Store, ids: Sequence[str], folder: str | os.PathLike[str] | No
         plain = default_path(experiment, "script")  # <name>.py; names repeat, ids do not
         target = Path(folder or ".") / f"{plain.stem}-{experiment.short_id}{plain.suffix}"
         try:
-            written = write(experiment, target, "script")
+            written = api.export(experiment, target, "script", store=store)
         except NbexpError as error:
             lines.append(f"{experiment.name} ({experiment.short_id}): not exported: {error}")
             continue

@@ -1,9 +1,9 @@
 """What the table shows, apart from any widget: filter, sort, page, selection and columns.
 
 Everything heavy happens in the store's SQL: a page is `Store.rows(limit=, offset=)`, the
-total is `Store.count`, the best value of each metric is one ORDER BY … LIMIT query per
-metric (cached until the filter or the store changes), and the names of every param and
-metric (the columns) come from `Store.table`, then from the new experiments only.
+total is `Store.count`, the best value of each metric comes from one aggregate query
+(`Store.metric_bounds`, cached until the filter or the store changes), and the names of every
+param and metric (the columns) from `Store.listed_keys`, then from the new experiments only.
 """
 
 from __future__ import annotations
@@ -83,13 +83,13 @@ class TableModel:
             self.adopt(self.scan())
 
     def scan(self) -> tuple[dict[str, None], dict[str, None], tuple[int, str | None]]:
-        """Every param and metric name in the store, in first-seen order (SQL: `Store.table`
-        lists them without parsing any row in Python, 50 ms for 10,000 experiments)."""
-        names, rows = self.store.table()
+        """Every param and metric name in the store, in first-seen order (SQL: the store's
+        `listed_keys`, which reads no rows out)."""
+        names = self.store.listed_keys()
         params = {n[len("params.") :]: None for n in names if n.startswith("params.")}
         metrics = {n[len("metrics.") :]: None for n in names if n.startswith("metrics.")}
         newest = self.store.rows(limit=1)
-        return params, metrics, (len(rows), newest[0]["id"] if newest else None)
+        return params, metrics, (self.store.count(), newest[0]["id"] if newest else None)
 
     def adopt(
         self, scanned: tuple[dict[str, None], dict[str, None], tuple[int, str | None]]
@@ -116,27 +116,27 @@ class TableModel:
         return [c for c in self.columns() if c.key not in self.hidden]
 
     def best(self) -> dict[str, Any]:
-        """The best value of each metric among the filtered experiments: one `Store.table`
-        query (SQLite computes the flat metric columns), however many metrics there are."""
+        """The best value of each metric among the filtered experiments: the store's
+        `metric_bounds` (one SQL aggregate), or the pinned rows themselves."""
         key = (self.query, tuple(self.pinned or ()), self._known, tuple(self._metrics))
         if key == self._best_key:
             return self._best
-        columns: dict[str, list[Any]] = {}
+        bounds: dict[str, tuple[Any, Any]] = {}
         if self.pinned is not None:
+            columns: dict[str, list[Any]] = {}
             for row in self.store.rows(self.query, ids=self.pinned):
                 for name, value in row["metrics"].items():
                     columns.setdefault(f"metrics.{name}", []).append(value)
+            for name, values in columns.items():
+                numbers = [value for value in values if render.is_number(value)]
+                if numbers:
+                    bounds[name] = (min(numbers), max(numbers))
         else:
-            names, rows = self.store.table(self.query)
-            for index, name in enumerate(names):
-                if name.startswith("metrics."):
-                    columns[name] = [row[index] for row in rows]
+            bounds = self.store.metric_bounds(self.query)
         best: dict[str, Any] = {}
-        for name, values in columns.items():
-            numbers = [value for value in values if render.is_number(value)]
-            if numbers:
-                lower = render.lower_is_better(name, self.lower_is_better, self.higher_is_better)
-                best[name] = min(numbers) if lower else max(numbers)
+        for name, (low, high) in bounds.items():
+            lower = render.lower_is_better(name, self.lower_is_better, self.higher_is_better)
+            best[name] = low if lower else high
         self._best, self._best_key = best, key
         return best
 

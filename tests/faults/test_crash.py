@@ -91,7 +91,11 @@ KILLS = {
 }
 LANE = 30  # kill rounds per store: then a fresh store, so fsck's cost per round stays flat
 PUSH_LANE = 16  # push rounds per store and remote
-JUNK = 1500  # gc rounds: small arrays in `junk`, one object each, for gc to delete
+# gc rounds: arrays in `junk`, one loose object each, for gc to delete: 8 KiB each (buffers
+# under 4 KiB stay inside their pickle) and 16 of them (a batch of more goes into a pack,
+# which the pack rounds below kill gc inside)
+JUNK = 16
+JUNK_FLOATS = 1024
 
 SCALES = [
     pytest.param("default", id="default"),
@@ -426,7 +430,7 @@ GC_KILLED_AFTER = textwrap.dedent(
 def _junk_cell(name: str, content: int) -> str:
     return (
         f"%%experiment {name} -t junk\n"
-        f"junk = [np.full(64, float(k + 1000 * {content})) for k in range({JUNK})]\n"
+        f"junk = [np.full({JUNK_FLOATS}, float(k + 1000 * {content})) for k in range({JUNK})]\n"
         "score = 1.0\n"
     )
 
@@ -434,7 +438,7 @@ def _junk_cell(name: str, content: int) -> str:
 def _expected_junk(content: int) -> list[Any]:
     import numpy as np
 
-    return [np.full(64, float(k + 1000 * content)) for k in range(JUNK)]
+    return [np.full(JUNK_FLOATS, float(k + 1000 * content)) for k in range(JUNK)]
 
 
 def _ran(answer: dict[str, Any], recorded: str | None = None) -> dict[str, Any]:

@@ -234,9 +234,10 @@ def push(
 ) -> Any:
     """Send experiments (all, or `refs`) and the objects the remote lacks; returns a report."""
     from .remote import push as _push
+    from .transfer import DEFAULT_WORKERS
 
-    more = {"workers": workers} if workers is not None else {}
-    return _push(_store(store), remote, refs or (), progress=progress, **more)
+    jobs = DEFAULT_WORKERS if workers is None else workers
+    return _push(_store(store), remote, refs or (), progress=progress, workers=jobs)
 
 
 def pull(
@@ -250,9 +251,10 @@ def pull(
     """Fetch experiments (all, or `refs`, resolved on the remote) and the objects this store
     lacks; returns a report. Their state restores only from a trusted remote."""
     from .remote import pull as _pull
+    from .transfer import DEFAULT_WORKERS
 
-    more = {"workers": workers} if workers is not None else {}
-    return _pull(_store(store), remote, refs or (), progress=progress, **more)
+    jobs = DEFAULT_WORKERS if workers is None else workers
+    return _pull(_store(store), remote, refs or (), progress=progress, workers=jobs)
 
 
 # -- the store's upkeep -----------------------------------------------------------------------

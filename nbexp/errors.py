@@ -35,6 +35,10 @@ class IntegrityError(StoreError):
     """An object or record whose content no longer matches its hash."""
 
 
+class MissingObjectError(IntegrityError):
+    """An object a record names is in neither a loose file nor a pack."""
+
+
 class DamagedIndexError(StoreError):
     """The SQLite index file is damaged; `nbexp reindex` rebuilds it from the records."""
 

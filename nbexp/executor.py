@@ -188,7 +188,7 @@ def close_cluster() -> None:
 def _local_cluster(workers: int, preload: Sequence[str]) -> _Local:
     """The kept cluster when it has `workers` workers and is running (its workers restarted
     if a module of the project they imported has changed since), else a new one."""
-    global _local
+    global _local, _exit_hook_registered
     local = _local
     if local is not None and local.workers == workers and _running(local):
         local.reused = True
@@ -201,13 +201,13 @@ def _local_cluster(workers: int, preload: Sequence[str]) -> _Local:
     close_cluster()
     local = _Local(*_start_local(workers, preload), workers=workers, started=time.time())
     _local = local
-    if not _exit_hook:
+    if not _exit_hook_registered:
         atexit.register(close_cluster)
-        _exit_hook.append(True)
+        _exit_hook_registered = True
     return local
 
 
-_exit_hook: list[bool] = []
+_exit_hook_registered = False
 
 
 def _running(local: _Local) -> bool:
@@ -252,11 +252,11 @@ def _start_local(workers: int, preload: Sequence[str]) -> tuple[Any, Any, dict[s
             cluster.close()
             raise
     finally:
-        _restore_environment(before)
+        _put_back({key: before.get(key) for key in set(os.environ) | set(before)})
     return cluster, client, config
 
 
-_fork_server_ours: list[bool] = []
+_fork_server_ours = False  # this kernel started the fork server, with our limits and preloads
 
 
 def _fork_server(limits: dict[str, str], preload: Sequence[str]) -> bool:
@@ -266,6 +266,7 @@ def _fork_server(limits: dict[str, str], preload: Sequence[str]) -> bool:
     import multiprocessing
     from multiprocessing import forkserver
 
+    global _fork_server_ours
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return False
     if _fork_server_ours:
@@ -276,7 +277,7 @@ def _fork_server(limits: dict[str, str], preload: Sequence[str]) -> bool:
     modules = ["distributed", "cloudpickle", "nbexp.executor", "nbexp.series", "nbexp.watcher"]
     forkserver.set_forkserver_preload(modules + [m for m in preload if m not in modules])
     forkserver.ensure_running()
-    _fork_server_ours.append(True)
+    _fork_server_ours = True
     return True
 
 
@@ -287,18 +288,11 @@ def _nanny_keys() -> list[str]:
 
 
 def _put_back(values: dict[str, str | None]) -> None:
+    """Set each variable back to its value, None meaning it was not set."""
     for key, value in values.items():
         if value is None:
             os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-def _restore_environment(before: dict[str, str]) -> None:
-    for key in set(os.environ) - set(before):
-        del os.environ[key]
-    for key, value in before.items():
-        if os.environ.get(key) != value:
+        elif os.environ.get(key) != value:
             os.environ[key] = value
 
 

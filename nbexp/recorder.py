@@ -23,7 +23,7 @@ import traceback
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import analysis, environment, headless, paramsfile, profiles, refs, series
 from .errors import NbexpError
@@ -49,6 +49,9 @@ from .secrets import (
 )
 from .store import Store, open_store
 from .watcher import watch_files
+
+if TYPE_CHECKING:
+    from .state import PickleCache
 
 MAX_OUTPUT_CHARS = 256 * 1024
 
@@ -121,7 +124,7 @@ class _Run:
     written: dict[str, bytes] | None = None
     # Pickles of kernel values from the sweep's earlier trials (see `state.PickleCache`),
     # and the names the trial itself bound (new objects each time: never kept there)
-    reuse: Any = None
+    reuse: PickleCache | None = None
     fresh: set[str] = field(default_factory=set)
 
 
@@ -356,7 +359,7 @@ class Recorder:
             return result
         return self._save(store, run, result)
 
-    def record(self, run: _Run, body: BodyResult, reuse: Any = None) -> RunResult:
+    def record(self, run: _Run, body: BodyResult, reuse: PickleCache | None = None) -> RunResult:
         """Record a prepared run whose body ran elsewhere (a Dask worker), from what it sent
         back, by the same `_build` as a body run here. Its namespace is the kernel's with the
         body's names on top, as after `run`, but the kernel itself is left as it is.

@@ -225,7 +225,7 @@ def _scan_module(name: str, module: types.ModuleType) -> None:
                     _note(member, (name, attribute, "item", key))
         elif isinstance(value, (list, tuple)) and len(value) <= 10_000:
             for position, member in enumerate(value):
-                if not isinstance(member, _NOT_LIBRARY_OBJECT):
+                if not _never_library(member):
                     _note(member, (name, attribute, "index", str(position)))
 
 
@@ -238,16 +238,7 @@ def _library_objects() -> dict[int, LibraryPath]:
     global _scanned_count
     if _scanned_count == len(sys.modules):
         return _library
-    roots = _library_roots()
-    for name, module in list(sys.modules.items()):
-        if _scanned.get(name) == id(module):
-            continue
-        _scanned[name] = id(module)
-        if _is_library_module(name, module, roots):
-            try:
-                _scan_module(name, module)
-            except Exception:  # an odd module must never fail a recording: it is just not scanned
-                continue
+    _scan_modules(list(sys.modules))
     _scanned_count = len(sys.modules)
     return _library
 
@@ -419,11 +410,11 @@ def _pickler_class() -> type:
                 device = getattr(obj, "device", None)
                 if device is not None and getattr(device, "type", "cpu") != "cpu":
                     _refuse(f"a tensor on {device} cannot be stored; move it to the CPU first")
-            if type(obj) is types.CodeType:
+            if kind is types.CodeType:
                 code = self._code_reduce(obj)
                 if code is not None:
                     return code
-            if self._view_roots and type(obj) is self._ndarray and obj.base is not None:
+            if self._view_roots and kind is self._ndarray and obj.base is not None:
                 view = _view_reduce(obj, self._view_roots)
                 if view is not None:
                     return view
@@ -531,6 +522,7 @@ _shareable_types: dict[type, int] = {}  # type -> one of the three
 
 
 def _shareable_kind(obj: Any, dtype: type | None) -> int:
+    """What `obj`'s type says about sharing it (`_shares` caches the answer per type)."""
     if isinstance(obj, _NEVER_SHARED):
         return _NEVER
     if dtype is not None and isinstance(obj, dtype):
@@ -544,7 +536,6 @@ def _shareable_kind(obj: Any, dtype: type | None) -> int:
     if module.startswith("numpy") and hasattr(obj, "dtype") and not hasattr(obj, "__dict__"):
         return _NEVER
     return _ALWAYS
-
 
 
 def _shares(obj: Any, library: Mapping[int, LibraryPath], dtype: type | None) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ..errors import (
     DamagedIndexError,
     IntegrityError,
+    MissingObjectError,
     RecordError,
     RefError,
     StoreError,
@@ -362,8 +363,10 @@ class StoreMaintenance(StoreRecords):
             return "" if hash_file(path)[0] == digest else "corrupt"
         try:
             self.read_object(digest)
-        except IntegrityError as error:
-            return "missing" if "missing" in str(error) else "corrupt"
+        except MissingObjectError:
+            return "missing"
+        except IntegrityError:
+            return "corrupt"
         return ""
 
     def fsck(self) -> list[Problem]:

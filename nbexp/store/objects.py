@@ -17,9 +17,7 @@ from pathlib import Path
 
 import xxhash
 
-from ..errors import (
-    IntegrityError,
-)
+from ..errors import IntegrityError, MissingObjectError
 from ..hashing import CHUNK, hash_bytes, hash_file
 from .files import StoreFiles, fsync_dir, fsync_file, sync_filesystem
 from .packs import Location, PackSet, PackWriter, read_exactly
@@ -34,8 +32,8 @@ FEW_OBJECTS = 16
 MAP_AT_LEAST = 4 << 20
 
 
-def _missing(digest: str, root: Path) -> IntegrityError:
-    return IntegrityError(
+def _missing(digest: str, root: Path) -> MissingObjectError:
+    return MissingObjectError(
         f"object {digest[:12]} is missing from {root}; run `nbexp fsck` to see what is affected"
     )
 
@@ -276,6 +274,7 @@ class StoreObjects(StoreFiles):
         they are fewer than MAP_AT_LEAST: read them instead."""
         places: list[Location | None] = []
         starts: list[int] = []
+        sizes: list[int] = []
         total = 0
         votes: dict[tuple[str, int], int] = {}
         try:
@@ -287,6 +286,7 @@ class StoreObjects(StoreFiles):
                     votes[key] = votes.get(key, 0) + size
                 places.append(place)
                 starts.append(total)
+                sizes.append(size)
                 total += size
         except IntegrityError:  # missing: the read path says so
             return None
@@ -298,8 +298,8 @@ class StoreObjects(StoreFiles):
         view = self._packs.map_range(pack, base, total)
         if view is None:
             return None
-        for digest, place, start in zip(digests, places, starts, strict=True):
-            piece = view[start : start + (place.length if place else self.object_size(digest))]
+        for digest, place, start, size in zip(digests, places, starts, sizes, strict=True):
+            piece = view[start : start + size]
             if place is not None and place.pack == pack and place.offset - start == base:
                 if hash_bytes(piece) != digest:
                     raise _corrupt(digest)
@@ -328,7 +328,7 @@ class StoreObjects(StoreFiles):
             try:
                 self._packs.reading(digest, copy)
             except FileNotFoundError as error:
-                raise IntegrityError(f"object {digest[:12]} is missing from {self.root}") from error
+                raise _missing(digest, self.root) from error
         if hash_file(destination)[0] != digest:
             raise IntegrityError(f"object {digest[:12]} is corrupt; run `nbexp fsck`")
 
@@ -346,9 +346,9 @@ class StoreObjects(StoreFiles):
         try:
             try:
                 self.copy_object_to(digest, temp)
+            except MissingObjectError:
+                raise
             except IntegrityError as error:
-                if "missing" in str(error):
-                    raise
                 raise IntegrityError(f"object {digest[:12]} is corrupt in this store") from error
             yield temp
         finally:

@@ -20,7 +20,7 @@ import nbexp
 from nbexp import hashing
 from nbexp.state import StateLoader
 from nbexp.store import open_store
-from tests.conftest import run
+from tests.conftest import run, run_in_fresh_kernel
 
 NBEXP_CLI = str(Path(sys.executable).with_name("nbexp"))
 
@@ -411,8 +411,6 @@ print(json.dumps({
 
 @pytest.mark.kernel
 def test_restore_in_a_fresh_kernel_gives_the_recorded_content(ip, project):
-    from jupyter_client.manager import KernelManager
-
     experiment = record(
         ip,
         "for-kernel",
@@ -441,29 +439,8 @@ def test_restore_in_a_fresh_kernel_gives_the_recorded_content(ip, project):
         "frame": hashing.hash_frame(ip.user_ns["frame"]),
         "series": hashing.hash_frame(ip.user_ns["series"]),
     }
-    env = {**os.environ, "NBEXP_STORE": str(open_store().root), "MPLBACKEND": "Agg"}
-    manager = KernelManager(kernel_name="python3")
-    manager.start_kernel(env=env, cwd=str(project))
-    try:
-        client = manager.client()
-        client.start_channels()
-        client.wait_for_ready(timeout=60)
-        chunks: list[str] = []
-        errors: list[str] = []
-
-        def collect(message):
-            content = message["content"]
-            if message["msg_type"] == "stream":
-                chunks.append(content["text"])
-            elif message["msg_type"] == "error":
-                errors.append("\n".join(content["traceback"]))
-
-        reply = client.execute_interactive(KERNEL_CHECK, timeout=60, output_hook=collect)
-        assert reply["content"]["status"] == "ok", errors
-        client.stop_channels()
-    finally:
-        manager.shutdown_kernel(now=True)
-    seen = json.loads("".join(chunks).strip().splitlines()[-1])
+    output = run_in_fresh_kernel(KERNEL_CHECK, open_store().root, project, timeout=60)
+    seen = json.loads(output.strip().splitlines()[-1])
     assert os.path.realpath(seen["exe"]) == os.path.realpath(sys.executable)
     assert seen["skipped"] == {}
     assert sorted(seen["restored"]) == sorted(experiment.state["variables"])

@@ -8,14 +8,12 @@ A real IPython shell records; a real kernel (the venv's python3 kernelspec) rest
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import nbexp
 from nbexp.store import open_store
-from tests.conftest import run
+from tests.conftest import run, run_in_fresh_kernel
 
 DEFINITIONS = '''
 def scaled(values, factor=2):
@@ -58,36 +56,13 @@ KERNEL_CHECK = textwrap.dedent(
 
 
 def test_restored_functions_show_their_source_in_a_fresh_kernel(ip, project: Path):
-    from jupyter_client.manager import KernelManager
-
     assert run(ip, DEFINITIONS).success
     result = run(ip, "%%experiment sources\n" + BODY.strip() + "\n")
     assert result.success, result.error_in_exec
     assert nbexp.get("last").state["variables"]["scaled"]
 
-    env = {**os.environ, "NBEXP_STORE": str(open_store().root), "MPLBACKEND": "Agg"}
-    manager = KernelManager(kernel_name="python3")
-    manager.start_kernel(env=env, cwd=str(project))
-    chunks: list[str] = []
-    errors: list[str] = []
-    try:
-        client = manager.client()
-        client.start_channels()
-        client.wait_for_ready(timeout=60)
-
-        def collect(message: dict[str, Any]) -> None:
-            content = message["content"]
-            if message["msg_type"] == "stream":
-                chunks.append(content["text"])
-            elif message["msg_type"] == "error":
-                errors.append("\n".join(content["traceback"]))
-
-        reply = client.execute_interactive(KERNEL_CHECK, timeout=120, output_hook=collect)
-        assert reply["content"]["status"] == "ok", errors
-        client.stop_channels()
-    finally:
-        manager.shutdown_kernel(now=True)
-    seen = json.loads("".join(chunks).strip().splitlines()[-1])
+    output = run_in_fresh_kernel(KERNEL_CHECK, open_store().root, project)
+    seen = json.loads(output.strip().splitlines()[-1])
     assert seen["scaled"] == DEFINITIONS.split("\n\ndef broken")[0].lstrip("\n") + "\n"
     assert seen["predict"] == "    def predict(self, x):\n        return scaled([x])[0] + 1\n"
     assert seen["file_is_cell"] and seen["traceback_line"]

@@ -10,7 +10,6 @@ import base64
 import gc
 import io
 import json
-import os
 import pickle
 import sys
 import textwrap
@@ -27,7 +26,7 @@ import nbexp
 from nbexp import state as state_module
 from nbexp.state import StateLoader
 from nbexp.store import open_store
-from tests.conftest import run
+from tests.conftest import run, run_in_fresh_kernel
 
 
 def record(ip, name: str, body: str):
@@ -396,32 +395,9 @@ print(json.dumps({"title": fig.axes[0].get_title(), "mean": float(p2[0].mean_[0]
 
 @pytest.mark.kernel
 def test_sharing_survives_a_fresh_kernel(ip, project: Path):
-    from jupyter_client.manager import KernelManager
-
     record(ip, "kernel-share", SHARED_BODY)
-    env = {**os.environ, "NBEXP_STORE": str(open_store().root), "MPLBACKEND": "Agg"}
-    manager = KernelManager(kernel_name="python3")
-    manager.start_kernel(env=env, cwd=str(project))
-    chunks: list[str] = []
-    errors: list[str] = []
-    try:
-        client = manager.client()
-        client.start_channels()
-        client.wait_for_ready(timeout=60)
-
-        def collect(message: dict[str, Any]) -> None:
-            content = message["content"]
-            if message["msg_type"] == "stream":
-                chunks.append(content["text"])
-            elif message["msg_type"] == "error":
-                errors.append("\n".join(content["traceback"]))
-
-        reply = client.execute_interactive(KERNEL_CHECK, timeout=120, output_hook=collect)
-        assert reply["content"]["status"] == "ok", errors
-        client.stop_channels()
-    finally:
-        manager.shutdown_kernel(now=True)
-    first, second = (json.loads(line) for line in "".join(chunks).strip().splitlines()[-2:])
+    output = run_in_fresh_kernel(KERNEL_CHECK, open_store().root, project)
+    first, second = (json.loads(line) for line in output.strip().splitlines()[-2:])
     assert first == {
         "skipped": {},
         "axes_in_fig": True,

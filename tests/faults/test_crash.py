@@ -427,6 +427,34 @@ GC_KILLED_AFTER = textwrap.dedent(
 )
 
 
+def _gc_killed_at_random(root: Path, env: dict[str, str], after: float) -> int:
+    """`nbexp gc --yes` in a new process, SIGKILLed `after` seconds in; its return code."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nbexp.cli", "--store", str(root), "gc", "--yes"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(after)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    return process.returncode
+
+
+def _gc_killing_itself(script: str, root: Path, env: dict[str, str], steps: int) -> int:
+    """A gc run by `script`, which SIGKILLs itself after `steps` of its steps; return code."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(root), str(steps)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.communicate(timeout=120)
+    return process.returncode
+
+
 def _junk_cell(name: str, content: int) -> str:
     return (
         f"%%experiment {name} -t junk\n"
@@ -489,32 +517,16 @@ def test_kills_during_gc(zygote: Zygote, tmp_path: Path, scale: str) -> None:
         content = number % 2
         make_garbage(f"junk-{number}", content)
         if number % 2 == 0:  # any moment of the gc process
-            process = subprocess.Popen(
-                [sys.executable, "-m", "nbexp.cli", "--store", str(root), "gc", "--yes"],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            time.sleep(rng.uniform(0, duration))
-            process.send_signal(signal.SIGKILL)
-            process.communicate(timeout=60)
+            returncode = _gc_killed_at_random(root, env, rng.uniform(0, duration))
             how = "random moment"
         else:  # inside its deletions
-            process = subprocess.Popen(
-                [sys.executable, "-c", GC_KILLED_AFTER, str(root), str(rng.randint(1, JUNK))],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            process.communicate(timeout=120)
+            returncode = _gc_killing_itself(GC_KILLED_AFTER, root, env, rng.randint(1, JUNK))
             how = "after its k-th deletion"
-        if process.returncode == -signal.SIGKILL:
+        if returncode == -signal.SIGKILL:
             outcomes[f"killed at a {how}" if how == "random moment" else f"killed {how}"] += 1
             _tally("crash: SIGKILLs of `nbexp gc --yes`")
         else:
-            assert process.returncode == 0, process.returncode
+            assert returncode == 0, returncode
             outcomes["finished before the kill"] += 1
 
         assert_fsck_clean(root, fresh_process=number % 5 == 4)
@@ -671,33 +683,16 @@ def test_kills_while_gc_rewrites_packs(zygote: Zygote, tmp_path: Path) -> None:
     for number in range(1, kills + 1):
         make_round(number)
         if number % 2:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "nbexp.cli", "--store", str(root), "gc", "--yes"],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            time.sleep(rng.uniform(0, duration))
-            process.send_signal(signal.SIGKILL)
-            process.communicate(timeout=60)
+            returncode = _gc_killed_at_random(root, env, rng.uniform(0, duration))
             how = "killed at a random moment"
         else:
-            steps = str(rng.randint(1, 24))
-            process = subprocess.Popen(
-                [sys.executable, "-c", GC_REPACK_KILLED_AFTER, str(root), steps],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            process.communicate(timeout=120)
+            returncode = _gc_killing_itself(GC_REPACK_KILLED_AFTER, root, env, rng.randint(1, 24))
             how = "killed after its k-th copy, rename or deletion"
-        if process.returncode == -signal.SIGKILL:
+        if returncode == -signal.SIGKILL:
             outcomes[how] += 1
             _tally("crash: SIGKILLs of `nbexp gc --yes` while it rewrites packs")
         else:
-            assert process.returncode == 0, process.returncode
+            assert returncode == 0, returncode
             outcomes["finished before the kill"] += 1
         verify(number)
     zygote.kill(kernel)

@@ -12,6 +12,7 @@ Dask client at hand) they run on Dask workers and are recorded here as they land
 from __future__ import annotations
 
 import ast
+import bisect
 import contextlib
 import functools
 import itertools
@@ -347,6 +348,7 @@ class Landing:
     ) -> None:
         self.sweep, self.report, self.say = sweep, report, say
         self._landed: dict[int, RunResult] = {}
+        self._order: list[int] = []  # the indexes of sweep.results
         self._total = total or len(sweep.points)
         self._bar: Progress | None = None
         self._table = _LiveTable(getattr(recorder, "shell", None))
@@ -361,14 +363,17 @@ class Landing:
         if result is None:  # cancelled
             return
         self._landed[index] = result
-        self.sweep.results = [self._landed[k] for k in sorted(self._landed)]
+        at = bisect.bisect(self._order, index)  # trial order, without re-sorting every landing
+        self._order.insert(at, index)
+        self.sweep.results.insert(at, result)
         if self._bar is not None:
             self._bar.advance()
         if self.report is not None:
             self.report(result)
         if result.error is not None:
             _say_failed(result)
-        self._table.show(self.sweep.ids)
+        if self._table.due():
+            self._table.show(self.sweep.ids)
 
     def result_of(self, index: int) -> RunResult | None:
         return self._landed.get(index)
@@ -437,8 +442,12 @@ class _LiveTable:
         self._handle: Any = None
         self._shown = 0.0
 
+    def due(self) -> bool:
+        """Whether a refresh would show anything now (so the caller gathers nothing for it)."""
+        return self._enabled and time.monotonic() - self._shown >= 1.0
+
     def show(self, ids: list[str]) -> None:
-        if not self._enabled or time.monotonic() - self._shown < 1.0 or not ids:
+        if not self.due() or not ids:
             return
         from IPython.display import display
 

@@ -93,6 +93,30 @@ def _machine_busy() -> float:
     return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def _driver() -> float:
+    """CPU seconds of this process alone: the kernel's recording, the client, and (for a
+    LocalCluster) the scheduler and nannies; on 2 busy cores every one is taken from a worker."""
+    times = os.times()
+    return times.user + times.system
+
+
+def _workers_rss() -> str:
+    """The kept cluster's workers' resident memory, MB (does a kept cluster grow?)."""
+    from nbexp import executor
+
+    local = executor.kept_cluster()
+    if local is None:
+        return "-"
+    sizes = local.client.run(_rss)
+    return "/".join(f"{size / 1e6:.0f}" for size in sizes.values())
+
+
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
 def _ours() -> float:
     """CPU seconds of this process and its live descendants (workers, fork server)."""
     import psutil
@@ -157,21 +181,23 @@ SESSIONS = Sessions()
 class Timing:
     wall: float
     cpu: float  # CPU seconds of ours
+    driver: float  # CPU seconds of this process alone (the kernel, the client, the scheduler)
     others: float  # cores other processes used meanwhile
     load1: float
     sessions: float  # other sessions with a runnable thread, on average
 
 
 def timed(action: Callable[..., Any], *args: Any) -> Timing:
-    busy, ours, begin = _machine_busy(), _ours(), time.perf_counter()
+    busy, ours, driver, begin = _machine_busy(), _ours(), _driver(), time.perf_counter()
     sampled = len(SESSIONS.samples)
     action(*args)
     wall = time.perf_counter() - begin
     cpu = _ours() - ours
+    driver = _driver() - driver
     others = max(0.0, (_machine_busy() - busy - cpu) / wall)
     samples = SESSIONS.samples[sampled:]
     sessions = statistics.mean(samples) if samples else float("nan")
-    return Timing(wall, cpu, others, os.getloadavg()[0], sessions)
+    return Timing(wall, cpu, driver, others, os.getloadavg()[0], sessions)
 
 
 def main() -> None:
@@ -249,6 +275,7 @@ def main() -> None:
     for round_ in range(rounds):  # serial and parallel alternate, paired within a round
         variants["serial"].append(timed(cell, f"serial{round_} {grid}"))
         variants["nbexp warm"].append(timed(cell, f"warm{round_} {grid} --workers 2"))
+        rss = _workers_rss()
         variants["plain serial"].append(timed(plain_serial))
         variants["plain Dask"].append(timed(plain_dask))
         executor.close_cluster()
@@ -256,7 +283,7 @@ def main() -> None:
         print(
             f"round {round_ + 1}/{rounds}: "
             + ", ".join(f"{k} {variants[k][-1].wall:.2f} s" for k in order)
-            + f"; load {load()}",
+            + f"; workers' RSS after nbexp warm {rss} MB; load {load()}",
             flush=True,
         )
 
@@ -280,6 +307,7 @@ def main() -> None:
         return Timing(
             statistics.median(t.wall for t in runs),
             statistics.median(t.cpu for t in runs),
+            statistics.median(t.driver for t in runs),
             statistics.median(t.others for t in runs),
             statistics.median(t.load1 for t in runs),
             statistics.median(t.sessions for t in runs),
@@ -295,18 +323,21 @@ def main() -> None:
     print()
     print(f"{n} trials, {rounds} interleaved round(s); medians (every round: wall s)")
     print(
-        f"{'variant':<34} {'wall s':>7} {'our CPU s':>9} {'our cores':>9} {'others':>7} "
+        f"{'variant':<34} {'wall s':>7} {'our CPU s':>9} {'driver s':>8} {'our cores':>9} "
+        f"{'others':>7} "
         f"{'load1':>6} {'sessions':>8}  rounds"
     )
     for name, timing in [("first --workers 2 of the process", first), *medians.items()]:
         runs = variants.get(name, [timing])
         print(
-            f"{name:<34} {timing.wall:>7.2f} {timing.cpu:>9.2f} {timing.cpu / timing.wall:>9.2f} "
+            f"{name:<34} {timing.wall:>7.2f} {timing.cpu:>9.2f} {timing.driver:>8.2f} "
+            f"{timing.cpu / timing.wall:>9.2f} "
             f"{timing.others:>7.2f} {timing.load1:>6.2f} {timing.sessions:>8.1f}  "
             f"{', '.join(f'{t.wall:.2f}' for t in runs)}"
         )
     print(
-        f"(our cores: CPU seconds of this process and its workers per wall second; others: cores "
+        f"(driver: CPU seconds of this process alone — kernel, client, scheduler, nannies; "
+        f"our cores: CPU seconds of this process and its workers per wall second; others: cores "
         f"other processes used meanwhile; sessions: other sessions with a runnable thread, on "
         f"average; the machine has {os.cpu_count()} cores)"
     )
@@ -334,6 +365,12 @@ def main() -> None:
     ]
     for label, value in figures:
         print(f"{label:<58} {value}")
+    extra = medians["nbexp warm"].driver - medians["plain Dask"].driver
+    print(
+        f"driver CPU, nbexp warm over plain Dask: {extra:+.2f} s per sweep ({extra / n * 1000:+.1f} ms "
+        "per trial: unpickling, recording and shipping each trial, taken from a worker on 2 "
+        "busy cores)"
+    )
     print(
         f"CPU seconds, plain Dask over the plain loop: {medians['plain Dask'].cpu / loop.cpu:.2f}× "
         "(the same fits: ≈ 1 means no oversubscription or per-task overhead in the workers)"
@@ -362,7 +399,9 @@ def main() -> None:
         f"{trivial} trivial trials on the warm cluster: nbexp {tiny.wall:.2f} s "
         f"({tiny.wall / trivial * 1000:.1f} ms per trial), plain client.map {tiny_plain.wall:.2f} s "
         f"({tiny_plain.wall / trivial * 1000:.2f} ms per task); the driver's cost per trial "
-        f"(prepare, ship, record) ≈ {(tiny.wall - tiny_plain.wall) / trivial * 1000:.1f} ms"
+        f"(prepare, ship, record) ≈ {(tiny.wall - tiny_plain.wall) / trivial * 1000:.1f} ms; "
+        f"driver CPU {tiny.driver / trivial * 1000:.1f} ms per trial, "
+        f"{tiny_plain.driver / trivial * 1000:.2f} ms per plain task"
     )
     print(f"load {load()} at end; {len(open_store().rows())} records written")
 

@@ -377,6 +377,56 @@ def test_interrupting_the_kernel_cancels_the_rest_and_keeps_every_finished_trial
     fsck_clean()
 
 
+@pytest.mark.kernel
+def test_in_a_notebook_the_sweeps_table_shows_while_trials_land_then_gives_way(
+    project: Path, cluster: str
+) -> None:
+    """A real kernel's messages: the live table is displayed as the first trials land, refreshed
+    in place, and emptied before the cell's own final table."""
+    from jupyter_client.manager import KernelManager
+
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env.pop("NBEXP_STORE", None)
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel(env=env, cwd=str(project))
+    messages: list[dict[str, Any]] = []
+    try:
+        client = manager.client()
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        assert client.execute_interactive(KERNEL_SWEEP, timeout=60)["content"]["status"] == "ok"
+        sweep = cell(
+            f"live --sweep k=1,2,3,4 --cluster {cluster}",
+            "k = 0\nimport time\ntime.sleep(1.5 * k)\nscore = k\n",
+        )
+        reply = client.execute_interactive(sweep, timeout=120, output_hook=messages.append)
+        assert reply["content"]["status"] == "ok"
+        client.stop_channels()
+    finally:
+        manager.shutdown_kernel(now=True)
+    shown = [
+        m
+        for m in messages
+        if m["msg_type"] in ("display_data", "update_display_data")
+        and "text/html" in m["content"]["data"]
+        and "live-" in m["content"]["data"]["text/html"]
+    ]
+    assert shown, [m["msg_type"] for m in messages]
+    first = shown[0]
+    assert first["msg_type"] == "display_data"  # shown while the sweep was still running
+    table_id = first["content"]["transient"]["display_id"]
+    assert "live-4" not in first["content"]["data"]["text/html"]
+    updates = [
+        m
+        for m in messages
+        if m["msg_type"] == "update_display_data"
+        and m["content"]["transient"]["display_id"] == table_id
+    ]
+    assert updates and updates[-1]["content"]["data"] == {"text/plain": ""}
+    (final,) = [m for m in messages if m["msg_type"] == "execute_result"]
+    assert all(f"live-{k}" in final["content"]["data"]["text/html"] for k in range(1, 5))
+
+
 def test_a_large_input_is_scattered_once_and_read_by_every_trial(ip, capfd, cluster) -> None:
     from nbexp.executor import SCATTER_BYTES, pack_inputs
 

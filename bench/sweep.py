@@ -16,9 +16,11 @@ Before the rounds, the first `--workers 2` sweep of the process is timed once: f
 its imports (distributed, scikit-learn) and the cluster all started for it.
 
 For each variant: wall time, the CPU seconds of this process and its children (kernel, fork
-server, workers; the same work should cost the same CPU wherever it runs), and the cores
-other processes used meanwhile (from /proc/stat): on a machine shared with other work, a
-second worker process only helps as much as the scheduler gives it a core.
+server, workers; the same work should cost the same CPU wherever it runs), those of this
+process alone (the driver: the kernel's recording, the client, a LocalCluster's scheduler and
+nannies — on 2 busy cores each of its seconds is taken from a worker), and the cores other
+processes used meanwhile (from /proc/stat): on a machine shared with other work, a second
+worker process only helps as much as the scheduler gives it a core.
 
 Then 1,000 trivial trials (`score = k * 2`) through nbexp on the warm cluster vs 1,000 plain
 `client.map` tasks: the per-trial cost on the driver (prepare + ship + record).

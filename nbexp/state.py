@@ -28,12 +28,15 @@ import decimal
 import enum
 import fractions
 import functools
+import gc
 import importlib
 import io
+import itertools
 import linecache
 import os
 import pickle
 import site
+import struct
 import sys
 import sysconfig
 import types
@@ -357,9 +360,19 @@ def _library_lookup(path: LibraryPath) -> Any:
 # -- pickling --------------------------------------------------------------------------------
 
 
-# type -> (why its instances cannot be stored, or ""; whether they are code). The pickler
-# asks for every object it meets, and `io.IOBase` is an ABC: slow to test instance by instance.
-_type_verdicts: dict[type, tuple[str, bool]] = {}
+# What the pickler does with an object of a given type, decided once per type and snapshot:
+# the pickler asks for every object it meets that is not a dict, list, tuple, set, str or number
+# (some 100,000 for a figure), so the per-object path is one dict lookup and, for most objects,
+# one more for the library map.
+_PLAIN = 0  # a library object (by reference) or anything else (pickle's own reduction)
+_VALUE = 1  # an immutable value: never a library object
+_CODE_PLAN = 2  # classes, functions: cloudpickle's reduction
+_CODE_OBJECT = 3  # a code object: cloudpickle's, keeping the cell's file name and lines
+_ARRAY = 4  # numpy.ndarray: views, library arrays
+_DTYPE = 5  # numpy dtypes: builtin ones canonical
+_TENSOR = 6  # torch tensors: refused off the CPU
+_CALLBACKS = 7  # matplotlib's CallbackRegistry: a pickle that does not change the object
+_REFUSED = 8  # open files, generators, frames
 
 
 def _refusal(obj: Any) -> str:
@@ -374,60 +387,132 @@ def _refusal(obj: Any) -> str:
     return ""
 
 
+class _Plans:
+    """type -> what the pickler does with its objects (one of the plans above), for one
+    snapshot: the library map is scanned for a type's package when the type is first met."""
+
+    def __init__(self, library: _LibraryIndex) -> None:
+        self.library = library
+        self.by_type: dict[type, int] = {}
+        self.refusals: dict[type, str] = {}
+        numpy = sys.modules.get("numpy")
+        self.dtype: Any = numpy.dtype if numpy is not None else None
+        self.ndarray: Any = numpy.ndarray if numpy is not None else None
+
+    def plan(self, obj: Any) -> int:
+        kind = type(obj)
+        refusal = _refusal(obj)
+        if refusal:
+            plan = _REFUSED
+            self.refusals[kind] = refusal
+        elif kind is types.CodeType:
+            plan = _CODE_OBJECT
+        elif isinstance(obj, _CODE):
+            plan = _CODE_PLAN
+        elif self.dtype is not None and isinstance(obj, self.dtype):
+            plan = _DTYPE
+        elif isinstance(obj, _IMMUTABLE):
+            plan = _VALUE
+        else:
+            module = kind.__module__
+            if module == "torch" and kind.__name__ in ("Tensor", "Parameter"):
+                plan = _TENSOR
+            elif kind is self.ndarray:
+                plan = _ARRAY
+            elif module == "matplotlib.cbook" and kind.__qualname__ == "CallbackRegistry":
+                plan = _CALLBACKS
+            else:
+                plan = _PLAIN
+            self.library.reach(obj)
+        if obj.__class__ is kind:  # an object lying about its class is asked each time
+            self.by_type[kind] = plan
+        return plan
+
+
 def _pickler_class() -> type:
     import cloudpickle
     from cloudpickle.cloudpickle import _code_reduce as cloudpickle_code_reduce
 
+    library = _library
+    resolve = _resolve
+    reduce_reference = _reduce_reference
+    array_root = _array_root
+    view_reduce = _view_reduce
+
     class _StatePickler(cloudpickle.CloudPickler):
-        """cloudpickle that refuses lossy values, names library objects and canonical dtypes."""
+        """cloudpickle that refuses lossy values, names library objects and canonical dtypes,
+        and pickles a view of an array met earlier in the stream (or of a `view_roots` one)
+        as a window on it."""
 
         def __init__(
-            self,
-            sink: Any,
-            library: Mapping[int, LibraryPath],
-            view_roots: Collection[int] = (),
-            **kwargs: Any,
+            self, sink: Any, plans: _Plans, view_roots: Collection[int] = (), **kwargs: Any
         ):
             super().__init__(sink, protocol=5, **kwargs)
-            self._library = library
+            # cloudpickle's table is a ChainMap: looked up, in Python, for every object that
+            # reaches pickle's own reduction, and missed nearly every time. A dict is looked
+            # up in C.
+            self.dispatch_table = dict(self.dispatch_table)
+            self._plans = plans
+            self._by_type = plans.by_type
             self._view_roots = view_roots
+            self._arrays: set[int] = set()  # ids of arrays pickled so far (the memo holds them)
+            self.copied_views: list[Any] = []  # views pickled by value: their root came later
             self._lines: dict[str, tuple[str, ...]] = {}
-            numpy = sys.modules.get("numpy")
-            self._dtype: Any = numpy.dtype if numpy is not None else None
-            self._ndarray: Any = numpy.ndarray if numpy is not None else None
 
         def reducer_override(self, obj: Any) -> Any:
-            kind = type(obj)
-            verdict = _type_verdicts.get(kind)
-            if verdict is None:
-                verdict = (_refusal(obj), isinstance(obj, _CODE))
-                if obj.__class__ is kind:  # an object lying about its class is asked each time
-                    _type_verdicts[kind] = verdict
-            refusal, is_code = verdict
-            if refusal:
-                _refuse(refusal)
-            if kind.__module__ == "torch" and kind.__name__ in ("Tensor", "Parameter"):
+            plan = self._by_type.get(type(obj))
+            if plan is None:
+                plan = self._plans.plan(obj)
+            if plan == _PLAIN:
+                path = library.get(id(obj))
+                if path is not None and resolve(path) is obj:
+                    return reduce_reference(path)
+                return NotImplemented
+            if plan == _VALUE:
+                return NotImplemented
+            if plan == _CODE_PLAN:
+                return super().reducer_override(obj)
+            if plan == _ARRAY:
+                return self._array_reduce(obj)
+            if plan == _DTYPE:
+                # numpy's own reduce rebuilds a builtin dtype as a new instance (copy=True):
+                # naming it gives restored arrays the canonical `np.dtype("float64")` again
+                dtype = self._plans.dtype
+                if obj.isbuiltin == 1 and dtype(obj.str) is obj:
+                    return (dtype, (obj.str,))
+                return NotImplemented
+            if plan == _CODE_OBJECT:
+                code = self._code_reduce(obj)
+                return code if code is not None else super().reducer_override(obj)
+            if plan == _REFUSED:
+                _refuse(self._plans.refusals.get(type(obj)) or _refusal(obj))
+            if plan == _TENSOR:
                 device = getattr(obj, "device", None)
                 if device is not None and getattr(device, "type", "cpu") != "cpu":
                     _refuse(f"a tensor on {device} cannot be stored; move it to the CPU first")
-            if kind is types.CodeType:
-                code = self._code_reduce(obj)
-                if code is not None:
-                    return code
-            if self._view_roots and kind is self._ndarray and obj.base is not None:
-                view = _view_reduce(obj, self._view_roots)
-                if view is not None:
-                    return view
-            if self._dtype is not None and isinstance(obj, self._dtype):
-                # numpy's own reduce rebuilds a builtin dtype as a new instance (copy=True):
-                # naming it gives restored arrays the canonical `np.dtype("float64")` again
-                if obj.isbuiltin == 1 and self._dtype(obj.str) is obj:
-                    return (self._dtype, (obj.str,))
-            elif self._library and not is_code:
-                path = _library_reference(obj, self._library)
-                if path is not None:
-                    return _reduce_reference(path)
-            return super().reducer_override(obj)
+            if plan == _CALLBACKS:
+                return _callbacks_reduce(obj)
+            path = library.get(id(obj))
+            if path is not None and resolve(path) is obj:
+                return reduce_reference(path)
+            return NotImplemented
+
+        def _array_reduce(self, array: Any) -> Any:
+            self._arrays.add(id(array))
+            if array.base is not None:
+                root = array_root(array)
+                if root is not array:
+                    key = id(root)
+                    if key in self._arrays or key in self._view_roots:
+                        view = view_reduce(array, (key,))
+                        if view is not None:
+                            return view
+                    else:
+                        self.copied_views.append(array)
+            path = library.get(id(array))
+            if path is not None and resolve(path) is array:
+                return reduce_reference(path)
+            return NotImplemented
 
         def _code_reduce(self, code: types.CodeType) -> tuple[Any, tuple[Any, ...]] | None:
             """A cell's code keeps its file name and the cell's lines, which cloudpickle drops
@@ -442,6 +527,20 @@ def _pickler_class() -> type:
             return (_code_with_source, (constructor, args, self._lines[code.co_filename]))
 
     return _StatePickler
+
+
+def _callbacks_reduce(registry: Any) -> Any:
+    """matplotlib's CallbackRegistry pickles its next callback id by drawing it (`__getstate__`
+    calls `next` on its counter): every pickle of a figure differed from the one before, so an
+    unchanged figure was stored again by every record. The counter is put back where it was."""
+    reduced = registry.__reduce_ex__(5)
+    state = reduced[2] if isinstance(reduced, tuple) and len(reduced) > 2 else None
+    counter = state.get("_cid_gen") if isinstance(state, dict) else None
+    if isinstance(counter, int) and isinstance(
+        getattr(registry, "_cid_gen", None), itertools.count
+    ):
+        registry._cid_gen = itertools.count(counter)
+    return reduced
 
 
 def _cell_lines(filename: str) -> tuple[str, ...] | None:
@@ -608,14 +707,32 @@ def select_variables(
 
 @dataclass
 class _Pickled:
-    """One pickle and its out-of-band buffers, already hashed (and chunks already stored)."""
+    """One pickle and its out-of-band buffers, already hashed (and chunks already stored).
+
+    A tracked pickle also keeps its pickler's memo (id -> (memo index, object)): which
+    objects it holds, for sharing between variables, and where, for a group built on it. The
+    memo holds its objects, so no id in it can pass to another object while it lives."""
 
     payload: bytes
     pickle_hash: str
     chunks: list[list[str]]
     size: int
     hash: str
-    reached: dict[int, Any] = field(default_factory=dict)
+    memo: dict[int, tuple[int, Any]] = field(default_factory=dict)
+    # roots of the views pickled by value (their memory is reached, the root is not pickled)
+    roots: dict[int, Any] = field(default_factory=dict)
+    # a view pickled by value though its root comes later in the same pickle
+    loose_views: bool = False
+
+
+def _content_hash(pickle_hash: str, chunk_lists: Iterable[list[str]]) -> str:
+    """A pickle's hash with its out-of-band buffers' chunk hashes: the stored value's identity."""
+    content = xxhash.xxh3_128(pickle_hash.encode())
+    for chunks in chunk_lists:
+        for digest in chunks:
+            content.update(digest.encode())
+        content.update(b"|")
+    return content.hexdigest()
 
 
 class _Writer:
@@ -628,15 +745,15 @@ class _Writer:
         self.result = result
         self.pickler_class = _pickler_class()
         self.library = _LibraryIndex()
+        self.plans = _Plans(self.library)
         numpy = sys.modules.get("numpy")
         self.dtype: type | None = numpy.dtype if numpy is not None else None
-        self.ndarray: type | None = numpy.ndarray if numpy is not None else None
         # (address, size) -> (the buffer, kept alive so the address stays its own; digests)
         self._digests: dict[tuple[int, int], tuple[memoryview, list[str]]] = {}
 
     def dump(self, value: Any, *, track: bool, view_roots: Collection[int] = ()) -> _Pickled:
-        """Pickle `value`, refusing secrets; with `track`, note the shareable objects it reaches
-        (an array view reaches its root too); views of `view_roots` are pickled as views."""
+        """Pickle `value`, refusing secrets; with `track`, keep the memo (what it holds) and
+        the roots of views pickled by value; views of `view_roots` are pickled as views."""
         buffers: list[pickle.PickleBuffer] = []
 
         def out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -647,35 +764,33 @@ class _Writer:
             return False
 
         sink = io.BytesIO()
-        pickler = self.pickler_class(sink, self.library, view_roots, buffer_callback=out_of_band)
+        pickler = self.pickler_class(sink, self.plans, view_roots, buffer_callback=out_of_band)
         pickler.dump(value)
         payload = sink.getvalue()
         for needle in self.needles:
             if needle in payload:
                 raise UnstorableError("holds a credential value, so it is not stored")
         pickle_hash = xxhash.xxh3_128_hexdigest(payload)
-        content = xxhash.xxh3_128(pickle_hash.encode())
         size = len(payload)
         chunk_lists: list[list[str]] = []
         for buffer in buffers:
             raw = buffer.raw()
-            chunks = self._chunks(buffer, raw)
-            for digest in chunks:
-                content.update(digest.encode())
+            chunk_lists.append(self._chunks(buffer, raw))
             size += raw.nbytes
-            chunk_lists.append(chunks)
-            content.update(b"|")
-        reached: dict[int, Any] = {}
+        pickled = _Pickled(
+            payload, pickle_hash, chunk_lists, size, _content_hash(pickle_hash, chunk_lists)
+        )
         if track:
             memo: dict[int, tuple[int, Any]] = pickler.memo.copy()
-            for key, (_, obj) in memo.items():
-                if _shares(obj, self.library, self.dtype):
-                    reached[key] = obj  # held: no other object can take its id meanwhile
-                    view = type(obj) is self.ndarray and getattr(obj, "base", None) is not None
-                    if view:  # a view reaches its base's memory too: `x = X[:, 0]` joins X
-                        root = _array_root(obj)
-                        reached[id(root)] = root
-        return _Pickled(payload, pickle_hash, chunk_lists, size, content.hexdigest(), reached)
+            pickled.memo = memo
+            for view in pickler.copied_views:
+                root = _array_root(view)
+                if id(root) in memo:
+                    pickled.loose_views = True
+                elif _shares(view, self.library, self.dtype):
+                    # a view reaches its base's memory: `x = X[:, 0]` joins X
+                    pickled.roots[id(root)] = root
+        return pickled
 
     def _chunks(self, buffer: pickle.PickleBuffer, raw: memoryview) -> list[str]:
         key = _address(raw)
@@ -785,6 +900,34 @@ def snapshot(
     no user code runs between snapshots: see `PickleCache`) skips pickling a value again;
     the `fresh` names (a trial's own values, new each time) are neither looked up nor kept.
     """
+    with _cyclic_gc_paused():
+        return _snapshot(store, values, imports, secret_names, secret_values, reuse, fresh)
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pickling a figure allocates some 100,000 short-lived tuples and dicts, and the cyclic
+    collector, woken every 700 allocations, walked them again and again: it took about half
+    of a snapshot's time. Reference counting frees them as usual meanwhile."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _snapshot(
+    store: Store,
+    values: Mapping[str, Any],
+    imports: Mapping[str, str] | None,
+    secret_names: Iterable[str],
+    secret_values: Iterable[str],
+    reuse: PickleCache | None,
+    fresh: Iterable[str],
+) -> Snapshot:
     result = Snapshot(imports=dict(imports or {}), secrets=list(secret_names))
     writer = _Writer(store, encoded_secrets(secret_values), result)
 
@@ -807,23 +950,33 @@ def snapshot(
         if not (isinstance(value, _ATOMS) or _is_by_reference(value)):
             canonical.setdefault(id(value), name)
 
+    # Each variable is pickled once, in namespace order — unless an earlier variable's pickle
+    # holds it already (`ax` inside `fig`): then it is in that variable's group, and pickling
+    # it alone would only pickle the same objects again.
+    sharing = _Sharing(writer.library, writer.dtype)
     pickled: dict[str, _Pickled] = {}
     for name, value in values.items():
         first = canonical.get(id(value))
         if first is not None and first != name:
             result.variables[name] = {"type": _type_name(value), "alias_of": first}
             continue
+        holder = sharing.holder_of(value)
+        if holder is not None:
+            sharing.join(holder, name)
+            continue
         try:
             pickled[name] = dump((name,), track=True)
         except UnstorableError as error:
             result.unstored[name] = str(error)
+            continue
         except StoreError:  # the store cannot take it (disk full): no variable's fault
             raise
         except Exception as error:  # pickling arbitrary user objects can raise anything
             result.unstored[name] = f"cannot be pickled: {type(error).__name__}: {error}"[:300]
+            continue
+        sharing.add(name, pickled[name])
 
-    groups, shared = _groups(pickled)
-    for members in groups:
+    for members in sharing.groups(values):
         first_name = members[0]
         if len(members) == 1:
             one = pickled[first_name]
@@ -834,20 +987,26 @@ def snapshot(
                 **writer.write(one),
             }
             continue
-        try:
-            group = dump(tuple(members), track=False, view_roots=shared)
-        except StoreError:
-            raise
-        except Exception as error:
-            reason = f"shares objects with {', '.join(members)}, which cannot be stored together"
-            for name in members:
-                result.unstored[name] = f"{reason}: {type(error).__name__}: {error}"[:300]
-            continue
+        group = _group_on_member(members, values, pickled)
+        if group is None:
+            try:
+                group = dump(tuple(members), track=False, view_roots=sharing.shared)
+            except StoreError:
+                raise
+            except Exception as error:
+                reason = (
+                    f"shares objects with {', '.join(members)}, which cannot be stored together"
+                )
+                for name in members:
+                    result.unstored[name] = f"{reason}: {type(error).__name__}: {error}"[:300]
+                continue
         for name in members:
+            # a member held by another's pickle was not pickled alone: it changes with the group
+            own = pickled.get(name, group)
             result.variables[name] = {
                 "type": _type_name(values[name]),
-                "size": pickled[name].size,
-                "hash": pickled[name].hash,
+                "size": own.size,
+                "hash": own.hash,
                 "in_group": first_name,
             }
         owner = result.variables[first_name]
@@ -859,31 +1018,116 @@ def snapshot(
     return result
 
 
-def _groups(pickled: Mapping[str, _Pickled]) -> tuple[list[list[str]], set[int]]:
-    """Variables joined by the shareable objects they reach (union-find), in namespace order;
-    and the ids of the objects more than one variable reaches."""
-    parent = {name: name for name in pickled}
+class _Sharing:
+    """Which variables reach a common shareable object (so are stored as one group), from
+    each pickle's memo: the memos' ids are intersected by set operations, in C, and only the
+    objects two pickles both hold are judged one by one (`_shares`; mostly strings and
+    classes, whose verdict is cached per type). Union-find over the variables' names."""
 
-    def root(name: str) -> str:
+    def __init__(self, library: Mapping[int, LibraryPath], dtype: type | None) -> None:
+        self._library = library
+        self._dtype = dtype
+        self._first: dict[int, str] = {}  # id -> a variable whose pickle reached it
+        self._parent: dict[str, str] = {}
+        self._memos: dict[str, dict[int, tuple[int, Any]]] = {}
+        self.shared: set[int] = set()  # ids reached by more than one variable
+
+    def holder_of(self, value: Any) -> str | None:
+        """The variable whose pickle already holds `value`, if `value` can be shared."""
+        name = self._first.get(id(value))
+        if name is None:
+            return None
+        held = self._memos[name].get(id(value))
+        if held is None or held[1] is not value:  # reached as a view's root only
+            return None
+        return name if _shares(value, self._library, self._dtype) else None
+
+    def add(self, name: str, pickled: _Pickled) -> None:
+        """A variable's pickle: joined with every earlier one that holds a shareable object
+        it holds too (or the root of a view it holds)."""
+        self._parent.setdefault(name, name)
+        memo = pickled.memo
+        self._memos[name] = memo
+        first = self._first
+        for key in memo.keys() & first.keys():
+            if _shares(memo[key][1], self._library, self._dtype):
+                self.join(first[key], name)
+                self.shared.add(key)
+        for key in pickled.roots:
+            other = first.setdefault(key, name)
+            if other != name:
+                self.join(other, name)
+                self.shared.add(key)
+        # any variable holding an id will do as its holder: those holding a shareable
+        # object are joined by now (fromkeys of a dict, then update: two C loops, no set)
+        first.update(dict.fromkeys(memo, name))
+
+    def _root(self, name: str) -> str:
+        parent = self._parent
         while parent[name] != name:
             parent[name] = parent[parent[name]]
             name = parent[name]
         return name
 
-    owner: dict[int, str] = {}
-    shared: set[int] = set()
-    for name, item in pickled.items():
-        for key in item.reached:
-            other = owner.setdefault(key, name)
-            if other != name:
-                shared.add(key)
-                a, b = root(other), root(name)
-                if a != b:
-                    parent[b] = a
-    groups: dict[str, list[str]] = {}
-    for name in pickled:
-        groups.setdefault(root(name), []).append(name)
-    return list(groups.values()), shared
+    def join(self, a: str, b: str) -> None:
+        self._parent.setdefault(a, a)
+        self._parent.setdefault(b, b)
+        root_a, root_b = self._root(a), self._root(b)
+        if root_a != root_b:
+            self._parent[root_b] = root_a
+
+    def groups(self, order: Iterable[str]) -> list[list[str]]:
+        """The groups, each in namespace order, in the order of their first member."""
+        found: dict[str, list[str]] = {}
+        for name in order:
+            if name in self._parent:
+                found.setdefault(self._root(name), []).append(name)
+        return list(found.values())
+
+
+def _group_on_member(
+    members: list[str], values: Mapping[str, Any], pickled: Mapping[str, _Pickled]
+) -> _Pickled | None:
+    """A group's pickle made from one member's own when that pickle holds every other member
+    (a figure holds its axes, a pipeline its scaler): the same bytes, then the members fetched
+    from its memo into one tuple, instead of pickling the whole group a second time.
+
+    Not when that pickle holds a view pickled by value whose root it also holds: pickled as a
+    group, the view would have been a window on its root."""
+    for name in members:
+        own = pickled.get(name)
+        if own is None or own.loose_views or not own.payload.endswith(pickle.STOP):
+            continue
+        indexes: list[int] = []
+        for member in members:
+            held = own.memo.get(id(values[member]))
+            if held is None or held[1] is not values[member]:
+                break
+            indexes.append(held[0])
+        else:
+            # the member's value is on the stack where its pickle stopped: drop it (POP, the
+            # same length as STOP, so the last frame keeps its length), then MARK, the members
+            # from the memo, TUPLE, STOP
+            fetch = b"".join(_memo_get(index) for index in indexes)
+            payload = (
+                own.payload[:-1] + pickle.POP + pickle.MARK + fetch + pickle.TUPLE + pickle.STOP
+            )
+            pickle_hash = xxhash.xxh3_128_hexdigest(payload)
+            return _Pickled(
+                payload,
+                pickle_hash,
+                own.chunks,
+                own.size - len(own.payload) + len(payload),
+                _content_hash(pickle_hash, own.chunks),
+            )
+    return None
+
+
+def _memo_get(index: int) -> bytes:
+    """The pickle opcode that pushes memo entry `index`."""
+    if index < 256:
+        return pickle.BINGET + bytes((index,))
+    return pickle.LONG_BINGET + struct.pack("<I", index)
 
 
 def _put(store: Store, data: memoryview, digest: str) -> None:

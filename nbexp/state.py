@@ -451,7 +451,7 @@ def _pickler_class() -> type:
             # cloudpickle's table is a ChainMap: looked up, in Python, for every object that
             # reaches pickle's own reduction, and missed nearly every time. A dict is looked
             # up in C.
-            self.dispatch_table = dict(self.dispatch_table)
+            self.dispatch_table: dict[Any, Any] = dict(cloudpickle.CloudPickler.dispatch_table)
             self._plans = plans
             self._by_type = plans.by_type
             self._view_roots = view_roots

@@ -274,7 +274,6 @@ class _LibraryIndex(Mapping[int, LibraryPath]):
     before library references; a plain dict or list is pickled by value anyway."""
 
     def __init__(self) -> None:
-        self._tops: dict[str, list[str]] | None = None  # top-level package -> module names
         self._seen: set[type] = set()
         self._done: set[str] = set()
 
@@ -289,11 +288,7 @@ class _LibraryIndex(Mapping[int, LibraryPath]):
         if not top or top in self._done:
             return
         self._done.add(top)
-        if self._tops is None:
-            self._tops = {}
-            for name in list(sys.modules):
-                self._tops.setdefault(name.partition(".")[0], []).append(name)
-        _scan_modules(self._tops.get(top, ()))
+        _scan_modules(_package_modules().get(top, ()))
 
     def __getitem__(self, key: int) -> LibraryPath:
         return _library[key]
@@ -309,6 +304,22 @@ class _LibraryIndex(Mapping[int, LibraryPath]):
 
     def __bool__(self) -> bool:
         return True
+
+
+_packages: tuple[int, dict[str, list[str]]] = (-1, {})
+
+
+def _package_modules() -> dict[str, list[str]]:
+    """top-level package -> the names of its imported modules; rebuilt when an import
+    changed `sys.modules` (thousands of names: not once per snapshot)."""
+    global _packages
+    count = len(sys.modules)
+    if _packages[0] != count:
+        tops: dict[str, list[str]] = {}
+        for name in list(sys.modules):
+            tops.setdefault(name.partition(".")[0], []).append(name)
+        _packages = (count, tops)
+    return _packages[1]
 
 
 def _resolve(path: LibraryPath) -> Any:
@@ -437,7 +448,7 @@ def _pickler_class() -> type:
     resolve = _resolve
     reduce_reference = _reduce_reference
     array_root = _array_root
-    view_reduce = _view_reduce
+    window_reduce = _window_reduce
 
     class _StatePickler(cloudpickle.CloudPickler):
         """cloudpickle that refuses lossy values, names library objects and canonical dtypes,
@@ -456,7 +467,10 @@ def _pickler_class() -> type:
             self._by_type = plans.by_type
             self._view_roots = view_roots
             self._arrays: set[int] = set()  # ids of arrays pickled so far (the memo holds them)
-            self.copied_views: list[Any] = []  # views pickled by value: their root came later
+            # root id -> contiguous views of it pickled by value so far (windows for later ones)
+            self._holders: dict[int, list[Any]] = {}
+            # (view, root) of the views pickled by value: no window on anything met before
+            self.copied_views: list[tuple[Any, Any]] = []
             self._lines: dict[str, tuple[str, ...]] = {}
 
         def reducer_override(self, obj: Any) -> Any:
@@ -502,17 +516,31 @@ def _pickler_class() -> type:
             if array.base is not None:
                 root = array_root(array)
                 if root is not array:
-                    key = id(root)
-                    if key in self._arrays or key in self._view_roots:
-                        view = view_reduce(array, (key,))
-                        if view is not None:
-                            return view
-                    else:
-                        self.copied_views.append(array)
+                    window = self._window(array, root)
+                    if window is not None:
+                        return window
             path = library.get(id(array))
             if path is not None and resolve(path) is array:
                 return reduce_reference(path)
             return NotImplemented
+
+        def _window(self, view: Any, root: Any) -> Any:
+            """A view as a window on its root, when the root was pickled earlier in this
+            stream (or is a `view_roots` one), else on an earlier contiguous view of the same
+            root that holds it (`X = np.arange(12.0).reshape(4, 3)` is a view too, of an
+            array no variable holds, and `x = X[:, 0]` lies in it)."""
+            key = id(root)
+            if key in self._arrays or key in self._view_roots:
+                return window_reduce(view, root)
+            holders = self._holders.setdefault(key, [])
+            for holder in holders[-8:]:
+                window = window_reduce(view, holder)
+                if window is not None:
+                    return window
+            self.copied_views.append((view, root))
+            if view.flags.c_contiguous or view.flags.f_contiguous:
+                holders.append(view)
+            return None
 
         def _code_reduce(self, code: types.CodeType) -> tuple[Any, tuple[Any, ...]] | None:
             """A cell's code keeps its file name and the cell's lines, which cloudpickle drops
@@ -572,29 +600,31 @@ def _array_root(array: Any) -> Any:
     return root
 
 
-def _view_reduce(view: Any, roots: Collection[int]) -> tuple[Any, tuple[Any, ...]] | None:
-    """How pickle rebuilds a view of an array another variable reaches: as a view of it.
+def _window_reduce(view: Any, base: Any) -> tuple[Any, tuple[Any, ...]] | None:
+    """How pickle rebuilds a view as a window on `base` (its root, or a contiguous array of
+    the same root that holds its memory), or None when it cannot.
 
     numpy pickles a view as a copy of its elements, so `x = X[:, 0]` would come back as an
-    array of its own; naming the root keeps `x` a window on the restored `X`.
+    array of its own; naming the array it lies in keeps `x` a window on the restored `X`.
     """
-    root = _array_root(view)
-    if root is view or id(root) not in roots or view.dtype.hasobject or root.dtype.hasobject:
+    if view.dtype.hasobject or base.dtype.hasobject or view.size == 0 or base.nbytes == 0:
         return None
-    if not (root.flags.c_contiguous or root.flags.f_contiguous) or root.nbytes == 0:
+    if not (base.flags.c_contiguous or base.flags.f_contiguous):
         return None
-    start = view.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    if view.flags.writeable and not base.flags.writeable:
+        return None  # a window on a read-only array would come back read-only
+    start = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
     low = start + sum(s * (n - 1) for s, n in zip(view.strides, view.shape, strict=True) if s < 0)
     high = (
         start
         + view.itemsize
         + sum(s * (n - 1) for s, n in zip(view.strides, view.shape, strict=True) if s > 0)
     )
-    if view.size == 0 or low < 0 or high > root.nbytes:
+    if low < 0 or high > base.nbytes:
         return None
     return (
         _array_view,
-        (root, start, view.shape, view.strides, view.dtype, bool(view.flags.writeable)),
+        (base, start, view.shape, view.strides, view.dtype, bool(view.flags.writeable)),
     )
 
 
@@ -606,7 +636,7 @@ def _array_view(
     dtype: Any,
     writeable: bool,
 ) -> Any:
-    """A restored view: the same window on the restored root (`_view_reduce`'s inverse)."""
+    """A restored view: the same window on the restored array (`_window_reduce`'s inverse)."""
     numpy = sys.modules["numpy"]
     raw = root.ravel(order="K").view(numpy.uint8)
     view = numpy.ndarray(shape, dtype=dtype, buffer=raw, offset=offset, strides=strides)
@@ -783,13 +813,17 @@ class _Writer:
         if track:
             memo: dict[int, tuple[int, Any]] = pickler.memo.copy()
             pickled.memo = memo
-            for view in pickler.copied_views:
-                root = _array_root(view)
-                if id(root) in memo:
+            copied: set[int] = set()
+            for view, root in pickler.copied_views:
+                key = id(root)
+                # its root pickled later, or another view of the same root pickled by value:
+                # in a group's own pickle they would be windows on that root
+                if key in memo or key in copied:
                     pickled.loose_views = True
-                elif _shares(view, self.library, self.dtype):
+                copied.add(key)
+                if _shares(view, self.library, self.dtype):
                     # a view reaches its base's memory: `x = X[:, 0]` joins X
-                    pickled.roots[id(root)] = root
+                    pickled.roots[key] = root
         return pickled
 
     def _chunks(self, buffer: pickle.PickleBuffer, raw: memoryview) -> list[str]:

@@ -458,11 +458,11 @@ def _pickler_class() -> type:
         def __init__(
             self, sink: Any, plans: _Plans, view_roots: Collection[int] = (), **kwargs: Any
         ):
-            super().__init__(sink, protocol=5, **kwargs)
             # cloudpickle's table is a ChainMap: looked up, in Python, for every object that
             # reaches pickle's own reduction, and missed nearly every time. A dict is looked
-            # up in C.
+            # up in C. (The pickler reads it when initialised.)
             self.dispatch_table: dict[Any, Any] = dict(cloudpickle.CloudPickler.dispatch_table)
+            super().__init__(sink, protocol=5, **kwargs)
             self._plans = plans
             self._by_type = plans.by_type
             self._view_roots = view_roots
@@ -1064,7 +1064,9 @@ class _Sharing:
         self._first: dict[int, str] = {}  # id -> a variable whose pickle reached it
         self._parent: dict[str, str] = {}
         self._memos: dict[str, dict[int, tuple[int, Any]]] = {}
-        self.shared: set[int] = set()  # ids reached by more than one variable
+        numpy = sys.modules.get("numpy")
+        self._ndarray: type | None = numpy.ndarray if numpy is not None else None
+        self.shared: set[int] = set()  # arrays reached by more than one variable
 
     def holder_of(self, value: Any) -> str | None:
         """The variable whose pickle already holds `value`, if `value` can be shared."""
@@ -1083,10 +1085,22 @@ class _Sharing:
         memo = pickled.memo
         self._memos[name] = memo
         first = self._first
+        verdicts, ndarray = _shareable_types, self._ndarray
+        joined: set[str] = set()  # holders joined with this variable already
         for key in memo.keys() & first.keys():
-            if _shares(memo[key][1], self._library, self._dtype):
-                self.join(first[key], name)
-                self.shared.add(key)
+            obj = memo[key][1]
+            kind = type(obj)
+            if verdicts.get(kind) == _NEVER:  # strings, classes, functions: most of them
+                continue
+            other = first[key]
+            if other in joined and kind is not ndarray:
+                continue
+            if _shares(obj, self._library, self._dtype):
+                if other not in joined:
+                    self.join(other, name)
+                    joined.add(other)
+                if kind is ndarray:  # a root for the views of a group's pickle
+                    self.shared.add(key)
         for key in pickled.roots:
             other = first.setdefault(key, name)
             if other != name:

@@ -537,7 +537,8 @@ def _pickler_class() -> type:
                 window = window_reduce(view, holder)
                 if window is not None:
                     return window
-            self.copied_views.append((view, root))
+            if window_reduce(view, root) is not None:  # (an empty view never is a window)
+                self.copied_views.append((view, root))
             if view.flags.c_contiguous or view.flags.f_contiguous:
                 holders.append(view)
             return None
@@ -753,6 +754,8 @@ class _Pickled:
     roots: dict[int, Any] = field(default_factory=dict)
     # a view pickled by value though its root comes later in the same pickle
     loose_views: bool = False
+    # ids of the roots of views pickled by value (in this pickle and those it continues)
+    copied_roots: frozenset[int] = frozenset()
 
 
 def _content_hash(pickle_hash: str, chunk_lists: Iterable[list[str]]) -> str:
@@ -781,9 +784,20 @@ class _Writer:
         # (address, size) -> (the buffer, kept alive so the address stays its own; digests)
         self._digests: dict[tuple[int, int], tuple[memoryview, list[str]]] = {}
 
-    def dump(self, value: Any, *, track: bool, view_roots: Collection[int] = ()) -> _Pickled:
+    def dump(
+        self,
+        value: Any,
+        *,
+        track: bool,
+        view_roots: Collection[int] = (),
+        after: _Pickled | None = None,
+    ) -> _Pickled:
         """Pickle `value`, refusing secrets; with `track`, keep the memo (what it holds) and
-        the roots of views pickled by value; views of `view_roots` are pickled as views."""
+        the roots of views pickled by value; views of `view_roots` are pickled as views.
+
+        `after` (a tracked pickle): continue it — objects it holds are fetched from its memo,
+        views of its arrays are windows on them; the result holds both memos. Its bytes load
+        only after `after`'s (see `_group_in_segments`)."""
         buffers: list[pickle.PickleBuffer] = []
 
         def out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -794,7 +808,11 @@ class _Writer:
             return False
 
         sink = io.BytesIO()
+        if after is not None:
+            track, view_roots = True, after.memo
         pickler = self.pickler_class(sink, self.plans, view_roots, buffer_callback=out_of_band)
+        if after is not None:
+            pickler.memo = after.memo
         pickler.dump(value)
         payload = sink.getvalue()
         for needle in self.needles:
@@ -813,7 +831,7 @@ class _Writer:
         if track:
             memo: dict[int, tuple[int, Any]] = pickler.memo.copy()
             pickled.memo = memo
-            copied: set[int] = set()
+            copied: set[int] = set(after.copied_roots) if after is not None else set()
             for view, root in pickler.copied_views:
                 key = id(root)
                 # its root pickled later, or another view of the same root pickled by value:
@@ -824,6 +842,7 @@ class _Writer:
                 if _shares(view, self.library, self.dtype):
                     # a view reaches its base's memory: `x = X[:, 0]` joins X
                     pickled.roots[key] = root
+            pickled.copied_roots = frozenset(copied)
         return pickled
 
     def _chunks(self, buffer: pickle.PickleBuffer, raw: memoryview) -> list[str]:
@@ -994,9 +1013,10 @@ def _snapshot(
         if first is not None and first != name:
             result.variables[name] = {"type": _type_name(value), "alias_of": first}
             continue
-        holder = sharing.holder_of(value)
-        if holder is not None:
-            sharing.join(holder, name)
+        holders = sharing.holders_of(value)
+        if holders:
+            for holder in holders:
+                sharing.join(holder, name)
             continue
         try:
             pickled[name] = dump((name,), track=True)
@@ -1021,7 +1041,12 @@ def _snapshot(
                 **writer.write(one),
             }
             continue
-        group = _group_on_member(members, values, pickled)
+        try:
+            group = _group_in_segments(members, values, pickled, writer)
+        except StoreError:
+            raise
+        except Exception:  # a member not pickled alone failed: try the group as one tuple
+            group = None
         if group is None:
             try:
                 group = dump(tuple(members), track=False, view_roots=sharing.shared)
@@ -1052,6 +1077,10 @@ def _snapshot(
     return result
 
 
+_NUMBERS = (int, float, complex, bool, type(None))
+_KEY_ATOMS = (*_NUMBERS, str)
+
+
 class _Sharing:
     """Which variables reach a common shareable object (so are stored as one group), from
     each pickle's memo: the memos' ids are intersected by set operations, in C, and only the
@@ -1077,6 +1106,39 @@ class _Sharing:
         if held is None or held[1] is not value:  # reached as a view's root only
             return None
         return name if _shares(value, self._library, self._dtype) else None
+
+    def holders_of(self, value: Any) -> list[str]:
+        """The variables whose pickles hold `value`, or else every object in it (`axs`, an
+        array of the axes a figure pickled before holds; a list of fitted models): then
+        whatever reaches it reaches them, so it belongs to their group and pickling it alone
+        would pickle them again. Empty when something in it is new, or a string (a secret in
+        it would refuse the whole group)."""
+        holder = self.holder_of(value)
+        if holder is not None:
+            return [holder]
+        kind = type(value)
+        if kind is list or kind is tuple:
+            items: Iterable[Any] = value
+        elif kind is dict:
+            if not all(type(key) in _KEY_ATOMS for key in value):
+                return []
+            items = value.values()
+        elif kind is self._ndarray and value.dtype.hasobject:
+            items = value.flat
+        else:
+            return []
+        if not 0 < (value.size if kind is self._ndarray else len(value)) <= 10_000:
+            return []
+        holders: list[str] = []
+        for item in items:
+            if type(item) in _NUMBERS:
+                continue
+            holder = self.holder_of(item)
+            if holder is None:
+                return []
+            if holder not in holders:
+                holders.append(holder)
+        return holders
 
     def add(self, name: str, pickled: _Pickled) -> None:
         """A variable's pickle: joined with every earlier one that holds a shareable object
@@ -1133,42 +1195,51 @@ class _Sharing:
         return list(found.values())
 
 
-def _group_on_member(
-    members: list[str], values: Mapping[str, Any], pickled: Mapping[str, _Pickled]
+def _group_in_segments(
+    members: list[str], values: Mapping[str, Any], pickled: Mapping[str, _Pickled], writer: _Writer
 ) -> _Pickled | None:
-    """A group's pickle made from one member's own when that pickle holds every other member
-    (a figure holds its axes, a pipeline its scaler): the same bytes, then the members fetched
-    from its memo into one tuple, instead of pickling the whole group a second time.
+    """A group's pickle built on its largest member's own pickle instead of pickling the whole
+    group again: that pickle's bytes, then each member it does not hold (`axs`, an array of
+    the axes of the `fig` it follows) pickled as a continuation of it — only the objects it
+    adds, the rest fetched from the memo —, then the members fetched from the memo into one
+    tuple. A figure, its axes and its array of axes cost one pickle of the figure.
 
-    Not when that pickle holds a view pickled by value whose root it also holds: pickled as a
-    group, the view would have been a window on its root."""
+    None (pickle the group as one tuple) when a view was pickled by value while its root, or
+    another view of that root, is in the group too: as one tuple, they would be windows."""
+    base = max(
+        (pickled[name] for name in members if name in pickled),
+        key=lambda item: len(item.memo),
+        default=None,
+    )
+    if base is None or base.loose_views or not base.payload.endswith(pickle.STOP):
+        return None
+    parts = [base.payload[:-1] + pickle.POP]  # POP: STOP's length, the last frame keeps its own
+    chunks = list(base.chunks)
+    size = base.size - len(base.payload)
+    last = base
     for name in members:
-        own = pickled.get(name)
-        if own is None or own.loose_views or not own.payload.endswith(pickle.STOP):
+        held = last.memo.get(id(values[name]))
+        if held is not None and held[1] is values[name]:
             continue
-        indexes: list[int] = []
-        for member in members:
-            held = own.memo.get(id(values[member]))
-            if held is None or held[1] is not values[member]:
-                break
-            indexes.append(held[0])
-        else:
-            # the member's value is on the stack where its pickle stopped: drop it (POP, the
-            # same length as STOP, so the last frame keeps its length), then MARK, the members
-            # from the memo, TUPLE, STOP
-            fetch = b"".join(_memo_get(index) for index in indexes)
-            payload = (
-                own.payload[:-1] + pickle.POP + pickle.MARK + fetch + pickle.TUPLE + pickle.STOP
-            )
-            pickle_hash = xxhash.xxh3_128_hexdigest(payload)
-            return _Pickled(
-                payload,
-                pickle_hash,
-                own.chunks,
-                own.size - len(own.payload) + len(payload),
-                _content_hash(pickle_hash, own.chunks),
-            )
-    return None
+        segment = writer.dump(values[name], track=True, after=last)
+        if segment.loose_views or not segment.payload.endswith(pickle.STOP):
+            return None
+        parts.append(segment.payload[:-1] + pickle.POP)
+        chunks.extend(segment.chunks)
+        size += segment.size - len(segment.payload)
+        last = segment
+    indexes = []
+    for name in members:
+        held = last.memo.get(id(values[name]))
+        if held is None or held[1] is not values[name]:
+            return None  # (an atom: not in any memo)
+        indexes.append(held[0])
+    fetch = b"".join(_memo_get(index) for index in indexes)
+    payload = b"".join(parts) + pickle.MARK + fetch + pickle.TUPLE + pickle.STOP
+    pickle_hash = xxhash.xxh3_128_hexdigest(payload)
+    return _Pickled(
+        payload, pickle_hash, chunks, size + len(payload), _content_hash(pickle_hash, chunks)
+    )
 
 
 def _memo_get(index: int) -> bytes:

@@ -8,9 +8,12 @@ stores about one column, `df2 = df.copy()` stores nothing new.
 Sharing between variables is kept by storing together what belongs together: pickling each
 variable once also tells which user-level mutable objects it reaches (the pickler's memo);
 variables that reach a common one — `fig` and `axes`, two pipelines on one scaler, variables
-referring to each other — form a group, pickled as one tuple, so pickle's memo restores the
-sharing and the cycles. Chunks stay content-addressed, so a grouped array still costs nothing
-when unchanged. Library objects never glue variables together: modules, classes, functions,
+referring to each other — form a group, stored as one pickle of a tuple, so pickle's memo
+restores the sharing and the cycles. Nothing is pickled twice when it can be helped: a variable
+an earlier pickle already holds is not pickled alone, and a group's pickle is its largest
+member's own, continued by the members it lacks and closed by fetching every member from the
+memo (`_group_in_segments`). Chunks stay content-addressed, so a grouped array still costs
+nothing when unchanged. Library objects never glue variables together: modules, classes, functions,
 dtypes and atoms are not counted, and module-level objects of installed libraries
 (`scipy.stats.loguniform`) are pickled as a reference (`module.attr`), resolved by import on
 load, as modules are.

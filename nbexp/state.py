@@ -1231,6 +1231,8 @@ def _group_in_segments(
         chunks.extend(segment.chunks)
         size += segment.size - len(segment.payload)
         last = segment
+    if any(root in last.memo for root in last.copied_roots):
+        return None  # a view pickled by value before its root, in another part
     indexes = []
     for name in members:
         held = last.memo.get(id(values[name]))

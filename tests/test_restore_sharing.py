@@ -505,3 +505,40 @@ def test_an_unchanged_figure_is_not_stored_again_by_the_next_record(ip):
     taken = {cid for by_id in registry.callbacks.values() for cid in by_id}
     assert taken
     assert registry.connect("draw_event", lambda event: None) not in taken
+
+
+def test_a_group_is_built_on_its_members_pickles_not_pickled_again_whole(ip, capsys):
+    # `other` holds something new besides `big`, so it is pickled alone too; the group's
+    # pickle continues `base`'s with what `other` adds, instead of pickling both again
+    experiment = record(
+        ip,
+        "continued",
+        """
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        class Costly:
+            reductions = 0
+
+            def __reduce__(self):
+                type(self).reductions += 1
+                return (type(self), ())
+
+        base = {"big": Costly(), "log": []}
+        other = {"big": base["big"], "own": []}
+        fig, axs = plt.subplots(2, 2)
+        axs[0, 0].plot([1, 2, 3])
+        row = axs[0]
+        """,
+    )
+    assert ip.user_ns["Costly"].reductions == 2  # alone in each pickle, never for the group
+    variables = experiment.state["variables"]
+    assert variables["axs"]["in_group"] == "fig" and variables["row"]["in_group"] == "fig"
+    clobber(ip, "base", "other", "fig", "axs", "row")
+    exp_restore(ip, capsys, "continued")
+    ns = ip.user_ns
+    assert ns["other"]["big"] is ns["base"]["big"]
+    assert ns["axs"][0, 0] is ns["fig"].axes[0] and ns["row"][1] is ns["axs"][0, 1]
+    ns["row"][0].set_title("edited")
+    assert ns["fig"].axes[0].get_title() == "edited"

@@ -8,9 +8,12 @@ stores about one column, `df2 = df.copy()` stores nothing new.
 Sharing between variables is kept by storing together what belongs together: pickling each
 variable once also tells which user-level mutable objects it reaches (the pickler's memo);
 variables that reach a common one — `fig` and `axes`, two pipelines on one scaler, variables
-referring to each other — form a group, pickled as one tuple, so pickle's memo restores the
-sharing and the cycles. Chunks stay content-addressed, so a grouped array still costs nothing
-when unchanged. Library objects never glue variables together: modules, classes, functions,
+referring to each other — form a group, stored as one pickle of a tuple, so pickle's memo
+restores the sharing and the cycles. Nothing is pickled twice when it can be helped: a variable
+an earlier pickle already holds is not pickled alone, and a group's pickle is its largest
+member's own, continued by the members it lacks and closed by fetching every member from the
+memo (`_group_in_segments`). Chunks stay content-addressed, so a grouped array still costs
+nothing when unchanged. Library objects never glue variables together: modules, classes, functions,
 dtypes and atoms are not counted, and module-level objects of installed libraries
 (`scipy.stats.loguniform`) are pickled as a reference (`module.attr`), resolved by import on
 load, as modules are.
@@ -28,12 +31,15 @@ import decimal
 import enum
 import fractions
 import functools
+import gc
 import importlib
 import io
+import itertools
 import linecache
 import os
 import pickle
 import site
+import struct
 import sys
 import sysconfig
 import types
@@ -271,7 +277,6 @@ class _LibraryIndex(Mapping[int, LibraryPath]):
     before library references; a plain dict or list is pickled by value anyway."""
 
     def __init__(self) -> None:
-        self._tops: dict[str, list[str]] | None = None  # top-level package -> module names
         self._seen: set[type] = set()
         self._done: set[str] = set()
 
@@ -286,11 +291,7 @@ class _LibraryIndex(Mapping[int, LibraryPath]):
         if not top or top in self._done:
             return
         self._done.add(top)
-        if self._tops is None:
-            self._tops = {}
-            for name in list(sys.modules):
-                self._tops.setdefault(name.partition(".")[0], []).append(name)
-        _scan_modules(self._tops.get(top, ()))
+        _scan_modules(_package_modules().get(top, ()))
 
     def __getitem__(self, key: int) -> LibraryPath:
         return _library[key]
@@ -306,6 +307,22 @@ class _LibraryIndex(Mapping[int, LibraryPath]):
 
     def __bool__(self) -> bool:
         return True
+
+
+_packages: tuple[int, dict[str, list[str]]] = (-1, {})
+
+
+def _package_modules() -> dict[str, list[str]]:
+    """top-level package -> the names of its imported modules; rebuilt when an import
+    changed `sys.modules` (thousands of names: not once per snapshot)."""
+    global _packages
+    count = len(sys.modules)
+    if _packages[0] != count:
+        tops: dict[str, list[str]] = {}
+        for name in list(sys.modules):
+            tops.setdefault(name.partition(".")[0], []).append(name)
+        _packages = (count, tops)
+    return _packages[1]
 
 
 def _resolve(path: LibraryPath) -> Any:
@@ -357,9 +374,19 @@ def _library_lookup(path: LibraryPath) -> Any:
 # -- pickling --------------------------------------------------------------------------------
 
 
-# type -> (why its instances cannot be stored, or ""; whether they are code). The pickler
-# asks for every object it meets, and `io.IOBase` is an ABC: slow to test instance by instance.
-_type_verdicts: dict[type, tuple[str, bool]] = {}
+# What the pickler does with an object of a given type, decided once per type and snapshot:
+# the pickler asks for every object it meets that is not a dict, list, tuple, set, str or number
+# (some 100,000 for a figure), so the per-object path is one dict lookup and, for most objects,
+# one more for the library map.
+_PLAIN = 0  # a library object (by reference) or anything else (pickle's own reduction)
+_VALUE = 1  # an immutable value: never a library object
+_CODE_PLAN = 2  # classes, functions: cloudpickle's reduction
+_CODE_OBJECT = 3  # a code object: cloudpickle's, keeping the cell's file name and lines
+_ARRAY = 4  # numpy.ndarray: views, library arrays
+_DTYPE = 5  # numpy dtypes: builtin ones canonical
+_TENSOR = 6  # torch tensors: refused off the CPU
+_CALLBACKS = 7  # matplotlib's CallbackRegistry: a pickle that does not change the object
+_REFUSED = 8  # open files, generators, frames
 
 
 def _refusal(obj: Any) -> str:
@@ -374,60 +401,150 @@ def _refusal(obj: Any) -> str:
     return ""
 
 
+class _Plans:
+    """type -> what the pickler does with its objects (one of the plans above), for one
+    snapshot: the library map is scanned for a type's package when the type is first met."""
+
+    def __init__(self, library: _LibraryIndex) -> None:
+        self.library = library
+        self.by_type: dict[type, int] = {}
+        self.refusals: dict[type, str] = {}
+        numpy = sys.modules.get("numpy")
+        self.dtype: Any = numpy.dtype if numpy is not None else None
+        self.ndarray: Any = numpy.ndarray if numpy is not None else None
+
+    def plan(self, obj: Any) -> int:
+        kind = type(obj)
+        refusal = _refusal(obj)
+        if refusal:
+            plan = _REFUSED
+            self.refusals[kind] = refusal
+        elif kind is types.CodeType:
+            plan = _CODE_OBJECT
+        elif isinstance(obj, _CODE):
+            plan = _CODE_PLAN
+        elif self.dtype is not None and isinstance(obj, self.dtype):
+            plan = _DTYPE
+        elif isinstance(obj, _IMMUTABLE):
+            plan = _VALUE
+        else:
+            module = kind.__module__
+            if module == "torch" and kind.__name__ in ("Tensor", "Parameter"):
+                plan = _TENSOR
+            elif kind is self.ndarray:
+                plan = _ARRAY
+            elif module == "matplotlib.cbook" and kind.__qualname__ == "CallbackRegistry":
+                plan = _CALLBACKS
+            else:
+                plan = _PLAIN
+            self.library.reach(obj)
+        if obj.__class__ is kind:  # an object lying about its class is asked each time
+            self.by_type[kind] = plan
+        return plan
+
+
 def _pickler_class() -> type:
     import cloudpickle
     from cloudpickle.cloudpickle import _code_reduce as cloudpickle_code_reduce
 
+    library = _library
+    resolve = _resolve
+    reduce_reference = _reduce_reference
+    array_root = _array_root
+    window_reduce = _window_reduce
+
     class _StatePickler(cloudpickle.CloudPickler):
-        """cloudpickle that refuses lossy values, names library objects and canonical dtypes."""
+        """cloudpickle that refuses lossy values, names library objects and canonical dtypes,
+        and pickles a view of an array met earlier in the stream (or of a `view_roots` one)
+        as a window on it."""
 
         def __init__(
-            self,
-            sink: Any,
-            library: Mapping[int, LibraryPath],
-            view_roots: Collection[int] = (),
-            **kwargs: Any,
+            self, sink: Any, plans: _Plans, view_roots: Collection[int] = (), **kwargs: Any
         ):
+            # cloudpickle's table is a ChainMap: looked up, in Python, for every object that
+            # reaches pickle's own reduction, and missed nearly every time. A dict is looked
+            # up in C. (The pickler reads it when initialised.)
+            self.dispatch_table: dict[Any, Any] = dict(cloudpickle.CloudPickler.dispatch_table)
             super().__init__(sink, protocol=5, **kwargs)
-            self._library = library
+            self._plans = plans
+            self._by_type = plans.by_type
             self._view_roots = view_roots
+            self._arrays: set[int] = set()  # ids of arrays pickled so far (the memo holds them)
+            # root id -> contiguous views of it pickled by value so far (windows for later ones)
+            self._holders: dict[int, list[Any]] = {}
+            # (view, root) of the views pickled by value: no window on anything met before
+            self.copied_views: list[tuple[Any, Any]] = []
             self._lines: dict[str, tuple[str, ...]] = {}
-            numpy = sys.modules.get("numpy")
-            self._dtype: Any = numpy.dtype if numpy is not None else None
-            self._ndarray: Any = numpy.ndarray if numpy is not None else None
 
         def reducer_override(self, obj: Any) -> Any:
-            kind = type(obj)
-            verdict = _type_verdicts.get(kind)
-            if verdict is None:
-                verdict = (_refusal(obj), isinstance(obj, _CODE))
-                if obj.__class__ is kind:  # an object lying about its class is asked each time
-                    _type_verdicts[kind] = verdict
-            refusal, is_code = verdict
-            if refusal:
-                _refuse(refusal)
-            if kind.__module__ == "torch" and kind.__name__ in ("Tensor", "Parameter"):
+            plan = self._by_type.get(type(obj))
+            if plan is None:
+                plan = self._plans.plan(obj)
+            if plan == _PLAIN:
+                path = library.get(id(obj))
+                if path is not None and resolve(path) is obj:
+                    return reduce_reference(path)
+                return NotImplemented
+            if plan == _VALUE:
+                return NotImplemented
+            if plan == _CODE_PLAN:
+                return super().reducer_override(obj)
+            if plan == _ARRAY:
+                return self._array_reduce(obj)
+            if plan == _DTYPE:
+                # numpy's own reduce rebuilds a builtin dtype as a new instance (copy=True):
+                # naming it gives restored arrays the canonical `np.dtype("float64")` again
+                dtype = self._plans.dtype
+                if obj.isbuiltin == 1 and dtype(obj.str) is obj:
+                    return (dtype, (obj.str,))
+                return NotImplemented
+            if plan == _CODE_OBJECT:
+                code = self._code_reduce(obj)
+                return code if code is not None else super().reducer_override(obj)
+            if plan == _REFUSED:
+                _refuse(self._plans.refusals.get(type(obj)) or _refusal(obj))
+            if plan == _TENSOR:
                 device = getattr(obj, "device", None)
                 if device is not None and getattr(device, "type", "cpu") != "cpu":
                     _refuse(f"a tensor on {device} cannot be stored; move it to the CPU first")
-            if kind is types.CodeType:
-                code = self._code_reduce(obj)
-                if code is not None:
-                    return code
-            if self._view_roots and kind is self._ndarray and obj.base is not None:
-                view = _view_reduce(obj, self._view_roots)
-                if view is not None:
-                    return view
-            if self._dtype is not None and isinstance(obj, self._dtype):
-                # numpy's own reduce rebuilds a builtin dtype as a new instance (copy=True):
-                # naming it gives restored arrays the canonical `np.dtype("float64")` again
-                if obj.isbuiltin == 1 and self._dtype(obj.str) is obj:
-                    return (self._dtype, (obj.str,))
-            elif self._library and not is_code:
-                path = _library_reference(obj, self._library)
-                if path is not None:
-                    return _reduce_reference(path)
-            return super().reducer_override(obj)
+            if plan == _CALLBACKS:
+                return _callbacks_reduce(obj)
+            path = library.get(id(obj))
+            if path is not None and resolve(path) is obj:
+                return reduce_reference(path)
+            return NotImplemented
+
+        def _array_reduce(self, array: Any) -> Any:
+            self._arrays.add(id(array))
+            if array.base is not None:
+                root = array_root(array)
+                if root is not array:
+                    window = self._window(array, root)
+                    if window is not None:
+                        return window
+            path = library.get(id(array))
+            if path is not None and resolve(path) is array:
+                return reduce_reference(path)
+            return NotImplemented
+
+        def _window(self, view: Any, root: Any) -> Any:
+            """A view as a window on its root, when the root was pickled earlier in this
+            stream (or is a `view_roots` one), else on an earlier contiguous view of the same
+            root that holds it (`X = np.arange(12.0).reshape(4, 3)` is a view too, of an
+            array no variable holds, and `x = X[:, 0]` lies in it)."""
+            key = id(root)
+            if key in self._arrays or key in self._view_roots:
+                return window_reduce(view, root)
+            holders = self._holders.setdefault(key, [])
+            for holder in holders[-8:]:
+                window = window_reduce(view, holder)
+                if window is not None:
+                    return window
+            if window_reduce(view, root) is not None:  # (an empty view never is a window)
+                self.copied_views.append((view, root))
+            if view.flags.c_contiguous or view.flags.f_contiguous:
+                holders.append(view)
+            return None
 
         def _code_reduce(self, code: types.CodeType) -> tuple[Any, tuple[Any, ...]] | None:
             """A cell's code keeps its file name and the cell's lines, which cloudpickle drops
@@ -442,6 +559,20 @@ def _pickler_class() -> type:
             return (_code_with_source, (constructor, args, self._lines[code.co_filename]))
 
     return _StatePickler
+
+
+def _callbacks_reduce(registry: Any) -> Any:
+    """matplotlib's CallbackRegistry pickles its next callback id by drawing it (`__getstate__`
+    calls `next` on its counter): every pickle of a figure differed from the one before, so an
+    unchanged figure was stored again by every record. The counter is put back where it was."""
+    reduced = registry.__reduce_ex__(5)
+    state = reduced[2] if isinstance(reduced, tuple) and len(reduced) > 2 else None
+    counter = state.get("_cid_gen") if isinstance(state, dict) else None
+    if isinstance(counter, int) and isinstance(
+        getattr(registry, "_cid_gen", None), itertools.count
+    ):
+        registry._cid_gen = itertools.count(counter)
+    return reduced
 
 
 def _cell_lines(filename: str) -> tuple[str, ...] | None:
@@ -473,29 +604,31 @@ def _array_root(array: Any) -> Any:
     return root
 
 
-def _view_reduce(view: Any, roots: Collection[int]) -> tuple[Any, tuple[Any, ...]] | None:
-    """How pickle rebuilds a view of an array another variable reaches: as a view of it.
+def _window_reduce(view: Any, base: Any) -> tuple[Any, tuple[Any, ...]] | None:
+    """How pickle rebuilds a view as a window on `base` (its root, or a contiguous array of
+    the same root that holds its memory), or None when it cannot.
 
     numpy pickles a view as a copy of its elements, so `x = X[:, 0]` would come back as an
-    array of its own; naming the root keeps `x` a window on the restored `X`.
+    array of its own; naming the array it lies in keeps `x` a window on the restored `X`.
     """
-    root = _array_root(view)
-    if root is view or id(root) not in roots or view.dtype.hasobject or root.dtype.hasobject:
+    if view.dtype.hasobject or base.dtype.hasobject or view.size == 0 or base.nbytes == 0:
         return None
-    if not (root.flags.c_contiguous or root.flags.f_contiguous) or root.nbytes == 0:
+    if not (base.flags.c_contiguous or base.flags.f_contiguous):
         return None
-    start = view.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    if view.flags.writeable and not base.flags.writeable:
+        return None  # a window on a read-only array would come back read-only
+    start = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
     low = start + sum(s * (n - 1) for s, n in zip(view.strides, view.shape, strict=True) if s < 0)
     high = (
         start
         + view.itemsize
         + sum(s * (n - 1) for s, n in zip(view.strides, view.shape, strict=True) if s > 0)
     )
-    if view.size == 0 or low < 0 or high > root.nbytes:
+    if low < 0 or high > base.nbytes:
         return None
     return (
         _array_view,
-        (root, start, view.shape, view.strides, view.dtype, bool(view.flags.writeable)),
+        (base, start, view.shape, view.strides, view.dtype, bool(view.flags.writeable)),
     )
 
 
@@ -507,7 +640,7 @@ def _array_view(
     dtype: Any,
     writeable: bool,
 ) -> Any:
-    """A restored view: the same window on the restored root (`_view_reduce`'s inverse)."""
+    """A restored view: the same window on the restored array (`_window_reduce`'s inverse)."""
     numpy = sys.modules["numpy"]
     raw = root.ravel(order="K").view(numpy.uint8)
     view = numpy.ndarray(shape, dtype=dtype, buffer=raw, offset=offset, strides=strides)
@@ -608,14 +741,34 @@ def select_variables(
 
 @dataclass
 class _Pickled:
-    """One pickle and its out-of-band buffers, already hashed (and chunks already stored)."""
+    """One pickle and its out-of-band buffers, already hashed (and chunks already stored).
+
+    A tracked pickle also keeps its pickler's memo (id -> (memo index, object)): which
+    objects it holds, for sharing between variables, and where, for a group built on it. The
+    memo holds its objects, so no id in it can pass to another object while it lives."""
 
     payload: bytes
     pickle_hash: str
     chunks: list[list[str]]
     size: int
     hash: str
-    reached: dict[int, Any] = field(default_factory=dict)
+    memo: dict[int, tuple[int, Any]] = field(default_factory=dict)
+    # roots of the views pickled by value (their memory is reached, the root is not pickled)
+    roots: dict[int, Any] = field(default_factory=dict)
+    # a view pickled by value though its root comes later in the same pickle
+    loose_views: bool = False
+    # ids of the roots of views pickled by value (in this pickle and those it continues)
+    copied_roots: frozenset[int] = frozenset()
+
+
+def _content_hash(pickle_hash: str, chunk_lists: Iterable[list[str]]) -> str:
+    """A pickle's hash with its out-of-band buffers' chunk hashes: the stored value's identity."""
+    content = xxhash.xxh3_128(pickle_hash.encode())
+    for chunks in chunk_lists:
+        for digest in chunks:
+            content.update(digest.encode())
+        content.update(b"|")
+    return content.hexdigest()
 
 
 class _Writer:
@@ -628,15 +781,26 @@ class _Writer:
         self.result = result
         self.pickler_class = _pickler_class()
         self.library = _LibraryIndex()
+        self.plans = _Plans(self.library)
         numpy = sys.modules.get("numpy")
         self.dtype: type | None = numpy.dtype if numpy is not None else None
-        self.ndarray: type | None = numpy.ndarray if numpy is not None else None
         # (address, size) -> (the buffer, kept alive so the address stays its own; digests)
         self._digests: dict[tuple[int, int], tuple[memoryview, list[str]]] = {}
 
-    def dump(self, value: Any, *, track: bool, view_roots: Collection[int] = ()) -> _Pickled:
-        """Pickle `value`, refusing secrets; with `track`, note the shareable objects it reaches
-        (an array view reaches its root too); views of `view_roots` are pickled as views."""
+    def dump(
+        self,
+        value: Any,
+        *,
+        track: bool,
+        view_roots: Collection[int] = (),
+        after: _Pickled | None = None,
+    ) -> _Pickled:
+        """Pickle `value`, refusing secrets; with `track`, keep the memo (what it holds) and
+        the roots of views pickled by value; views of `view_roots` are pickled as views.
+
+        `after` (a tracked pickle): continue it — objects it holds are fetched from its memo,
+        views of its arrays are windows on them; the result holds both memos. Its bytes load
+        only after `after`'s (see `_group_in_segments`)."""
         buffers: list[pickle.PickleBuffer] = []
 
         def out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -647,35 +811,42 @@ class _Writer:
             return False
 
         sink = io.BytesIO()
-        pickler = self.pickler_class(sink, self.library, view_roots, buffer_callback=out_of_band)
+        if after is not None:
+            track, view_roots = True, after.memo
+        pickler = self.pickler_class(sink, self.plans, view_roots, buffer_callback=out_of_band)
+        if after is not None:
+            pickler.memo = after.memo
         pickler.dump(value)
         payload = sink.getvalue()
         for needle in self.needles:
             if needle in payload:
                 raise UnstorableError("holds a credential value, so it is not stored")
         pickle_hash = xxhash.xxh3_128_hexdigest(payload)
-        content = xxhash.xxh3_128(pickle_hash.encode())
         size = len(payload)
         chunk_lists: list[list[str]] = []
         for buffer in buffers:
             raw = buffer.raw()
-            chunks = self._chunks(buffer, raw)
-            for digest in chunks:
-                content.update(digest.encode())
+            chunk_lists.append(self._chunks(buffer, raw))
             size += raw.nbytes
-            chunk_lists.append(chunks)
-            content.update(b"|")
-        reached: dict[int, Any] = {}
+        pickled = _Pickled(
+            payload, pickle_hash, chunk_lists, size, _content_hash(pickle_hash, chunk_lists)
+        )
         if track:
             memo: dict[int, tuple[int, Any]] = pickler.memo.copy()
-            for key, (_, obj) in memo.items():
-                if _shares(obj, self.library, self.dtype):
-                    reached[key] = obj  # held: no other object can take its id meanwhile
-                    view = type(obj) is self.ndarray and getattr(obj, "base", None) is not None
-                    if view:  # a view reaches its base's memory too: `x = X[:, 0]` joins X
-                        root = _array_root(obj)
-                        reached[id(root)] = root
-        return _Pickled(payload, pickle_hash, chunk_lists, size, content.hexdigest(), reached)
+            pickled.memo = memo
+            copied: set[int] = set(after.copied_roots) if after is not None else set()
+            for view, root in pickler.copied_views:
+                key = id(root)
+                # its root pickled later, or another view of the same root pickled by value:
+                # in a group's own pickle they would be windows on that root
+                if key in memo or key in copied:
+                    pickled.loose_views = True
+                copied.add(key)
+                if _shares(view, self.library, self.dtype):
+                    # a view reaches its base's memory: `x = X[:, 0]` joins X
+                    pickled.roots[key] = root
+            pickled.copied_roots = frozenset(copied)
+        return pickled
 
     def _chunks(self, buffer: pickle.PickleBuffer, raw: memoryview) -> list[str]:
         key = _address(raw)
@@ -785,6 +956,34 @@ def snapshot(
     no user code runs between snapshots: see `PickleCache`) skips pickling a value again;
     the `fresh` names (a trial's own values, new each time) are neither looked up nor kept.
     """
+    with _cyclic_gc_paused():
+        return _snapshot(store, values, imports, secret_names, secret_values, reuse, fresh)
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pickling a figure allocates some 100,000 short-lived tuples and dicts, and the cyclic
+    collector, woken every 700 allocations, walked them again and again: it took about half
+    of a snapshot's time. Reference counting frees them as usual meanwhile."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _snapshot(
+    store: Store,
+    values: Mapping[str, Any],
+    imports: Mapping[str, str] | None,
+    secret_names: Iterable[str],
+    secret_values: Iterable[str],
+    reuse: PickleCache | None,
+    fresh: Iterable[str],
+) -> Snapshot:
     result = Snapshot(imports=dict(imports or {}), secrets=list(secret_names))
     writer = _Writer(store, encoded_secrets(secret_values), result)
 
@@ -807,23 +1006,34 @@ def snapshot(
         if not (isinstance(value, _ATOMS) or _is_by_reference(value)):
             canonical.setdefault(id(value), name)
 
+    # Each variable is pickled once, in namespace order — unless an earlier variable's pickle
+    # holds it already (`ax` inside `fig`): then it is in that variable's group, and pickling
+    # it alone would only pickle the same objects again.
+    sharing = _Sharing(writer.library, writer.dtype)
     pickled: dict[str, _Pickled] = {}
     for name, value in values.items():
         first = canonical.get(id(value))
         if first is not None and first != name:
             result.variables[name] = {"type": _type_name(value), "alias_of": first}
             continue
+        holders = sharing.holders_of(value)
+        if holders:
+            for holder in holders:
+                sharing.join(holder, name)
+            continue
         try:
             pickled[name] = dump((name,), track=True)
         except UnstorableError as error:
             result.unstored[name] = str(error)
+            continue
         except StoreError:  # the store cannot take it (disk full): no variable's fault
             raise
         except Exception as error:  # pickling arbitrary user objects can raise anything
             result.unstored[name] = f"cannot be pickled: {type(error).__name__}: {error}"[:300]
+            continue
+        sharing.add(name, pickled[name])
 
-    groups, shared = _groups(pickled)
-    for members in groups:
+    for members in sharing.groups(values):
         first_name = members[0]
         if len(members) == 1:
             one = pickled[first_name]
@@ -835,19 +1045,30 @@ def snapshot(
             }
             continue
         try:
-            group = dump(tuple(members), track=False, view_roots=shared)
+            group = _group_in_segments(members, values, pickled, writer)
         except StoreError:
             raise
-        except Exception as error:
-            reason = f"shares objects with {', '.join(members)}, which cannot be stored together"
-            for name in members:
-                result.unstored[name] = f"{reason}: {type(error).__name__}: {error}"[:300]
-            continue
+        except Exception:  # a member not pickled alone failed: try the group as one tuple
+            group = None
+        if group is None:
+            try:
+                group = dump(tuple(members), track=False, view_roots=sharing.shared)
+            except StoreError:
+                raise
+            except Exception as error:
+                reason = (
+                    f"shares objects with {', '.join(members)}, which cannot be stored together"
+                )
+                for name in members:
+                    result.unstored[name] = f"{reason}: {type(error).__name__}: {error}"[:300]
+                continue
         for name in members:
+            # a member held by another's pickle was not pickled alone: it changes with the group
+            own = pickled.get(name, group)
             result.variables[name] = {
                 "type": _type_name(values[name]),
-                "size": pickled[name].size,
-                "hash": pickled[name].hash,
+                "size": own.size,
+                "hash": own.hash,
                 "in_group": first_name,
             }
         owner = result.variables[first_name]
@@ -859,31 +1080,178 @@ def snapshot(
     return result
 
 
-def _groups(pickled: Mapping[str, _Pickled]) -> tuple[list[list[str]], set[int]]:
-    """Variables joined by the shareable objects they reach (union-find), in namespace order;
-    and the ids of the objects more than one variable reaches."""
-    parent = {name: name for name in pickled}
+_NUMBERS = (int, float, complex, bool, type(None))
+_KEY_ATOMS = (*_NUMBERS, str)
 
-    def root(name: str) -> str:
+
+class _Sharing:
+    """Which variables reach a common shareable object (so are stored as one group), from
+    each pickle's memo: the memos' ids are intersected by set operations, in C, and only the
+    objects two pickles both hold are judged one by one (`_shares`; mostly strings and
+    classes, whose verdict is cached per type). Union-find over the variables' names."""
+
+    def __init__(self, library: Mapping[int, LibraryPath], dtype: type | None) -> None:
+        self._library = library
+        self._dtype = dtype
+        self._first: dict[int, str] = {}  # id -> a variable whose pickle reached it
+        self._parent: dict[str, str] = {}
+        self._memos: dict[str, dict[int, tuple[int, Any]]] = {}
+        numpy = sys.modules.get("numpy")
+        self._ndarray: type | None = numpy.ndarray if numpy is not None else None
+        self.shared: set[int] = set()  # arrays reached by more than one variable
+
+    def holder_of(self, value: Any) -> str | None:
+        """The variable whose pickle already holds `value`, if `value` can be shared."""
+        name = self._first.get(id(value))
+        if name is None:
+            return None
+        held = self._memos[name].get(id(value))
+        if held is None or held[1] is not value:  # reached as a view's root only
+            return None
+        return name if _shares(value, self._library, self._dtype) else None
+
+    def holders_of(self, value: Any) -> list[str]:
+        """The variables whose pickles hold `value`, or else every object in it (`axs`, an
+        array of the axes a figure pickled before holds; a list of fitted models): then
+        whatever reaches it reaches them, so it belongs to their group and pickling it alone
+        would pickle them again. Empty when something in it is new, or a string (a secret in
+        it would refuse the whole group)."""
+        holder = self.holder_of(value)
+        if holder is not None:
+            return [holder]
+        kind = type(value)
+        if kind is list or kind is tuple:
+            items: Iterable[Any] = value
+        elif kind is dict:
+            if not all(type(key) in _KEY_ATOMS for key in value):
+                return []
+            items = value.values()
+        elif kind is self._ndarray and value.dtype.hasobject:
+            items = value.flat
+        else:
+            return []
+        if not 0 < (value.size if kind is self._ndarray else len(value)) <= 10_000:
+            return []
+        holders: list[str] = []
+        for item in items:
+            if type(item) in _NUMBERS:
+                continue
+            holder = self.holder_of(item)
+            if holder is None:
+                return []
+            if holder not in holders:
+                holders.append(holder)
+        return holders
+
+    def add(self, name: str, pickled: _Pickled) -> None:
+        """A variable's pickle: joined with every earlier one that holds a shareable object
+        it holds too (or the root of a view it holds)."""
+        self._parent.setdefault(name, name)
+        memo = pickled.memo
+        self._memos[name] = memo
+        first = self._first
+        verdicts, ndarray = _shareable_types, self._ndarray
+        joined: set[str] = set()  # holders joined with this variable already
+        for key in memo.keys() & first.keys():
+            obj = memo[key][1]
+            kind = type(obj)
+            if verdicts.get(kind) == _NEVER:  # strings, classes, functions: most of them
+                continue
+            other = first[key]
+            if other in joined and kind is not ndarray:
+                continue
+            if _shares(obj, self._library, self._dtype):
+                if other not in joined:
+                    self.join(other, name)
+                    joined.add(other)
+                if kind is ndarray:  # a root for the views of a group's pickle
+                    self.shared.add(key)
+        for key in pickled.roots:
+            other = first.setdefault(key, name)
+            if other != name:
+                self.join(other, name)
+                self.shared.add(key)
+        # any variable holding an id will do as its holder: those holding a shareable
+        # object are joined by now (fromkeys of a dict, then update: two C loops, no set)
+        first.update(dict.fromkeys(memo, name))
+
+    def _root(self, name: str) -> str:
+        parent = self._parent
         while parent[name] != name:
             parent[name] = parent[parent[name]]
             name = parent[name]
         return name
 
-    owner: dict[int, str] = {}
-    shared: set[int] = set()
-    for name, item in pickled.items():
-        for key in item.reached:
-            other = owner.setdefault(key, name)
-            if other != name:
-                shared.add(key)
-                a, b = root(other), root(name)
-                if a != b:
-                    parent[b] = a
-    groups: dict[str, list[str]] = {}
-    for name in pickled:
-        groups.setdefault(root(name), []).append(name)
-    return list(groups.values()), shared
+    def join(self, a: str, b: str) -> None:
+        self._parent.setdefault(a, a)
+        self._parent.setdefault(b, b)
+        root_a, root_b = self._root(a), self._root(b)
+        if root_a != root_b:
+            self._parent[root_b] = root_a
+
+    def groups(self, order: Iterable[str]) -> list[list[str]]:
+        """The groups, each in namespace order, in the order of their first member."""
+        found: dict[str, list[str]] = {}
+        for name in order:
+            if name in self._parent:
+                found.setdefault(self._root(name), []).append(name)
+        return list(found.values())
+
+
+def _group_in_segments(
+    members: list[str], values: Mapping[str, Any], pickled: Mapping[str, _Pickled], writer: _Writer
+) -> _Pickled | None:
+    """A group's pickle built on its largest member's own pickle instead of pickling the whole
+    group again: that pickle's bytes, then each member it does not hold (`axs`, an array of
+    the axes of the `fig` it follows) pickled as a continuation of it — only the objects it
+    adds, the rest fetched from the memo —, then the members fetched from the memo into one
+    tuple. A figure, its axes and its array of axes cost one pickle of the figure.
+
+    None (pickle the group as one tuple) when a view was pickled by value while its root, or
+    another view of that root, is in the group too: as one tuple, they would be windows."""
+    base = max(
+        (pickled[name] for name in members if name in pickled),
+        key=lambda item: len(item.memo),
+        default=None,
+    )
+    if base is None or base.loose_views or not base.payload.endswith(pickle.STOP):
+        return None
+    parts = [base.payload[:-1] + pickle.POP]  # POP: STOP's length, the last frame keeps its own
+    chunks = list(base.chunks)
+    size = base.size - len(base.payload)
+    last = base
+    for name in members:
+        held = last.memo.get(id(values[name]))
+        if held is not None and held[1] is values[name]:
+            continue
+        segment = writer.dump(values[name], track=True, after=last)
+        if segment.loose_views or not segment.payload.endswith(pickle.STOP):
+            return None
+        parts.append(segment.payload[:-1] + pickle.POP)
+        chunks.extend(segment.chunks)
+        size += segment.size - len(segment.payload)
+        last = segment
+    if any(root in last.memo for root in last.copied_roots):
+        return None  # a view pickled by value before its root, in another part
+    indexes = []
+    for name in members:
+        held = last.memo.get(id(values[name]))
+        if held is None or held[1] is not values[name]:
+            return None  # (an atom: not in any memo)
+        indexes.append(held[0])
+    fetch = b"".join(_memo_get(index) for index in indexes)
+    payload = b"".join(parts) + pickle.MARK + fetch + pickle.TUPLE + pickle.STOP
+    pickle_hash = xxhash.xxh3_128_hexdigest(payload)
+    return _Pickled(
+        payload, pickle_hash, chunks, size + len(payload), _content_hash(pickle_hash, chunks)
+    )
+
+
+def _memo_get(index: int) -> bytes:
+    """The pickle opcode that pushes memo entry `index`."""
+    if index < 256:
+        return pickle.BINGET + bytes((index,))
+    return pickle.LONG_BINGET + struct.pack("<I", index)
 
 
 def _put(store: Store, data: memoryview, digest: str) -> None:

@@ -416,3 +416,129 @@ def test_pickle_of_a_group_is_one_tuple_of_its_members(ip):
     payload = base64.b64decode(entry["inline"])
     x, y = pickle.loads(payload)
     assert y["x"] is x
+
+
+def test_a_variable_inside_an_earlier_one_is_pickled_once_and_restores_shared(ip, capsys):
+    # `holder` is pickled first and holds the other two: they join its group without being
+    # pickled again, alone or as a group (each pickling ran the object's __reduce__ again)
+    experiment = record(
+        ip,
+        "once",
+        """
+        class Costly:
+            reductions = 0
+
+            def __reduce__(self):
+                type(self).reductions += 1
+                return (type(self), ())
+
+        holder = {"items": []}
+        items = holder["items"]
+        items.append(Costly())
+        costly = items[0]
+        """,
+    )
+    assert ip.user_ns["Costly"].reductions == 1
+    variables = experiment.state["variables"]
+    owner = variables["holder"].get("in_group", "holder")  # (the class may join them)
+    assert {"holder", "items", "costly"} <= set(variables[owner]["members"])
+    clobber(ip, "holder", "items", "costly")
+    exp_restore(ip, capsys, "once")
+    ns = ip.user_ns
+    assert ns["holder"]["items"] is ns["items"] and ns["items"][0] is ns["costly"]
+    ns["items"].append(2)
+    assert ns["holder"]["items"][-1] == 2
+
+
+@pytest.mark.parametrize("order", ["root first", "view first"])
+def test_views_inside_one_variable_stay_windows_when_their_group_reuses_its_pickle(
+    ip, capsys, order
+):
+    first, second = (
+        ('"X": X', '"x": X[:, 0]') if order == "root first" else ('"x": X[:, 0]', '"X": X')
+    )
+    record(
+        ip,
+        "windows",
+        f"""
+        import numpy as np
+        X = np.arange(12.0).reshape(4, 3)
+        data = {{{first}, {second}}}
+        x = data["x"]
+        """,
+    )
+    clobber(ip, "X", "data", "x")
+    exp_restore(ip, capsys, "windows")
+    ns = ip.user_ns
+    assert ns["data"]["X"] is ns["X"] and ns["data"]["x"] is ns["x"]
+    ns["x"][1] = -1.0  # an edit through the view shows in the array it is a window on
+    assert ns["X"][1, 0] == -1.0
+    np.testing.assert_array_equal(ns["x"], [0.0, -1.0, 6.0, 9.0])
+
+
+def test_an_unchanged_figure_is_not_stored_again_by_the_next_record(ip):
+    # pickling a figure drew a new callback id from its registries (matplotlib's
+    # __getstate__): every record stored every open figure again
+    first = record(
+        ip,
+        "fig1",
+        """
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+        fig, ax = plt.subplots()
+        for k in range(40):
+            ax.plot(np.arange(50.0) * k, label=str(k))
+        ax.legend()
+        """,
+    )
+    second = record(ip, "fig2", "unrelated = 1")
+    assert first.state["variables"]["fig"]["size"] > 64 * 1024
+    assert second.state["variables"]["fig"] == first.state["variables"]["fig"]
+    assert second.state["new_bytes"] < 4 * 1024
+    ip.user_ns["ax"].set_title("changed")
+    third = record(ip, "fig3", "other = 2")
+    assert third.state["variables"]["fig"]["hash"] != first.state["variables"]["fig"]["hash"]
+    # the figure's callbacks still get ids of their own after all that pickling
+    registry = ip.user_ns["fig"].canvas.callbacks
+    taken = {cid for by_id in registry.callbacks.values() for cid in by_id}
+    assert taken
+    assert registry.connect("draw_event", lambda event: None) not in taken
+
+
+def test_a_group_is_built_on_its_members_pickles_not_pickled_again_whole(ip, capsys):
+    # `other` holds something new besides `big`, so it is pickled alone too; the group's
+    # pickle continues `base`'s with what `other` adds, instead of pickling both again
+    experiment = record(
+        ip,
+        "continued",
+        """
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        class Costly:
+            reductions = 0
+
+            def __reduce__(self):
+                type(self).reductions += 1
+                return (type(self), ())
+
+        base = {"big": Costly(), "log": []}
+        other = {"big": base["big"], "own": []}
+        fig, axs = plt.subplots(2, 2)
+        axs[0, 0].plot([1, 2, 3])
+        row = axs[0]
+        """,
+    )
+    assert ip.user_ns["Costly"].reductions == 2  # alone in each pickle, never for the group
+    variables = experiment.state["variables"]
+    assert variables["axs"]["in_group"] == "fig" and variables["row"]["in_group"] == "fig"
+    clobber(ip, "base", "other", "fig", "axs", "row")
+    exp_restore(ip, capsys, "continued")
+    ns = ip.user_ns
+    assert ns["other"]["big"] is ns["base"]["big"]
+    assert ns["axs"][0, 0] is ns["fig"].axes[0] and ns["row"][1] is ns["axs"][0, 1]
+    ns["row"][0].set_title("edited")
+    assert ns["fig"].axes[0].get_title() == "edited"

@@ -708,6 +708,14 @@ def disk_write_speed(folder: Path) -> float:
     return (64 << 20) / seconds
 
 
+def _differences(result: Result) -> list[str]:
+    """One line per new error and per difference an experiment of `result` showed."""
+    lines = [f"new error: {error}" for error in result.new_errors]
+    for e in result.experiments:
+        lines.extend(f"c{e.cell} {e.id[:8]}: {note}" for note in e.notes)
+    return lines
+
+
 def report(results: list[Result], disk: float, load_start: tuple[float, ...]) -> None:
     print(
         f"\n{'item':38} {'status':26} {'cells':>5} {'exps':>4} {'vars eq':>9}"
@@ -733,11 +741,8 @@ def report(results: list[Result], disk: float, load_start: tuple[float, ...]) ->
     exps = [e for r in ran for e in r.experiments]
     print("\nDetails (differences, new errors):")
     for r in ran:
-        for error in r.new_errors:
-            print(f"  {r.name}: new error: {error}")
-        for e in r.experiments:
-            for note in e.notes:
-                print(f"  {r.name} c{e.cell} {e.id[:8]}: {note}")
+        for line in _differences(r):
+            print(f"  {r.name}: {line}")
     ratios = [r.ratio for r in ran if not math.isnan(r.ratio)]
     variables = sum(e.variables for e in exps)
     pairs = sum(e.pairs for e in exps)
@@ -842,6 +847,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(result.new_errors)} new errors, {result.seconds:.0f} s",
                 flush=True,
             )
+            for line in _differences(result):  # as each item ends: a long run cut short keeps them
+                print(f"    {line}", flush=True)
         report(results, disk, load_start)
         if args.profile:
             profile_slowest(

@@ -255,6 +255,7 @@ class Reply:
     stdout: str
     error: str | None  # "Name: value" (plus traceback tail) when the cell raised
     probes: list[dict[str, Any]]
+    images: int = 0  # PNGs the cell displayed (figures shown, inline backend)
 
 
 class Kernel:
@@ -268,6 +269,7 @@ class Kernel:
 
         environment = {**os.environ, **self.env}
         environment.pop("PYTHONSTARTUP", None)
+        environment.pop("MPLBACKEND", None)  # ipykernel's inline backend, as in Jupyter
         self.km = KernelManager(kernel_name="python3")
         self.km.start_kernel(
             cwd=str(self.cwd), env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -288,6 +290,7 @@ class Kernel:
         msg_id = self.kc.execute(code, store_history=history, allow_stdin=False)
         started: Any = None
         out: list[str] = []
+        images = 0
         error: str | None = None
         deadline = time.monotonic() + self.timeout
         while True:
@@ -302,6 +305,8 @@ class Kernel:
                 started = message["header"]["date"]
             elif kind == "stream":
                 out.append(content["text"])
+            elif kind == "display_data" and "image/png" in content.get("data", {}):
+                images += 1
             elif kind == "error":
                 trace = _ANSI.sub("", "\n".join(content.get("traceback", [])))
                 error = f"{content['ename']}: {content['evalue']}\n{trace[-1500:]}"
@@ -318,7 +323,7 @@ class Kernel:
         probes = [
             json.loads(line[len(MARK) :]) for line in text.splitlines() if line.startswith(MARK)
         ]
-        return Reply(seconds, text, error, probes)
+        return Reply(seconds, text, error, probes, images)
 
     def probe(self, call: str) -> dict[str, Any]:
         """Run a `_nbprobe` function in a harness cell and return what it printed."""
@@ -343,6 +348,8 @@ class Experiment:
     pairs: int = 0
     pairs_kept: int = 0
     export_ok: bool = False
+    figures_shown: int = 0  # images the wrapped cell displayed
+    figures_recorded: int = 0  # figures in its record
     notes: list[str] = field(default_factory=list)
 
 
@@ -477,6 +484,13 @@ def run_notebook(name: str, source: Path, work: Path, timeout: float) -> Result:
             if recorded:
                 experiment.record_ms = float(recorded.group(1))
             experiment.added_ms = (reply.seconds - first[index]) * 1000
+            experiment.figures_shown = reply.images
+            experiment.figures_recorded = len(_record(store, newest).outcome.figures)
+            if experiment.figures_recorded < experiment.figures_shown:
+                experiment.notes.append(
+                    f"figures: {experiment.figures_shown} shown, "
+                    f"{experiment.figures_recorded} recorded"
+                )
             result.experiments.append(experiment)
             names = _stored_names(store, newest)
             fingerprints[newest] = kernel.probe(f"fingerprint({names!r})")
@@ -768,6 +782,10 @@ def report(results: list[Result], disk: float, load_start: tuple[float, ...]) ->
     print(f"  sharing pairs preserved {sum(e.pairs_kept for e in exps)} / {pairs}")
     print(f"  exports rerun with same metrics {sum(e.export_ok for e in exps)} / {len(exps)}")
     print(f"  new errors {sum(len(r.new_errors) for r in ran)}")
+    shown = sum(min(e.figures_shown, e.figures_recorded) for e in exps)
+    print(
+        f"  figures shown by experiments and recorded {shown} / {sum(e.figures_shown for e in exps)}"
+    )
     if ratios:
         print(
             f"  overhead of the notebook's own cells (nbexp / plain): median {statistics.median(ratios):.3f}"

@@ -141,7 +141,7 @@ CORPUS: list[tuple[str, str]] = [
 # A cell is an experiment when it fits a model or computes a metric (or, for graph
 # notebooks, a graph measure): the "simple heuristic".
 WRAP = re.compile(
-    r"\.fit\(|fit_resample\(|score\(|cross_val|\.predict\(|classification_report\("
+    r"\.fit\(|fit_resample\(|score\(|cross_val|\.predict\(|classification_report\(|evaluate\("
     r"|centrality\(|communit|shortest_path|pagerank\(|clustering\("
 )
 NEEDS_NETWORK = (

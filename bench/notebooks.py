@@ -730,6 +730,18 @@ def _differences(result: Result) -> list[str]:
     return lines
 
 
+def _counts(result: Result) -> str:
+    """The item's figures, as the totals count them."""
+    exps = result.experiments
+    return (
+        f"equal {sum(e.equal for e in exps)}/{sum(e.variables for e in exps)}, "
+        f"sharing {sum(e.pairs_kept for e in exps)}/{sum(e.pairs for e in exps)}, "
+        f"exports {sum(e.export_ok for e in exps)}/{len(exps)}, "
+        f"figures {sum(min(e.figures_shown, e.figures_recorded) for e in exps)}"
+        f"/{sum(e.figures_shown for e in exps)}, notebook errors {result.plain_errors}"
+    )
+
+
 def report(results: list[Result], disk: float, load_start: tuple[float, ...]) -> None:
     print(
         f"\n{'item':38} {'status':26} {'cells':>5} {'exps':>4} {'vars eq':>9}"
@@ -862,7 +874,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             print(
                 f"  {result.name}: {result.status}, {len(result.experiments)} experiments, "
-                f"{len(result.new_errors)} new errors, {result.seconds:.0f} s",
+                f"{len(result.new_errors)} new errors, {result.seconds:.0f} s"
+                + (f"; {_counts(result)}" if result.status == "ran" else ""),
                 flush=True,
             )
             for line in _differences(result):  # as each item ends: a long run cut short keeps them

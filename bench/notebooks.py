@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import queue
 import re
 import shutil
 import statistics
@@ -297,7 +298,10 @@ class Kernel:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"cell ran over {self.timeout:.0f} s")
-            message = self.kc.get_iopub_msg(timeout=left)
+            try:
+                message = self.kc.get_iopub_msg(timeout=left)
+            except queue.Empty:  # jupyter_client's timeout: an exception with no message
+                raise TimeoutError(f"cell ran over {self.timeout:.0f} s") from None
             if message["parent_header"].get("msg_id") != msg_id:
                 continue
             kind, content = message["msg_type"], message["content"]
@@ -870,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 result = run_item(requirement, path, work, args.timeout)
             except Exception as error:  # a kernel that died on start, a full disk: go on
-                result = Result(item_name(path), status=f"failed: harness: {error}"[:60])
+                result = Result(item_name(path), status=f"failed: harness: {error!r}"[:60])
             results.append(result)
             print(
                 f"  {result.name}: {result.status}, {len(result.experiments)} experiments, "

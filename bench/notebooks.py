@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import queue
 import re
 import shutil
 import statistics
@@ -141,7 +142,7 @@ CORPUS: list[tuple[str, str]] = [
 # A cell is an experiment when it fits a model or computes a metric (or, for graph
 # notebooks, a graph measure): the issue's "simple heuristic".
 WRAP = re.compile(
-    r"\.fit\(|fit_resample\(|score\(|cross_val|\.predict\(|classification_report\("
+    r"\.fit\(|fit_resample\(|score\(|cross_val|\.predict\(|classification_report\(|evaluate\("
     r"|centrality\(|communit|shortest_path|pagerank\(|clustering\("
 )
 NEEDS_NETWORK = (
@@ -255,6 +256,7 @@ class Reply:
     stdout: str
     error: str | None  # "Name: value" (plus traceback tail) when the cell raised
     probes: list[dict[str, Any]]
+    images: int = 0  # PNGs the cell displayed (figures shown, inline backend)
 
 
 class Kernel:
@@ -268,6 +270,7 @@ class Kernel:
 
         environment = {**os.environ, **self.env}
         environment.pop("PYTHONSTARTUP", None)
+        environment.pop("MPLBACKEND", None)  # ipykernel's inline backend, as in Jupyter
         self.km = KernelManager(kernel_name="python3")
         self.km.start_kernel(
             cwd=str(self.cwd), env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -288,13 +291,17 @@ class Kernel:
         msg_id = self.kc.execute(code, store_history=history, allow_stdin=False)
         started: Any = None
         out: list[str] = []
+        images = 0
         error: str | None = None
         deadline = time.monotonic() + self.timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"cell ran over {self.timeout:.0f} s")
-            message = self.kc.get_iopub_msg(timeout=left)
+            try:
+                message = self.kc.get_iopub_msg(timeout=left)
+            except queue.Empty:  # jupyter_client's timeout: an exception with no message
+                raise TimeoutError(f"cell ran over {self.timeout:.0f} s") from None
             if message["parent_header"].get("msg_id") != msg_id:
                 continue
             kind, content = message["msg_type"], message["content"]
@@ -302,6 +309,8 @@ class Kernel:
                 started = message["header"]["date"]
             elif kind == "stream":
                 out.append(content["text"])
+            elif kind == "display_data" and "image/png" in content.get("data", {}):
+                images += 1
             elif kind == "error":
                 trace = _ANSI.sub("", "\n".join(content.get("traceback", [])))
                 error = f"{content['ename']}: {content['evalue']}\n{trace[-1500:]}"
@@ -318,7 +327,7 @@ class Kernel:
         probes = [
             json.loads(line[len(MARK) :]) for line in text.splitlines() if line.startswith(MARK)
         ]
-        return Reply(seconds, text, error, probes)
+        return Reply(seconds, text, error, probes, images)
 
     def probe(self, call: str) -> dict[str, Any]:
         """Run a `_nbprobe` function in a harness cell and return what it printed."""
@@ -343,6 +352,8 @@ class Experiment:
     pairs: int = 0
     pairs_kept: int = 0
     export_ok: bool = False
+    figures_shown: int = 0  # images the wrapped cell displayed
+    figures_recorded: int = 0  # figures in its record
     notes: list[str] = field(default_factory=list)
 
 
@@ -477,6 +488,13 @@ def run_notebook(name: str, source: Path, work: Path, timeout: float) -> Result:
             if recorded:
                 experiment.record_ms = float(recorded.group(1))
             experiment.added_ms = (reply.seconds - first[index]) * 1000
+            experiment.figures_shown = reply.images
+            experiment.figures_recorded = len(_record(store, newest).outcome.figures)
+            if experiment.figures_recorded < experiment.figures_shown:
+                experiment.notes.append(
+                    f"figures: {experiment.figures_shown} shown, "
+                    f"{experiment.figures_recorded} recorded"
+                )
             result.experiments.append(experiment)
             names = _stored_names(store, newest)
             fingerprints[newest] = kernel.probe(f"fingerprint({names!r})")
@@ -708,6 +726,26 @@ def disk_write_speed(folder: Path) -> float:
     return (64 << 20) / seconds
 
 
+def _differences(result: Result) -> list[str]:
+    """One line per new error and per difference an experiment of `result` showed."""
+    lines = [f"new error: {error}" for error in result.new_errors]
+    for e in result.experiments:
+        lines.extend(f"c{e.cell} {e.id[:8]}: {note}" for note in e.notes)
+    return lines
+
+
+def _counts(result: Result) -> str:
+    """The item's figures, as the totals count them."""
+    exps = result.experiments
+    return (
+        f"equal {sum(e.equal for e in exps)}/{sum(e.variables for e in exps)}, "
+        f"sharing {sum(e.pairs_kept for e in exps)}/{sum(e.pairs for e in exps)}, "
+        f"exports {sum(e.export_ok for e in exps)}/{len(exps)}, "
+        f"figures {sum(min(e.figures_shown, e.figures_recorded) for e in exps)}"
+        f"/{sum(e.figures_shown for e in exps)}, notebook errors {result.plain_errors}"
+    )
+
+
 def report(results: list[Result], disk: float, load_start: tuple[float, ...]) -> None:
     print(
         f"\n{'item':38} {'status':26} {'cells':>5} {'exps':>4} {'vars eq':>9}"
@@ -733,11 +771,8 @@ def report(results: list[Result], disk: float, load_start: tuple[float, ...]) ->
     exps = [e for r in ran for e in r.experiments]
     print("\nDetails (differences, new errors):")
     for r in ran:
-        for error in r.new_errors:
-            print(f"  {r.name}: new error: {error}")
-        for e in r.experiments:
-            for note in e.notes:
-                print(f"  {r.name} c{e.cell} {e.id[:8]}: {note}")
+        for line in _differences(r):
+            print(f"  {r.name}: {line}")
     ratios = [r.ratio for r in ran if not math.isnan(r.ratio)]
     variables = sum(e.variables for e in exps)
     pairs = sum(e.pairs for e in exps)
@@ -763,6 +798,10 @@ def report(results: list[Result], disk: float, load_start: tuple[float, ...]) ->
     print(f"  sharing pairs preserved {sum(e.pairs_kept for e in exps)} / {pairs}")
     print(f"  exports rerun with same metrics {sum(e.export_ok for e in exps)} / {len(exps)}")
     print(f"  new errors {sum(len(r.new_errors) for r in ran)}")
+    shown = sum(min(e.figures_shown, e.figures_recorded) for e in exps)
+    print(
+        f"  figures shown by experiments and recorded {shown} / {sum(e.figures_shown for e in exps)}"
+    )
     if ratios:
         print(
             f"  overhead of the notebook's own cells (nbexp / plain): median {statistics.median(ratios):.3f}"
@@ -835,13 +874,16 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 result = run_item(requirement, path, work, args.timeout)
             except Exception as error:  # a kernel that died on start, a full disk: go on
-                result = Result(item_name(path), status=f"failed: harness: {error}"[:60])
+                result = Result(item_name(path), status=f"failed: harness: {error!r}"[:60])
             results.append(result)
             print(
                 f"  {result.name}: {result.status}, {len(result.experiments)} experiments, "
-                f"{len(result.new_errors)} new errors, {result.seconds:.0f} s",
+                f"{len(result.new_errors)} new errors, {result.seconds:.0f} s"
+                + (f"; {_counts(result)}" if result.status == "ran" else ""),
                 flush=True,
             )
+            for line in _differences(result):  # as each item ends: a long run cut short keeps them
+                print(f"    {line}", flush=True)
         report(results, disk, load_start)
         if args.profile:
             profile_slowest(

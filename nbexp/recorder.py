@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import analysis, environment, headless, paramsfile, profiles, refs, series
+from . import analysis, environment, headless, paramsfile, profiles, refs, series, shownfigures
 from .errors import NbexpError
 from .hashing import hash_bytes, hash_json
 from .record import (
@@ -109,6 +109,7 @@ class _Run:
     stdout: Any = None
     stderr: Any = None
     figures_before: set[int] = field(default_factory=set)
+    shown: shownfigures.ShownFigures | None = None  # figures the body displayed
     logged: Any = None
     watch: Any = None
     error: dict[str, Any] | None = None
@@ -338,7 +339,11 @@ class Recorder:
         run.stdout, run.stderr = _Tee(sys.stdout), _Tee(sys.stderr)
         run.figures_before = _figure_numbers()
         ignore = (str(store.root),) if store is not None else ()
-        with series.collecting() as run.logged, watch_files(ignore) as run.watch:
+        with (
+            series.collecting() as run.logged,
+            watch_files(ignore) as run.watch,
+            shownfigures.watching(shell, run.figures_before) as run.shown,
+        ):
             saved = sys.stdout, sys.stderr
             sys.stdout, sys.stderr = run.stdout, run.stderr
             try:
@@ -600,7 +605,10 @@ class Recorder:
                 digest, size = store.put_bytes(shipped), len(shipped)
             artifacts.append({"path": shown, "abspath": path, "hash": digest, "size": size})
 
-        pngs = _new_figures(run.figures_before) if run.figures is None else run.figures
+        if run.figures is None:  # shown and then closed (`plt.show()` inline), then still open
+            pngs = (run.shown.closed() if run.shown else []) + _new_figures(run.figures_before)
+        else:
+            pngs = run.figures
         figures = tuple(store.put_bytes(png) for png in pngs)
         status = STATUS_FAILED if run.error else STATUS_OK
         expectations = [

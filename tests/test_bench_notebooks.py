@@ -22,12 +22,15 @@ shared = [1, 2, 3]
 holder = {"items": shared}
 
 # %%
+import matplotlib.pyplot as plt
 model = LogisticRegression(max_iter=200).fit(X, y)
 accuracy = model.score(X, y)
+plt.plot(model.coef_[0])
+plt.show()
 """
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_runner_on_a_tiny_script(tmp_path: Path) -> None:
     sys.path.insert(0, str(BENCH))
     try:
@@ -47,4 +50,5 @@ def test_runner_on_a_tiny_script(tmp_path: Path) -> None:
     assert experiment.pairs >= 1  # shared / holder
     assert experiment.pairs_kept == experiment.pairs, experiment.notes
     assert experiment.export_ok, experiment.notes
+    assert experiment.figures_shown == experiment.figures_recorded == 1, experiment.notes
     assert result.plain_s > 0 and result.nbexp_s > 0

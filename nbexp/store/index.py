@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import json
 import math
+import operator
 import os
 import re
 import sqlite3
@@ -1047,7 +1048,7 @@ def _shown(
     else:
         names, columns = list(names), list(columns)
     if short_ids:
-        columns[0] = [ident[:SHORT_ID_LENGTH] for ident in columns[0]]
+        columns[0] = list(map(operator.itemgetter(slice(0, SHORT_ID_LENGTH)), columns[0]))
     return names, columns
 
 

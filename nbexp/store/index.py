@@ -575,7 +575,12 @@ class StoreIndex(StoreFiles):
         added = keys[len(cached.keys) :]
         names = [*cached.names, *(f"{section}.{key}" for section, key, _, _ in added)]
         rows = len(cached.columns[0])
-        columns: list[list[Any]] = [list(column) for column in cached.columns]
+        # patched in place (the file's lists are this call's own): a copy would give every
+        # value a second reference, and marshal then notes each one for sharing when the
+        # listing is written again (4x slower)
+        columns: list[list[Any]] = [
+            column if isinstance(column, list) else list(column) for column in cached.columns
+        ]
         columns += [[None] * rows for _ in added]
         fresh_names, fresh = self._listing_columns(None, None, None, 0, False, keys, changed)
         if fresh_names != names:

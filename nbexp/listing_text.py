@@ -10,6 +10,7 @@ as everywhere else (`show.format_value`); the CSV is byte for byte what `csv.wri
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from .show import TABLE_DIGITS, format_value
 _NONE = type(None)
 _FIRST_19 = operator.itemgetter(slice(0, 19))  # "2026-12-01T10:00:00" of an ISO timestamp
 _CSV_SPECIAL = (",", '"', "\r", "\n")
+_CSV_NEEDS_QUOTES = re.compile('[,"\r\n]')
 
 
 def table(header: Sequence[str], columns: Sequence[Sequence[Any]]) -> str:
@@ -49,12 +51,8 @@ def _quoted(cells: list[str]) -> list[str]:
     joined = "\0".join(cells)
     if not any(special in joined for special in _CSV_SPECIAL):
         return cells
-    return [
-        '"' + cell.replace('"', '""') + '"'
-        if any(special in cell for special in _CSV_SPECIAL)
-        else cell
-        for cell in cells
-    ]
+    special = _CSV_NEEDS_QUOTES.search
+    return ['"' + cell.replace('"', '""') + '"' if special(cell) else cell for cell in cells]
 
 
 def _cells(name: str, values: Sequence[Any], *, exact: bool) -> list[str]:
@@ -92,11 +90,13 @@ def _by_value(
     """`text(value)` of each value, nothing as an empty cell; a value repeated often (a
     param's few settings) is formatted once — unless equal values may read differently
     (0.0 and -0.0; 1 and 1.0 when `text` is `str`: not `distinct_types`)."""
-    distinct: dict[Any, str] = dict.fromkeys(values, "")
-    if distinct_types and len(distinct) * 4 <= len(values) and 0 not in distinct:
-        for value in distinct:
-            distinct[value] = "" if value is None else text(value)
-        return list(map(distinct.__getitem__, values))
-    if None not in distinct:
+    sample = values[:1000]  # a column's start tells whether its values repeat
+    if distinct_types and len(set(sample)) * 4 <= len(sample):
+        distinct: dict[Any, str] = dict.fromkeys(values, "")
+        if len(distinct) * 4 <= len(values) and 0 not in distinct:
+            for value in distinct:
+                distinct[value] = "" if value is None else text(value)
+            return list(map(distinct.__getitem__, values))
+    if None not in values:
         return list(map(text, values))
     return ["" if value is None else text(value) for value in values]

@@ -70,7 +70,10 @@ def read(path: Path) -> Cached | None:
     if not isinstance(body, tuple) or len(body) != 7 or body[:2] != (FORMAT, _PYTHON):
         return None
     _, _, generation, last_change, keys, names, columns = body
-    return Cached(tuple(generation), last_change, [tuple(key) for key in keys], names, columns)
+    try:
+        return Cached(tuple(generation), last_change, [tuple(key) for key in keys], names, columns)
+    except TypeError:  # not the layout FORMAT says: never trusted
+        return None
 
 
 def encode(cached: Cached) -> bytes | None:

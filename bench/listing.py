@@ -337,7 +337,7 @@ def main() -> int:
         measure(
             "nbexp.experiments() after a change",
             after_a_change,
-            note="SQL + cache rewrite, tag change not counted; ",
+            note="cache patched with the changed row, written again; tag change not counted; ",
         )
         measure(
             f"nbexp.experiments({FILTER!r})",

@@ -7,9 +7,6 @@ line and exits 1, never a traceback.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import itertools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -18,16 +15,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from . import api
 from .errors import NbexpError
 from .record import SHORT_ID_LENGTH, encode_value
-from .show import TABLE_DIGITS, format_value
 
 if TYPE_CHECKING:
     from .store import Store
 
 Command = Callable[[argparse.Namespace, "Store"], int]
-
-
-def _cell(value: Any) -> str:
-    return format_value(value, TABLE_DIGITS)
 
 
 def _write(text: str) -> None:
@@ -42,59 +34,16 @@ def cmd_list(args: argparse.Namespace, store: Store) -> int:
         _write(json.dumps(encode_value(rows), indent=1, allow_nan=False) + "\n")
         return 0
     header, columns = api.table(args.query, sort=args.sort, limit=args.limit, store=store)
+    from . import listing_text
+
     if args.format == "csv":  # numbers at full precision; only tags and lists are rewritten
-        text = [
-            _column_text(name, values, exact=True)
-            for name, values in zip(header, columns, strict=True)
-        ]
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(header)
-        writer.writerows(zip(*text, strict=True))
-        _write(buffer.getvalue())
+        _write(listing_text.csv(header, columns))
         return 0
     if not columns[0]:
         print("no experiments" + (f" match `{args.query}`" if args.query else " yet"))
         return 0
-    text = [_column_text(name, values) for name, values in zip(header, columns, strict=True)]
-    # padded column by column (every column but the last), then joined row by row
-    padded = [
-        [name.ljust(width), *map(str.ljust, cells, itertools.repeat(width))]
-        for name, cells in zip(header[:-1], text[:-1], strict=True)
-        for width in [max(len(name), max(map(len, cells)))]
-    ]
-    padded.append([header[-1], *text[-1]])
-    _write("\n".join(map(str.rstrip, map(" ".join, zip(*padded, strict=True)))) + "\n")
+    _write(listing_text.table(header, columns))
     return 0
-
-
-_NONE = type(None)
-
-
-def _column_text(name: str, values: Sequence[Any], *, exact: bool = False) -> Sequence[Any]:
-    """One column's cells, formatted column-wise by the column's types (fast for 100k rows).
-    With `exact`, numbers and strings are passed through as they are (for CSV)."""
-    if name == "created":
-        return [value[:19].replace("T", " ") for value in values]
-    if name == "tags":
-        return [",".join(value) for value in values]
-    kinds = set(map(type, values))
-    if kinds <= {str} or (exact and kinds <= {int, float, str}):
-        return values
-    if kinds <= {int, str, _NONE} or (exact and kinds <= {int, float, str, _NONE}):
-        return (
-            ["" if value is None else value for value in values]
-            if exact
-            else ["" if value is None else str(value) for value in values]
-        )
-    if kinds <= {float, int, _NONE}:
-        number = f"%.{TABLE_DIGITS}g"  # the same digits as format(value, ".4g")
-        if _NONE not in kinds:
-            return list(map(number.__mod__, values))  # no Python-level loop
-        return ["" if value is None else number % value for value in values]
-    return [
-        _cell(value) if not exact or isinstance(value, (list, dict)) else value for value in values
-    ]
 
 
 def cmd_show(args: argparse.Namespace, store: Store) -> int:

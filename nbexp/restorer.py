@@ -13,13 +13,14 @@ import ast
 import html
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import NbexpError
-from .record import Experiment
 from .state import StateLoader
-from .store import Store
-from .watcher import refusing_writes
+
+if TYPE_CHECKING:  # a restore imports only what it uses: it starts many fresh kernels
+    from .record import Experiment
+    from .store import Store
 
 
 @dataclass
@@ -66,6 +67,15 @@ def _state(experiment: Experiment) -> Mapping[str, Any]:
     return experiment.state
 
 
+def _require_trusted(store: Store, experiment: Experiment) -> None:
+    """Pulled state unpickles others' bytes: only from a trusted remote (the remote module,
+    and what it imports, is loaded only for a pulled experiment)."""
+    if store.origin(experiment.id) is not None:
+        from .remote import require_trusted
+
+        require_trusted(store, experiment)
+
+
 def restore_into(
     namespace: dict[str, Any],
     store: Store,
@@ -76,9 +86,7 @@ def restore_into(
 ) -> RestoreReport:
     """Load the experiment's variables (all, or `names`) and bind them in `namespace`."""
     state = _state(experiment)
-    from .remote import require_trusted  # pulled state unpickles others' bytes
-
-    require_trusted(store, experiment)
+    _require_trusted(store, experiment)
     loader = StateLoader(store, state)
     stored = loader.names()
     unstored: Mapping[str, str] = state.get("unstored", {})
@@ -122,6 +130,8 @@ def restore_into(
                     f"was not stored ({unstored[name]}) and no statement assigns it"
                 )
                 continue
+            from .watcher import refusing_writes
+
             try:
                 with refusing_writes():
                     exec(compile(statement, f"<recompute {name}>", "exec"), namespace)
@@ -195,9 +205,7 @@ class LazyNamespace(Mapping[str, Any]):
 
     def __init__(self, store: Store, experiment: Experiment, names: Iterable[str] | None = None):
         state = _state(experiment)
-        from .remote import require_trusted  # pulled state unpickles others' bytes
-
-        require_trusted(store, experiment)
+        _require_trusted(store, experiment)
         self._experiment = experiment
         self._store = store
         self._loader = StateLoader(store, state)

@@ -133,6 +133,42 @@ def test_list_csv(filled: tuple[Store, list[Experiment]]) -> None:
     assert rows[0]["status"] == "failed"
 
 
+def test_list_csv_and_table_keep_every_value_apart(project: Path) -> None:
+    """The listing is written column by column (a repeated value formatted once); nothing
+    may read differently for it: text needing quotes, equal numbers that print differently
+    (0.0 and -0.0, 1 and 1.0), nothing, lists, non-finite floats. The CSV is what
+    `csv.writer` writes for the same cells (minimal quoting, CRLF line ends)."""
+    store = open_store()
+    zeros = [0.0, 0.0, 0.0, 0.0, -0.0, 0.0, 0.0, 0.0]
+    ones: list[Any] = [1, 1.0, 1, 1, 1, 1, 1, 1]
+    notes = ['a, "b"', "line\nbreak", "cr\rhere", "plain", "plain", "plain", "plain", "é ü"]
+    for k in range(8):
+        metrics = {"zero": zeros[k], "one": ones[k], "lr": 0.1}
+        metrics["odd"] = [float("nan"), float("inf"), None, [1, 2], True, 2, 3, 4][k]
+        params = {"note": notes[k], "spare": None if k % 2 else 5}
+        make_experiment(store, f"e{k}", params=params, metrics=metrics, minutes=8 - k)
+    written = subprocess.run(
+        [*COMMAND, "list", "--format", "csv"], capture_output=True, timeout=60, check=True
+    ).stdout.decode()  # as bytes: text mode would turn the CRLF line ends into LF
+    rows = list(csv.reader(io.StringIO(written, newline="")))
+    again = io.StringIO(newline="")
+    csv.writer(again).writerows(rows)
+    assert written == again.getvalue()  # byte for byte csv.writer's own writing
+    header, *cells = rows
+    column = {name: [row[header.index(name)] for row in cells] for name in header}
+    assert column["metrics.zero"] == ["0.0", "0.0", "0.0", "0.0", "-0.0", "0.0", "0.0", "0.0"]
+    assert column["metrics.one"] == ["1", "1.0", "1", "1", "1", "1", "1", "1"]
+    assert column["params.note"] == notes
+    assert column["params.spare"] == ["5", "", "5", "", "5", "", "5", ""]
+    assert column["metrics.odd"] == ["nan", "inf", "", "[1,2]", "True", "2", "3", "4"]
+    assert column["metrics.lr"] == ["0.1"] * 8
+
+    table = nbexp_cli("list").out.splitlines()
+    by_name = {line.split()[1]: line for line in table[1:] if line.split()[1:2]}
+    assert " -0 " in by_name["e4"] + " " and " -0 " not in by_name["e5"] + " "
+    assert all(line == line.rstrip() for line in table)
+
+
 def test_list_json(filled: tuple[Store, list[Experiment]]) -> None:
     _, (rf1, gb, rf2) = filled
     result = nbexp_cli("list", "--format", "json")

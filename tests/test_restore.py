@@ -448,3 +448,49 @@ def test_restore_in_a_fresh_kernel_gives_the_recorded_content(ip, project):
         assert seen[name] == digest, name
     assert seen["scaled"] == 6 and seen["is_box"] and seen["box_holds_arr"] and seen["alias"]
     assert seen["writable"] and seen["tz"] == "Europe/Paris"
+
+
+def test_a_mapped_array_verified_by_threads_refuses_a_damaged_chunk_and_takes_a_loose_copy(
+    ip, monkeypatch
+):
+    """A large packed buffer comes back mapped from its pack and verified chunk by chunk by
+    several threads (from 64 MiB; every size here). A byte flipped in one chunk: the variable
+    is refused, naming fsck, and the others restore. The same chunk also lying loose and whole
+    (as a store written before packs, or a pull, leaves it) is taken instead."""
+    from nbexp.restorer import restore_into
+    from nbexp.store import objects
+
+    monkeypatch.setattr(objects, "VERIFY_IN_PARALLEL_FROM", 0)
+    experiment = record(
+        ip, "mapped", "import numpy as np\nbig = np.arange(3_000_000.0)\nsmall = [1, 2]"
+    )
+    store = open_store()
+    chunks = experiment.state["variables"]["big"]["buffers"][0]
+    assert len(chunks) > objects.FEW_OBJECTS  # one pack
+    places = [store.object_location(digest) for digest in chunks]
+    assert all(place is not None for place in places)
+    pack, offset, length = places[7]  # type: ignore[misc]
+    start = sum(place[2] for place in places[:7])  # type: ignore[index]
+    whole = np.arange(3_000_000.0)
+    namespace: dict = {}
+    assert restore_into(namespace, store, experiment).skipped == {}
+    assert np.array_equal(namespace["big"], whole)
+    namespace["big"][0] = -1.0  # writable, and private: the pack is untouched
+    assert restore_into({}, store, experiment).skipped == {}
+
+    with open(pack, "r+b") as handle:
+        handle.seek(offset + length // 2)
+        byte = handle.read(1)
+        handle.seek(offset + length // 2)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    namespace = {}
+    report = restore_into(namespace, store, experiment)
+    assert set(report.skipped) == {"big"} and namespace["small"] == [1, 2]
+    assert "corrupt" in report.skipped["big"] and "nbexp fsck" in report.skipped["big"]
+
+    loose = store.object_path(chunks[7])
+    loose.parent.mkdir(parents=True, exist_ok=True)
+    loose.write_bytes(whole.tobytes()[start : start + length])
+    namespace = {}
+    assert restore_into(namespace, store, experiment).skipped == {}
+    assert np.array_equal(namespace["big"], whole)

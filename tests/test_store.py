@@ -718,3 +718,81 @@ def test_the_whole_listing_is_served_from_its_cache_only_while_the_index_is_unch
     assert store.listing(short_ids=True) == fresh()
     store.listing_cache_path.write_bytes(b"nonsense")
     assert store.listing(short_ids=True) == fresh()
+
+
+def _saved(store, name, created, params, metrics=None):
+    draft = Experiment(
+        id="",
+        name=name,
+        created=created,
+        code=Code(cell="", source=""),
+        outcome=Outcome(status="ok", started=created, duration=0.1),
+        params=params,
+        metrics=metrics or {},
+    )
+    body = draft.to_dict()
+    body["id"] = store.make_id(body)
+    return store.save(Experiment.from_dict(body))
+
+
+def test_a_changed_index_patches_the_cached_listing_with_only_the_changed_rows(
+    project, monkeypatch
+):
+    """After a change the cached listing is brought up to date by reading only the rows
+    the index logged as changed since (new, tagged, deleted, a new key, another process's
+    write, rows created in the same instant ordered by id), and it equals what SQL lists;
+    too many changes, or a log that no longer reaches back to the cache, make it again."""
+    store = open_store()
+    for k in range(6):
+        _saved(store, f"e{k}", f"2026-12-01T00:00:0{k}.000000+00:00", {"lr": k / 10})
+    fresh = lambda: store._listing(None, None, None, 0, True)  # noqa: E731 (SQL, no cache)
+    assert store.listing(short_ids=True) == fresh()  # the cache written
+    reads: list[Any] = []
+    sql = store._listing_columns
+
+    def counted(*args: Any) -> Any:
+        reads.append(None if len(args) < 7 else sorted(args[6]))
+        return sql(*args)
+
+    monkeypatch.setattr(store, "_listing_columns", counted)
+
+    def listed_after(change: Any) -> list[Any]:
+        reads.clear()
+        change()
+        listed = store.listing(short_ids=True)
+        done = list(reads)
+        assert listed == fresh(), done
+        return done
+
+    same = "2026-12-01T00:00:03.000000+00:00"  # three rows created in one instant
+    twins = [_saved(store, name, same, {"lr": 0.5}) for name in ("t1", "t2")]
+    assert len(listed_after(lambda: _saved(store, "t3", same, {"lr": 0.6}))) == 1
+    rows = store.listing(short_ids=True)[1]
+    at = [i for i, created in enumerate(rows[2]) if created == same]
+    assert [rows[0][i] for i in at] == sorted(rows[0][i] for i in at)  # ties by id
+    first = store.get("e0")
+    assert listed_after(lambda: store.add_tag(first.id, "best")) == [[first.id]]
+    assert listed_after(lambda: store.delete(twins[0].id)) == [[twins[0].id]]
+    newest = []
+    assert listed_after(
+        lambda: newest.append(_saved(store, "k", "2026-12-02T00:00:00+00:00", {"depth": 3}))
+    ) == [[newest[0].id]]
+    assert "params.depth" in store.listing(short_ids=True)[0]
+
+    def elsewhere() -> None:
+        other = Store(store.root)  # another process's handle
+        other.delete(newest[0].id)
+        _saved(other, "late", "2026-11-30T00:00:00+00:00", {"lr": 9})
+        other.close()
+
+    patched = listed_after(elsewhere)
+    assert len(patched) == 1 and len(patched[0]) == 2
+    assert "params.depth" not in store.listing(short_ids=True)[0]  # no value left: not shown
+
+    monkeypatch.setattr(store_index, "PATCH_AT_MOST", 1)
+    assert listed_after(lambda: [store.add_tag(e.id, "x") for e in (first, twins[1])]) == [None]
+    monkeypatch.setattr(store_index, "PATCH_AT_MOST", 200)
+    with store._lock:
+        store._db.execute("DELETE FROM changed_rows")  # as if older than the changes kept
+    assert listed_after(lambda: store.add_tag(first.id, "again")) == [None]
+    assert len(listed_after(lambda: store.add_tag(first.id, "more"))) == 1  # patched again

@@ -5,9 +5,11 @@ references fast. It is rebuilt from the records whenever it is missing or cannot
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
+import operator
 import os
 import re
 import sqlite3
@@ -70,7 +72,24 @@ CREATE TRIGGER IF NOT EXISTS generation_columns_update AFTER UPDATE ON columns
     BEGIN UPDATE generation SET changes = changes + 1; END;
 CREATE TRIGGER IF NOT EXISTS generation_columns_delete AFTER DELETE ON columns
     BEGIN UPDATE generation SET changes = changes + 1; END;
+CREATE TABLE IF NOT EXISTS changed_rows (change INTEGER PRIMARY KEY, id TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS changed_rows_insert AFTER INSERT ON experiments
+    BEGIN INSERT INTO changed_rows (id) VALUES (NEW.id); END;
+CREATE TRIGGER IF NOT EXISTS changed_rows_update AFTER UPDATE ON experiments
+    BEGIN INSERT INTO changed_rows (id) VALUES (NEW.id); END;
+CREATE TRIGGER IF NOT EXISTS changed_rows_delete AFTER DELETE ON experiments
+    BEGIN INSERT INTO changed_rows (id) VALUES (OLD.id); END;
+CREATE TRIGGER IF NOT EXISTS changed_rows_kept AFTER INSERT ON changed_rows
+    WHEN NEW.change % 1000 = 0
+    BEGIN DELETE FROM changed_rows WHERE change <= NEW.change - 10000; END;
 """
+# `changed_rows` logs the id of every row the triggers above see change (the newest 9,000
+# to 10,000 changes are kept): a cached listing is brought up to date by reading those rows
+# alone. Ids only grow (a new entry is the largest + 1, and the largest is never deleted).
+
+# A cached listing with more changed rows than this since it was written is made again from
+# SQL, which then costs less than putting each row in its place.
+PATCH_AT_MOST = 200
 
 
 def _add_generation(connection: sqlite3.Connection) -> None:
@@ -472,21 +491,12 @@ class StoreIndex(StoreFiles):
         experiments the values are most of the cost, so no per-row dict is built, and only
         the JSON of non-flat values is parsed (`short_ids`: ids cut to their short form).
         The whole listing with short ids (what `nbexp list` and `experiments()` ask for) is
-        read from `listing_cache` while the index has not changed since it was written."""
+        read from `listing_cache`, brought up to date first when the index changed."""
         whole = not (query and query.strip()) and not sort and limit is None and not offset
         if whole and short_ids:
-            generation = self._generation()
-            if generation is not None:
-                cached = listing_cache.read(self.listing_cache_path, generation)
-                if cached is not None:
-                    return cached
-                names, columns = self._listing(None, None, None, 0, True)
-                if not self.read_only and generation == self._generation():
-                    data = listing_cache.encode(generation, (names, columns))
-                    if data is not None:
-                        with contextlib.suppress(StoreError, OSError):  # a cache: best effort
-                            self._write_atomic(self.listing_cache_path, data)
-                return names, columns
+            cached = self._whole_listing()
+            if cached is not None:
+                return _shown(cached.names, cached.columns, short_ids=True)
         return self._listing(query, sort, limit, offset, short_ids)
 
     @property
@@ -502,6 +512,95 @@ class StoreIndex(StoreFiles):
                 return None
         return (str(row[0]), int(row[1])) if row else None
 
+    def _change_log(self) -> tuple[int, int | None] | None:
+        """(the newest, the oldest) entry of `changed_rows`; None for an index without it."""
+        with self._lock:
+            try:
+                newest, oldest = self._db.execute(
+                    "SELECT coalesce(max(change), 0), min(change) FROM changed_rows"
+                ).fetchone()
+            except sqlite3.OperationalError:  # an index from before the log (read-only)
+                return None
+        return int(newest), oldest
+
+    def _whole_listing(self) -> listing_cache.Cached | None:
+        """The whole listing (every key column, full ids) from `listing_cache`: as it is
+        while the index is unchanged, else patched with the rows changed since (or made
+        again from SQL), then written back. None for an index without a generation."""
+        generation = self._generation()
+        if generation is None:
+            return None
+        cached = listing_cache.read(self.listing_cache_path)
+        if cached is not None and cached.generation == generation:
+            return cached
+        log = self._change_log()  # read before the rows: a change after it is seen next time
+        newest = log[0] if log is not None else 0
+        updated = None
+        if cached is not None and log is not None and cached.generation[0] == generation[0]:
+            updated = self._patched(cached, *log)
+        if updated is None:
+            keys = self._key_columns()
+            names, columns = self._listing_columns(None, None, None, 0, False, keys)
+            updated = listing_cache.Cached(generation, newest, keys, names, columns)
+        else:
+            updated = dataclasses.replace(updated, generation=generation, last_change=newest)
+        if not self.read_only and generation == self._generation():
+            data = listing_cache.encode(updated)
+            if data is not None:
+                with contextlib.suppress(StoreError, OSError):  # a cache: best effort
+                    self._write_atomic(self.listing_cache_path, data)
+        return updated
+
+    def _patched(
+        self, cached: listing_cache.Cached, newest: int, oldest: int | None
+    ) -> listing_cache.Cached | None:
+        """`cached` with the rows changed since it was written read again from SQL and put
+        in their places (deleted ones taken out); None when it cannot be patched — the key
+        columns changed otherwise than by new keys at the end, the log no longer reaches
+        back to it, or too many rows changed."""
+        keys = self._key_columns()
+        if keys[: len(cached.keys)] != cached.keys or newest < cached.last_change:
+            return None
+        if newest > cached.last_change and (oldest is None or oldest > cached.last_change + 1):
+            return None  # entries after the cache were dropped from the log
+        with self._lock:
+            changed = [
+                row[0]
+                for row in self._db.execute(
+                    "SELECT DISTINCT id FROM changed_rows WHERE change > ?", (cached.last_change,)
+                )
+            ]
+        if len(changed) > PATCH_AT_MOST:
+            return None
+        added = keys[len(cached.keys) :]
+        names = [*cached.names, *(f"{section}.{key}" for section, key, _, _ in added)]
+        rows = len(cached.columns[0])
+        # patched in place (the file's lists are this call's own): a copy would give every
+        # value a second reference, and marshal then notes each one for sharing when the
+        # listing is written again (4x slower)
+        columns: list[list[Any]] = [
+            column if isinstance(column, list) else list(column) for column in cached.columns
+        ]
+        columns += [[None] * rows for _ in added]
+        fresh_names, fresh = self._listing_columns(None, None, None, 0, False, keys, changed)
+        if fresh_names != names:
+            return None
+        ids, created = columns[0], columns[2]
+        gone = set(changed)
+        places = (
+            sorted((i for i, ident in enumerate(ids) if ident in gone), reverse=True)
+            if len(changed) > 8
+            else sorted((ids.index(i) for i in changed if i in ids), reverse=True)
+        )
+        for place in places:
+            for column in columns:
+                del column[place]
+        for row in range(len(fresh[0])):
+            place = _place(created, ids, fresh[2][row], fresh[0][row])
+            for column, values in zip(columns, fresh, strict=True):
+                column.insert(place, values[row])
+        return listing_cache.Cached(cached.generation, newest, keys, names, list(columns))
+
     def _listing(
         self,
         query: str | None,
@@ -510,7 +609,24 @@ class StoreIndex(StoreFiles):
         offset: int,
         short_ids: bool,
     ) -> tuple[list[str], list[Sequence[Any]]]:
-        keys = self._key_columns()
+        """The listing from SQL (no cache), columns without a value left out."""
+        names, columns = self._listing_columns(
+            query, sort, limit, offset, short_ids, self._key_columns()
+        )
+        return _shown(names, columns, short_ids=False)
+
+    def _listing_columns(
+        self,
+        query: str | None,
+        sort: str | None,
+        limit: int | None,
+        offset: int,
+        short_ids: bool,
+        keys: list[tuple[str, str, Any, Any]],
+        ids: Iterable[str] | None = None,
+    ) -> tuple[list[str], list[Sequence[Any]]]:
+        """Every column of the listing (of `keys`, whether or not a row has a value), from
+        one query; `ids`: only those rows."""
         names = ["id", "name", "created", "status", "duration", "tags", "origin"]
         select = [f"substr(id, 1, {SHORT_ID_LENGTH})" if short_ids else "id", *names[1:]]
         args: list[Any] = []
@@ -524,7 +640,7 @@ class StoreIndex(StoreFiles):
                 args.append(_json_path(key))
                 nested.append(len(names))
             names.append(f"{section}.{key}")
-        sql, where_args = self._select(query, None, columns=", ".join(select))
+        sql, where_args = self._select(query, ids, columns=", ".join(select))
         order, order_args = self._order(sort, False)
         sql += f" ORDER BY {order}"
         args += where_args + order_args
@@ -533,7 +649,10 @@ class StoreIndex(StoreFiles):
             args += [limit, offset]
         with self._lock:
             raw = self._db.execute(sql, args).fetchall()
-        columns: list[Sequence[Any]] = list(zip(*raw, strict=True)) if raw else [()] * len(names)
+        # lists, never tuples: the cache patches them in place, and readers compare them
+        columns: list[Sequence[Any]] = (
+            list(map(list, zip(*raw, strict=True))) if raw else [[] for _ in names]
+        )
         del raw
         from ..record import decode_value
 
@@ -544,14 +663,6 @@ class StoreIndex(StoreFiles):
                     None if text is None else decode_value(json.loads(text))
                     for text in columns[position]
                 ]
-        present = [
-            i
-            for i, column in enumerate(columns)
-            if i < 7 or any(value is not None for value in column)  # stops at the first
-        ]
-        if len(present) < len(names):
-            names = [names[i] for i in present]
-            columns = [columns[i] for i in present]
         return names, columns
 
     def _key_columns(self) -> list[tuple[str, str, Any, Any]]:
@@ -928,6 +1039,35 @@ def _is_flat(value: Any) -> bool:
 def _json_path(key: str) -> str:
     """The JSON path of one top-level key, bound as a parameter (a key is data, never SQL)."""
     return '$."' + key.replace('"', '\\"') + '"'
+
+
+def _shown(
+    names: list[str], columns: list[Sequence[Any]], *, short_ids: bool
+) -> tuple[list[str], list[Sequence[Any]]]:
+    """The listing as readers get it: key columns no row has a value for left out, and
+    (`short_ids`) ids cut to their short form."""
+    present = [i for i, column in enumerate(columns) if i < 7 or column.count(None) < len(column)]
+    if len(present) < len(names):
+        names = [names[i] for i in present]
+        columns = [columns[i] for i in present]
+    else:
+        names, columns = list(names), list(columns)
+    if short_ids:
+        columns[0] = list(map(operator.itemgetter(slice(0, SHORT_ID_LENGTH)), columns[0]))
+    return names, columns
+
+
+def _place(created: Sequence[str], ids: Sequence[str], when: str, ident: str) -> int:
+    """Where a row goes in a listing ordered as `created DESC, id` (SQLite compares text
+    bytewise, as Python compares these ASCII strings)."""
+    low, high = 0, len(ids)
+    while low < high:
+        middle = (low + high) // 2
+        if created[middle] > when or (created[middle] == when and ids[middle] < ident):
+            low = middle + 1
+        else:
+            high = middle
+    return low
 
 
 def _decode(text: str) -> dict[str, Any]:

@@ -45,6 +45,58 @@ def _corrupt(digest: str) -> IntegrityError:
     )
 
 
+# Verifying a mapping this large or larger is split between threads (xxhash releases the
+# GIL while it hashes, and the page faults of a fresh mapping are taken by each thread).
+VERIFY_IN_PARALLEL_FROM = 64 << 20
+_VERIFY_THREADS = 4
+
+
+def mismatched(view: memoryview, pieces: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """The pieces (start, size, digest) of `view` whose bytes do not hash to their digest.
+
+    Hashing is most of a restore's time once the bytes are mapped, so a large view is
+    hashed by several threads at once, each over a run of neighbouring pieces."""
+    total = sum(size for _, size, _ in pieces)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    workers = min(cores, _VERIFY_THREADS, len(pieces))
+    if total < VERIFY_IN_PARALLEL_FROM or workers < 2:
+        return _mismatched_among(view, pieces)
+    runs: list[list[tuple[int, int, str]]] = [[] for _ in range(workers)]
+    done = 0
+    for piece in pieces:  # contiguous runs of about equal bytes
+        runs[min(done * workers // total, workers - 1)].append(piece)
+        done += piece[1]
+    found = [list(run) for run in runs]  # unverified until a thread says otherwise
+
+    def verify(index: int) -> None:
+        found[index] = _mismatched_among(view, runs[index])
+
+    threads = [
+        threading.Thread(target=verify, args=(index,), name="nbexp-verify")
+        for index in range(1, workers)
+    ]
+    for thread in threads:
+        thread.start()
+    verify(0)
+    for thread in threads:
+        thread.join()
+    return [piece for pieces_found in found for piece in pieces_found]
+
+
+def _mismatched_among(
+    view: memoryview, pieces: list[tuple[int, int, str]]
+) -> list[tuple[int, int, str]]:
+    # the hasher object, unlike xxh3_128_hexdigest(), lets other threads run while it hashes
+    return [
+        (start, size, digest)
+        for start, size, digest in pieces
+        if xxhash.xxh3_128(view[start : start + size]).hexdigest() != digest
+    ]
+
+
 class _Batch:
     """The objects an open `object_batch` staged: loose temp files until there are more
     than FEW_OBJECTS, then one pack (the staged files moved into it)."""
@@ -271,7 +323,10 @@ class StoreObjects(StoreFiles):
         (no copy into new memory; pages are copied only when written). Chunks stored
         elsewhere (a changed chunk of an array, stored by a later run) are read into their
         place in the mapping. None when no pack holds at least half of the bytes so, or
-        they are fewer than MAP_AT_LEAST: read them instead."""
+        they are fewer than MAP_AT_LEAST: read them instead.
+
+        A chunk both packed and loose is taken from the pack here (every read verifies it;
+        one that does not match is read again loose-first, as `read_object_into` reads)."""
         places: list[Location | None] = []
         starts: list[int] = []
         sizes: list[int] = []
@@ -279,7 +334,7 @@ class StoreObjects(StoreFiles):
         votes: dict[tuple[str, int], int] = {}
         try:
             for digest in digests:
-                place = None if self.object_path(digest).exists() else self._packs.locate(digest)
+                place = self._packs.locate(digest)
                 size = place.length if place is not None else self.object_size(digest)
                 if place is not None:
                     key = (place.pack, place.offset - total)
@@ -298,13 +353,14 @@ class StoreObjects(StoreFiles):
         view = self._packs.map_range(pack, base, total)
         if view is None:
             return None
+        mapped: list[tuple[int, int, str]] = []
         for digest, place, start, size in zip(digests, places, starts, sizes, strict=True):
-            piece = view[start : start + size]
             if place is not None and place.pack == pack and place.offset - start == base:
-                if hash_bytes(piece) != digest:
-                    raise _corrupt(digest)
+                mapped.append((start, size, digest))
             else:
-                self.read_object_into(digest, piece)
+                self.read_object_into(digest, view[start : start + size])
+        for start, size, digest in mismatched(view, mapped):
+            self.read_object_into(digest, view[start : start + size])  # or says it is corrupt
         return view
 
     def copy_object_to(self, digest: str, destination: str | os.PathLike[str]) -> None:

@@ -29,7 +29,6 @@ import contextlib
 import mmap
 import os
 import struct
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,7 +41,6 @@ from .files import fsync_dir
 PACK_MAGIC = b"NBEXPPK1"
 PACK_END = b"NBEXPEND"
 INDEX_MAGIC = b"NBEXPIX1"
-_MADV_POPULATE_READ = 22  # Linux: fill the page tables of a mapping without writing it
 ALIGN = 8  # objects start at multiples of this (an 8-byte dtype's chunks stay aligned)
 _ENTRY = struct.Struct("<16sQQ")  # an index entry: digest, offset of the bytes, length
 _COUNT = struct.Struct("<Q")
@@ -318,7 +316,7 @@ class PackSet:
 
     def map_range(self, name: str, offset: int, length: int) -> memoryview | None:
         """`length` bytes of the pack from `offset` as writable copy-on-write memory mapped
-        from the file (pages are read when touched, copied only when written), a mapping of
+        from the file (pages are mapped when touched, copied only when written), a mapping of
         its own (two restores, or two variables, never share memory). None if the pack is
         gone or shorter than that (damaged: the caller reads, and reports it), or if this
         process is short of file descriptors (each mapping holds one)."""
@@ -339,9 +337,9 @@ class PackSet:
             )
         except (OSError, ValueError):
             return None
-        if sys.platform.startswith("linux"):  # map the cached pages now, in one call (5.14+)
-            with contextlib.suppress(OSError, ValueError):
-                region.madvise(getattr(mmap, "MADV_POPULATE_READ", _MADV_POPULATE_READ))
+        # Not populated here (MADV_POPULATE_READ): one call holding the GIL for the whole
+        # range cost more than the read faults the verifying threads take in parallel, each
+        # of which maps the cached pages around it too (fault-around).
         return memoryview(region)[offset - base :]
 
     def close(self) -> None:

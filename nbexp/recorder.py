@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import functools
 import io
+import itertools
 import json
 import numbers
 import os
@@ -568,8 +569,8 @@ class Recorder:
             dict.fromkeys(
                 [
                     *secret_values(namespace),
-                    *derived_secret_values(
-                        namespace, [*(_python(shell, t) for t in history), source]
+                    *derived_secret_values(  # the cells, as Python, read only if needed
+                        namespace, itertools.chain((_python(shell, t) for t in history), [source])
                     ),
                 ]
             )

@@ -9,7 +9,6 @@ is guarded: if recording fails, the body's work stays in the kernel and the user
 from __future__ import annotations
 
 import ast
-import contextlib
 import datetime as dt
 import functools
 import io
@@ -397,7 +396,13 @@ class Recorder:
             with store.writing():
                 with store.object_batch():
                     experiment = self._build(store, run)
-                store.save(experiment)
+                # the --cache shortcut's lookup, in the same index transaction as the row
+                remembered = (
+                    {f"run:{run.cache_key}": experiment.id}
+                    if run.cache_key and experiment.status == STATUS_OK
+                    else None
+                )
+                store.save(experiment, cache=remembered)
         except Exception as error:  # recording must never cost the user their run
             result.not_recorded = (
                 str(error) if isinstance(error, NbexpError) else f"{type(error).__name__}: {error}"
@@ -406,11 +411,6 @@ class Recorder:
         result.experiment = experiment
         result.recording_seconds = time.perf_counter() - recording_began
         result.failed_expectations = [e for e in experiment.expectations if not e["passed"]]
-        if run.cache_key and experiment.status == STATUS_OK:
-            # Only the --cache shortcut's lookup: the run is saved, so whatever goes wrong
-            # here (a damaged or locked index) must not make it look unrecorded.
-            with contextlib.suppress(Exception):
-                store.cache_put(f"run:{run.cache_key}", experiment.id)
         return result
 
     def _cache_key(

@@ -117,6 +117,8 @@ MAX_PHYSICAL_COLUMNS = 1500  # SQLite allows 2000 columns a table; the rest stay
 _UPSERT_COLUMN = (
     "INSERT INTO columns (section, key, scalar) VALUES (?, ?, ?) "
     "ON CONFLICT (section, key) DO UPDATE SET scalar = min(scalar, excluded.scalar)"
+    # a key already listed as it is: no write (nor a page in the WAL) for nothing
+    " WHERE excluded.scalar < scalar"
 )
 
 
@@ -357,7 +359,14 @@ class StoreIndex(StoreFiles):
         )
 
     @index_guard
-    def _index_upsert(self, experiment: Experiment, body: dict[str, Any] | None = None) -> None:
+    def _index_upsert(
+        self,
+        experiment: Experiment,
+        body: dict[str, Any] | None = None,
+        cache: dict[str, Any] | None = None,
+    ) -> None:
+        """Index one experiment: its row, with its flat params and metrics in their plain
+        columns, written once; and `cache` entries (see `cache_put`) in the same transaction."""
         body = body if body is not None else experiment.to_dict()
         keys = [
             (section, key, int(_is_flat(value)))
@@ -365,10 +374,6 @@ class StoreIndex(StoreFiles):
             for key, value in body[section].items()
         ]
         with self._lock, self._db:
-            self._db.execute(
-                INSERT_ROW,
-                self._index_row(experiment, body),
-            )
             self._db.executemany(_UPSERT_COLUMN, keys)
             physical = _materialise_columns(self._db, [(s, k) for s, k, _ in keys])
             values = [
@@ -376,11 +381,20 @@ class StoreIndex(StoreFiles):
                 for (section, key), column in physical.items()
                 if _is_flat(body[section][key])
             ]
-            if values:
-                assignments = ", ".join(f"{column} = ?" for _, column in values)
-                self._db.execute(
-                    f"UPDATE experiments SET {assignments} WHERE id = ?",
-                    [_sqlite_number(value) for value, _ in values] + [experiment.id],
+            row = (
+                *self._index_row(experiment, body),
+                *(_sqlite_number(value) for value, _ in values),
+            )
+            columns = "".join(f", {column}" for _, column in values)
+            self._db.execute(
+                f"INSERT OR REPLACE INTO experiments ({_ROW_COLUMNS}{columns}) "
+                f"VALUES ({','.join('?' * len(row))})",
+                row,
+            )
+            if cache:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO cache VALUES (?, ?)",
+                    [(key, json.dumps(value)) for key, value in cache.items()],
                 )
 
     @index_guard
@@ -865,12 +879,16 @@ def _materialise_columns(
     """Give each listed key (all keys when None) a plain column of `experiments`, holding its
     flat values; returns {(section, key): column} for those that have one."""
     rows = connection.execute("SELECT rowid, section, key, physical FROM columns").fetchall()
-    existing = {row[1] for row in connection.execute("PRAGMA table_info(experiments)")}
     chosen = set(wanted) if wanted is not None else None
+    if chosen is not None:
+        rows = [row for row in rows if (row[1], row[2]) in chosen]
+    if chosen is not None and all(row[3] is not None for row in rows):
+        # every key has its column: made with it, in the same transaction (a column lost
+        # to damage fails the write, and the index is rebuilt: `index_guard`)
+        return {(section, key): physical for _, section, key, physical in rows}
+    existing = {row[1] for row in connection.execute("PRAGMA table_info(experiments)")}
     result: dict[tuple[str, str], str] = {}
     for rowid, section, key, physical in rows:
-        if chosen is not None and (section, key) not in chosen:
-            continue
         if physical is None:
             if len(existing) >= MAX_PHYSICAL_COLUMNS:
                 continue

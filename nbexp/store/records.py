@@ -30,6 +30,10 @@ from .index import StoreIndex, index_guard
 from .objects import StoreObjects
 
 UNINDEXED_SUFFIX = ".unindexed"  # tmp/<id>.unindexed: a record being published (_publishing)
+# What a note of `_publishing` holds (a note of `set_tags`, same suffix, is empty): its record
+# was never acknowledged, so a damaged one (a power cut between its name and its bytes
+# reaching the disk) is deleted rather than indexed.
+PUBLISHING = b"publishing\n"
 
 
 DELETING_SUFFIX = ".deleting"  # tmp/<id>.deleting: an experiment being deleted (delete)
@@ -58,19 +62,20 @@ class StoreRecords(StoreIndex, StoreObjects):
         """An experiment's id: the hash of its record's content (without the id itself)."""
         return hash_json({key: value for key, value in body.items() if key != "id"})
 
-    def save(self, experiment: Experiment) -> Experiment:
-        """Write a new record (its id must be `make_id` of its content) and index it."""
+    def save(self, experiment: Experiment, *, cache: dict[str, Any] | None = None) -> Experiment:
+        """Write a new record (its id must be `make_id` of its content) and index it, with
+        `cache` entries (`cache_put`) in the index's same transaction."""
         self._writable("recording an experiment")
         body = experiment.to_dict()
         path = self.record_path(experiment.id)
         if path.exists():
             raise StoreError(f"experiment {experiment.short_id} already exists")
         with self._file_writes(), self._publishing(experiment.id, path):
-            self._write_atomic(path, canonical_json(body) + b"\n", sync_dir=True)
+            self._publish_durably(path, canonical_json(body) + b"\n")
             # The record is written, and records are the truth: a damaged index says to run
             # `nbexp reindex` wherever it is read, and reindex lists this experiment too.
             with contextlib.suppress(DamagedIndexError):
-                self._index_upsert(experiment, body)
+                self._index_upsert(experiment, body, cache)
         return experiment
 
     @contextlib.contextmanager
@@ -81,7 +86,7 @@ class StoreRecords(StoreIndex, StoreObjects):
         open the store indexes the records of notes whose writer died (`_finish_interrupted`).
         If the row cannot be written (disk full, read-only index), the record is taken
         back: the caller then says it was not recorded, and that is true."""
-        with self._locked_note(f"{experiment_id}{UNINDEXED_SUFFIX}") as note:
+        with self._locked_note(f"{experiment_id}{UNINDEXED_SUFFIX}", PUBLISHING) as note:
             taken_back = True
             try:
                 yield
@@ -125,6 +130,10 @@ class StoreRecords(StoreIndex, StoreObjects):
                         self._index_upsert(self.load(experiment_id))
                 except RefError:
                     pass  # killed before the record was written: nothing to index
+                except RecordError:
+                    if handle.read() != PUBLISHING:
+                        continue  # an acknowledged record, damaged since: fsck names it
+                    self.record_path(experiment_id).unlink(missing_ok=True)
                 except (NbexpError, sqlite3.Error):
                     continue
                 note.unlink()

@@ -395,14 +395,14 @@ class Recorder:
         try:
             with store.writing():
                 with store.object_batch():
-                    experiment = self._build(store, run)
+                    experiment, sealed = self._build(store, run)
                 # the --cache shortcut's lookup, in the same index transaction as the row
                 remembered = (
                     {f"run:{run.cache_key}": experiment.id}
                     if run.cache_key and experiment.status == STATUS_OK
                     else None
                 )
-                store.save(experiment, cache=remembered)
+                store.save(experiment, cache=remembered, sealed=sealed)
         except Exception as error:  # recording must never cost the user their run
             result.not_recorded = (
                 str(error) if isinstance(error, NbexpError) else f"{type(error).__name__}: {error}"
@@ -518,8 +518,9 @@ class Recorder:
 
     # -- building the record --------------------------------------------------------------
 
-    def _build(self, store: Store, run: _Run) -> Experiment:
-        """The record of a finished run (nothing is written here but objects)."""
+    def _build(self, store: Store, run: _Run) -> tuple[Experiment, bytes]:
+        """The record of a finished run, and its bytes (`Store.seal`): nothing is written
+        here but objects."""
         options, info, logged, watch = run.options, run.info, run.logged, run.watch
         cell, source = run.cell, run.source
         shell = self.shell
@@ -713,11 +714,11 @@ class Recorder:
         )
         body = redact(draft.to_dict())
         try:
-            body["id"] = Store.make_id(body)
+            sealed = Store.seal(body)
         except UnicodeEncodeError:  # e.g. a file name whose bytes are not UTF-8 (see _valid_text)
             body = _valid_text(body)
-            body["id"] = Store.make_id(body)
-        return Experiment.from_dict(body)
+            sealed = Store.seal(body)
+        return Experiment.from_dict(body), sealed
 
     def _evaluate(
         self,

@@ -21,7 +21,7 @@ from ..errors import (
     RefError,
     StoreError,
 )
-from ..hashing import canonical_json, hash_json
+from ..hashing import canonical_json, hash_bytes, hash_json
 from ..paths import crafted
 from ..record import SHORT_ID_LENGTH, Experiment
 from . import locks
@@ -37,6 +37,11 @@ PUBLISHING = b"publishing\n"
 
 
 DELETING_SUFFIX = ".deleting"  # tmp/<id>.deleting: an experiment being deleted (delete)
+
+
+def _json_object(parts: dict[str, bytes]) -> bytes:
+    """`canonical_json` of a dict whose values come serialised already."""
+    return b"{" + b",".join(canonical_json(key) + b":" + parts[key] for key in sorted(parts)) + b"}"
 
 
 class StoreRecords(StoreIndex, StoreObjects):
@@ -62,16 +67,32 @@ class StoreRecords(StoreIndex, StoreObjects):
         """An experiment's id: the hash of its record's content (without the id itself)."""
         return hash_json({key: value for key, value in body.items() if key != "id"})
 
-    def save(self, experiment: Experiment, *, cache: dict[str, Any] | None = None) -> Experiment:
+    @staticmethod
+    def seal(body: dict[str, Any]) -> bytes:
+        """Give `body` its id (`make_id`) and return the record's bytes as `save` writes
+        them, each top-level value serialised once for both."""
+        parts = {key: canonical_json(value) for key, value in body.items() if key != "id"}
+        body["id"] = hash_bytes(_json_object(parts))
+        parts["id"] = canonical_json(body["id"])
+        return _json_object(parts) + b"\n"
+
+    def save(
+        self,
+        experiment: Experiment,
+        *,
+        cache: dict[str, Any] | None = None,
+        sealed: bytes | None = None,
+    ) -> Experiment:
         """Write a new record (its id must be `make_id` of its content) and index it, with
-        `cache` entries (`cache_put`) in the index's same transaction."""
+        `cache` entries (`cache_put`) in the index's same transaction. `sealed`: the
+        record's bytes as `seal` gave them for this experiment's body."""
         self._writable("recording an experiment")
         body = experiment.to_dict()
         path = self.record_path(experiment.id)
         if path.exists():
             raise StoreError(f"experiment {experiment.short_id} already exists")
         with self._file_writes(), self._publishing(experiment.id, path):
-            self._publish_durably(path, canonical_json(body) + b"\n")
+            self._publish_durably(path, sealed or canonical_json(body) + b"\n")
             # The record is written, and records are the truth: a damaged index says to run
             # `nbexp reindex` wherever it is read, and reindex lists this experiment too.
             with contextlib.suppress(DamagedIndexError):

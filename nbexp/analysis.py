@@ -276,10 +276,16 @@ def _reads_and_stores(node: ast.AST) -> tuple[set[str], set[str]]:
     elif isinstance(node, (ast.Import, ast.ImportFrom)):
         stores.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
     for child in _children(node):
+        if isinstance(child, _LEAVES):  # no names below: nothing to read or bind
+            continue
         child_reads, child_stores = _reads_and_stores(child)
         reads |= child_reads
         stores |= child_stores
     return reads, stores
+
+
+# Nodes with no name anywhere below them (`ast.Load`, `ast.Store`... on every Name; constants)
+_LEAVES = (ast.expr_context, ast.Constant, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)
 
 
 def _children(node: ast.AST) -> list[ast.AST]:

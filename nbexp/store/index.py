@@ -374,8 +374,7 @@ class StoreIndex(StoreFiles):
             for key, value in body[section].items()
         ]
         with self._lock, self._db:
-            self._db.executemany(_UPSERT_COLUMN, keys)
-            physical = _materialise_columns(self._db, [(s, k) for s, k, _ in keys])
+            physical = _listed_columns(self._db, keys)
             values = [
                 (body[section][key], column)
                 for (section, key), column in physical.items()
@@ -871,6 +870,29 @@ class StoreIndex(StoreFiles):
 
     def _has_records(self) -> bool:
         raise NotImplementedError
+
+
+def _listed_columns(
+    connection: sqlite3.Connection, keys: list[tuple[str, str, int]]
+) -> dict[tuple[str, str], str]:
+    """List (section, key, flat) in `columns` and give each its plain column, as
+    `_UPSERT_COLUMN` and `_materialise_columns` do; returns {(section, key): column}. A
+    record's keys are usually listed already, each with its column: then one read does."""
+    listed = {
+        (section, key): (scalar, physical)
+        for section, key, scalar, physical in connection.execute(
+            "SELECT section, key, scalar, physical FROM columns"
+        )
+    }
+    changed = [
+        (section, key, flat)
+        for section, key, flat in keys
+        if (section, key) not in listed or flat < listed[section, key][0]
+    ]
+    if not changed and all(listed[section, key][1] is not None for section, key, _ in keys):
+        return {(section, key): listed[section, key][1] for section, key, _ in keys}
+    connection.executemany(_UPSERT_COLUMN, changed)
+    return _materialise_columns(connection, [(section, key) for section, key, _ in keys])
 
 
 def _materialise_columns(

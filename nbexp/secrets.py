@@ -84,19 +84,30 @@ def _named_secrets(source: Mapping[Any, Any]) -> set[str]:
     return found
 
 
-# The environment's secrets, with the environment they were read from: read again only when
-# a variable was set, changed or removed (every change goes through `os.environ`'s own dict).
-_environment_seen: tuple[dict[Any, Any] | None, frozenset[str]] = (None, frozenset())
+# What was read from the environment, with the environment it was read from: read again
+# only when a variable was set, changed or removed (every change made in Python goes
+# through `os.environ`'s own dict, which is compared, not copied, on each record).
+_environment_seen: tuple[dict[Any, Any] | None, frozenset[str], dict[str, str]] = (
+    None,
+    frozenset(),
+    {},
+)
+
+
+def _environment_read() -> tuple[frozenset[str], dict[str, str]]:
+    """(the environment's secrets, its variables worth recording)."""
+    global _environment_seen
+    current = getattr(os.environ, "_data", None)
+    seen, found, allowed = _environment_seen
+    if current is None or seen is None or current != seen:
+        found = frozenset(_named_secrets(os.environ))
+        allowed = {name: os.environ[name] for name in ENV_ALLOW_LIST if name in os.environ}
+        _environment_seen = (dict(current) if isinstance(current, dict) else None, found, allowed)
+    return found, allowed
 
 
 def _environment_secrets() -> frozenset[str]:
-    global _environment_seen
-    current = getattr(os.environ, "_data", None)
-    seen, found = _environment_seen
-    if current is None or seen is None or current != seen:
-        found = frozenset(_named_secrets(os.environ))
-        _environment_seen = (dict(current) if isinstance(current, dict) else None, found)
-    return found
+    return _environment_read()[0]
 
 
 # The bytes a secret can take in what we store: UTF-8 (text, pickles), UTF-16 (files some
@@ -357,5 +368,6 @@ def redact_assignments(source: str) -> str:
 
 
 def allowed_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    source = os.environ if environ is None else environ
-    return {name: source[name] for name in ENV_ALLOW_LIST if name in source}
+    if environ is None:
+        return dict(_environment_read()[1])
+    return {name: environ[name] for name in ENV_ALLOW_LIST if name in environ}

@@ -33,6 +33,7 @@ touches the store's files.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import threading
@@ -79,7 +80,10 @@ def find_store_root(start: str | os.PathLike[str] | None = None) -> Path:
     """
     override = os.environ.get(STORE_ENV)
     if override and start is None:
-        return Path(override).expanduser().absolute()
+        relative = not os.path.isabs(override)  # "~/x" too: its HOME is part of the answer
+        return _override_root(
+            override, os.getcwd() if relative else "", os.environ.get("HOME", "") if relative else ""
+        )
     here = Path(start or os.getcwd()).absolute()
     for folder in (here, *here.parents):
         if (folder / STORE_DIRNAME).is_dir():
@@ -88,6 +92,12 @@ def find_store_root(start: str | os.PathLike[str] | None = None) -> Path:
         if (folder / ".git").exists():
             return folder / STORE_DIRNAME
     return here / STORE_DIRNAME
+
+
+@functools.lru_cache(maxsize=16)
+def _override_root(override: str, cwd: str, home: str) -> Path:
+    """`NBEXP_STORE` as a folder (read on every run: resolved once per value and folder)."""
+    return Path(override).expanduser().absolute()
 
 
 class Store(StoreMaintenance):

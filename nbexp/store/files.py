@@ -209,7 +209,12 @@ def sync_side_by_side(descriptor: int, folder: Path) -> None:
     """fsync the open file `descriptor` and the folder `folder` at the same time (the
     file's in a helper thread, which the GIL does not hold back during the call); an
     error of the file's fsync is raised, as `os.fsync` raises it."""
-    done = _sync_pool().submit(os.fsync, descriptor)
+    try:
+        done = _sync_pool().submit(os.fsync, descriptor)
+    except RuntimeError:  # the interpreter is shutting down: no new threads, one after the other
+        os.fsync(descriptor)
+        fsync_dir(folder)
+        return
     try:
         fsync_dir(folder)
     finally:

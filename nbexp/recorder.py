@@ -249,7 +249,7 @@ class Recorder:
             refs.check_label(options.name, "name")
 
         shell = self.shell
-        transformed = shell.transform_cell(cell)
+        transformed = _transformed(shell, cell)
         try:
             info: analysis.CodeInfo | None = analysis.analyze(transformed)
         except analysis.CodeError:
@@ -852,6 +852,62 @@ def _expand(paths: list[str]) -> list[str]:
         else:
             files.append(path)
     return files
+
+
+def _transformed(shell: Any, cell: str) -> str:
+    """`shell.transform_cell(cell)`: the body as the Python IPython runs. A cell of plain
+    Python comes back unchanged (with a final newline), and `_plain_python` recognises one
+    without IPython's tokenizer (most of the cost of preparing a run): it must parse as
+    Python, have no `%`, `!` or `?` anywhere, no escape (`,`, `;`, `/`) or prompt at a
+    line's start, no leading blank line or indent, more than one line (one line may become
+    a magic or an autocall), and the shell only its stock transformers."""
+    if _plain_python(shell, cell):
+        return cell if cell.endswith("\n") else cell + "\n"
+    return str(shell.transform_cell(cell))
+
+
+def _plain_python(shell: Any, cell: str) -> bool:
+    if not cell or cell[0].isspace() or any(mark in cell for mark in "%!?"):
+        return False
+    lines = cell.splitlines()
+    if len(lines) < 2:
+        return False
+    for number, line in enumerate(lines):
+        start = line.lstrip()[:1]
+        if start in (",", ";", "/"):
+            return False
+        if number < 2 and line.lstrip().startswith(("...", ">>>", "In [")):
+            return False
+    try:  # code that does not parse goes to IPython, which may fix it, or raise as it does
+        analysis.parse(cell if cell.endswith("\n") else cell + "\n")
+    except (SyntaxError, ValueError):
+        return False
+    return _stock_transformers(shell)
+
+
+def _stock_transformers(shell: Any) -> bool:
+    """Whether the shell transforms input with IPython's own transformers only (no
+    extension added one): then plain Python is left as it is."""
+    try:
+        from IPython.core import inputtransformer2 as stock
+
+        manager = shell.input_transformer_manager
+        return (
+            type(manager) is stock.TransformerManager
+            and not shell.input_transformers_post
+            and manager.cleanup_transforms
+            == [
+                stock.leading_empty_lines,
+                stock.leading_indent,
+                stock.classic_prompt,
+                stock.ipython_prompt,
+            ]
+            and manager.line_transforms == [stock.cell_magic]
+            and manager.token_transformers
+            == [stock.MagicAssign, stock.SystemAssign, stock.EscapedCommand, stock.HelpEnd]
+        )
+    except (ImportError, AttributeError):
+        return False
 
 
 @functools.lru_cache(maxsize=4096)

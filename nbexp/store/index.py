@@ -390,11 +390,16 @@ class StoreIndex(StoreFiles):
                 f"VALUES ({','.join('?' * len(row))})",
                 row,
             )
-            if cache:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO cache VALUES (?, ?)",
-                    [(key, json.dumps(value)) for key, value in cache.items()],
-                )
+            if cache:  # a cache: a table it cannot write (another nbexp's) costs only that
+                self._db.execute("SAVEPOINT cache_entries")
+                try:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO cache VALUES (?, ?)",
+                        [(key, json.dumps(value)) for key, value in cache.items()],
+                    )
+                except sqlite3.Error:
+                    self._db.execute("ROLLBACK TO cache_entries")
+                self._db.execute("RELEASE cache_entries")
 
     @index_guard
     def rows(

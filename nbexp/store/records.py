@@ -84,7 +84,8 @@ class StoreRecords(StoreIndex, StoreObjects):
         sealed: bytes | None = None,
     ) -> Experiment:
         """Write a new record (its id must be `make_id` of its content) and index it, with
-        `cache` entries (`cache_put`) in the index's same transaction. `sealed`: the
+        `cache` entries (`cache_put`; skipped if its table cannot take them) in the index's
+        same transaction. `sealed`: the
         record's bytes as `seal` gave them for this experiment's body."""
         self._writable("recording an experiment")
         body = experiment.to_dict()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ast
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from .errors import NbexpError
@@ -86,10 +88,26 @@ def _span(node: ast.expr) -> tuple[int, int, int, int]:
 _SEED_CALLS = {"seed", "manual_seed", "set_seed", "set_random_seed"}
 
 
+@lru_cache(maxsize=64)
+def parse(source: str) -> ast.Module:
+    """The tree of a cell's code, parsed once per text: the analysis here, the params files'
+    and the secrets scan all read the same cell (none of them changes the tree)."""
+    return ast.parse(source)
+
+
+@lru_cache(maxsize=64)
+def nodes(source: str) -> tuple[ast.AST, ...]:
+    """Every node of `parse(source)`, in `ast.walk`'s order (breadth first), listed once."""
+    found: list[ast.AST] = [parse(source)]
+    for node in found:  # grows while it is read: each node's children go to the end
+        found.extend(_children(node))
+    return tuple(found)
+
+
 def analyze(source: str) -> CodeInfo:
     """Parse plain Python (IPython syntax already transformed) and collect its facts."""
     try:
-        tree = ast.parse(source)
+        tree = parse(source)
     except SyntaxError as error:
         raise CodeError(f"the cell does not parse: {error.msg} (line {error.lineno})") from error
     params: dict[str, Param] = {}
@@ -139,7 +157,7 @@ def analyze(source: str) -> CodeInfo:
         params=params,
         assigned=assigned,
         loaded=free_names(tree),
-        seeds=find_seeds(tree),
+        seeds=_seeds_in(nodes(source)),
         computed=computed,
         rebound=rebound,
     )
@@ -257,17 +275,40 @@ def _reads_and_stores(node: ast.AST) -> tuple[set[str], set[str]]:
         reads.add(node.target.id)  # `x += 1` reads the x it rebinds
     elif isinstance(node, (ast.Import, ast.ImportFrom)):
         stores.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
-    for child in ast.iter_child_nodes(node):
+    for child in _children(node):
+        if isinstance(child, _LEAVES):  # no names below: nothing to read or bind
+            continue
         child_reads, child_stores = _reads_and_stores(child)
         reads |= child_reads
         stores |= child_stores
     return reads, stores
 
 
+# Nodes with no name anywhere below them (`ast.Load`, `ast.Store`... on every Name; constants)
+_LEAVES = (ast.expr_context, ast.Constant, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)
+
+
+def _children(node: ast.AST) -> list[ast.AST]:
+    """`ast.iter_child_nodes(node)` as a list, without its two generators per node."""
+    found: list[ast.AST] = []
+    node_type = ast.AST
+    for name in node._fields:
+        value = getattr(node, name, None)
+        if isinstance(value, node_type):
+            found.append(value)
+        elif isinstance(value, list):
+            found.extend(item for item in value if isinstance(item, node_type))
+    return found
+
+
 def find_seeds(tree: ast.AST) -> dict[str, Any]:
     """Literal seeds passed to `random.seed(…)`, `np.random.seed(…)`, `torch.manual_seed(…)`…"""
+    return _seeds_in(ast.walk(tree))
+
+
+def _seeds_in(every_node: Iterable[ast.AST]) -> dict[str, Any]:
     seeds: dict[str, Any] = {}
-    for node in ast.walk(tree):
+    for node in every_node:
         if not isinstance(node, ast.Call) or not node.args:
             continue
         function = node.func

@@ -239,11 +239,16 @@ def environment(
 
 
 def find_git_root(start: str | os.PathLike[str] | None = None) -> Path | None:
-    here = Path(start or os.getcwd()).absolute()
-    for folder in (here, *here.parents):
-        if (folder / ".git").exists():
-            return folder
-    return None
+    """The nearest folder at or above `start` (default: cwd) holding `.git` (every record
+    asks: plain string paths, not pathlib's, for the walk up)."""
+    folder = str(Path(start or os.getcwd()).absolute())
+    while True:
+        if os.path.exists(os.path.join(folder, ".git")):
+            return Path(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
 
 
 _RACY_NS = 2_000_000_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import sys
@@ -17,14 +18,27 @@ from .errors import ExpectationFailed, NbexpError
 from .recorder import Recorder, RunOptions, RunResult
 from .show import summary_line
 
+# (parser, line) → the parsed arguments: the same line (often an empty one) is parsed once
+_parsed: dict[tuple[Any, str], dict[str, Any]] = {}
+
 
 def _parse(magic: Any, line: str) -> Any:
-    """Parse a magic's line with POSIX quoting, so --expect "f1 >= 0.9" arrives unquoted."""
-    try:
-        words = shlex.split(line)
-    except ValueError as error:
-        raise UsageError(f"cannot parse the magic's arguments: {error}") from None
-    return magic.parser.parse_args(words)
+    """Parse a magic's line with POSIX quoting, so --expect "f1 >= 0.9" arrives unquoted.
+    Each call gets its own arguments (lists included), though a line is parsed once."""
+    key = (magic.parser, line)
+    known = _parsed.get(key)
+    if known is None:
+        try:
+            words = shlex.split(line)
+        except ValueError as error:
+            raise UsageError(f"cannot parse the magic's arguments: {error}") from None
+        known = vars(magic.parser.parse_args(words))
+        if len(_parsed) >= 256:
+            _parsed.clear()
+        _parsed[key] = known
+    return argparse.Namespace(
+        **{name: list(value) if isinstance(value, list) else value for name, value in known.items()}
+    )
 
 
 @magics_class

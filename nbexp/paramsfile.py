@@ -16,9 +16,11 @@ from __future__ import annotations
 import ast
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .analysis import nodes, parse
 from .errors import NbexpError
 
 DEFAULT_NAMES = ("params.yaml", "params.yml", "params.json", "params.toml")
@@ -114,15 +116,17 @@ class Use:
         return grouped
 
 
-def _string_constants(tree: ast.AST) -> list[str]:
+def _string_constants(every_node: Iterable[ast.AST]) -> list[str]:
     return [
         node.value
-        for node in ast.walk(tree)
+        for node in every_node
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) < 400
     ]
 
 
-def candidates(tree: ast.AST, cwd: str, explicit: list[str]) -> list[str]:
+def candidates(
+    tree: ast.AST, cwd: str, explicit: list[str], every_node: Iterable[ast.AST] | None = None
+) -> list[str]:
     """The params files in play: `--params-file` ones, params files the body names, then the
     default names in the working directory."""
     found: list[str] = []
@@ -130,7 +134,7 @@ def candidates(tree: ast.AST, cwd: str, explicit: list[str]) -> list[str]:
         if not os.path.isfile(path):
             raise ParamsFileError(f"--params-file {path}: no such file")
         found.append(os.path.abspath(path))
-    for text in _string_constants(tree):
+    for text in _string_constants(ast.walk(tree) if every_node is None else every_node):
         if os.path.basename(text) in DEFAULT_NAMES:
             path = os.path.join(cwd, text)
             if os.path.isfile(path):
@@ -216,10 +220,10 @@ def analyze(
 ) -> Use | None:
     """What the body reads from params files; None when no params file is in play."""
     try:
-        tree = ast.parse(source)
+        tree = parse(source)
     except SyntaxError:
         return None
-    paths = candidates(tree, cwd, explicit)
+    paths = candidates(tree, cwd, explicit, nodes(source))
     if not paths:
         return None
     files: list[tuple[str, str, dict[str, Any]]] = []

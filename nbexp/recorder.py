@@ -9,10 +9,10 @@ is guarded: if recording fails, the body's work stays in the kernel and the user
 from __future__ import annotations
 
 import ast
-import contextlib
 import datetime as dt
 import functools
 import io
+import itertools
 import json
 import numbers
 import os
@@ -250,7 +250,7 @@ class Recorder:
             refs.check_label(options.name, "name")
 
         shell = self.shell
-        transformed = shell.transform_cell(cell)
+        transformed = _transformed(shell, cell)
         try:
             info: analysis.CodeInfo | None = analysis.analyze(transformed)
         except analysis.CodeError:
@@ -400,8 +400,14 @@ class Recorder:
         try:
             with store.writing():
                 with store.object_batch():
-                    experiment = self._build(store, run)
-                store.save(experiment)
+                    experiment, sealed = self._build(store, run)
+                # the --cache shortcut's lookup, in the same index transaction as the row
+                remembered = (
+                    {f"run:{run.cache_key}": experiment.id}
+                    if run.cache_key and experiment.status == STATUS_OK
+                    else None
+                )
+                store.save(experiment, cache=remembered, sealed=sealed)
         except Exception as error:  # recording must never cost the user their run
             result.not_recorded = (
                 str(error) if isinstance(error, NbexpError) else f"{type(error).__name__}: {error}"
@@ -410,11 +416,6 @@ class Recorder:
         result.experiment = experiment
         result.recording_seconds = time.perf_counter() - recording_began
         result.failed_expectations = [e for e in experiment.expectations if not e["passed"]]
-        if run.cache_key and experiment.status == STATUS_OK:
-            # Only the --cache shortcut's lookup: the run is saved, so whatever goes wrong
-            # here (a damaged or locked index) must not make it look unrecorded.
-            with contextlib.suppress(Exception):
-                store.cache_put(f"run:{run.cache_key}", experiment.id)
         return result
 
     def _cache_key(
@@ -522,8 +523,9 @@ class Recorder:
 
     # -- building the record --------------------------------------------------------------
 
-    def _build(self, store: Store, run: _Run) -> Experiment:
-        """The record of a finished run (nothing is written here but objects)."""
+    def _build(self, store: Store, run: _Run) -> tuple[Experiment, bytes]:
+        """The record of a finished run, and its bytes (`Store.seal`): nothing is written
+        here but objects."""
         options, info, logged, watch = run.options, run.info, run.logged, run.watch
         cell, source = run.cell, run.source
         shell = self.shell
@@ -573,8 +575,8 @@ class Recorder:
             dict.fromkeys(
                 [
                     *secret_values(namespace),
-                    *derived_secret_values(
-                        namespace, [*(_python(shell, t) for t in history), source]
+                    *derived_secret_values(  # the cells, as Python, read only if needed
+                        namespace, itertools.chain((_python(shell, t) for t in history), [source])
                     ),
                 ]
             )
@@ -720,11 +722,11 @@ class Recorder:
         )
         body = redact(draft.to_dict())
         try:
-            body["id"] = Store.make_id(body)
+            sealed = Store.seal(body)
         except UnicodeEncodeError:  # e.g. a file name whose bytes are not UTF-8 (see _valid_text)
             body = _valid_text(body)
-            body["id"] = Store.make_id(body)
-        return Experiment.from_dict(body)
+            sealed = Store.seal(body)
+        return Experiment.from_dict(body), sealed
 
     def _evaluate(
         self,
@@ -858,6 +860,62 @@ def _expand(paths: list[str]) -> list[str]:
         else:
             files.append(path)
     return files
+
+
+def _transformed(shell: Any, cell: str) -> str:
+    """`shell.transform_cell(cell)`: the body as the Python IPython runs. A cell of plain
+    Python comes back unchanged (with a final newline), and `_plain_python` recognises one
+    without IPython's tokenizer (most of the cost of preparing a run): it must parse as
+    Python, have no `%`, `!` or `?` anywhere, no escape (`,`, `;`, `/`) or prompt at a
+    line's start, no leading blank line or indent, more than one line (one line may become
+    a magic or an autocall), and the shell only its stock transformers."""
+    if _plain_python(shell, cell):
+        return cell if cell.endswith("\n") else cell + "\n"
+    return str(shell.transform_cell(cell))
+
+
+def _plain_python(shell: Any, cell: str) -> bool:
+    if not cell or cell[0].isspace() or any(mark in cell for mark in "%!?"):
+        return False
+    lines = cell.splitlines()
+    if len(lines) < 2:
+        return False
+    for number, line in enumerate(lines):
+        start = line.lstrip()[:1]
+        if start in (",", ";", "/"):
+            return False
+        if number < 2 and line.lstrip().startswith(("...", ">>>", "In [")):
+            return False
+    try:  # code that does not parse goes to IPython, which may fix it, or raise as it does
+        analysis.parse(cell if cell.endswith("\n") else cell + "\n")
+    except (SyntaxError, ValueError):
+        return False
+    return _stock_transformers(shell)
+
+
+def _stock_transformers(shell: Any) -> bool:
+    """Whether the shell transforms input with IPython's own transformers only (no
+    extension added one): then plain Python is left as it is."""
+    try:
+        from IPython.core import inputtransformer2 as stock
+
+        manager = shell.input_transformer_manager
+        return (
+            type(manager) is stock.TransformerManager
+            and not shell.input_transformers_post
+            and manager.cleanup_transforms
+            == [
+                stock.leading_empty_lines,
+                stock.leading_indent,
+                stock.classic_prompt,
+                stock.ipython_prompt,
+            ]
+            and manager.line_transforms == [stock.cell_magic]
+            and manager.token_transformers
+            == [stock.MagicAssign, stock.SystemAssign, stock.EscapedCommand, stock.HelpEnd]
+        )
+    except (ImportError, AttributeError):
+        return False
 
 
 @functools.lru_cache(maxsize=4096)

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
+
+from .analysis import parse
 
 _SECRET_NAME = re.compile(
     r"(token|secret|passw(or)?d|passwd|api_?key|apikey|access_?key|private_?key|credential)",
@@ -43,9 +46,15 @@ ENV_ALLOW_LIST = (
 )
 
 
+@lru_cache(maxsize=8192)
 def looks_like_secret(name: str) -> bool:
     """True for names like `api_key`, `GITHUB_TOKEN`, `db_password`, `client_secret`."""
     return bool(_SECRET_NAME.search(name))
+
+
+# Values that can hold no credential under a key or column: `credential_values` of them is
+# always empty, so the scan below skips the call.
+_FLAT_TYPES = frozenset({str, int, float, bool, bytes, complex, type(None)})
 
 
 def secret_values(
@@ -54,17 +63,51 @@ def secret_values(
     """The string values that must never be written: credential-named variables and env vars."""
     found: set[str] = set()
     for value in list((namespace or {}).values()):  # {"password": ...}, a `token` column
-        found.update(v for v in credential_values(value) if len(v) >= MIN_SECRET_LENGTH)
-    for source in (namespace or {}, os.environ if environ is None else environ):
-        for name, value in list(source.items()):
-            if not isinstance(value, str):
-                continue
-            if looks_like_secret(str(name)) and len(value) >= MIN_SECRET_LENGTH:
-                found.add(value)
-            elif "://" in value:  # a URL's password is a secret whatever holds it
-                found.update(url_passwords(value))
+        if type(value) not in _FLAT_TYPES:
+            found.update(v for v in credential_values(value) if len(v) >= MIN_SECRET_LENGTH)
+    found.update(_named_secrets(namespace or {}))
+    found.update(_environment_secrets() if environ is None else _named_secrets(environ))
     # Longest first, so a secret that contains another is replaced whole.
     return sorted(found, key=len, reverse=True)
+
+
+def _named_secrets(source: Mapping[Any, Any]) -> set[str]:
+    """Strings under credential-looking names, and the passwords of URLs under any name."""
+    found: set[str] = set()
+    for name, value in list(source.items()):
+        if not isinstance(value, str):
+            continue
+        if looks_like_secret(str(name)) and len(value) >= MIN_SECRET_LENGTH:
+            found.add(value)
+        elif "://" in value:  # a URL's password is a secret whatever holds it
+            found.update(url_passwords(value))
+    return found
+
+
+# What was read from the environment, with the environment it was read from: read again
+# only when a variable was set, changed or removed (every change made in Python goes
+# through `os.environ`'s own dict, which is compared, not copied, on each record).
+_environment_seen: tuple[dict[Any, Any] | None, frozenset[str], dict[str, str]] = (
+    None,
+    frozenset(),
+    {},
+)
+
+
+def _environment_read() -> tuple[frozenset[str], dict[str, str]]:
+    """(the environment's secrets, its variables worth recording)."""
+    global _environment_seen
+    current = getattr(os.environ, "_data", None)
+    seen, found, allowed = _environment_seen
+    if current is None or seen is None or current != seen:
+        found = frozenset(_named_secrets(os.environ))
+        allowed = {name: os.environ[name] for name in ENV_ALLOW_LIST if name in os.environ}
+        _environment_seen = (dict(current) if isinstance(current, dict) else None, found, allowed)
+    return found, allowed
+
+
+def _environment_secrets() -> frozenset[str]:
+    return _environment_read()[0]
 
 
 # The bytes a secret can take in what we store: UTF-8 (text, pickles), UTF-16 (files some
@@ -91,7 +134,7 @@ def encoded_secrets(values: Iterable[str]) -> list[bytes]:
 def _assignments(source: str) -> tuple[tuple[tuple[str, ...], frozenset[str]], ...]:
     """(names bound, names read) of each assignment in a cell; () if it does not parse."""
     try:
-        tree = ast.parse(source)
+        tree = parse(source)
     except (SyntaxError, ValueError):
         return ()
     found = []
@@ -117,14 +160,17 @@ def _assignments(source: str) -> tuple[tuple[tuple[str, ...], frozenset[str]], .
 def derived_secret_values(namespace: Mapping[str, Any], cells: Iterable[str]) -> list[str]:
     """String values of variables computed from a credential (`pw = my_password.upper()`,
     `auth = "Bearer " + token`), following assignments through the cells in order: they are
-    as secret as what they came from, though their names look innocent."""
-    assignments = [item for cell in cells for item in _assignments(cell)]
+    as secret as what they came from, though their names look innocent. `cells` is read
+    only when some credential exists: without one, nothing is derived from it."""
     # the credentials themselves: credential-named strings (a list named `tokens` is none)
     sources = {
         name
         for name, value in list(namespace.items())
         if isinstance(value, str) and looks_like_secret(str(name))
     }
+    if not sources:
+        return []
+    assignments = [item for cell in cells for item in _assignments(cell)]
     tainted: set[str] = set()
     changed = True
     while changed:
@@ -264,11 +310,44 @@ class Redactor:
     def __call__(self, value: Any) -> Any:
         if isinstance(value, str):
             return self.text(value)
+        if isinstance(value, (dict, list, tuple)) and self._finds_nothing_in(value):
+            return _with_text_keys(value)
+        return self._scrubbed(value)
+
+    def _scrubbed(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
         if isinstance(value, dict):
-            return {self.text(str(key)): self(item) for key, item in value.items()}
+            return {self.text(str(key)): self._scrubbed(item) for key, item in value.items()}
         if isinstance(value, (list, tuple)):
-            return type(value)(self(item) for item in value)
+            return type(value)(self._scrubbed(item) for item in value)
         return value
+
+    def _finds_nothing_in(self, value: Any) -> bool:
+        """True when no string inside `value` holds a secret or a URL, proved on its JSON
+        text in one pass: JSON escapes each character on its own, so a string holding a
+        secret holds the secret's escaped form in the text too (keys included; those that
+        are not strings are numbers or words too short to hold one). A value JSON cannot
+        write is walked string by string instead."""
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError, RecursionError):
+            return False
+        if "://" in text:  # a URL, whose password `mask_urls` would mask
+            return False
+        return not any(json.dumps(secret)[1:-1] in text for secret in self._values)
+
+
+def _with_text_keys(value: Any) -> Any:
+    """`value` copied as `Redactor` copies it, every dict key made a string, no text changed."""
+    if isinstance(value, dict):
+        return {
+            key if type(key) is str else str(key): _with_text_keys(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return type(value)(_with_text_keys(item) for item in value)
+    return value
 
 
 @lru_cache(maxsize=4096)
@@ -289,5 +368,6 @@ def redact_assignments(source: str) -> str:
 
 
 def allowed_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    source = os.environ if environ is None else environ
-    return {name: source[name] for name in ENV_ALLOW_LIST if name in source}
+    if environ is None:
+        return dict(_environment_read()[1])
+    return {name: environ[name] for name in ENV_ALLOW_LIST if name in environ}

@@ -35,13 +35,19 @@ def _ignored_roots() -> tuple[str, ...]:
     return tuple(sorted(os.path.realpath(root) for root in roots if root))
 
 
+@lru_cache(maxsize=64)
+def _real_folder(path: str) -> str:
+    """A folder left out of the watch (the store's, the same on every run), resolved once."""
+    return os.path.realpath(path)
+
+
 class FileWatch:
     """Collects the files opened for reading and for writing while it is active."""
 
     def __init__(self, ignore: tuple[str, ...] = ()) -> None:
         self.reads: dict[str, None] = {}
         self.writes: dict[str, None] = {}
-        self._ignore = _ignored_roots() + tuple(os.path.realpath(path) for path in ignore)
+        self._ignore = _ignored_roots() + tuple(_real_folder(path) for path in ignore)
         self._thread = threading.get_ident()
 
     def note(self, path: Any, writing: bool) -> None:

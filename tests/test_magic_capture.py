@@ -336,7 +336,7 @@ def test_credential_named_variables_are_not_in_state_or_params(ip):
 def test_when_saving_fails_the_cell_still_succeeds_and_says_it_was_not_recorded(
     ip, monkeypatch, capsys
 ):
-    def refuse(self, experiment):
+    def refuse(self, experiment, **_):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Store, "save", refuse)
@@ -387,7 +387,7 @@ def test_a_read_only_records_folder_is_reported_and_the_run_kept(ip, project, ca
 def test_a_failing_body_with_a_failing_recorder_still_raises_the_users_error(
     ip, monkeypatch, capsys
 ):
-    def refuse(self, experiment):
+    def refuse(self, experiment, **_):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(Store, "save", refuse)

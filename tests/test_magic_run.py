@@ -462,3 +462,37 @@ def test_a_misspelled_metric_name_is_reported(ip, capsys):
     assert run(ip, "%%experiment -m acuracy\naccuracy = 0.5 + 0.4").success
     assert "no variable 'acuracy'" in capsys.readouterr().err
     assert "acuracy" not in nbexp.get("last").metrics
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        "lr = 0.01\nacc = 0.9\n",  # plain Python: left as it is, without IPython's tokenizer
+        "lr = 0.01\nacc = 0.9",  # no final newline
+        "x = 1\r\ny = 2\r\n",
+        "ls\n",  # one line: IPython may make it a magic or an autocall
+        "x = 1\nfiles = !ls\n",
+        "x = 1\n%time y = 2\n",
+        "x = 1\nlen?\n",
+        "x = 1\n,print a b\n",
+        "x = 1\n/print 2\n",
+        ">>> x = 1\n>>> y = 2\n",
+        "In [1]: x = 1\n   ...: y = 2\n",
+        "  x = 1\n  y = 2\n",
+        "\n\nx = 1\ny = 2\n",
+        "if x:\n    y = 1\n  z = 2\n",  # IPython's tokenizer refuses it: so must we
+        "def f(:\n    pass\n",
+    ],
+)
+def test_the_body_is_the_python_ipython_makes_of_it(ip, cell) -> None:
+    """The body runs as IPython transforms it; plain Python skips the transformation only
+    where IPython would leave the cell as it is."""
+    from nbexp.recorder import _transformed
+
+    try:
+        expected = ip.transform_cell(cell)
+    except Exception as error:  # any refusal: the same one
+        with pytest.raises(type(error)):
+            _transformed(ip, cell)
+        return
+    assert _transformed(ip, cell) == expected

@@ -206,3 +206,32 @@ def test_kernel_values_changed_between_sweeps_or_by_an_expectation_are_stored_an
     sweep(ip, f"s3 --sweep k=1,2,3 --cluster {cluster} {expect}", body)
     stored = sorted(len(_stored(nbexp.get(f"s3-{i}"), "history")) for i in (1, 2, 3))
     assert stored == [1, 2, 3]
+
+
+def test_an_environment_secret_set_or_changed_between_cells_is_scrubbed(
+    ip: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment's secrets are read again after any change to `os.environ`: a token
+    exported (or replaced) after a first record never reaches a later one."""
+    monkeypatch.delenv("NBEXP_DEMO_TOKEN", raising=False)
+    record(ip, "before", "x = 1\n")
+    for value in ("first-token-4821", "second-token-9377"):
+        os.environ["NBEXP_DEMO_TOKEN"] = value
+        shown = record(ip, f"with-{value[:5]}", f"print('{value}')\nx = 2\n")
+        assert value not in shown.outcome.stdout
+        data = open_store().record_path(shown.id).read_bytes()
+        assert value.encode() not in data
+    monkeypatch.delenv("NBEXP_DEMO_TOKEN")
+    gone = record(ip, "after", "print('second-token-9377')\n")  # no longer a secret
+    assert "second-token-9377" in gone.outcome.stdout
+
+
+def test_a_credential_named_variable_taints_what_later_cells_derive_from_it(ip: Any) -> None:
+    """History cells are followed only once a credential exists; from then on a value
+    derived from it in any earlier cell is scrubbed like the credential itself."""
+    record(ip, "plain", "x = 1\n")  # no credential yet: the history is not read
+    run(ip, "db_password = 'sw0rdfish-2024'\n")
+    run(ip, "header = 'Basic ' + db_password.upper()\n")
+    shown = record(ip, "derived", "print(header)\ny = 2\n")
+    assert "SW0RDFISH-2024" not in shown.outcome.stdout
+    assert b"SW0RDFISH" not in open_store().record_path(shown.id).read_bytes()

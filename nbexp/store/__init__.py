@@ -14,9 +14,11 @@ Layout::
       tmp/                   files being written; renamed into place only once complete
       config.json            settings, e.g. remotes (`nbexp remote add`)
 
-Every file becomes visible by an atomic rename after fsync, so a crash leaves either the
-old state or the new one, never half a record (files a killed process left in tmp/ are never
-read, and `nbexp gc` removes them once they are old: `clean_tmp`). Saving and deleting touch
+Every file becomes visible by an atomic rename, so a crash leaves either the old state or the
+new one, never half a record (files a killed process left in tmp/ are never read, and
+`nbexp gc` removes them once they are old: `clean_tmp`). Objects and small files are fsynced
+before their rename; a record is fsynced after it, together with its folder (one wait for the
+disk), and its index row is written only once both are on disk. Saving and deleting touch
 two places, a record file and its index row; a locked note in tmp/ covers the moment between,
 and the next process to open the store finishes what a killed one left half done. SQLite in
 WAL mode with a busy timeout lets many kernels and CLI processes share a store. A write the
@@ -33,6 +35,7 @@ touches the store's files.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import threading
@@ -79,7 +82,10 @@ def find_store_root(start: str | os.PathLike[str] | None = None) -> Path:
     """
     override = os.environ.get(STORE_ENV)
     if override and start is None:
-        return Path(override).expanduser().absolute()
+        relative = not os.path.isabs(override)  # "~/x" too: its HOME is part of the answer
+        return _override_root(
+            override, os.getcwd() if relative else "", os.environ.get("HOME", "") if relative else ""
+        )
     here = Path(start or os.getcwd()).absolute()
     for folder in (here, *here.parents):
         if (folder / STORE_DIRNAME).is_dir():
@@ -88,6 +94,12 @@ def find_store_root(start: str | os.PathLike[str] | None = None) -> Path:
         if (folder / ".git").exists():
             return folder / STORE_DIRNAME
     return here / STORE_DIRNAME
+
+
+@functools.lru_cache(maxsize=16)
+def _override_root(override: str, cwd: str, home: str) -> Path:
+    """`NBEXP_STORE` as a folder (read on every run: resolved once per value and folder)."""
+    return Path(override).expanduser().absolute()
 
 
 class Store(StoreMaintenance):

@@ -57,6 +57,27 @@ class StoreFiles:
         if sync_dir:
             fsync_dir(target.parent)
 
+    def _publish_durably(self, target: Path, data: bytes) -> None:
+        """Write `data` to `target` for readers to see all of it or nothing (a temp file
+        renamed into place), and return once its bytes and its name are both on disk: the
+        file's fsync and its folder's run side by side, one wait for the disk instead of
+        two in a row. Only for records, whose note (`records._publishing`) covers the
+        moment a power cut could leave the name on disk before the bytes: the next open
+        deletes a record that was never acknowledged and does not match its id."""
+        temp = self._temp_path()
+        with self._file_writes():
+            try:
+                with open(temp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(temp, target)
+                    sync_side_by_side(handle.fileno(), target.parent)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+                raise
+
     @contextlib.contextmanager
     def _file_writes(self) -> Iterator[None]:
         """Around writes to the store's files: an OSError (disk full, file too large,
@@ -84,15 +105,19 @@ class StoreFiles:
         return StoreError(f"cannot write to the store at {self.root}: {what} ({reason}); {fix}")
 
     @contextlib.contextmanager
-    def _locked_note(self, name: str) -> Iterator[Path]:
+    def _locked_note(self, name: str, content: bytes = b"") -> Iterator[Path]:
         """tmp/NAME, locked by this process while the block runs: it names work in progress
         that the next process to open the store finishes if this one dies before removing
         the note (`_finish_interrupted`). It appears already locked, so live work is never
-        finished by someone else, nor collected by `clean_tmp`."""
+        finished by someone else, nor collected by `clean_tmp`. `content` says what the
+        work was, where its name alone does not."""
         note = self.tmp_dir / name
         temp = self._temp_path()
         with open(temp, "wb") as handle:
             try:
+                if content:
+                    handle.write(content)
+                    handle.flush()
                 locks.exclusive(handle)
                 os.replace(temp, note)
             except BaseException:
@@ -165,6 +190,35 @@ def sync_filesystem(folder: Path) -> None:
         finally:
             os.close(descriptor)
     os.sync()
+
+
+_sync_workers: tuple[int, Any] = (0, None)  # (pid, thread pool): a forked child makes its own
+
+
+def _sync_pool() -> Any:
+    global _sync_workers
+    pid = os.getpid()
+    if _sync_workers[0] != pid or _sync_workers[1] is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _sync_workers = (pid, ThreadPoolExecutor(4, thread_name_prefix="nbexp-sync"))
+    return _sync_workers[1]
+
+
+def sync_side_by_side(descriptor: int, folder: Path) -> None:
+    """fsync the open file `descriptor` and the folder `folder` at the same time (the
+    file's in a helper thread, which the GIL does not hold back during the call); an
+    error of the file's fsync is raised, as `os.fsync` raises it."""
+    try:
+        done = _sync_pool().submit(os.fsync, descriptor)
+    except RuntimeError:  # the interpreter is shutting down: no new threads, one after the other
+        os.fsync(descriptor)
+        fsync_dir(folder)
+        return
+    try:
+        fsync_dir(folder)
+    finally:
+        done.result()
 
 
 def fsync_dir(folder: Path) -> None:

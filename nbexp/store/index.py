@@ -136,6 +136,8 @@ MAX_PHYSICAL_COLUMNS = 1500  # SQLite allows 2000 columns a table; the rest stay
 _UPSERT_COLUMN = (
     "INSERT INTO columns (section, key, scalar) VALUES (?, ?, ?) "
     "ON CONFLICT (section, key) DO UPDATE SET scalar = min(scalar, excluded.scalar)"
+    # a key already listed as it is: no write (nor a page in the WAL) for nothing
+    " WHERE excluded.scalar < scalar"
 )
 
 
@@ -376,7 +378,14 @@ class StoreIndex(StoreFiles):
         )
 
     @index_guard
-    def _index_upsert(self, experiment: Experiment, body: dict[str, Any] | None = None) -> None:
+    def _index_upsert(
+        self,
+        experiment: Experiment,
+        body: dict[str, Any] | None = None,
+        cache: dict[str, Any] | None = None,
+    ) -> None:
+        """Index one experiment: its row, with its flat params and metrics in their plain
+        columns, written once; and `cache` entries (see `cache_put`) in the same transaction."""
         body = body if body is not None else experiment.to_dict()
         keys = [
             (section, key, int(_is_flat(value)))
@@ -384,23 +393,32 @@ class StoreIndex(StoreFiles):
             for key, value in body[section].items()
         ]
         with self._lock, self._db:
-            self._db.execute(
-                INSERT_ROW,
-                self._index_row(experiment, body),
-            )
-            self._db.executemany(_UPSERT_COLUMN, keys)
-            physical = _materialise_columns(self._db, [(s, k) for s, k, _ in keys])
+            physical = _listed_columns(self._db, keys)
             values = [
                 (body[section][key], column)
                 for (section, key), column in physical.items()
                 if _is_flat(body[section][key])
             ]
-            if values:
-                assignments = ", ".join(f"{column} = ?" for _, column in values)
-                self._db.execute(
-                    f"UPDATE experiments SET {assignments} WHERE id = ?",
-                    [_sqlite_number(value) for value, _ in values] + [experiment.id],
-                )
+            row = (
+                *self._index_row(experiment, body),
+                *(_sqlite_number(value) for value, _ in values),
+            )
+            columns = "".join(f", {column}" for _, column in values)
+            self._db.execute(
+                f"INSERT OR REPLACE INTO experiments ({_ROW_COLUMNS}{columns}) "
+                f"VALUES ({','.join('?' * len(row))})",
+                row,
+            )
+            if cache:  # a cache: a table it cannot write (another nbexp's) costs only that
+                self._db.execute("SAVEPOINT cache_entries")
+                try:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO cache VALUES (?, ?)",
+                        [(key, json.dumps(value)) for key, value in cache.items()],
+                    )
+                except sqlite3.Error:
+                    self._db.execute("ROLLBACK TO cache_entries")
+                self._db.execute("RELEASE cache_entries")
 
     @index_guard
     def rows(
@@ -970,18 +988,45 @@ class StoreIndex(StoreFiles):
         raise NotImplementedError
 
 
+def _listed_columns(
+    connection: sqlite3.Connection, keys: list[tuple[str, str, int]]
+) -> dict[tuple[str, str], str]:
+    """List (section, key, flat) in `columns` and give each its plain column, as
+    `_UPSERT_COLUMN` and `_materialise_columns` do; returns {(section, key): column}. A
+    record's keys are usually listed already, each with its column: then one read does."""
+    listed = {
+        (section, key): (scalar, physical)
+        for section, key, scalar, physical in connection.execute(
+            "SELECT section, key, scalar, physical FROM columns"
+        )
+    }
+    changed = [
+        (section, key, flat)
+        for section, key, flat in keys
+        if (section, key) not in listed or flat < listed[section, key][0]
+    ]
+    if not changed and all(listed[section, key][1] is not None for section, key, _ in keys):
+        return {(section, key): listed[section, key][1] for section, key, _ in keys}
+    connection.executemany(_UPSERT_COLUMN, changed)
+    return _materialise_columns(connection, [(section, key) for section, key, _ in keys])
+
+
 def _materialise_columns(
     connection: sqlite3.Connection, wanted: list[tuple[str, str]] | None = None
 ) -> dict[tuple[str, str], str]:
     """Give each listed key (all keys when None) a plain column of `experiments`, holding its
     flat values; returns {(section, key): column} for those that have one."""
     rows = connection.execute("SELECT rowid, section, key, physical FROM columns").fetchall()
-    existing = {row[1] for row in connection.execute("PRAGMA table_info(experiments)")}
     chosen = set(wanted) if wanted is not None else None
+    if chosen is not None:
+        rows = [row for row in rows if (row[1], row[2]) in chosen]
+    if chosen is not None and all(row[3] is not None for row in rows):
+        # every key has its column: made with it, in the same transaction (a column lost
+        # to damage fails the write, and the index is rebuilt: `index_guard`)
+        return {(section, key): physical for _, section, key, physical in rows}
+    existing = {row[1] for row in connection.execute("PRAGMA table_info(experiments)")}
     result: dict[tuple[str, str], str] = {}
     for rowid, section, key, physical in rows:
-        if chosen is not None and (section, key) not in chosen:
-            continue
         if physical is None:
             if len(existing) >= MAX_PHYSICAL_COLUMNS:
                 continue

@@ -21,7 +21,7 @@ from ..errors import (
     RefError,
     StoreError,
 )
-from ..hashing import canonical_json, hash_json
+from ..hashing import canonical_json, hash_bytes, hash_json
 from ..paths import crafted
 from ..record import SHORT_ID_LENGTH, Experiment
 from . import locks
@@ -30,9 +30,18 @@ from .index import StoreIndex, index_guard
 from .objects import StoreObjects
 
 UNINDEXED_SUFFIX = ".unindexed"  # tmp/<id>.unindexed: a record being published (_publishing)
+# What a note of `_publishing` holds (a note of `set_tags`, same suffix, is empty): its record
+# was never acknowledged, so a damaged one (a power cut between its name and its bytes
+# reaching the disk) is deleted rather than indexed.
+PUBLISHING = b"publishing\n"
 
 
 DELETING_SUFFIX = ".deleting"  # tmp/<id>.deleting: an experiment being deleted (delete)
+
+
+def _json_object(parts: dict[str, bytes]) -> bytes:
+    """`canonical_json` of a dict whose values come serialised already."""
+    return b"{" + b",".join(canonical_json(key) + b":" + parts[key] for key in sorted(parts)) + b"}"
 
 
 class StoreRecords(StoreIndex, StoreObjects):
@@ -58,19 +67,37 @@ class StoreRecords(StoreIndex, StoreObjects):
         """An experiment's id: the hash of its record's content (without the id itself)."""
         return hash_json({key: value for key, value in body.items() if key != "id"})
 
-    def save(self, experiment: Experiment) -> Experiment:
-        """Write a new record (its id must be `make_id` of its content) and index it."""
+    @staticmethod
+    def seal(body: dict[str, Any]) -> bytes:
+        """Give `body` its id (`make_id`) and return the record's bytes as `save` writes
+        them, each top-level value serialised once for both."""
+        parts = {key: canonical_json(value) for key, value in body.items() if key != "id"}
+        body["id"] = hash_bytes(_json_object(parts))
+        parts["id"] = canonical_json(body["id"])
+        return _json_object(parts) + b"\n"
+
+    def save(
+        self,
+        experiment: Experiment,
+        *,
+        cache: dict[str, Any] | None = None,
+        sealed: bytes | None = None,
+    ) -> Experiment:
+        """Write a new record (its id must be `make_id` of its content) and index it, with
+        `cache` entries (`cache_put`; skipped if its table cannot take them) in the index's
+        same transaction. `sealed`: the
+        record's bytes as `seal` gave them for this experiment's body."""
         self._writable("recording an experiment")
         body = experiment.to_dict()
         path = self.record_path(experiment.id)
         if path.exists():
             raise StoreError(f"experiment {experiment.short_id} already exists")
         with self._file_writes(), self._publishing(experiment.id, path):
-            self._write_atomic(path, canonical_json(body) + b"\n", sync_dir=True)
+            self._publish_durably(path, sealed or canonical_json(body) + b"\n")
             # The record is written, and records are the truth: a damaged index says to run
             # `nbexp reindex` wherever it is read, and reindex lists this experiment too.
             with contextlib.suppress(DamagedIndexError):
-                self._index_upsert(experiment, body)
+                self._index_upsert(experiment, body, cache)
         return experiment
 
     @contextlib.contextmanager
@@ -81,7 +108,7 @@ class StoreRecords(StoreIndex, StoreObjects):
         open the store indexes the records of notes whose writer died (`_finish_interrupted`).
         If the row cannot be written (disk full, read-only index), the record is taken
         back: the caller then says it was not recorded, and that is true."""
-        with self._locked_note(f"{experiment_id}{UNINDEXED_SUFFIX}") as note:
+        with self._locked_note(f"{experiment_id}{UNINDEXED_SUFFIX}", PUBLISHING) as note:
             taken_back = True
             try:
                 yield
@@ -125,6 +152,10 @@ class StoreRecords(StoreIndex, StoreObjects):
                         self._index_upsert(self.load(experiment_id))
                 except RefError:
                     pass  # killed before the record was written: nothing to index
+                except RecordError:
+                    if handle.read() != PUBLISHING:
+                        continue  # an acknowledged record, damaged since: fsck names it
+                    self.record_path(experiment_id).unlink(missing_ok=True)
                 except (NbexpError, sqlite3.Error):
                     continue
                 note.unlink()

@@ -167,6 +167,35 @@ def warm_up() -> None:
     _module_distributions()
 
 
+@lru_cache(maxsize=512)
+def _distribution_base(distribution: str) -> Path | None:
+    """The folder a distribution is installed into (site-packages), or None."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import distribution as find
+
+    try:
+        return Path(os.path.realpath(find(distribution).locate_file("")))
+    except (PackageNotFoundError, OSError, ValueError):
+        return None
+
+
+def _vendored_elsewhere(top: str, module: Any, distribution: str) -> bool:
+    """Whether the module imported under a distribution's top-level name is another
+    package's private copy: debugpy imports its own `pydevd_plugins`, a name omegaconf
+    also installs, and every Jupyter record listed omegaconf though nobody imported it.
+    A module loaded from `<site-packages>/<some other folder>/…` is not that distribution's;
+    one loaded from outside the distribution's folder (an editable install) still is."""
+    filename = getattr(module, "__file__", None)
+    base = _distribution_base(distribution)
+    if not isinstance(filename, str) or base is None:
+        return False
+    try:
+        inside = Path(os.path.realpath(filename)).relative_to(base)
+    except ValueError:
+        return False
+    return inside.parts[0].partition(".")[0] != top
+
+
 def _user_namespace() -> Mapping[str, Any]:
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None
@@ -202,7 +231,7 @@ def imported_packages(namespace: Mapping[str, Any] | None = None) -> dict[str, s
                 continue
             for distribution in mapping.get(top, ()):
                 version = _distribution_version(distribution)
-                if version:
+                if version and not _vendored_elsewhere(top, modules.get(top), distribution):
                     by_top.setdefault(top, []).append((distribution, version))
         _package_cache = ((len(modules), installed), by_top)
     by_top = _package_cache[1]

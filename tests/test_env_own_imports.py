@@ -86,3 +86,51 @@ def test_a_user_who_imports_git_still_sees_gitpython(repo: Path):
 def test_packages_the_body_imports_are_listed(repo: Path):
     (packages,) = run_shell(repo, ["%%experiment a\nimport numpy as np\nx = np.arange(3)"])
     assert "numpy" in packages
+
+
+VENDORED = """
+import json, sys
+site, first = sys.argv[1], sys.argv[2]
+sys.path[:0] = [first, site]
+import plugmod
+from nbexp.environment import imported_packages
+print("RESULT " + json.dumps([plugmod.__file__, imported_packages({"plugmod": plugmod})]))
+"""
+
+
+def _imported_from(site: Path, first: Path) -> tuple[str, dict[str, str]]:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(VENDORED), str(site), str(first)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(text for text in done.stdout.splitlines() if text.startswith("RESULT "))
+    where, packages = json.loads(line[len("RESULT ") :])
+    return where, packages
+
+
+def test_a_package_s_private_copy_of_a_module_is_not_the_distribution_of_that_name(
+    tmp_path: Path,
+):
+    # debugpy imports its own vendored `pydevd_plugins`; omegaconf installs a top-level
+    # `pydevd_plugins` too, and every Jupyter record listed omegaconf, never imported
+    site = tmp_path / "site-packages"
+    (site / "plugmod").mkdir(parents=True)
+    (site / "plugmod" / "__init__.py").write_text("ORIGIN = 'plugdist'\n")
+    info = site / "plugdist-1.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugdist\nVersion: 1.2\n")
+    (info / "top_level.txt").write_text("plugmod\n")
+    (info / "RECORD").write_text("plugmod/__init__.py,,\nplugdist-1.2.dist-info/METADATA,,\n")
+    vendored = site / "hostpkg" / "_vendored"
+    (vendored / "plugmod").mkdir(parents=True)
+    (vendored / "plugmod" / "__init__.py").write_text("ORIGIN = 'hostpkg'\n")
+
+    where, packages = _imported_from(site, vendored)
+    assert "_vendored" in where
+    assert "plugdist" not in packages, packages
+    where, packages = _imported_from(site, site)
+    assert "_vendored" not in where
+    assert packages.get("plugdist") == "1.2", packages

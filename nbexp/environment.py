@@ -174,7 +174,7 @@ def _distribution_base(distribution: str) -> Path | None:
     from importlib.metadata import distribution as find
 
     try:
-        return Path(os.path.realpath(find(distribution).locate_file("")))
+        return Path(os.path.realpath(str(find(distribution).locate_file(""))))
     except (PackageNotFoundError, OSError, ValueError):
         return None
 

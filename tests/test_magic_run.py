@@ -496,3 +496,15 @@ def test_the_body_is_the_python_ipython_makes_of_it(ip, cell) -> None:
             _transformed(ip, cell)
         return
     assert _transformed(ip, cell) == expected
+
+
+def test_an_unnamed_experiment_is_numbered_after_the_names_with_its_stem(ip):
+    """Without a name a run is `exp-N` (the notebook's stem outside a plain shell), N one
+    more than the names that start with `exp-`; names that only look alike (another case,
+    another separator, a longer word) do not count."""
+    for name in ("exp-1", "EXP-7", "exp_z", "expert"):
+        assert run(ip, cell(name, "x = 1")).success
+    assert run(ip, cell("", "x = 2")).success
+    assert nbexp.get("last").name == "exp-2"
+    assert run(ip, cell("", "x = 3")).success
+    assert nbexp.get("last").name == "exp-3"

@@ -928,7 +928,12 @@ def _python_cached(transform: Callable[[str], str], text: str) -> str:
 
 def _python(shell: Any, text: str) -> str:
     """A history cell as the Python IPython ran (magics turned into calls), cached by text:
-    the same cells are looked at on every run."""
+    the same cells are looked at on every run. An earlier `%%experiment` cell is its body
+    (IPython would make it one `run_cell_magic` call holding the body as a string, hiding
+    what the body assigned from those who follow values through the cells)."""
+    first, _, body = text.lstrip().partition("\n")
+    if first.startswith("%%experiment"):
+        text = body
     return _python_cached(shell.transform_cell, text)
 
 

@@ -235,3 +235,16 @@ def test_a_credential_named_variable_taints_what_later_cells_derive_from_it(ip: 
     shown = record(ip, "derived", "print(header)\ny = 2\n")
     assert "SW0RDFISH-2024" not in shown.outcome.stdout
     assert b"SW0RDFISH" not in open_store().record_path(shown.id).read_bytes()
+
+
+def test_a_value_derived_from_a_credential_inside_an_earlier_experiment_is_scrubbed(
+    ip: Any,
+) -> None:
+    """An earlier `%%experiment` body is history the kernel ran like any cell (IPython
+    keeps it as a `run_cell_magic` call with the body as a string): what it derives from a
+    credential is as secret in later records as what a plain cell derives."""
+    run(ip, "api_token = 'tok-77c1e9b4d2'\n")
+    record(ip, "auth", "header = 'Bearer ' + api_token.upper()\n")
+    shown = record(ip, "uses", "print(header)\ny = 2\n")
+    assert "TOK-77C1E9B4D2" not in shown.outcome.stdout
+    assert b"TOK-77C1E9B4D2" not in open_store().record_path(shown.id).read_bytes()

@@ -41,7 +41,7 @@ from pathlib import Path
 from .. import refs
 from ..errors import StoreError
 from .files import STORE_ENV, write_atomically
-from .index import SORTABLE, set_aside_index, sort_key
+from .index import SORTABLE, new_index_in_memory, set_aside_index, sort_key
 from .maintenance import TEMP_GRACE_SECONDS, Problem, StoreMaintenance
 from .packs import PackSet
 from .records import DELETING_SUFFIX, UNINDEXED_SUFFIX
@@ -65,6 +65,7 @@ __all__ = [
     "set_aside_index",
     "sort_key",
     "store_root",
+    "writable",
     "write_atomically",
 ]
 
@@ -93,8 +94,10 @@ def find_store_root(start: str | os.PathLike[str] | None = None) -> Path:
 class Store(StoreMaintenance):
     """One `.nbexp/` folder. Cheap to open; safe to use from several processes at once.
 
-    `read_only=True` (the server extension, listings) creates nothing, writes nothing and
-    finishes no one else's work; an index it cannot read is rebuilt in memory."""
+    `read_only=True` (the server extension, listings, the widget) creates nothing, writes
+    no record, object or tag and finishes no one else's work; a folder without a store reads
+    as an empty store. An index it cannot read is rebuilt on disk when the folder is
+    writable (the index is a cache of the records), else in memory."""
 
     def __init__(self, root: str | os.PathLike[str], *, read_only: bool = False) -> None:
         super().__init__(root)
@@ -106,8 +109,9 @@ class Store(StoreMaintenance):
         self._healing = False  # True while _rebuild_index runs
         self._index_identity = None
         if read_only:
-            if not self.root.is_dir():
-                raise StoreError(f"there is no store at {self.root}")
+            if not self.root.is_dir():  # no store yet: read as an empty one, nothing created
+                self._db = new_index_in_memory()
+                return
         else:
             try:
                 for folder in (self.records_dir, self.objects_dir, self.tags_dir, self.tmp_dir):
@@ -151,8 +155,17 @@ def store_root(path: str | os.PathLike[str] | None = None) -> Path:
 
 def open_store(path: str | os.PathLike[str] | None = None, *, read_only: bool = False) -> Store:
     """The store for `path` (a `.nbexp` folder or a folder inside a project; default: cwd).
-    `read_only=True` for readers: nothing is created or written, an existing store is needed."""
-    root = store_root(path)
+    `read_only=True` for readers: nothing is created or written (see `Store`)."""
+    return _open(store_root(path), read_only)
+
+
+def writable(store: Store) -> Store:
+    """`store` itself when it may write, else the same folder opened for writing (a widget
+    reads through a read-only store, and its Tag and Delete buttons write)."""
+    return _open(store.root, False) if store.read_only else store
+
+
+def _open(root: Path, read_only: bool) -> Store:
     with _stores_lock:
         store = _stores.get((root, read_only))
         if store is None or not store.root.exists():

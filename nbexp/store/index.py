@@ -167,6 +167,8 @@ class StoreIndex(StoreFiles):
     _db: sqlite3.Connection
     _healing: bool  # True while _rebuild_index runs
     _index_identity: tuple[int, int] | None  # the index file this connection reads
+    # a read-only index read as an immutable file (see `_open_index_read_only`): its stamp
+    _frozen_index: tuple[int, int, int] | None = None
 
     def _open_healthy_index(self) -> sqlite3.Connection:
         """Open the index; if it is missing while records exist, or SQLite cannot use it,
@@ -216,7 +218,10 @@ class StoreIndex(StoreFiles):
         """Reopen the index when another process replaced it (a rebuild moves a damaged file
         aside) or it was deleted: writing on into a file no one reads would lose rows."""
         identity = file_identity(self.index_path)
-        if identity != getattr(self, "_index_identity", None):
+        frozen = self._frozen_index
+        if identity != getattr(self, "_index_identity", None) or (
+            frozen is not None and frozen != frozen_stamp(self.index_path)
+        ):
             with self._lock:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.close()
@@ -264,17 +269,21 @@ class StoreIndex(StoreFiles):
         read-only store then lists from the records in memory)."""
         if not self.index_path.exists():
             raise DamagedIndexError(f"the store's index {self.index_path} is missing")
+        self._frozen_index = None
         try:
-            connection = sqlite3.connect(
-                f"file:{quote(str(self.index_path))}?mode=ro",
-                uri=True,
-                timeout=BUSY_TIMEOUT,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            connection.execute(f"SELECT {_ROW_COLUMNS} FROM experiments LIMIT 0").fetchall()
-            connection.execute("SELECT section, key, scalar, physical FROM columns LIMIT 0")
+            try:
+                connection = self._connect_read_only("mode=ro")
+            except sqlite3.OperationalError:
+                # SQLite reads a WAL-mode index through its -shm file, which it cannot create
+                # in a folder no one may write (`chattr +i`, a read-only mount): read the file
+                # as it is, unless a -wal holds changes not yet in it. Nobody is writing it
+                # now (a writer would have made the -shm); `_follow_index` reopens it when
+                # the file or its -wal changes.
+                stamp = frozen_stamp(self.index_path)
+                if os.access(self.root, os.W_OK) or stamp[2] > 0:
+                    raise
+                connection = self._connect_read_only("mode=ro&immutable=1")
+                self._frozen_index = stamp
         except sqlite3.DatabaseError as error:
             raise DamagedIndexError(
                 f"the store's index {self.index_path} cannot be read ({error})"
@@ -283,6 +292,23 @@ class StoreIndex(StoreFiles):
             raise DamagedIndexError(
                 f"the store's index {self.index_path} is damaged ({error})"
             ) from error
+        return connection
+
+    def _connect_read_only(self, options: str) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            f"file:{quote(str(self.index_path))}?{options}",
+            uri=True,
+            timeout=BUSY_TIMEOUT,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            connection.execute(f"SELECT {_ROW_COLUMNS} FROM experiments LIMIT 0").fetchall()
+            connection.execute("SELECT section, key, scalar, physical FROM columns LIMIT 0")
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     def _index_failure(self, error: sqlite3.DatabaseError, *, opening: bool = False) -> StoreError:
@@ -481,13 +507,24 @@ class StoreIndex(StoreFiles):
                 if cached is not None:
                     return cached
                 names, columns = self._listing(None, None, None, 0, True)
-                if not self.read_only and generation == self._generation():
+                if self._caches_writable() and generation == self._generation():
                     data = listing_cache.encode(generation, (names, columns))
                     if data is not None:
                         with contextlib.suppress(StoreError, OSError):  # a cache: best effort
                             self._write_atomic(self.listing_cache_path, data)
                 return names, columns
         return self._listing(query, sort, limit, offset, short_ids)
+
+    def _caches_writable(self) -> bool:
+        """Whether this process may write the store's caches of its records (the index, the
+        listing): always for a writer; for a read-only store only when its folder, tmp/ and
+        index are writable (not a read-only mount, `chmod a-w` or `chattr +i`)."""
+        if not self.read_only:
+            return True
+        paths = [self.root, self.tmp_dir]
+        if self.index_path.exists():
+            paths.append(self.index_path)
+        return all(os.access(path, os.W_OK) for path in paths)
 
     @property
     def listing_cache_path(self) -> Path:
@@ -849,7 +886,8 @@ class StoreIndex(StoreFiles):
         with self._lock:
             (value,) = self._db.execute("PRAGMA data_version").fetchone()
         device, inode = self._index_identity
-        return f"index:{device}:{inode}:{value}"
+        frozen = "" if self._frozen_index is None else ":{}:{}:{}".format(*self._frozen_index)
+        return f"index:{device}:{inode}:{value}{frozen}"
 
     def _rebuild_index(self, why: str) -> sqlite3.Connection:
         """Rebuild the index from the records (StoreMaintenance)."""
@@ -987,6 +1025,20 @@ def _add_origin_column(connection: sqlite3.Connection) -> None:
         except sqlite3.OperationalError as error:  # another process added it just now
             if "duplicate column" not in str(error):
                 raise
+
+
+def frozen_stamp(index: Path) -> tuple[int, int, int]:
+    """What changes when a writer touches an index: its mtime and size, its -wal's size."""
+    try:
+        stat = index.stat()
+        mtime, size = stat.st_mtime_ns, stat.st_size
+    except OSError:
+        mtime = size = -1
+    try:
+        wal = Path(f"{index}-wal").stat().st_size
+    except OSError:
+        wal = 0
+    return mtime, size, wal
 
 
 def new_index_in_memory() -> sqlite3.Connection:

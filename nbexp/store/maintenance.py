@@ -63,9 +63,25 @@ class StoreMaintenance(StoreRecords):
         """Rebuild the index from the records, one process at a time (tmp/index.rebuild, an
         exclusive flock): a damaged file is moved aside to index.sqlite.damaged, never
         deleted, and a fresh one filled. A process that waited finds the work done. A
-        read-only store builds its index in memory instead, leaving the files alone."""
+        read-only store builds its index in memory instead, leaving the files alone, unless
+        its folder is writable: the index is a cache of the records, so a reader (`nbexp
+        list`) still repairs it on disk for everyone, as a writer would."""
         if self.read_only:
-            return self._index_in_memory(why)
+            if not self._caches_writable():
+                return self._index_in_memory(why)
+            self.read_only = False  # this once: the rebuild writes the index
+            try:
+                self._rebuild_on_disk(why)
+            finally:
+                self.read_only = True
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = self._open_index()  # read-only again
+            self._index_identity = file_identity(self.index_path)
+            return self._db
+        return self._rebuild_on_disk(why)
+
+    def _rebuild_on_disk(self, why: str) -> sqlite3.Connection:
         started = time.monotonic()
         with open(self.tmp_dir / "index.rebuild", "a+b") as lock, self._healing_now():
             locks.exclusive(lock)

@@ -17,8 +17,9 @@ from typing import Any
 
 import ipywidgets as w
 
+from .. import api
 from ..errors import NbexpError
-from ..store import Store, open_store
+from ..store import Store
 from . import render
 from .actionbar import ActionBar
 from .grid import Grid, Kit
@@ -44,7 +45,7 @@ class ExperimentBrowser(w.VBox):
         poll_interval: float | None = POLL_SECONDS,
     ) -> None:
         self.model = TableModel(
-            store if store is not None else open_store(),
+            api.reading(store),
             page_size=page_size,
             lower_is_better=lower_is_better,
             higher_is_better=higher_is_better,

@@ -380,21 +380,24 @@ class Collected:
     temporary: int  # leftover temporary files in tmp/ (see `Store.clean_tmp`)
     temporary_size: int
     deleted: bool
+    small_packs: int = 0  # small pack files merged into one (or, without `delete`, to merge)
 
 
 def gc(*, delete: bool = False, remote: str | None = None, store: Store | str | None = None) -> Any:
     """Objects no record references, and what killed processes left in tmp/, removed only
-    with `delete` (a `Collected`); with `remote`, the remote's own unreferenced objects,
-    kept while young since a push may be writing the record that needs them
+    with `delete`, small pack files merged into one (a `Collected`); with `remote`, the
+    remote's own unreferenced objects, kept while young since a push may be writing the
+    record that needs them
     (`remote.RemoteGarbage`)."""
     target = _store(store)
     if remote is not None:
         from .remote import gc_remote
 
         return gc_remote(target, remote, delete=delete)
+    small = len(target.small_packs())
     garbage, size = target.gc(delete=delete)
     temps, temps_size = target.clean_tmp(delete=delete)
-    return Collected(garbage, size, temps, temps_size, delete)
+    return Collected(garbage, size, temps, temps_size, delete, small if small >= 2 else 0)
 
 
 def fsck(*, store: Store | str | None = None) -> list[Any]:

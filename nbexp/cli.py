@@ -164,6 +164,12 @@ def cmd_gc(args: argparse.Namespace, store: Store) -> int:
         print(f"deleted {found}")
     else:
         print(f"{found} would be deleted; run `nbexp gc --yes` to delete them")
+    if collected.small_packs:
+        print(
+            f"merged {collected.small_packs} small pack files into one"
+            if args.yes
+            else f"{collected.small_packs} small pack files would be merged into one"
+        )
     return 0
 
 

@@ -198,18 +198,24 @@ class Experiment:
 
     def object_hashes(self) -> set[str]:
         """Every object this record references (for gc, fsck and push)."""
-        hashes = {item["hash"] for item in self.artifacts if item.get("hash")}
-        hashes.update(self.outcome.figures)
+        return set(self.object_order())
+
+    def object_order(self) -> list[str]:
+        """The objects this record references, once each, in the order it names them: a
+        variable's buffer chunks in sequence (a pull packs them so, and restore then maps
+        them as one range)."""
+        order = [item["hash"] for item in self.artifacts if item.get("hash")]
+        order += self.outcome.figures
         if self.state:
             if self.state.get("manifest"):
-                hashes.add(self.state["manifest"])
+                order.append(self.state["manifest"])
             for info in self.state.get("variables", {}).values():
-                hashes.update(info.get("objects", ()))
+                order += info.get("objects", ())
                 if info.get("pickle") and "inline" not in info:
-                    hashes.add(info["pickle"])
+                    order.append(info["pickle"])
                 for chunks in info.get("buffers", ()):
-                    hashes.update(chunks)
-        return hashes
+                    order += chunks
+        return list(dict.fromkeys(order))
 
     def recorded_paths(self) -> list[str]:
         """Every file path this record names (data read, artifacts written, the notebook, the

@@ -718,3 +718,59 @@ def test_the_whole_listing_is_served_from_its_cache_only_while_the_index_is_unch
     assert store.listing(short_ids=True) == fresh()
     store.listing_cache_path.write_bytes(b"nonsense")
     assert store.listing(short_ids=True) == fresh()
+
+
+# -- gc merges small packs ------------------------------------------------------------------
+
+
+def test_gc_merges_small_packs_into_one_and_leaves_a_large_one_alone(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbexp import api
+    from nbexp.store import maintenance
+    from tests.test_remote import blobs_for, fake
+
+    monkeypatch.setattr(maintenance, "SMALL_PACK", 100_000)
+    store = open_store()
+
+    def packed(name: str, count: int, size: int, minutes: int) -> Experiment:
+        blobs = blobs_for(name, count, size=size)
+        with store.writing(), store.object_batch():  # more than 16 objects: one pack
+            for blob in blobs:
+                store.put_bytes(blob)
+        return fake(store, name, blobs, minutes=minutes)  # its objects are there: a record
+
+    def where(digest: str) -> tuple[str, int]:
+        found = store.object_location(digest)
+        assert found is not None, f"{digest[:12]} is in no pack"
+        return found[0].name, found[1]
+
+    def packs() -> list[str]:
+        return sorted(p.name for p in (store.root / "packs").glob("*.pack"))
+
+    small = [packed(f"small-{i}", 20, 2_000, i) for i in range(3)]
+    large = packed("large", 20, 10_000, 9)
+    before = packs()
+    assert len(before) == 4 and len(store.small_packs()) == 3
+    store.delete(small[1].id)  # its pack now holds garbage only
+
+    dry = api.gc(store=store)
+    assert dry.small_packs == 3 and len(dry.objects) == 20 and packs() == before
+    collected = api.gc(delete=True, store=store)
+    assert collected.small_packs == 3 and len(collected.objects) == 20
+    after = packs()
+    large_pack = where(large.artifacts[0]["hash"])[0]
+    assert len(after) == 2 and set(before) & set(after) == {large_pack}  # left alone
+    kept = [e for e in small if e is not small[1]]
+    merged = {where(item["hash"])[0] for e in kept for item in e.artifacts}
+    assert len(merged) == 1 and merged <= set(after) and large_pack not in merged
+    for experiment in kept:  # each run's objects still in sequence, and whole
+        offsets = [where(item["hash"])[1] for item in experiment.artifacts]
+        assert offsets == sorted(offsets)
+        blobs = blobs_for(experiment.name, 20, size=2_000)
+        for item, blob in zip(experiment.artifacts, blobs, strict=True):
+            assert store.read_object(item["hash"]) == blob
+    assert not any(store.has_object(item["hash"]) for item in small[1].artifacts)
+    assert store.fsck() == []
+    again = api.gc(delete=True, store=store)  # one small pack left: nothing to merge
+    assert again.small_packs == 0 and packs() == after

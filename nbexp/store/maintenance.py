@@ -37,6 +37,10 @@ from .packs import PackWriter, iter_pack_files
 from .records import StoreRecords
 
 TEMP_GRACE_SECONDS = 3600.0  # tmp/ files younger than this are never collected (as remote gc)
+# Packs smaller than this are merged into one by `gc --yes` once there are two or more: every
+# process that looks objects up reads each pack's index, so many small packs (small pulls,
+# small snapshots) cost every lookup; a large pack is rewritten only when it holds garbage.
+SMALL_PACK = 32 << 20
 
 
 _TEMP_NAME = re.compile(r"^(?:\.probe-)?(\d+)-[0-9a-f]+(?:\.tmp)?$")  # _temp_path, the probe
@@ -240,7 +244,8 @@ class StoreMaintenance(StoreRecords):
         a new pack first (published, durable), and only then is it deleted, index first: a
         gc killed at any point leaves every live object in some pack or loose file. A pack
         whose index is damaged is rewritten the same way, and a pack without an index (a
-        writer killed between its two renames) is deleted once it is old."""
+        writer killed between its two renames) is deleted once it is old. Small packs
+        (`small_packs`) are merged into one on the way, their order kept."""
         with self._gc_lock(exclusive=True):
             referenced = self.referenced_objects()
             self._packs.refresh(force=True)
@@ -268,6 +273,9 @@ class StoreMaintenance(StoreRecords):
                         size += entries[digest][1]
                 if dead or name in damaged:
                     rewrite.append(name)
+            small = self.small_packs()
+            if len(small) >= 2:  # merged with those rewritten anyway: one new pack for all
+                rewrite += [name for name in small if name not in rewrite]
             garbage = loose_garbage + garbage
             if delete and (garbage or rewrite):
                 # A new generation before the first deletion, not after the last: a gc
@@ -282,6 +290,16 @@ class StoreMaintenance(StoreRecords):
             if delete:
                 self._remove_orphan_packs()
             return garbage, size
+
+    def small_packs(self) -> list[str]:
+        """The packs under SMALL_PACK bytes (their index's entries summed), in name order:
+        what `gc --yes` merges into one pack when there are two or more."""
+        names = []
+        for name in self._packs.names():
+            entries = self._packs.entries(name)
+            if sum(length for _, length in entries.values()) < SMALL_PACK:
+                names.append(name)
+        return names
 
     def _repack(
         self,

@@ -6,9 +6,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .record import Experiment
+from .subrecords import IndexRow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,13 +42,14 @@ def rows(
     offset: int = 0,
     ids: Sequence[str] | None = None,
     store: Store | str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[IndexRow]:
     """The index rows of the experiments matching `query` (and among `ids`, when given),
     newest first (or by `sort`), `limit` of them from `offset`: id, name, created, status,
     duration, note, tags, params, metrics, notebook, sweep, origin."""
-    return reading(store).rows(
+    found = reading(store).rows(
         query, sort=sort, descending=descending, limit=limit, offset=offset, ids=ids
     )
+    return cast("list[IndexRow]", found)  # the index's row layout (store.index.rows)
 
 
 def count(query: str | None = None, *, store: Store | str | None = None) -> int:
@@ -96,7 +98,7 @@ def change_token(*, store: Store | str | None = None) -> str:
 class Page:
     """One page of a listing: the rows, how many match in all, and their metric names."""
 
-    rows: list[dict[str, Any]]
+    rows: list[IndexRow]
     total: int
     metric_names: list[str]
 

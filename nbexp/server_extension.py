@@ -96,7 +96,7 @@ class _Refused(Exception):
 
 
 def row_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One `Store.rows` row as the panel gets it: `short_id` added, strict JSON values."""
+    """One `api.rows` row (an `IndexRow`) as the panel gets it: `short_id` added, strict JSON values."""
     shaped: dict[str, Any] = encode_value(dict(row))
     shaped["short_id"] = str(row["id"])[:SHORT_ID_LENGTH]
     return shaped

@@ -11,7 +11,7 @@ tools read; keys this version does not know travel along untouched.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 _P = TypeVar("_P", bound="Part")
 
@@ -273,3 +273,21 @@ class StateRef(Part):
         for info in self.variables.values():
             order += info.object_order()
         return order
+
+
+class IndexRow(TypedDict):
+    """One experiment as the index lists it (`api.rows`): what tables, the panel, plots and
+    `status` show without reading its record."""
+
+    id: str
+    name: str
+    created: str
+    status: str
+    duration: float | None
+    note: str | None
+    tags: list[str]
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    notebook: str | None
+    sweep: str | None
+    origin: str | None

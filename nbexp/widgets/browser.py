@@ -20,6 +20,7 @@ import ipywidgets as w
 from .. import api
 from ..errors import NbexpError
 from ..store import Store
+from ..subrecords import IndexRow
 from . import render
 from .actionbar import ActionBar
 from .grid import Grid, Kit
@@ -162,7 +163,7 @@ class ExperimentBrowser(w.VBox):
     # -- public ---------------------------------------------------------------------------
 
     @property
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[IndexRow]:
         """The index rows on the current page, in their order."""
         return list(self.model.rows)
 

@@ -15,12 +15,13 @@ from typing import Any
 from .. import api
 from ..errors import NbexpError
 from ..store import Store
+from ..subrecords import IndexRow
 from . import actions, render
 from .render import Column
 
 INCREMENTAL_LIMIT = 500  # new experiments read one by one; beyond that, re-read every row
 
-Row = dict[str, Any]
+Row = IndexRow
 
 
 class TableModel:

@@ -128,7 +128,7 @@ def cmd_tag(args: argparse.Namespace, store: Store) -> int:
 
 def cmd_reindex(args: argparse.Namespace, store: Store) -> int:
     count = api.reindex(store=store)
-    print(f"indexed {count} experiment{'' if count == 1 else 's'} from {store.records_dir}")
+    print(f"indexed {count} experiment{'' if count == 1 else 's'} from the records in {store.root}")
     return 0
 
 

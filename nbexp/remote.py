@@ -53,7 +53,6 @@ from .refs import could_be_id, is_hex, steps_back
 from .store import Store, editing_config, read_config
 from .transfer import DEFAULT_WORKERS, IN_MEMORY_LIMIT, Entry, Progress, RemoteFiles, run_parallel
 
-CONFIG_NAME = "config.json"
 # An unreferenced object younger than this may belong to a push still running elsewhere.
 GC_GRACE_SECONDS = 3600.0
 

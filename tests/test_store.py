@@ -853,3 +853,32 @@ def test_gc_merges_small_packs_into_one_and_leaves_a_large_one_alone(
     assert store.fsck() == []
     again = api.gc(delete=True, store=store)  # one small pack left: nothing to merge
     assert again.small_packs == 0 and packs() == after
+
+
+def test_a_reader_opened_beside_a_writer_keeps_the_writer_s_index_alive(store: Store) -> None:
+    """A kernel holds the recorder's store and a read-only one for listings: opening the
+    second must not drop the first's SQLite locks (a closed descriptor of the index would),
+    or another process closing the index takes it for unused and deletes its WAL."""
+    import subprocess
+    import sys
+
+    from nbexp import api
+
+    make_experiment(store, "first", minutes=0)
+    reader = open_store(read_only=True)
+    assert reader is not store and [row["name"] for row in api.rows(store=reader)] == ["first"]
+    other = subprocess.run(
+        [sys.executable, "-m", "nbexp.cli", "--store", str(store.root), "gc", "--yes"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert other.returncode == 0, other.stderr
+    make_experiment(store, "second", minutes=1)
+    fresh = sqlite3.connect(store.index_path)  # another reader sees both rows
+    try:
+        names = sorted(row[0] for row in fresh.execute("SELECT name FROM experiments"))
+    finally:
+        fresh.close()
+    assert names == ["first", "second"]
+    assert store.fsck() == []

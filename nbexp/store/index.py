@@ -11,6 +11,7 @@ import math
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -1065,13 +1066,37 @@ def set_aside_index(root: str | os.PathLike[str]) -> None:
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
+_header_handles: dict[tuple[int, int], int] = {}  # index file → a descriptor, never closed
+_spare_handles: list[int] = []  # opened in a race for a file that had one: kept open too
+_header_lock = threading.Lock()
+
+
+def _read_header(index_path: Path) -> bytes:
+    """The index file's first 100 bytes, through one descriptor per file kept open for the
+    life of the process. Closing any descriptor of a file drops every POSIX lock this
+    process holds on it, SQLite's too: a second store opened in a kernel that already has
+    one (a read-only reader beside the recorder) would otherwise let another process take
+    the index for unused when it closes, and delete the WAL and shared memory under this
+    process's connections."""
+    info = os.stat(index_path)
+    with _header_lock:
+        handle = _header_handles.get((info.st_dev, info.st_ino))
+    if handle is None:
+        opened = os.open(index_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        info = os.fstat(opened)
+        with _header_lock:
+            handle = _header_handles.setdefault((info.st_dev, info.st_ino), opened)
+            if handle != opened:
+                _spare_handles.append(opened)
+    return os.pread(handle, 100, 0)
+
+
 def check_header(index_path: Path) -> None:
     """A DamagedIndexError for an index whose header SQLite would misread: a wrong magic, or
     read/write format bytes (18, 19) other than 1 (legacy) or 2 (WAL) — with a flipped byte
     18 SQLite takes the file for read-only and every write fails as if it were."""
     try:
-        with open(index_path, "rb") as handle:
-            header = handle.read(100)
+        header = _read_header(index_path)
     except FileNotFoundError:
         return
     except OSError:

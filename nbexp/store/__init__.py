@@ -94,10 +94,11 @@ def find_store_root(start: str | os.PathLike[str] | None = None) -> Path:
 class Store(StoreMaintenance):
     """One `.nbexp/` folder. Cheap to open; safe to use from several processes at once.
 
-    `read_only=True` (the server extension, listings, the widget) creates nothing, writes
-    no record, object or tag and finishes no one else's work; a folder without a store reads
-    as an empty store. An index it cannot read is rebuilt on disk when the folder is
-    writable (the index is a cache of the records), else in memory."""
+    `read_only=True` (the server extension, listings, the widget) creates nothing and writes
+    no record, object or tag; a folder without a store reads as an empty store. Where the
+    folder is writable it still keeps the index true, as a writer opening it would: an index
+    it cannot read is rebuilt on disk (else in memory), and index rows a killed writer left
+    unwritten are finished (`_finish_interrupted`)."""
 
     def __init__(self, root: str | os.PathLike[str], *, read_only: bool = False) -> None:
         super().__init__(root)
@@ -127,6 +128,8 @@ class Store(StoreMaintenance):
         self._db = self._open_healthy_index()
         if not read_only:
             self._finish_interrupted()
+        else:
+            self._finish_interrupted_if_writable()
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r}{', read_only=True' if self.read_only else ''})"

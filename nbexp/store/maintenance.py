@@ -73,17 +73,36 @@ class StoreMaintenance(StoreRecords):
         if self.read_only:
             if not self._caches_writable():
                 return self._index_in_memory(why)
-            self.read_only = False  # this once: the rebuild writes the index
-            try:
+            with self._repairing():
                 self._rebuild_on_disk(why)
-            finally:
-                self.read_only = True
+            return self._db
+        return self._rebuild_on_disk(why)
+
+    @contextlib.contextmanager
+    def _repairing(self) -> Iterator[None]:
+        """A read-only store, for the block, writes its index as a writer would: to rebuild
+        it, or to finish what a killed writer left half done (`_finish_interrupted`). Used
+        only where this process may write the folder (`_caches_writable`)."""
+        self.read_only = False
+        try:
+            yield
+        finally:
+            self.read_only = True
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
             self._db = self._open_index()  # read-only again
             self._index_identity = file_identity(self.index_path)
-            return self._db
-        return self._rebuild_on_disk(why)
+
+    def _finish_interrupted_if_writable(self) -> None:
+        """`_finish_interrupted` for a read-only store: only when notes of killed writers
+        wait in tmp/ and this process may write the folder (the index rows they lack are a
+        cache of the records; the listing must show what was recorded or tagged)."""
+        if self._has_interrupted_work() and self._caches_writable():
+            with self._repairing():
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = self._open_index()  # a writer's connection, for the block
+                self._finish_interrupted()
 
     def _rebuild_on_disk(self, why: str) -> sqlite3.Connection:
         started = time.monotonic()

@@ -24,17 +24,17 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nbexp import api  # noqa: E402
-from nbexp import store as store_module  # noqa: E402
-from nbexp.remote import add_remote, pull, push  # noqa: E402
-from nbexp.store import objects as objects_module  # noqa: E402
+from nbexp import api
+from nbexp import store as store_module
+from nbexp.remote import add_remote, pull, push
+from nbexp.store import objects as objects_module
 
 
 @contextlib.contextmanager
@@ -57,19 +57,22 @@ def record(root: Path, megabytes: int) -> str:
     os.environ["NBEXP_STORE"] = str(root)
     shell.run_line_magic("load_ext", "nbexp")
     count = megabytes * 1_000_000 // 8
-    cell = (
-        "%%experiment big\nimport numpy as np\n"
-        f"arr = np.random.default_rng(0).random({count})\n"
-    )
+    cell = f"%%experiment big\nimport numpy as np\narr = np.random.default_rng(0).random({count})\n"
     assert shell.run_cell(cell).success
     del os.environ["NBEXP_STORE"]
     return str(api.get("big", store=root).id)
 
 
-def timed(action: object) -> float:
+def timed(action: Callable[[], object]) -> float:
     started = time.perf_counter()
-    action()  # type: ignore[operator]
+    action()
     return time.perf_counter() - started
+
+
+def read_into_memory(path: Path) -> None:
+    buffer = bytearray(os.path.getsize(path))
+    with open(path, "rb", buffering=0) as handle:
+        handle.readinto(buffer)
 
 
 def main() -> None:
@@ -88,6 +91,8 @@ def main() -> None:
         push(origin, "origin", progress=False)
         size = sum(p.stat().st_size for p in (remote / "objects").rglob("*") if p.is_file())
         expected = np.random.default_rng(0).random(args.mb * 1_000_000 // 8)
+        blob = work / "blob"
+        blob.write_bytes(expected.tobytes())
         figures: dict[str, list[float]] = {}
         for round_number in range(args.rounds):
             for how in ("pack", "loose"):
@@ -109,20 +114,11 @@ def main() -> None:
                 store_module._stores.clear()
                 shutil.rmtree(root.parent)
             # references: a file copy of the same bytes, a page-cache read into new memory
-            blob = work / "blob"
-            with open(blob, "wb") as handle:
-                handle.write(expected.tobytes())
             figures.setdefault("reference: copy the bytes", []).append(
                 timed(lambda: shutil.copyfile(blob, work / "copy"))
             )
-
-            def read_into_memory() -> None:
-                buffer = bytearray(os.path.getsize(blob))
-                with open(blob, "rb", buffering=0) as handle:
-                    handle.readinto(buffer)
-
             figures.setdefault("reference: read into new memory", []).append(
-                timed(read_into_memory)
+                timed(lambda: read_into_memory(blob))
             )
             os.unlink(work / "copy")
         print(f"pulled state: {size / 1e6:.0f} MB in one record, best of {args.rounds}")

@@ -10,7 +10,9 @@ Layout::
       packs/pack-<h>.pack    many objects of one batch in one file (a large snapshot), and
       packs/pack-<h>.idx     its index: digest → offset, length (see `packs`)
       index.sqlite           listing/filtering index, rebuilt from the records when needed
+      cache/listing          the whole listing, column by column (see `listing_cache`)
       sync/<remote>.json     what each remote had when we last exchanged tags with it
+      gc.lock, gc.generation gc's store-wide lock, and what tells writers a gc ran
       tmp/                   files being written; renamed into place only once complete
       config.json            settings, e.g. remotes (`nbexp remote add`)
 

@@ -19,6 +19,7 @@ from .errors import NbexpError
 from .record import Experiment
 from .state import StateLoader
 from .store import Store
+from .subrecords import StateRef
 from .watcher import refusing_writes
 
 
@@ -57,7 +58,7 @@ class RestoreReport:
         return f"<pre>{html.escape(str(self))}</pre>"
 
 
-def _state(experiment: Experiment) -> Mapping[str, Any]:
+def _state(experiment: Experiment) -> StateRef:
     if not experiment.state:
         raise NbexpError(
             f"{experiment.name} ({experiment.short_id}) has no recorded state "

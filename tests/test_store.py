@@ -882,3 +882,25 @@ def test_a_reader_opened_beside_a_writer_keeps_the_writer_s_index_alive(store: S
         fresh.close()
     assert names == ["first", "second"]
     assert store.fsck() == []
+
+
+def test_a_reader_of_a_store_being_created_lists_nothing_and_repairs_nothing(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reader that opens a store folder before any writer made its index (racing kernels
+    creating the store) lists it empty, silently, writes nothing, and then sees what the
+    writers record."""
+    from nbexp import api
+
+    store_module._stores.clear()
+    root = project / ".nbexp"
+    (root / "tmp").mkdir(parents=True)  # a writer has begun creating the store
+    reader = open_store(read_only=True)
+    assert api.rows(store=reader) == [] and api.count(store=reader) == 0
+    assert sorted(p.name for p in root.rglob("*")) == ["tmp"]
+    assert capsys.readouterr().err == ""
+    writer = open_store()
+    make_experiment(writer, "first")
+    assert [row["name"] for row in api.rows(store=reader)] == ["first"]
+    assert capsys.readouterr().err == ""
+    assert list(writer.tmp_dir.iterdir()) == []

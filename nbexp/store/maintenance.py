@@ -43,6 +43,7 @@ TEMP_GRACE_SECONDS = 3600.0  # tmp/ files younger than this are never collected 
 SMALL_PACK = 32 << 20
 
 
+_NOT_A_FILE = (-1, -1)  # an index identity no file has: `_follow_index` reopens next time
 _TEMP_NAME = re.compile(r"^(?:\.probe-)?(\d+)-[0-9a-f]+(?:\.tmp)?$")  # _temp_path, the probe
 
 
@@ -71,6 +72,14 @@ class StoreMaintenance(StoreRecords):
         its folder is writable: the index is a cache of the records, so a reader (`nbexp
         list`) still repairs it on disk for everyone, as a writer would."""
         if self.read_only:
+            if not self._has_records():
+                # nothing recorded yet, and a writer may be creating the index right now:
+                # nothing to list, nothing to repair; looked at again on the next call
+                with contextlib.suppress(sqlite3.Error, AttributeError):
+                    self._db.close()
+                self._db = new_index_in_memory()
+                self._index_identity = _NOT_A_FILE
+                return self._db
             if not self._caches_writable():
                 return self._index_in_memory(why)
             with self._repairing():

@@ -267,7 +267,8 @@ class StoreIndex(StoreFiles):
     def _open_index_read_only(self) -> sqlite3.Connection:
         """The index as it is, for reading only: nothing is created, migrated or fixed. An
         index that is missing or lacks what this version reads is a DamagedIndexError (the
-        read-only store then lists from the records in memory)."""
+        read-only store then rebuilds it, on disk where it may, else in memory); a lock held
+        past the busy timeout is the StoreError that says so, as for a writer."""
         if not self.index_path.exists():
             raise DamagedIndexError(f"the store's index {self.index_path} is missing")
         self._frozen_index = None
@@ -286,6 +287,9 @@ class StoreIndex(StoreFiles):
                 connection = self._connect_read_only("mode=ro&immutable=1")
                 self._frozen_index = stamp
         except sqlite3.DatabaseError as error:
+            failure = self._index_failure(error, opening=True)
+            if not isinstance(failure, DamagedIndexError):  # locked, say: not damage
+                raise failure from error
             raise DamagedIndexError(
                 f"the store's index {self.index_path} cannot be read ({error})"
             ) from error

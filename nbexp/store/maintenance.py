@@ -97,10 +97,10 @@ class StoreMaintenance(StoreRecords):
             yield
         finally:
             self.read_only = True
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
-            self._db = self._open_index()  # read-only again
-            self._index_identity = file_identity(self.index_path)
+        with contextlib.suppress(sqlite3.Error, AttributeError):
+            self._db.close()
+        self._db = self._open_index()  # read-only again
+        self._index_identity = file_identity(self.index_path)
 
     def _finish_interrupted_if_writable(self) -> None:
         """`_finish_interrupted` for a read-only store: only when notes of killed writers

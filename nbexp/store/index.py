@@ -1070,29 +1070,33 @@ def set_aside_index(root: str | os.PathLike[str]) -> None:
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-_header_handles: dict[tuple[int, int], int] = {}  # index file → a descriptor, never closed
-_spare_handles: list[int] = []  # opened in a race for a file that had one: kept open too
+# index file → a descriptor kept open (see `_read_header`), the most recently used last
+_header_handles: dict[tuple[int, int], int] = {}
+_HEADER_HANDLES_KEPT = 64  # beyond that (a test suite's thousand stores), the oldest close
 _header_lock = threading.Lock()
 
 
 def _read_header(index_path: Path) -> bytes:
-    """The index file's first 100 bytes, through one descriptor per file kept open for the
-    life of the process. Closing any descriptor of a file drops every POSIX lock this
-    process holds on it, SQLite's too: a second store opened in a kernel that already has
-    one (a read-only reader beside the recorder) would otherwise let another process take
-    the index for unused when it closes, and delete the WAL and shared memory under this
-    process's connections."""
+    """The index file's first 100 bytes, through one descriptor per file kept open. Closing
+    any descriptor of a file drops every POSIX lock this process holds on it, SQLite's too:
+    a second store opened in a kernel that already has one (a read-only reader beside the
+    recorder) would otherwise let another process take the index for unused when it
+    closes, and delete the WAL and shared memory under this process's connections. The
+    descriptors of the least recently read files close once more than 64 are open."""
     info = os.stat(index_path)
+    key = (info.st_dev, info.st_ino)
     with _header_lock:
-        handle = _header_handles.get((info.st_dev, info.st_ino))
-    if handle is None:
-        opened = os.open(index_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        info = os.fstat(opened)
-        with _header_lock:
-            handle = _header_handles.setdefault((info.st_dev, info.st_ino), opened)
-            if handle != opened:
-                _spare_handles.append(opened)
-    return os.pread(handle, 100, 0)
+        handle = _header_handles.pop(key, None)
+        if handle is None:
+            handle = os.open(index_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            opened = os.fstat(handle)
+            key = (opened.st_dev, opened.st_ino)
+            if key in _header_handles:  # replaced between stat and open: one per file
+                os.close(_header_handles.pop(key))
+        _header_handles[key] = handle
+        while len(_header_handles) > _HEADER_HANDLES_KEPT:
+            os.close(_header_handles.pop(next(iter(_header_handles))))
+        return os.pread(handle, 100, 0)
 
 
 def check_header(index_path: Path) -> None:

@@ -6,9 +6,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .record import Experiment
+from .subrecords import IndexRow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -17,21 +18,104 @@ if TYPE_CHECKING:
 
 
 def _store(store: Store | str | os.PathLike[str] | None) -> Store:
-    from .store import Store, open_store  # imported when used: `nbexp --version` stays quick
+    """The store for a verb that may write (a read-only one given is opened for writing)."""
+    from .store import Store, open_store, writable  # imported when used: `nbexp --version`
 
-    return store if isinstance(store, Store) else open_store(store)
+    return writable(store) if isinstance(store, Store) else open_store(store)
+
+
+def reading(store: Store | str | os.PathLike[str] | None = None) -> Store:
+    """The store for a verb that only reads (listings, `get`, `diff`): opened read-only, so
+    nothing is created or written, and a store the user may not write still lists. A folder
+    without a store yet reads as an empty one."""
+    from .store import Store, open_store
+
+    return store if isinstance(store, Store) else open_store(store, read_only=True)
 
 
 def rows(
     query: str | None = None,
     *,
     sort: str | None = None,
+    descending: bool = False,
     limit: int | None = None,
+    offset: int = 0,
+    ids: Sequence[str] | None = None,
     store: Store | str | None = None,
-) -> list[dict[str, Any]]:
-    """The index rows of the experiments matching `query`, newest first (or by `sort`): id,
-    name, created, status, duration, note, tags, params, metrics, notebook, sweep, origin."""
-    return _store(store).rows(query, sort=sort, limit=limit)
+) -> list[IndexRow]:
+    """The index rows of the experiments matching `query` (and among `ids`, when given),
+    newest first (or by `sort`), `limit` of them from `offset`: id, name, created, status,
+    duration, note, tags, params, metrics, notebook, sweep, origin."""
+    found = reading(store).rows(
+        query, sort=sort, descending=descending, limit=limit, offset=offset, ids=ids
+    )
+    return cast("list[IndexRow]", found)  # the index's row layout (store.index.rows)
+
+
+def count(query: str | None = None, *, store: Store | str | None = None) -> int:
+    """How many experiments match `query` (all without one)."""
+    return reading(store).count(query)
+
+
+def newest(*, store: Store | str | None = None) -> tuple[int, str | None]:
+    """How many experiments there are and the newest one's id: what changes when one is
+    recorded, pulled or deleted (tables compare it to know when to refresh)."""
+    target = reading(store)
+    latest = target.rows(limit=1)
+    return target.count(), (latest[0]["id"] if latest else None)
+
+
+def column_names(*, store: Store | str | None = None) -> list[str]:
+    """Every `params.*` and `metrics.*` name some experiment has, in first-seen order (read
+    from the index's column list: no row is read)."""
+    return reading(store).listed_keys()
+
+
+def metric_names(query: str | None = None, *, store: Store | str | None = None) -> list[str]:
+    """The metric names of the experiments matching `query`, the most common first."""
+    return reading(store).keys("metrics", query)
+
+
+def metric_bounds(
+    query: str | None = None, *, store: Store | str | None = None
+) -> dict[str, tuple[Any, Any]]:
+    """`metrics.NAME` → (lowest, highest) numeric value among the experiments matching
+    `query` (one SQL aggregate)."""
+    return reading(store).metric_bounds(query)
+
+
+def resolve(ref: str, *, store: Store | str | None = None) -> str:
+    """The full id an id prefix, name, tag, `last` or `last~N` stands for."""
+    return reading(store).resolve(ref)
+
+
+def change_token(*, store: Store | str | None = None) -> str:
+    """A value that changes whenever the store's listing may have (pollers compare it)."""
+    return reading(store).change_token()
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing: the rows, how many match in all, and their metric names."""
+
+    rows: list[IndexRow]
+    total: int
+    metric_names: list[str]
+
+
+def page(
+    query: str | None = None,
+    *,
+    sort: str | None = None,
+    descending: bool = False,
+    limit: int = 100,
+    offset: int = 0,
+    store: Store | str | None = None,
+) -> Page:
+    """A page of the experiments matching `query` (the Jupyter panel's listing)."""
+    target = reading(store)
+    found = rows(query, sort=sort, descending=descending, limit=limit, offset=offset, store=target)
+    return Page(found, count(query, store=target), metric_names(query, store=target))
 
 
 def table(
@@ -43,7 +127,7 @@ def table(
 ) -> tuple[list[str], list[Sequence[Any]]]:
     """The listing column by column: short id, name, created, status, duration, tags, origin
     (only when some listed experiment was pulled), then `params.*` and `metrics.*`."""
-    names, columns = _store(store).listing(query, sort=sort, limit=limit, short_ids=True)
+    names, columns = reading(store).listing(query, sort=sort, limit=limit, short_ids=True)
     origin = names.index("origin")
     if columns[origin].count(None) == len(columns[origin]):  # only pulled experiments have one
         del names[origin], columns[origin]
@@ -70,7 +154,12 @@ def experiments(
 def get(ref: str, *, salvage: bool = False, store: Store | str | None = None) -> Experiment:
     """One experiment by id prefix, name, tag, `last` or `last~N` (`salvage`: see
     `Store.load`)."""
-    return _store(store).get(ref, salvage=salvage)
+    return reading(store).get(ref, salvage=salvage)
+
+
+def origin(experiment_id: str, *, store: Store | str | None = None) -> str | None:
+    """The remote a pulled experiment came from, None for one recorded here."""
+    return reading(store).origin_name(experiment_id)
 
 
 def tag(
@@ -100,10 +189,35 @@ def diff(a: str | Experiment, b: str | Experiment, *, store: Store | str | None 
 
     if isinstance(a, Experiment) and isinstance(b, Experiment):
         return _diff(a, b)
-    target = _store(store)
+    target = reading(store)
     return _diff(
         a if isinstance(a, Experiment) else target.get(a),
         b if isinstance(b, Experiment) else target.get(b),
+    )
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """`drift_check`: the experiment, and one comparison per new data (`datadrift.Drift`)."""
+
+    experiment: Experiment
+    found: list[Any]
+
+
+def drift_check(
+    ref: str | Experiment,
+    data: Sequence[Any],
+    *,
+    input: str | None = None,
+    store: Store | str | None = None,
+) -> DriftCheck:
+    """How far each new data (paths or DataFrames) drifted from what an experiment read;
+    nothing is recorded. `datadrift` renders it (text, JSON, a DataFrame)."""
+    from . import datadrift as _drift
+
+    experiment = ref if isinstance(ref, Experiment) else reading(store).get(ref)
+    return DriftCheck(
+        experiment, [_drift.compare(experiment, item, input_name=input) for item in data]
     )
 
 
@@ -114,8 +228,7 @@ def drift(
     per column (PSI, KS, TVD, level); nothing is recorded."""
     from . import datadrift as _drift
 
-    experiment = ref if isinstance(ref, Experiment) else _store(store).get(ref)
-    return _drift.frame([_drift.compare(experiment, data, input_name=input)])
+    return _drift.frame(drift_check(ref, [data], input=input, store=store).found)
 
 
 def plot(
@@ -136,15 +249,15 @@ def plot(
     series (`step=True`); or params against it (kind="parallel")."""
     from .plots import plot as _plot
 
-    target = _store(store)
+    target = reading(store)
     items: list[Any]
     if refs:
         items = [ref if isinstance(ref, Experiment) else target.get(ref) for ref in refs]
     else:
-        rows = target.rows(query)
+        found = target.rows(query)
         if sweep == "last":  # the newest experiment's sweep that has one
             sweep = next((row["sweep"] for row in target.rows() if row["sweep"]), None) or ""
-        items = [row for row in rows if sweep is None or row["sweep"] == sweep]
+        items = [row for row in found if sweep is None or row["sweep"] == sweep]
         if step:  # logged series live in the records, not the index
             items = [target.load(row["id"]) for row in items]
     return _plot(items, metric, by=by, color=color, step=step, kind=kind, params=params)
@@ -162,7 +275,7 @@ def export(
     reproduces the experiment; `path` defaults to `<name>.py` / `<name>.ipynb`."""
     from .exporter import default_path, write
 
-    experiment = ref if isinstance(ref, Experiment) else _store(store).get(ref)
+    experiment = ref if isinstance(ref, Experiment) else reading(store).get(ref)
     return write(experiment, path or default_path(experiment, format), format, force=force)
 
 
@@ -179,7 +292,7 @@ def compare(
     from .widgets import browse
 
     chosen = [refs] if isinstance(refs, str) else refs
-    return browse(query, refs=chosen, store=_store(store), **options)
+    return browse(query, refs=chosen, store=reading(store), **options)
 
 
 def _live_namespace() -> Any:
@@ -269,21 +382,24 @@ class Collected:
     temporary: int  # leftover temporary files in tmp/ (see `Store.clean_tmp`)
     temporary_size: int
     deleted: bool
+    small_packs: int = 0  # small pack files merged into one (or, without `delete`, to merge)
 
 
 def gc(*, delete: bool = False, remote: str | None = None, store: Store | str | None = None) -> Any:
     """Objects no record references, and what killed processes left in tmp/, removed only
-    with `delete` (a `Collected`); with `remote`, the remote's own unreferenced objects,
-    kept while young since a push may be writing the record that needs them
+    with `delete`, small pack files merged into one (a `Collected`); with `remote`, the
+    remote's own unreferenced objects, kept while young since a push may be writing the
+    record that needs them
     (`remote.RemoteGarbage`)."""
     target = _store(store)
     if remote is not None:
         from .remote import gc_remote
 
         return gc_remote(target, remote, delete=delete)
+    small = len(target.small_packs())
     garbage, size = target.gc(delete=delete)
     temps, temps_size = target.clean_tmp(delete=delete)
-    return Collected(garbage, size, temps, temps_size, delete)
+    return Collected(garbage, size, temps, temps_size, delete, small if small >= 2 else 0)
 
 
 def fsck(*, store: Store | str | None = None) -> list[Any]:
@@ -329,7 +445,7 @@ def export_text(
     """The export (`format`: script or notebook) as text, nothing written."""
     from .exporter import render
 
-    experiment = ref if isinstance(ref, Experiment) else _store(store).get(ref)
+    experiment = ref if isinstance(ref, Experiment) else reading(store).get(ref)
     return str(render(experiment, format))
 
 
@@ -344,7 +460,7 @@ def export_stage(
     (script, dvc.yaml, stage name)."""
     from .dvcstage import write as write_stage
 
-    experiment = ref if isinstance(ref, Experiment) else _store(store).get(ref)
+    experiment = ref if isinstance(ref, Experiment) else reading(store).get(ref)
     written, dvc_yaml, stage = write_stage(experiment, script, force=force)
     return Path(written), Path(dvc_yaml), str(stage)
 

@@ -5,28 +5,28 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from .errors import NbexpError
 from .hashing import hash_file
 from .paths import crafted, within_project
 from .record import Experiment
 from .store import Store
+from .subrecords import Artifact
 
 
-def find_artifact(experiment: Experiment, wanted: str) -> dict[str, Any]:
+def find_artifact(experiment: Experiment, wanted: str) -> Artifact:
     """The artifact `wanted` names: its recorded path, its absolute path, or a unique basename."""
     artifacts = experiment.artifacts
     if not artifacts:
         raise NbexpError(f"{experiment.name} ({experiment.short_id}) wrote no files")
     normal = os.path.normpath(wanted)
     for item in artifacts:
-        if normal in (os.path.normpath(item["path"]), os.path.normpath(item.get("abspath", ""))):
+        if normal in (os.path.normpath(item.path), os.path.normpath(item.abspath or "")):
             return item
-    by_name = [item for item in artifacts if os.path.basename(item["path"]) == wanted]
+    by_name = [item for item in artifacts if os.path.basename(item.path) == wanted]
     if len(by_name) == 1:
         return by_name[0]
-    known = ", ".join(item["path"] for item in artifacts)
+    known = ", ".join(item.path for item in artifacts)
     if by_name:
         raise NbexpError(f"{wanted} names several artifacts ({known}); give its recorded path")
     raise NbexpError(
@@ -42,10 +42,10 @@ def write_artifact(
     file is kept unless `force`."""
     item = find_artifact(experiment, wanted)
     if destination == "-":
-        sys.stdout.buffer.write(store.read_object(item["hash"]))
+        sys.stdout.buffer.write(store.read_object(item.hash))
         sys.stdout.buffer.flush()
         return "-"
-    recorded = str(item["path"])
+    recorded = item.path
     if destination:
         target = Path(destination)
         if target.is_dir():
@@ -62,7 +62,7 @@ def write_artifact(
             )
         target = inside
     if target.exists() and not force:
-        if hash_file(target)[0] == item["hash"]:
+        if hash_file(target)[0] == item.hash:
             return str(target)  # already byte-identical: nothing to write
         raise NbexpError(
             f"{target} exists and differs from the recorded artifact; "
@@ -71,7 +71,7 @@ def write_artifact(
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.nbexp-tmp")
     try:
-        store.copy_object_to(item["hash"], temp)
+        store.copy_object_to(item.hash, temp)
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)

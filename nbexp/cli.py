@@ -77,7 +77,7 @@ def cmd_tag(args: argparse.Namespace, store: Store) -> int:
 
 def cmd_reindex(args: argparse.Namespace, store: Store) -> int:
     count = api.reindex(store=store)
-    print(f"indexed {count} experiment{'' if count == 1 else 's'} from {store.records_dir}")
+    print(f"indexed {count} experiment{'' if count == 1 else 's'} from the records in {store.root}")
     return 0
 
 
@@ -113,6 +113,12 @@ def cmd_gc(args: argparse.Namespace, store: Store) -> int:
         print(f"deleted {found}")
     else:
         print(f"{found} would be deleted; run `nbexp gc --yes` to delete them")
+    if collected.small_packs:
+        print(
+            f"merged {collected.small_packs} small pack files into one"
+            if args.yes
+            else f"{collected.small_packs} small pack files would be merged into one"
+        )
     return 0
 
 
@@ -278,8 +284,8 @@ def cmd_drift(args: argparse.Namespace, store: Store) -> int:
     from . import datadrift as drift
 
     drift.check_level(args.fail_on)
-    experiment = api.get(args.ref, store=store)
-    found = [drift.compare(experiment, path, input_name=args.input) for path in args.paths]
+    checked = api.drift_check(args.ref, args.paths, input=args.input, store=store)
+    experiment, found = checked.experiment, checked.found
     if args.format == "json":
         json.dump(encode_value(drift.as_json(experiment, found)), sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -348,12 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    def add(name: str, function: Command, help_text: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, function: Command, help_text: str, *, reads_only: bool = False
+    ) -> argparse.ArgumentParser:
+        """A subcommand; `reads_only` ones open the store read-only (nothing created or
+        written, and a store the user may not write still answers)."""
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(func=function)
+        sub.set_defaults(func=function, reads_only=reads_only)
         return sub
 
-    listing = add("list", cmd_list, "list experiments, newest first")
+    listing = add("list", cmd_list, "list experiments, newest first", reads_only=True)
     listing.add_argument(
         "query", nargs="?", help='a filter, e.g. "metrics.f1 > 0.8 and params.depth < 10"'
     )
@@ -362,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("--format", choices=("table", "csv", "json"), default="table")
     listing.add_argument("--limit", type=int, default=None, help="show at most N experiments")
-    show = add("show", cmd_show, "show one experiment")
+    show = add("show", cmd_show, "show one experiment", reads_only=True)
     show.add_argument("ref", nargs="?", default="last", help="id prefix, name, tag, last or last~N")
     show.add_argument("--json", action="store_true", help="print the record as JSON")
     remove = add("rm", cmd_rm, "delete experiments (objects are freed by `nbexp gc`)")
@@ -373,12 +383,20 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--remove", action="store_true", help="take the tag off instead")
     add("reindex", cmd_reindex, "rebuild the index from the records")
     add("fsck", cmd_fsck, "verify every record and object")
-    compare = add("diff", cmd_diff, "what differs between two experiments (data drift included)")
+    compare = add(
+        "diff",
+        cmd_diff,
+        "what differs between two experiments (data drift included)",
+        reads_only=True,
+    )
     compare.add_argument("a", metavar="REF_A", help="id prefix, name, tag, last or last~N")
     compare.add_argument("b", metavar="REF_B", nargs="?", default="last", help="default: last")
     compare.add_argument("--format", choices=("text", "json"), default="text")
     moved = add(
-        "drift", cmd_drift, "how far new data drifted from what an experiment read (no record)"
+        "drift",
+        cmd_drift,
+        "how far new data drifted from what an experiment read (no record)",
+        reads_only=True,
     )
     moved.add_argument("ref", help="id prefix, name, tag, last or last~N")
     moved.add_argument("paths", nargs="+", metavar="PATH", help="new data (.csv, .tsv, .parquet)")
@@ -495,7 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from .store import open_store
 
-        store = open_store(args.store)  # a missing or damaged index is rebuilt on open
+        # a missing or damaged index is rebuilt on open (by readers too, where they may write)
+        store = open_store(args.store, read_only=getattr(args, "reads_only", False))
         code: int = args.func(args, store)
         return code
     except NbexpError as error:

@@ -20,6 +20,7 @@ from itertools import pairwise
 from typing import Any
 
 from .record import Experiment
+from .subrecords import DataInput
 
 EPSILON = 1e-4  # share given to an empty bin, so PSI stays finite
 PSI_MODERATE = 0.1  # the usual rule of thumb: < 0.1 stable, 0.1-0.25 moderate, >= 0.25 major
@@ -344,32 +345,30 @@ def _pairs(a: dict[str, Any], b: dict[str, Any]) -> tuple[ValueChange, ...]:
     return tuple(ValueChange(key, a.get(key, ABSENT), b.get(key, ABSENT)) for key in keys)
 
 
-def _data_key(item: dict[str, Any]) -> tuple[str, str]:
-    if item.get("kind") == "file":
-        return "file", str(item.get("abspath") or item.get("path"))
-    return "variable", str(item.get("name"))
+def _data_key(item: DataInput) -> tuple[str, str]:
+    if item.is_file:
+        return "file", str(item.abspath or item.path)
+    return "variable", str(item.name)
 
 
-def _label(item: dict[str, Any]) -> str:
-    if item.get("kind") == "file":
-        return f"file {item.get('path')}"
-    return f"variable {item.get('name')}"
+def _label(item: DataInput) -> str:
+    return f"file {item.path}" if item.is_file else f"variable {item.name}"
 
 
-def _columns(item: dict[str, Any]) -> dict[str, str]:
-    dtypes = item.get("dtypes") or {}
-    columns = item.get("columns") or list(dtypes)
-    return {str(column): str(dtypes.get(column, "")) for column in columns}
+def _columns(item: DataInput) -> dict[str, str]:
+    dtypes = item.dtypes
+    columns = item.columns or list(dtypes)
+    return {column: dtypes.get(column, "") for column in columns}
 
 
-def _rows(item: dict[str, Any]) -> int | None:
-    if "rows" in item:
-        return int(item["rows"])
-    shape = item.get("shape")
-    return int(shape[0]) if shape else None
+def _rows(item: DataInput) -> int | None:
+    if item.rows is not None:
+        return item.rows
+    shape = item.shape
+    return shape[0] if shape else None
 
 
-def _schema(a: dict[str, Any], b: dict[str, Any]) -> SchemaChange:
+def _schema(a: DataInput, b: DataInput) -> SchemaChange:
     ca, cb = _columns(a), _columns(b)
     return SchemaChange(
         added=tuple(c for c in cb if c not in ca),
@@ -379,24 +378,24 @@ def _schema(a: dict[str, Any], b: dict[str, Any]) -> SchemaChange:
     )
 
 
-def _changed_input(a: dict[str, Any], b: dict[str, Any]) -> DataChange:
+def _changed_input(a: DataInput, b: DataInput) -> DataChange:
     label_a, label_b = _label(a), _label(b)
-    label = label_a if label_a == label_b else f"{label_a} → {b.get('path') or b.get('name')}"
-    profile_a, profile_b = a.get("profile") or {}, b.get("profile") or {}
+    label = label_a if label_a == label_b else f"{label_a} → {b.path or b.name}"
+    profile_a, profile_b = a.profile, b.profile
     drifts = tuple(
         column_drift(column, profile_a[column], profile_b[column])
         for column in profile_a
         if column in profile_b
     )
     return DataChange(
-        kind=str(a.get("kind")),
+        kind=a.kind,
         label=label,
         status="changed",
-        hash=(a.get("hash"), b.get("hash")),
-        size=(a.get("size"), b.get("size")),
+        hash=(a.hash, b.hash),
+        size=(a.size, b.size),
         schema=_schema(a, b),
         columns=drifts,
-        dvc=((a.get("dvc") or {}).get("md5"), (b.get("dvc") or {}).get("md5")),
+        dvc=((a.dvc or {}).get("md5"), (b.dvc or {}).get("md5")),
     )
 
 
@@ -412,7 +411,7 @@ def _data(a: Experiment, b: Experiment) -> tuple[tuple[DataChange, ...], tuple[s
         other = inputs_b.get(key)
         if other is None:
             continue
-        if item.get("hash") == other.get("hash"):
+        if item.hash == other.hash:
             unchanged.append(_label(item))
         else:
             changes.append(_changed_input(item, other))
@@ -421,24 +420,19 @@ def _data(a: Experiment, b: Experiment) -> tuple[tuple[DataChange, ...], tuple[s
     for kind in ("file", "variable"):
         left = [item for item in only_a if _data_key(item)[0] == kind]
         right = [item for item in only_b if _data_key(item)[0] == kind]
-        if (
-            len(left) == 1
-            and len(right) == 1
-            and left[0].get("profile")
-            and right[0].get("profile")
-        ):
+        if len(left) == 1 and len(right) == 1 and left[0].profile and right[0].profile:
             changes.append(_changed_input(left[0], right[0]))
             only_a.remove(left[0])
             only_b.remove(right[0])
     for item, status in [*((i, "removed") for i in only_a), *((i, "added") for i in only_b)]:
-        digest = item.get("hash")
+        digest, size = item.hash, item.size
         changes.append(
             DataChange(
-                kind=str(item.get("kind")),
+                kind=item.kind,
                 label=_label(item),
                 status=status,
                 hash=(digest, None) if status == "removed" else (None, digest),
-                size=(item.get("size"), None) if status == "removed" else (None, item.get("size")),
+                size=(size, None) if status == "removed" else (None, size),
             )
         )
     return tuple(changes), tuple(unchanged)
@@ -447,7 +441,7 @@ def _data(a: Experiment, b: Experiment) -> tuple[tuple[DataChange, ...], tuple[s
 def _state(a: Experiment, b: Experiment) -> StateChange:
     def hashes(experiment: Experiment) -> dict[str, Any]:
         return {
-            name: info.get("hash") or f"alias:{info.get('alias_of')}"
+            name: info.hash or f"alias:{info.alias_of}"
             for name, info in experiment.variables.items()
         }
 

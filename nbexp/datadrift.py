@@ -16,6 +16,7 @@ from .comparison import ColumnDrift, column_drift
 from .errors import NbexpError
 from .profiles import SAMPLE_SIZE, TABULAR_SUFFIXES, _positions, profile_series
 from .record import Experiment
+from .subrecords import DataInput
 
 LEVELS = ("stable", "moderate", "major")
 DRIFT_EXIT = 3
@@ -42,33 +43,31 @@ class InputDrift:
         return max(levels, key=LEVELS.index) if levels else "stable"
 
 
-def _tabular_inputs(experiment: Experiment) -> list[dict[str, Any]]:
-    return [item for item in experiment.data if item.get("profile")]
+def _tabular_inputs(experiment: Experiment) -> list[DataInput]:
+    return [item for item in experiment.data if item.profile]
 
 
-def _label(item: dict[str, Any]) -> str:
-    if item.get("kind") == "file":
-        return f"file {item.get('path')}"
-    return f"variable {item.get('name')}"
+def _label(item: DataInput) -> str:
+    return f"file {item.path}" if item.is_file else f"variable {item.name}"
 
 
-def match_input(experiment: Experiment, path: str | None, input_name: str | None) -> dict[str, Any]:
+def match_input(experiment: Experiment, path: str | None, input_name: str | None) -> DataInput:
     """The recorded input new data stands for: `--input`, else the same path, else the
     experiment's only tabular input."""
     inputs = _tabular_inputs(experiment)
     who = f"{experiment.name} ({experiment.short_id})"
     if not inputs:
         raise DriftError(f"{who} recorded no tabular input with a profile to compare with")
-    names = ", ".join(str(i.get("path") or i.get("name")) for i in inputs)
+    names = ", ".join(str(i.path or i.name) for i in inputs)
     if input_name is not None:
         for item in inputs:
-            if input_name in (item.get("path"), item.get("name"), item.get("abspath")):
+            if input_name in (item.path, item.name, item.abspath):
                 return item
         raise DriftError(f"--input {input_name}: {who} read no such input; it read {names}")
     if path is not None:
         absolute = os.path.abspath(path)
         for item in inputs:
-            if item.get("abspath") == absolute or item.get("path") == path:
+            if item.abspath == absolute or item.path == path:
                 return item
     if len(inputs) == 1:
         return inputs[0]
@@ -120,7 +119,7 @@ def compare(experiment: Experiment, data: Any, *, input_name: str | None = None)
     """Drift of `data` (a path or a DataFrame) from the matching recorded input."""
     path = None if hasattr(data, "columns") else os.fspath(data)
     item = match_input(experiment, path, input_name)
-    recorded = item.get("profile") or {}
+    recorded = item.profile
     if path is None:
         frame, everything, rows = data, [str(c) for c in data.columns], len(data)
         frame = frame[[c for c in frame.columns if str(c) in recorded]]
@@ -137,7 +136,7 @@ def compare(experiment: Experiment, data: Any, *, input_name: str | None = None)
         )
     profile = _profiles(frame)
     columns = [column_drift(c, recorded[c], profile[c]) for c in recorded if c in profile]
-    recorded_rows = item.get("rows") or ((item.get("shape") or [None])[0])
+    recorded_rows = item.rows or (item.shape or (None,))[0]
     return InputDrift(
         label=label,
         input=_label(item),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import NbexpError
+from .subrecords import DataInput
 
 
 class DvcFileError(NbexpError):
@@ -171,18 +172,18 @@ def annotate(data: list[dict[str, Any]]) -> dict[str, str]:
     return problems
 
 
-def short(entry: dict[str, Any]) -> str:
+def short(entry: DataInput) -> str:
     """`dvc md5 1a2b3c4d5e6f (data/train.csv.dvc)` for a data entry DVC tracks; else ''."""
-    info = entry.get("dvc")
-    if not isinstance(info, dict) or not info.get("md5"):
+    info = entry.dvc
+    if info is None or not info.get("md5"):
         return ""
     return f"dvc md5 {str(info['md5'])[:12]} ({info.get('source')})"
 
 
-def checkout_hint(entry: dict[str, Any], commit: str | None) -> str | None:
+def checkout_hint(entry: DataInput, commit: str | None) -> str | None:
     """The commands that bring back the version of an input a record names, DVC's way."""
-    info = entry.get("dvc")
-    if not isinstance(info, dict) or not info.get("source"):
+    info = entry.dvc
+    if info is None or not info.get("source"):
         return None
     source = str(info["source"])
     at = commit[:12] if commit else "<the recorded commit>"

@@ -67,9 +67,9 @@ def stage(experiment: Experiment, script: str, root: str) -> dict[str, Any]:
     param_paths = {os.path.abspath(p) for p in params_files}
     deps = [_relative(script, root)]
     for item in experiment.data:
-        if item.get("kind") != "file":
+        if not item.is_file:
             continue
-        path = str(item.get("abspath") or item.get("path"))
+        path = str(item.abspath or item.path)
         shown = _relative(path, root)
         if shown and os.path.abspath(path) not in param_paths and ".nbexp/" not in shown:
             deps.append(shown)
@@ -85,7 +85,7 @@ def stage(experiment: Experiment, script: str, root: str) -> dict[str, Any]:
     outs = [
         shown
         for item in experiment.artifacts
-        if (shown := _relative(str(item.get("abspath") or item.get("path")), root))
+        if (shown := _relative(item.abspath or item.path, root))
     ]
     metrics_file = f"metrics/{slug(experiment)}.json"
     body: dict[str, Any] = {

@@ -129,11 +129,11 @@ def plan(experiment: Experiment) -> Plan:
         cells=cells,
         body=body,
         files=[
-            (str(item["path"]), str(item["hash"]))
+            (str(item.path), item.hash)
             for item in experiment.data
-            if item.get("kind") == "file"
-            and item.get("hash")
-            and item.get("path") not in (experiment.links.get("params_files") or {})
+            if item.is_file
+            and item.hash
+            and item.path not in (experiment.links.get("params_files") or {})
         ],
         metrics=list(experiment.metrics),
         history_total=len(history),
@@ -261,8 +261,8 @@ def _rebuilt_variables(
     was probably read from, named when the rebuilt value is not the recorded one."""
     found = []
     for item in experiment.data:
-        name, digest = item.get("name"), item.get("hash")
-        if item.get("kind") != "variable" or not name or not digest or name not in rebound:
+        name, digest = item.name, item.hash
+        if not item.is_variable or not name or not digest or name not in rebound:
             continue
         needed = slicing.slice_history(kept_facts, {str(name)})
         paths: list[str] = []
@@ -537,12 +537,12 @@ def header_lines(p: Plan) -> list[str]:
     for number, error in p.failed:
         lines.append(f"failed:      In [{number}] raised {error} in the notebook;")
         lines.append(f"{more}the script runs only what ran there")
-    variables = [item for item in e.data if item.get("kind") == "variable"]
+    variables = [item for item in e.data if item.is_variable]
     if variables:
         lines.append(
             "input variables read from the kernel (rebuilt by the cells below, then checked):"
         )
-        lines.extend(f"  {item.get('name')}  {item.get('hash')}" for item in variables)
+        lines.extend(f"  {item.name}  {item.hash}" for item in variables)
     needs = [f"Python {e.env.get('python', '3')}"]
     if p.files or p.variables:
         needs.append("xxhash (for the input-data check)")

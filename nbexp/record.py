@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import RecordError
+from .subrecords import Artifact, DataInput, StateRef, VariableRef
 
 SCHEMA_VERSION = 1
 SHORT_ID_LENGTH = 8
@@ -92,16 +93,25 @@ class Experiment:
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     series: dict[str, list[list[Any]]] = field(default_factory=dict)
-    data: list[dict[str, Any]] = field(default_factory=list)
-    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    # typed parts (`subrecords`); plain JSON objects given here are read into them
+    data: list[DataInput] = field(default_factory=list)
+    artifacts: list[Artifact] = field(default_factory=list)
     env: dict[str, Any] = field(default_factory=dict)
     git: dict[str, Any] | None = None
-    state: dict[str, Any] | None = None
+    state: StateRef | None = None
     expectations: list[dict[str, Any]] = field(default_factory=list)
     tags: tuple[str, ...] = ()
     note: str | None = None
     links: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        # the JSON objects of older callers and of from_dict become typed parts (their JSON,
+        # and so the record's bytes and id, unchanged)
+        object.__setattr__(self, "data", [DataInput.from_json(item) for item in self.data])
+        object.__setattr__(self, "artifacts", [Artifact.from_json(item) for item in self.artifacts])
+        if self.state is not None:
+            object.__setattr__(self, "state", StateRef.from_json(self.state))
 
     @property
     def short_id(self) -> str:
@@ -112,9 +122,10 @@ class Experiment:
         return self.outcome.status
 
     @property
-    def variables(self) -> dict[str, Any]:
-        """The recorded variables: name → {type, size, hash, ...}; empty with --no-state."""
-        return dict((self.state or {}).get("variables", {}))
+    def variables(self) -> dict[str, VariableRef]:
+        """The recorded variables: name → its `VariableRef` (type, size, hash, ...); empty
+        with --no-state."""
+        return {} if self.state is None else self.state.variables
 
     def with_tags(self, tags: tuple[str, ...]) -> Experiment:
         """The same record seen with a different tag set (tags live beside the record)."""
@@ -130,6 +141,9 @@ class Experiment:
         body["outcome"] = {f.name: getattr(self.outcome, f.name) for f in fields(self.outcome)}
         body["outcome"]["figures"] = list(self.outcome.figures)
         body["tags"] = list(self.tags)
+        body["data"] = [item.to_json() for item in self.data]
+        body["artifacts"] = [item.to_json() for item in self.artifacts]
+        body["state"] = None if self.state is None else self.state.to_json()
         for key in ("params", "metrics", "series", "expectations"):
             body[key] = encode_value(body[key])
         return body
@@ -198,24 +212,23 @@ class Experiment:
 
     def object_hashes(self) -> set[str]:
         """Every object this record references (for gc, fsck and push)."""
-        hashes = {item["hash"] for item in self.artifacts if item.get("hash")}
-        hashes.update(self.outcome.figures)
-        if self.state:
-            if self.state.get("manifest"):
-                hashes.add(self.state["manifest"])
-            for info in self.state.get("variables", {}).values():
-                hashes.update(info.get("objects", ()))
-                if info.get("pickle") and "inline" not in info:
-                    hashes.add(info["pickle"])
-                for chunks in info.get("buffers", ()):
-                    hashes.update(chunks)
-        return hashes
+        return set(self.object_order())
+
+    def object_order(self) -> list[str]:
+        """The objects this record references, once each, in the order it names them: a
+        variable's buffer chunks in sequence (a pull packs them so, and restore then maps
+        them as one range)."""
+        order = [item.hash for item in self.artifacts if item.hash]
+        order += self.outcome.figures
+        if self.state is not None:
+            order += self.state.object_order()
+        return list(dict.fromkeys(order))
 
     def recorded_paths(self) -> list[str]:
         """Every file path this record names (data read, artifacts written, the notebook, the
         working folder): data its author wrote, checked before any reaches the file system."""
-        paths = [str(item.get(key)) for item in (*self.data, *self.artifacts)
-                 for key in ("path", "abspath") if item.get(key)]  # fmt: skip
+        paths = [path for item in self.data for path in (item.path, item.abspath) if path]
+        paths += [path for item in self.artifacts for path in (item.path, item.abspath) if path]
         paths += [str(p) for p in (self.code.notebook, self.env.get("cwd")) if p]
         return paths
 

@@ -48,6 +48,7 @@ from .secrets import (
     secret_values,
 )
 from .store import Store, open_store
+from .subrecords import Artifact, DataInput, StateRef
 from .watcher import watch_files
 
 if TYPE_CHECKING:
@@ -710,11 +711,11 @@ class Recorder:
             params=params,
             metrics=metrics,
             series=logged.series,
-            data=data,
-            artifacts=artifacts,
+            data=[DataInput.from_json(item) for item in data],
+            artifacts=[Artifact.from_json(item) for item in artifacts],
             env=environment.environment(info.seeds if info else {}),
             git=environment.git_state(cwd),
-            state=state,
+            state=None if state is None else StateRef.from_json(state),
             expectations=expectations,
             tags=tuple(dict.fromkeys(options.tags)),
             note=options.note,

@@ -53,7 +53,6 @@ from .refs import could_be_id, is_hex, steps_back
 from .store import Store, editing_config, read_config
 from .transfer import DEFAULT_WORKERS, IN_MEMORY_LIMIT, Entry, Progress, RemoteFiles, run_parallel
 
-CONFIG_NAME = "config.json"
 # An unreferenced object younger than this may belong to a push still running elsewhere.
 GC_GRACE_SECONDS = 3600.0
 
@@ -686,20 +685,11 @@ def pull(
         return len(data)
 
     users: dict[str, list[str]] = {}  # object → the records that need it, of those chosen
-    arrived: dict[str, Path] = {}
-    sizes: dict[str, int] = {}
 
     def fetch_object(digest: str) -> int:
-        temp = store.temp_path()
-        try:
-            files.download(_object_key(digest), temp)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        size = store.check_arrival(temp, digest)  # hashed before it may become an object
-        arrived[digest] = temp
-        sizes[digest] = size
-        return size
+        temp = arrivals.place()
+        files.download(_object_key(digest), temp)
+        return arrivals.arrived(digest, temp)  # hashed before it may become an object
 
     def fetch_one(item: tuple[str, str]) -> int:
         kind, key = item
@@ -722,30 +712,34 @@ def pull(
     # Without names, tags or `last` to resolve, the records to pull are known from the
     # listing: a record's objects are fetched as soon as it arrives, beside other records.
     resolving = bool(refs) and wanted is None
-    with store.writing():
+    with store.writing(), store.receiving() as arrivals:
         meter = Progress(f"pull {spec.name}", len(fetch), unit="files", enabled=progress)
-        try:
-            failures = run_parallel(
-                [("record", i) for i in fetch],
-                fetch_one,
-                workers=workers,
-                progress=None if resolving else meter,
-                then=None if resolving else objects_of,
+        failures = run_parallel(
+            [("record", i) for i in fetch],
+            fetch_one,
+            workers=workers,
+            progress=None if resolving else meter,
+            then=None if resolving else objects_of,
+        )
+        if resolving:
+            selected = _resolve_on_remote(store, spec, refs, here, bodies)
+            for experiment_id in [i for i in fetch if i in selected and i in bodies]:
+                objects_of(("record", experiment_id))
+            meter = Progress(f"pull {spec.name}", len(users), enabled=progress)
+            failures |= run_parallel(
+                [("object", d) for d in users], fetch_one, workers=workers, progress=meter
             )
-            if resolving:
-                selected = _resolve_on_remote(store, spec, refs, here, bodies)
-                for experiment_id in [i for i in fetch if i in selected and i in bodies]:
-                    objects_of(("record", experiment_id))
-                meter = Progress(f"pull {spec.name}", len(users), enabled=progress)
-                failures |= run_parallel(
-                    [("object", d) for d in users], fetch_one, workers=workers, progress=meter
-                )
-            else:
-                selected = set(wanted) if wanted is not None else set(on_remote)
-            store.adopt_objects(arrived)
-        finally:
-            for temp in arrived.values():
-                temp.unlink(missing_ok=True)
+        else:
+            selected = set(wanted) if wanted is not None else set(on_remote)
+        # one pack for a large pull, laid out as the records name the objects (a
+        # variable's chunks in sequence, so its restore maps them as one range)
+        arrivals.adopt(
+            digest
+            for experiment_id in fetch
+            if experiment_id in bodies
+            for digest in bodies[experiment_id][1].object_order()
+        )
+        sizes = arrivals.sizes
         broken: dict[str, str] = {}
         for (kind, key), error in failures.items():
             if kind == "record":

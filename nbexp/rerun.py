@@ -261,7 +261,7 @@ def report(result: RerunResult, rtol: float, atol: float) -> str:
         for item in source.data:  # DVC can bring back the recorded version
             hint = checkout_hint(item, source.git.get("commit") if source.git else None)
             if hint:
-                lines.append(f"  {item.get('path')} is DVC-tracked; the recorded version: {hint}")
+                lines.append(f"  {item.path} is DVC-tracked; the recorded version: {hint}")
     elif code == SCRIPT_FAILED:
         tail = "\n".join(result.stderr.strip().splitlines()[-15:])
         lines.append(f"✗ the script failed (exit code {result.returncode}){recorded}\n{tail}")

@@ -21,6 +21,7 @@ from .state import StateLoader
 if TYPE_CHECKING:  # a restore imports only what it uses: it starts many fresh kernels
     from .record import Experiment
     from .store import Store
+    from .subrecords import StateRef
 
 
 @dataclass
@@ -58,7 +59,7 @@ class RestoreReport:
         return f"<pre>{html.escape(str(self))}</pre>"
 
 
-def _state(experiment: Experiment) -> Mapping[str, Any]:
+def _state(experiment: Experiment) -> StateRef:
     if not experiment.state:
         raise NbexpError(
             f"{experiment.name} ({experiment.short_id}) has no recorded state "

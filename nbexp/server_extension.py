@@ -96,7 +96,7 @@ class _Refused(Exception):
 
 
 def row_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One `Store.rows` row as the panel gets it: `short_id` added, strict JSON values."""
+    """One `api.rows` row (an `IndexRow`) as the panel gets it: `short_id` added, strict JSON values."""
     shaped: dict[str, Any] = encode_value(dict(row))
     shaped["short_id"] = str(row["id"])[:SHORT_ID_LENGTH]
     return shaped
@@ -204,11 +204,13 @@ class _Open:
 
     def __init__(self, root: Path) -> None:
         self.lock = threading.Lock()
-        self.store = Store(root, read_only=True)  # the server never creates or writes
+        # read-only: the server never creates or changes a store (`api.reading`); the root
+        # as found, even one NBEXP_STORE names that is not called .nbexp
+        self.store = Store(root, read_only=True)
         self.nonce = secrets.token_hex(8)  # data_version counts per connection
 
     def version(self) -> str:
-        return f"{self.nonce}:{self.store.change_token()}"
+        return f"{self.nonce}:{api.change_token(store=self.store)}"
 
 
 class Stores:
@@ -302,19 +304,19 @@ def _list(opened: _Open | None, listing: Listing) -> dict[str, Any]:
     page = {"offset": listing.offset, "limit": listing.limit}
     if opened is None:
         return {"total": 0, **page, "metric_names": [], "experiments": []}
-    store = opened.store
-    rows = store.rows(
+    found = api.page(
         listing.query,
         sort=listing.sort,
         descending=listing.descending,
         limit=listing.limit,
         offset=listing.offset,
+        store=opened.store,
     )
     return {
-        "total": store.count(listing.query),
+        "total": found.total,
         **page,
-        "metric_names": store.keys("metrics", listing.query),
-        "experiments": [row_json(row) for row in rows],
+        "metric_names": found.metric_names,
+        "experiments": [row_json(row) for row in found.rows],
     }
 
 
@@ -350,7 +352,7 @@ class ExperimentHandler(_Handler):
 
 def _record(store: Store, ref: str, shown: str) -> dict[str, Any]:
     experiment = api.get(ref, store=store)
-    return record_json(experiment, store.origin_name(experiment.id), shown)
+    return record_json(experiment, api.origin(experiment.id, store=store), shown)
 
 
 def json_dumps(value: Any) -> str:

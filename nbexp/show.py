@@ -31,8 +31,8 @@ def summary_line(experiment: Experiment, recording_seconds: float | None = None)
         _plural(len(experiment.params), "param"),
         _plural(len(experiment.metrics), "metric"),
     ]
-    files = [item for item in experiment.data if item.get("kind") == "file"]
-    frames = [item for item in experiment.data if item.get("kind") == "variable"]
+    files = [item for item in experiment.data if item.is_file]
+    frames = [item for item in experiment.data if item.is_variable]
     if files:
         parts.append(_plural(len(files), "data file"))
     if frames:
@@ -43,13 +43,10 @@ def summary_line(experiment: Experiment, recording_seconds: float | None = None)
         parts.append(_plural(len(experiment.outcome.figures), "figure"))
     state = experiment.state
     if state is not None:
-        stored = len(state.get("variables", {}))
-        total, new = (
-            human_bytes(state.get("total_bytes", 0)),
-            human_bytes(state.get("new_bytes", 0)),
-        )
+        stored = len(state.variables)
+        total, new = human_bytes(state.total_bytes or 0), human_bytes(state.new_bytes or 0)
         piece = f"{_plural(stored, 'variable')} ({total}, {new} new)"
-        unstored = state.get("unstored", {})
+        unstored = state.unstored
         if unstored:
             shown = ", ".join(sorted(unstored)[:3]) + ("…" if len(unstored) > 3 else "")
             piece += f", {len(unstored)} not stored: {shown}"
@@ -109,28 +106,27 @@ def text_view(experiment: Experiment) -> str:
     if experiment.data:
         lines.append("data:")
         for item in experiment.data:
-            if item.get("kind") == "file":
+            if item.is_file:
                 shape = (
-                    f", {item['rows']} rows × {len(item.get('columns', []))} columns"
-                    if "rows" in item
+                    f", {item.rows} rows × {len(item.columns)} columns"
+                    if item.rows is not None
                     else ""
                 )
                 from .dvc import short
 
-                dvc = f"  {short(item)}" if item.get("dvc") else ""  # SPEC §12
+                dvc = f"  {short(item)}" if item.dvc else ""  # SPEC §12
                 lines.append(
-                    f"  file {item['path']}  {item['hash'][:12]}  {human_bytes(item['size'])}{shape}"
+                    f"  file {item.path}  {item.hash[:12]}  {human_bytes(item.size or 0)}{shape}"
                     + dvc
                 )
             else:
                 lines.append(
-                    f"  variable {item['name']}  {item['type']} {tuple(item.get('shape', ()))}  {item['hash'][:12]}"
+                    f"  variable {item.name}  {item.type} {item.shape or ()}  {item.hash[:12]}"
                 )
     if experiment.artifacts:
         lines.append("artifacts:")
         lines.extend(
-            f"  {a['path']}  {a['hash'][:12]}  {human_bytes(a['size'])}"
-            for a in experiment.artifacts
+            f"  {a.path}  {a.hash[:12]}  {human_bytes(a.size or 0)}" for a in experiment.artifacts
         )
     lines.append("code:")
     if experiment.code.notebook:
@@ -156,18 +152,15 @@ def text_view(experiment: Experiment) -> str:
             )
     state = experiment.state
     if state is not None:
-        lines.append(
-            f"state: {len(state.get('variables', {}))} variables, {human_bytes(state.get('total_bytes', 0))}"
-        )
-        for name, info in state.get("variables", {}).items():
-            extra = (
-                f"= {info['alias_of']}" if "alias_of" in info else human_bytes(info.get("size", 0))
-            )
-            lines.append(f"  {name}  {info['type']}  {extra}")
-        for name, reason in state.get("unstored", {}).items():
+        variables = state.variables
+        lines.append(f"state: {len(variables)} variables, {human_bytes(state.total_bytes or 0)}")
+        for name, info in variables.items():
+            extra = f"= {info.alias_of}" if info.alias_of else human_bytes(info.size or 0)
+            lines.append(f"  {name}  {info.type}  {extra}")
+        for name, reason in state.unstored.items():
             lines.append(f"  {name}  NOT STORED: {reason}")
-        if state.get("imports"):
-            lines.append("  imports: " + "; ".join(state["imports"].values()))
+        if state.imports:
+            lines.append("  imports: " + "; ".join(state.imports.values()))
     outcome = experiment.outcome
     if outcome.error:
         lines.append(f"error: {outcome.error['type']}: {outcome.error['message']}")

@@ -81,13 +81,13 @@ class Checker:
             return dict(cached)
         files = [
             [
-                str(item.get("path")),
-                str(item.get("abspath") or item.get("path")),
-                item["hash"],
-                (item.get("dvc") or {}).get("md5"),
+                str(item.path),
+                str(item.abspath or item.path),
+                item.hash,
+                (item.dvc or {}).get("md5"),
             ]
             for item in experiment.data
-            if item.get("kind") == "file" and item.get("hash")
+            if item.is_file and item.hash
         ]
         code = experiment.code
         notebook = [code.notebook, code.notebook_hash, _body(code.cell)] if code.notebook else None

@@ -118,7 +118,10 @@ def test_list_on_an_empty_store(project: Path) -> None:
     result = nbexp_cli("list")
     assert result.code == 0
     assert result.out.strip() == "no experiments yet"
+    assert not (project / ".nbexp").exists()  # a reader creates nothing
+    nbexp_cli("reindex")  # a writer creates the store
     assert (project / ".nbexp" / "records").is_dir()
+    assert nbexp_cli("list").out.strip() == "no experiments yet"
 
 
 def test_list_csv(filled: tuple[Store, list[Experiment]]) -> None:
@@ -288,6 +291,40 @@ def test_tag(filled: tuple[Store, list[Experiment]]) -> None:
     assert [(row["id"], row["tags"]) for row in rows] == [(gb.id, ["best", "final"])]
     assert store.get("final").tags == ("best", "final")
     assert nbexp_cli("fsck").code == 0  # the record itself is untouched
+
+
+def test_a_read_only_store_lists_shows_and_diffs_and_is_left_untouched(
+    filled: tuple[Store, list[Experiment]],
+) -> None:
+    """Readers open the store read-only: a store nobody may write (chattr +i for root, chmod
+    a-w otherwise), its index in place, answers without a note and without a change."""
+    from tests.faults.stores import read_only
+
+    store, (rf1, gb, rf2) = filled
+    store.close()
+    store_module._stores.clear()
+    before = {p.relative_to(store.root): p.stat().st_mtime_ns for p in store.root.rglob("*")}
+    try:
+        with read_only(store.root):
+            listed = nbexp_cli("list")
+            as_json = nbexp_cli("list", "--format", "json")
+            shown = nbexp_cli("show", "best")
+            compared = nbexp_cli("diff", "rf", "gb")
+            refused = nbexp_cli("tag", "last", "x")
+    except OSError as error:
+        pytest.skip(f"cannot make a folder read-only here: {error}")
+    assert listed.code == 0 and listed.err == "", listed
+    assert [line.split()[0] for line in listed.out.splitlines()[1:]] == [
+        rf2.short_id,
+        gb.short_id,
+        rf1.short_id,
+    ]
+    assert [row["id"] for row in json.loads(as_json.out)] == [rf2.id, gb.id, rf1.id]
+    assert shown.code == 0 and gb.id in shown.out and shown.err == "", shown
+    assert compared.code == 0 and "depth" in compared.out, compared
+    assert_user_error(refused, "cannot use the store", "writable")  # a writer is told
+    after = {p.relative_to(store.root): p.stat().st_mtime_ns for p in store.root.rglob("*")}
+    assert after == before
 
 
 # -- reindex, fsck, gc ------------------------------------------------------------------------------
@@ -461,13 +498,17 @@ def test_unwritable_store(project: Path) -> None:
         locked.chmod(0o500)
         target = locked / ".nbexp"
     try:
-        for argv in (["list"], ["show"], ["fsck"], ["reindex"]):
+        for argv in (["fsck"], ["reindex"], ["tag", "last", "x"]):
             assert_user_error(
                 nbexp_cli(*argv, env={"NBEXP_STORE": str(target)}),
                 "cannot use the store",
                 "NBEXP_STORE",
             )
-        assert_user_error(nbexp_cli("--store", str(target), "list"), "cannot use the store")
+        assert_user_error(nbexp_cli("--store", str(target), "rm", "last"), "cannot use the store")
+        # readers create nothing: a store that cannot be made is an empty one to them
+        listed = nbexp_cli("list", env={"NBEXP_STORE": str(target)})
+        assert listed.code == 0 and listed.out.strip() == "no experiments yet", listed
+        assert_user_error(nbexp_cli("--store", str(target), "show"), "holds 0 experiments")
     finally:
         if os.geteuid() != 0:
             (project / "locked").chmod(0o700)

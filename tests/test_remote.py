@@ -191,6 +191,64 @@ def test_remote_add_list_remove_and_refusals(project: Path, capsys) -> None:
     assert "default_remote" not in json.loads((store.root / "config.json").read_text())
 
 
+def _packs(store: Store) -> list[str]:
+    return sorted(p.name for p in (store.root / "packs").glob("pack-*"))
+
+
+def _loose(store: Store) -> list[str]:
+    return sorted(p.name for p in store.objects_dir.glob("*/*"))
+
+
+def test_a_large_pull_arrives_as_one_pack_and_a_small_one_loose(
+    two: tuple[Store, Store, Path], tmp_path: Path
+) -> None:
+    a, b, _ = two
+    many = fake(a, "many", blobs_for("many", 40, size=3_000), minutes=1)
+    few = fake(a, "few", blobs_for("few", 3, size=3_000), minutes=2)
+    assert not push(a, "team", progress=False).failed
+    assert _packs(a) == [] and len(_loose(a)) == 43  # put_bytes outside a batch: loose
+
+    assert pull(b, "team", ["few"], progress=False).experiments == [few.id]
+    assert _packs(b) == [] and len(_loose(b)) == 3  # a few objects stay loose files
+    report = pull(b, "team", progress=False)
+    assert report.experiments == [many.id] and report.objects == 40
+    packs = _packs(b)
+    assert len(packs) == 2 and {Path(n).suffix for n in packs} == {".pack", ".idx"}
+    assert len(_loose(b)) == 3  # the 40 are in the pack, none loose
+    assert list((b.root / "tmp").glob("*.tmp")) == []  # no download left behind
+    for item, blob in zip(many.artifacts, blobs_for("many", 40, size=3_000), strict=True):
+        assert b.object_location(item["hash"]) is not None
+        assert b.read_object(item["hash"]) == blob
+    assert b.fsck() == []
+    # laid out as the record names them: the pack holds them in the artifacts' order
+    offsets = [b.object_location(item["hash"])[1] for item in many.artifacts]  # type: ignore[index]
+    assert offsets == sorted(offsets)
+    # and a third machine pulling everything at once gets one pack of all 43
+    third = fresh_copy(tmp_path, "machine-c", "team", str(tmp_path / "remote"))
+    assert len(_packs(third)) == 2 and _loose(third) == []
+
+
+def test_a_corrupt_object_is_kept_out_of_the_pulled_pack_and_its_record_out_of_the_store(
+    two: tuple[Store, Store, Path],
+) -> None:
+    a, b, shared = two
+    good = fake(a, "good", blobs_for("good", 20, size=2_000), minutes=1)
+    bad = fake(a, "bad", blobs_for("bad", 20, size=2_000), minutes=2)
+    assert not push(a, "team", progress=False).failed
+    victim = bad.artifacts[7]["hash"]
+    (shared / "objects" / victim[:2] / victim[2:]).write_bytes(b"flipped")
+    with pytest.raises(TransferError) as raised:
+        pull(b, "team", progress=False)
+    report = raised.value.report
+    assert isinstance(report, remote_module.TransferReport)
+    assert report.experiments == [good.id] and set(report.failed) == {bad.id}
+    assert not b.has_record(bad.id) and len(_packs(b)) == 2
+    assert "corrupt" in report.failed[bad.id]
+    assert not b.has_object(victim) and b.fsck() == []
+    assert all(b.has_object(item["hash"]) for item in good.artifacts)
+    assert list((b.root / "tmp").glob("*.tmp")) == []
+
+
 def test_push_and_pull_need_a_remote(project: Path, capsys) -> None:
     code, _, err = cli(capsys, "push")
     assert code == 1 and "nbexp remote add NAME URL" in one_error_line(err)

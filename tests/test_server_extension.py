@@ -182,6 +182,38 @@ def test_a_read_only_store_is_served_and_left_untouched(
     assert sorted(p.relative_to(store.root) for p in store.root.rglob("*")) == before
 
 
+def test_a_read_only_store_with_its_index_is_served_from_the_index_and_polled(
+    fetch: Fetch, filled: tuple[Store, list[Experiment]], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """No folder may be written (chattr +i / chmod a-w), so SQLite cannot make the WAL index's
+    -shm file: the index is still read as it is, not rebuilt from the records, and the ETag
+    still answers 304 while nothing changed."""
+    from tests.faults.stores import read_only
+
+    store, made = filled
+    store.close()
+    store_module._stores.clear()
+    before = {p.relative_to(store.root): p.stat().st_mtime_ns for p in store.root.rglob("*")}
+    try:
+        with read_only(store.root):
+            first = fetch(params={"path": "nb.ipynb", "query": "metrics.acc > 0.8"})
+            again = fetch(
+                params={"path": "nb.ipynb", "query": "metrics.acc > 0.8"},
+                headers={"If-None-Match": first.headers["Etag"]},
+            )
+            record = body(fetch(made[1].id[:8], params={"path": "nb.ipynb"}))
+    except OSError as error:
+        pytest.skip(f"cannot make a folder read-only here: {error}")
+    listing = body(first)
+    assert ids(listing) == [made[2].id, made[1].id] and listing["total"] == 2
+    assert listing["metric_names"] == ["acc", "auc"]
+    assert again.code == 304
+    assert record["id"] == made[1].id and record["tags"] == ["best"]
+    assert "read 4 records instead" not in capfd.readouterr().err  # the index itself answered
+    after = {p.relative_to(store.root): p.stat().st_mtime_ns for p in store.root.rglob("*")}
+    assert after == before
+
+
 def test_a_huge_last_n_is_not_found(fetch: Fetch, filled: tuple[Store, list[Experiment]]) -> None:
     refusal(fetch("last~99999999999999999999", params={"path": "nb.ipynb"}), 404, "does not exist")
 

@@ -220,6 +220,85 @@ def test_recorded_experiment_validates_against_the_schema_and_id_is_its_hash(ip:
     assert schema_errors(failed) == []
 
 
+def test_typed_parts_read_a_real_record_and_write_its_bytes_back_unchanged(
+    ip: Any, project: Path
+) -> None:
+    """Data inputs, artifacts and the state are typed parts over the record's own JSON: a
+    record read and written again is byte for byte the file, so its id never changes."""
+    from nbexp.hashing import canonical_json
+    from nbexp.subrecords import Artifact, DataInput, StateRef, VariableRef
+
+    (project / "in.csv").write_text("a,b\n1,2\n3,4\n")
+    run(ip, "import numpy as np\nbase = np.arange(100_000)")
+    result = run(
+        ip,
+        "%%experiment parts\nimport pandas as pd\nframe = pd.read_csv('in.csv')\n"
+        "total = float(base.sum())\nopen('out.txt', 'w').write('done')\nview = base\n",
+    )
+    assert result.success
+    store = open_store()
+    experiment = store.get("parts")
+    (path,) = record_files(store)
+    assert canonical_json(experiment.to_dict()) + b"\n" == path.read_bytes()
+    assert Store.make_id(experiment.to_dict()) == experiment.id
+
+    (csv,) = [item for item in experiment.data if item.is_file]
+    assert isinstance(csv, DataInput) and csv.path == "in.csv" and csv.rows == 2
+    assert csv.columns == ["a", "b"] and set(csv.profile) == {"a", "b"}
+    assert csv["hash"] == csv.hash and dict(csv) == csv.to_json()  # the JSON, as a mapping
+    (read,) = [item for item in experiment.data if item.is_variable]
+    assert read.name == "base" and read.shape == (100_000,) and read.label == "base"
+    (written,) = experiment.artifacts
+    assert isinstance(written, Artifact) and written.path == "out.txt" and written.size == 4
+    assert isinstance(experiment.state, StateRef)
+    variables = experiment.state.variables
+    assert isinstance(variables["base"], VariableRef) and variables["view"].alias_of == "base"
+    assert variables["base"].buffers and variables["base"].hash
+    chunks = [digest for chunks in variables["base"].buffers for digest in chunks]
+    order = experiment.object_order()
+    assert set(order) == experiment.object_hashes() and written.hash in order
+    assert [digest for digest in order if digest in chunks] == chunks  # in sequence
+    with pytest.raises(AttributeError):
+        written.path = "elsewhere"  # type: ignore[misc]
+
+
+def test_typed_parts_keep_keys_this_version_does_not_know(store: Store) -> None:
+    """A record written by another nbexp (extra keys, nulls) loads, and its JSON, id and
+    bytes stay exactly as they were."""
+    base = make_experiment(store, "plain", save=False).to_dict()
+    body = {
+        **base,
+        "data": [
+            {"kind": "file", "hash": "a" * 32, "path": "x.csv", "abspath": "/p/x.csv",
+             "size": 3, "future": {"nested": [1, None]}, "format": None},
+            {"kind": "variable", "hash": "b" * 32, "name": "df", "type": "DataFrame",
+             "shape": [2, 1], "dtypes": {"c": "int64"}},
+        ],
+        "artifacts": [{"path": "m.bin", "abspath": "/p/m.bin", "hash": "c" * 32, "size": 1,
+                       "mode": "0644"}],
+        "state": {"format": 2, "variables": {"x": {"type": "int", "size": 28, "hash": "d" * 32,
+                  "pickle": "e" * 32, "inline": "gAUu", "later": True}},
+                  "unstored": {}, "imports": {}, "secrets": [], "unknown": 1},
+    }  # fmt: skip
+    body["id"] = Store.make_id(body)
+    loaded = Experiment.from_dict(json.loads(json.dumps(body)))
+    assert loaded.to_dict() == body and Store.make_id(loaded.to_dict()) == body["id"]
+    assert loaded.data[0].format is None and loaded.data[0]["future"] == {"nested": [1, None]}
+    assert loaded.data[1].shape == (2, 1) and loaded.data[1].dtypes == {"c": "int64"}
+    assert loaded.artifacts[0]["mode"] == "0644"
+    assert loaded.state is not None and loaded.state["unknown"] == 1
+    assert loaded.state.variables["x"].object_order() == []  # inline: no object file
+    assert loaded.object_hashes() == {"c" * 32}
+    saved = store.save(loaded)
+    assert store.record_bytes(saved.id) == canonical_json_line(body)
+
+
+def canonical_json_line(body: dict[str, Any]) -> bytes:
+    from nbexp.hashing import canonical_json
+
+    return canonical_json(body) + b"\n"
+
+
 def test_schema_rejects_what_nbexp_never_writes(store: Store) -> None:
     good = make_experiment(store, save=False).to_dict()
     assert schema_errors(good) == []
@@ -845,3 +924,110 @@ def test_saved_bytes_are_the_canonical_json_of_the_record_and_its_id_is_their_ha
     assert data == canonical_json(experiment.to_dict()) + b"\n"
     assert Store.make_id(json.loads(data)) == experiment.id
     assert experiment.code.failed
+
+
+# -- gc merges small packs ------------------------------------------------------------------
+
+
+def test_gc_merges_small_packs_into_one_and_leaves_a_large_one_alone(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbexp import api
+    from nbexp.store import maintenance
+    from tests.test_remote import blobs_for, fake
+
+    monkeypatch.setattr(maintenance, "SMALL_PACK", 100_000)
+    store = open_store()
+
+    def packed(name: str, count: int, size: int, minutes: int) -> Experiment:
+        blobs = blobs_for(name, count, size=size)
+        with store.writing(), store.object_batch():  # more than 16 objects: one pack
+            for blob in blobs:
+                store.put_bytes(blob)
+        return fake(store, name, blobs, minutes=minutes)  # its objects are there: a record
+
+    def where(digest: str) -> tuple[str, int]:
+        found = store.object_location(digest)
+        assert found is not None, f"{digest[:12]} is in no pack"
+        return found[0].name, found[1]
+
+    def packs() -> list[str]:
+        return sorted(p.name for p in (store.root / "packs").glob("*.pack"))
+
+    small = [packed(f"small-{i}", 20, 2_000, i) for i in range(3)]
+    large = packed("large", 20, 10_000, 9)
+    before = packs()
+    assert len(before) == 4 and len(store.small_packs()) == 3
+    store.delete(small[1].id)  # its pack now holds garbage only
+
+    dry = api.gc(store=store)
+    assert dry.small_packs == 3 and len(dry.objects) == 20 and packs() == before
+    collected = api.gc(delete=True, store=store)
+    assert collected.small_packs == 3 and len(collected.objects) == 20
+    after = packs()
+    large_pack = where(large.artifacts[0]["hash"])[0]
+    assert len(after) == 2 and set(before) & set(after) == {large_pack}  # left alone
+    kept = [e for e in small if e is not small[1]]
+    merged = {where(item["hash"])[0] for e in kept for item in e.artifacts}
+    assert len(merged) == 1 and merged <= set(after) and large_pack not in merged
+    for experiment in kept:  # each run's objects still in sequence, and whole
+        offsets = [where(item["hash"])[1] for item in experiment.artifacts]
+        assert offsets == sorted(offsets)
+        blobs = blobs_for(experiment.name, 20, size=2_000)
+        for item, blob in zip(experiment.artifacts, blobs, strict=True):
+            assert store.read_object(item["hash"]) == blob
+    assert not any(store.has_object(item["hash"]) for item in small[1].artifacts)
+    assert store.fsck() == []
+    again = api.gc(delete=True, store=store)  # one small pack left: nothing to merge
+    assert again.small_packs == 0 and packs() == after
+
+
+def test_a_reader_opened_beside_a_writer_keeps_the_writer_s_index_alive(store: Store) -> None:
+    """A kernel holds the recorder's store and a read-only one for listings: opening the
+    second must not drop the first's SQLite locks (a closed descriptor of the index would),
+    or another process closing the index takes it for unused and deletes its WAL."""
+    import subprocess
+    import sys
+
+    from nbexp import api
+
+    make_experiment(store, "first", minutes=0)
+    reader = open_store(read_only=True)
+    assert reader is not store and [row["name"] for row in api.rows(store=reader)] == ["first"]
+    other = subprocess.run(
+        [sys.executable, "-m", "nbexp.cli", "--store", str(store.root), "gc", "--yes"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert other.returncode == 0, other.stderr
+    make_experiment(store, "second", minutes=1)
+    fresh = sqlite3.connect(store.index_path)  # another reader sees both rows
+    try:
+        names = sorted(row[0] for row in fresh.execute("SELECT name FROM experiments"))
+    finally:
+        fresh.close()
+    assert names == ["first", "second"]
+    assert store.fsck() == []
+
+
+def test_a_reader_of_a_store_being_created_lists_nothing_and_repairs_nothing(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reader that opens a store folder before any writer made its index (racing kernels
+    creating the store) lists it empty, silently, writes nothing, and then sees what the
+    writers record."""
+    from nbexp import api
+
+    store_module._stores.clear()
+    root = project / ".nbexp"
+    (root / "tmp").mkdir(parents=True)  # a writer has begun creating the store
+    reader = open_store(read_only=True)
+    assert api.rows(store=reader) == [] and api.count(store=reader) == 0
+    assert sorted(p.name for p in root.rglob("*")) == ["tmp"]
+    assert capsys.readouterr().err == ""
+    writer = open_store()
+    make_experiment(writer, "first")
+    assert [row["name"] for row in api.rows(store=reader)] == ["first"]
+    assert capsys.readouterr().err == ""
+    assert list(writer.tmp_dir.iterdir()) == []

@@ -10,7 +10,9 @@ Layout::
       packs/pack-<h>.pack    many objects of one batch in one file (a large snapshot), and
       packs/pack-<h>.idx     its index: digest → offset, length (see `packs`)
       index.sqlite           listing/filtering index, rebuilt from the records when needed
+      cache/listing          the whole listing, column by column (see `listing_cache`)
       sync/<remote>.json     what each remote had when we last exchanged tags with it
+      gc.lock, gc.generation gc's store-wide lock, and what tells writers a gc ran
       tmp/                   files being written; renamed into place only once complete
       config.json            settings, e.g. remotes (`nbexp remote add`)
 
@@ -44,7 +46,7 @@ from pathlib import Path
 from .. import refs
 from ..errors import StoreError
 from .files import STORE_ENV, write_atomically
-from .index import SORTABLE, set_aside_index, sort_key
+from .index import SORTABLE, new_index_in_memory, set_aside_index, sort_key
 from .maintenance import TEMP_GRACE_SECONDS, Problem, StoreMaintenance
 from .packs import PackSet
 from .records import DELETING_SUFFIX, UNINDEXED_SUFFIX
@@ -68,6 +70,7 @@ __all__ = [
     "set_aside_index",
     "sort_key",
     "store_root",
+    "writable",
     "write_atomically",
 ]
 
@@ -105,8 +108,11 @@ def _override_root(override: str, cwd: str, home: str) -> Path:
 class Store(StoreMaintenance):
     """One `.nbexp/` folder. Cheap to open; safe to use from several processes at once.
 
-    `read_only=True` (the server extension, listings) creates nothing, writes nothing and
-    finishes no one else's work; an index it cannot read is rebuilt in memory."""
+    `read_only=True` (the server extension, listings, the widget) creates nothing and writes
+    no record, object or tag; a folder without a store reads as an empty store. Where the
+    folder is writable it still keeps the index true, as a writer opening it would: an index
+    it cannot read is rebuilt on disk (else in memory), and index rows a killed writer left
+    unwritten are finished (`_finish_interrupted`)."""
 
     def __init__(self, root: str | os.PathLike[str], *, read_only: bool = False) -> None:
         super().__init__(root)
@@ -118,8 +124,9 @@ class Store(StoreMaintenance):
         self._healing = False  # True while _rebuild_index runs
         self._index_identity = None
         if read_only:
-            if not self.root.is_dir():
-                raise StoreError(f"there is no store at {self.root}")
+            if not self.root.is_dir():  # no store yet: read as an empty one, nothing created
+                self._db = new_index_in_memory()
+                return
         else:
             try:
                 for folder in (self.records_dir, self.objects_dir, self.tags_dir, self.tmp_dir):
@@ -135,6 +142,8 @@ class Store(StoreMaintenance):
         self._db = self._open_healthy_index()
         if not read_only:
             self._finish_interrupted()
+        else:
+            self._finish_interrupted_if_writable()
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r}{', read_only=True' if self.read_only else ''})"
@@ -163,8 +172,17 @@ def store_root(path: str | os.PathLike[str] | None = None) -> Path:
 
 def open_store(path: str | os.PathLike[str] | None = None, *, read_only: bool = False) -> Store:
     """The store for `path` (a `.nbexp` folder or a folder inside a project; default: cwd).
-    `read_only=True` for readers: nothing is created or written, an existing store is needed."""
-    root = store_root(path)
+    `read_only=True` for readers: nothing is created or written (see `Store`)."""
+    return _open(store_root(path), read_only)
+
+
+def writable(store: Store) -> Store:
+    """`store` itself when it may write, else the same folder opened for writing (a widget
+    reads through a read-only store, and its Tag and Delete buttons write)."""
+    return _open(store.root, False) if store.read_only else store
+
+
+def _open(root: Path, read_only: bool) -> Store:
     with _stores_lock:
         store = _stores.get((root, read_only))
         if store is None or not store.root.exists():

@@ -126,10 +126,6 @@ class StoreFiles:
                 raise
             yield note
 
-    def temp_path(self) -> Path:
-        """A fresh path in the store's `tmp/`, for a file to be renamed into place later."""
-        return self._temp_path()
-
     def write_file(self, target: Path, data: bytes) -> None:
         """Write a small file of the store (e.g. config.json) atomically and durably."""
         self._write_atomic(target, data, sync_dir=True)

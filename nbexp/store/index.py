@@ -13,6 +13,7 @@ import operator
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -188,6 +189,8 @@ class StoreIndex(StoreFiles):
     _db: sqlite3.Connection
     _healing: bool  # True while _rebuild_index runs
     _index_identity: tuple[int, int] | None  # the index file this connection reads
+    # a read-only index read as an immutable file (see `_open_index_read_only`): its stamp
+    _frozen_index: tuple[int, int, int] | None = None
 
     def _open_healthy_index(self) -> sqlite3.Connection:
         """Open the index; if it is missing while records exist, or SQLite cannot use it,
@@ -237,7 +240,10 @@ class StoreIndex(StoreFiles):
         """Reopen the index when another process replaced it (a rebuild moves a damaged file
         aside) or it was deleted: writing on into a file no one reads would lose rows."""
         identity = file_identity(self.index_path)
-        if identity != getattr(self, "_index_identity", None):
+        frozen = self._frozen_index
+        if identity != getattr(self, "_index_identity", None) or (
+            frozen is not None and frozen != frozen_stamp(self.index_path)
+        ):
             with self._lock:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.close()
@@ -282,21 +288,29 @@ class StoreIndex(StoreFiles):
     def _open_index_read_only(self) -> sqlite3.Connection:
         """The index as it is, for reading only: nothing is created, migrated or fixed. An
         index that is missing or lacks what this version reads is a DamagedIndexError (the
-        read-only store then lists from the records in memory)."""
+        read-only store then rebuilds it, on disk where it may, else in memory); a lock held
+        past the busy timeout is the StoreError that says so, as for a writer."""
         if not self.index_path.exists():
             raise DamagedIndexError(f"the store's index {self.index_path} is missing")
+        self._frozen_index = None
         try:
-            connection = sqlite3.connect(
-                f"file:{quote(str(self.index_path))}?mode=ro",
-                uri=True,
-                timeout=BUSY_TIMEOUT,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            connection.execute(f"SELECT {_ROW_COLUMNS} FROM experiments LIMIT 0").fetchall()
-            connection.execute("SELECT section, key, scalar, physical FROM columns LIMIT 0")
+            try:
+                connection = self._connect_read_only("mode=ro")
+            except sqlite3.OperationalError:
+                # SQLite reads a WAL-mode index through its -shm file, which it cannot create
+                # in a folder no one may write (`chattr +i`, a read-only mount): read the file
+                # as it is, unless a -wal holds changes not yet in it. Nobody is writing it
+                # now (a writer would have made the -shm); `_follow_index` reopens it when
+                # the file or its -wal changes.
+                stamp = frozen_stamp(self.index_path)
+                if os.access(self.root, os.W_OK) or stamp[2] > 0:
+                    raise
+                connection = self._connect_read_only("mode=ro&immutable=1")
+                self._frozen_index = stamp
         except sqlite3.DatabaseError as error:
+            failure = self._index_failure(error, opening=True)
+            if not isinstance(failure, DamagedIndexError):  # locked, say: not damage
+                raise failure from error
             raise DamagedIndexError(
                 f"the store's index {self.index_path} cannot be read ({error})"
             ) from error
@@ -304,6 +318,23 @@ class StoreIndex(StoreFiles):
             raise DamagedIndexError(
                 f"the store's index {self.index_path} is damaged ({error})"
             ) from error
+        return connection
+
+    def _connect_read_only(self, options: str) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            f"file:{quote(str(self.index_path))}?{options}",
+            uri=True,
+            timeout=BUSY_TIMEOUT,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            connection.execute(f"SELECT {_ROW_COLUMNS} FROM experiments LIMIT 0").fetchall()
+            connection.execute("SELECT section, key, scalar, physical FROM columns LIMIT 0")
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     def _index_failure(self, error: sqlite3.DatabaseError, *, opening: bool = False) -> StoreError:
@@ -517,6 +548,17 @@ class StoreIndex(StoreFiles):
                 return _shown(cached.names, cached.columns, short_ids=True)
         return self._listing(query, sort, limit, offset, short_ids)
 
+    def _caches_writable(self) -> bool:
+        """Whether this process may write the store's caches of its records (the index, the
+        listing): always for a writer; for a read-only store only when its folder, tmp/ and
+        index are writable (not a read-only mount, `chmod a-w` or `chattr +i`)."""
+        if not self.read_only:
+            return True
+        paths = [self.root, self.tmp_dir]
+        if self.index_path.exists():
+            paths.append(self.index_path)
+        return all(os.access(path, os.W_OK) for path in paths)
+
     @property
     def listing_cache_path(self) -> Path:
         return self.root / "cache" / "listing"
@@ -562,7 +604,7 @@ class StoreIndex(StoreFiles):
             updated = listing_cache.Cached(generation, newest, keys, names, columns)
         else:
             updated = dataclasses.replace(updated, generation=generation, last_change=newest)
-        if not self.read_only and generation == self._generation():
+        if self._caches_writable() and generation == self._generation():
             data = listing_cache.encode(updated)
             if data is not None:
                 with contextlib.suppress(StoreError, OSError):  # a cache: best effort
@@ -984,7 +1026,8 @@ class StoreIndex(StoreFiles):
         with self._lock:
             (value,) = self._db.execute("PRAGMA data_version").fetchone()
         device, inode = self._index_identity
-        return f"index:{device}:{inode}:{value}"
+        frozen = "" if self._frozen_index is None else ":{}:{}:{}".format(*self._frozen_index)
+        return f"index:{device}:{inode}:{value}{frozen}"
 
     def _rebuild_index(self, why: str) -> sqlite3.Connection:
         """Rebuild the index from the records (StoreMaintenance)."""
@@ -1180,6 +1223,20 @@ def _add_origin_column(connection: sqlite3.Connection) -> None:
                 raise
 
 
+def frozen_stamp(index: Path) -> tuple[int, int, int]:
+    """What changes when a writer touches an index: its mtime and size, its -wal's size."""
+    try:
+        stat = index.stat()
+        mtime, size = stat.st_mtime_ns, stat.st_size
+    except OSError:
+        mtime = size = -1
+    try:
+        wal = Path(f"{index}-wal").stat().st_size
+    except OSError:
+        wal = 0
+    return mtime, size, wal
+
+
 def new_index_in_memory() -> sqlite3.Connection:
     """An empty index of this version's layout in memory (a read-only store's fallback)."""
     connection = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
@@ -1204,13 +1261,41 @@ def set_aside_index(root: str | os.PathLike[str]) -> None:
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
+# index file → a descriptor kept open (see `_read_header`), the most recently used last
+_header_handles: dict[tuple[int, int], int] = {}
+_HEADER_HANDLES_KEPT = 64  # beyond that (a test suite's thousand stores), the oldest close
+_header_lock = threading.Lock()
+
+
+def _read_header(index_path: Path) -> bytes:
+    """The index file's first 100 bytes, through one descriptor per file kept open. Closing
+    any descriptor of a file drops every POSIX lock this process holds on it, SQLite's too:
+    a second store opened in a kernel that already has one (a read-only reader beside the
+    recorder) would otherwise let another process take the index for unused when it
+    closes, and delete the WAL and shared memory under this process's connections. The
+    descriptors of the least recently read files close once more than 64 are open."""
+    info = os.stat(index_path)
+    key = (info.st_dev, info.st_ino)
+    with _header_lock:
+        handle = _header_handles.pop(key, None)
+        if handle is None:
+            handle = os.open(index_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            opened = os.fstat(handle)
+            key = (opened.st_dev, opened.st_ino)
+            if key in _header_handles:  # replaced between stat and open: one per file
+                os.close(_header_handles.pop(key))
+        _header_handles[key] = handle
+        while len(_header_handles) > _HEADER_HANDLES_KEPT:
+            os.close(_header_handles.pop(next(iter(_header_handles))))
+        return os.pread(handle, 100, 0)
+
+
 def check_header(index_path: Path) -> None:
     """A DamagedIndexError for an index whose header SQLite would misread: a wrong magic, or
     read/write format bytes (18, 19) other than 1 (legacy) or 2 (WAL) — with a flipped byte
     18 SQLite takes the file for read-only and every write fails as if it were."""
     try:
-        with open(index_path, "rb") as handle:
-            header = handle.read(100)
+        header = _read_header(index_path)
     except FileNotFoundError:
         return
     except OSError:

@@ -37,8 +37,13 @@ from .packs import PackWriter, iter_pack_files
 from .records import StoreRecords
 
 TEMP_GRACE_SECONDS = 3600.0  # tmp/ files younger than this are never collected (as remote gc)
+# Packs smaller than this are merged into one by `gc --yes` once there are two or more: every
+# process that looks objects up reads each pack's index, so many small packs (small pulls,
+# small snapshots) cost every lookup; a large pack is rewritten only when it holds garbage.
+SMALL_PACK = 32 << 20
 
 
+_NOT_A_FILE = (-1, -1)  # an index identity no file has: `_follow_index` reopens next time
 _TEMP_NAME = re.compile(r"^(?:\.probe-)?(\d+)-[0-9a-f]+(?:\.tmp)?$")  # _temp_path, the probe
 
 
@@ -63,9 +68,52 @@ class StoreMaintenance(StoreRecords):
         """Rebuild the index from the records, one process at a time (tmp/index.rebuild, an
         exclusive flock): a damaged file is moved aside to index.sqlite.damaged, never
         deleted, and a fresh one filled. A process that waited finds the work done. A
-        read-only store builds its index in memory instead, leaving the files alone."""
+        read-only store builds its index in memory instead, leaving the files alone, unless
+        its folder is writable: the index is a cache of the records, so a reader (`nbexp
+        list`) still repairs it on disk for everyone, as a writer would."""
         if self.read_only:
-            return self._index_in_memory(why)
+            if not self._has_records():
+                # nothing recorded yet, and a writer may be creating the index right now:
+                # nothing to list, nothing to repair; looked at again on the next call
+                with contextlib.suppress(sqlite3.Error, AttributeError):
+                    self._db.close()
+                self._db = new_index_in_memory()
+                self._index_identity = _NOT_A_FILE
+                return self._db
+            if not self._caches_writable():
+                return self._index_in_memory(why)
+            with self._repairing():
+                self._rebuild_on_disk(why)
+            return self._db
+        return self._rebuild_on_disk(why)
+
+    @contextlib.contextmanager
+    def _repairing(self) -> Iterator[None]:
+        """A read-only store, for the block, writes its index as a writer would: to rebuild
+        it, or to finish what a killed writer left half done (`_finish_interrupted`). Used
+        only where this process may write the folder (`_caches_writable`)."""
+        self.read_only = False
+        try:
+            yield
+        finally:
+            self.read_only = True
+        with contextlib.suppress(sqlite3.Error, AttributeError):
+            self._db.close()
+        self._db = self._open_index()  # read-only again
+        self._index_identity = file_identity(self.index_path)
+
+    def _finish_interrupted_if_writable(self) -> None:
+        """`_finish_interrupted` for a read-only store: only when notes of killed writers
+        wait in tmp/ and this process may write the folder (the index rows they lack are a
+        cache of the records; the listing must show what was recorded or tagged)."""
+        if self._has_interrupted_work() and self._caches_writable():
+            with self._repairing():
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = self._open_index()  # a writer's connection, for the block
+                self._finish_interrupted()
+
+    def _rebuild_on_disk(self, why: str) -> sqlite3.Connection:
         started = time.monotonic()
         with open(self.tmp_dir / "index.rebuild", "a+b") as lock, self._healing_now():
             locks.exclusive(lock)
@@ -224,7 +272,8 @@ class StoreMaintenance(StoreRecords):
         a new pack first (published, durable), and only then is it deleted, index first: a
         gc killed at any point leaves every live object in some pack or loose file. A pack
         whose index is damaged is rewritten the same way, and a pack without an index (a
-        writer killed between its two renames) is deleted once it is old."""
+        writer killed between its two renames) is deleted once it is old. Small packs
+        (`small_packs`) are merged into one on the way, their order kept."""
         with self._gc_lock(exclusive=True):
             referenced = self.referenced_objects()
             self._packs.refresh(force=True)
@@ -252,6 +301,9 @@ class StoreMaintenance(StoreRecords):
                         size += entries[digest][1]
                 if dead or name in damaged:
                     rewrite.append(name)
+            small = self.small_packs()
+            if len(small) >= 2:  # merged with those rewritten anyway: one new pack for all
+                rewrite += [name for name in small if name not in rewrite]
             garbage = loose_garbage + garbage
             if delete and (garbage or rewrite):
                 # A new generation before the first deletion, not after the last: a gc
@@ -266,6 +318,16 @@ class StoreMaintenance(StoreRecords):
             if delete:
                 self._remove_orphan_packs()
             return garbage, size
+
+    def small_packs(self) -> list[str]:
+        """The packs under SMALL_PACK bytes (their index's entries summed), in name order:
+        what `gc --yes` merges into one pack when there are two or more."""
+        names = []
+        for name in self._packs.names():
+            entries = self._packs.entries(name)
+            if sum(length for _, length in entries.values()) < SMALL_PACK:
+                names.append(name)
+        return names
 
     def _repack(
         self,

@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import xxhash
@@ -429,9 +429,69 @@ class StoreObjects(StoreFiles):
                     seen.add(digest)
                     yield digest
 
-    def check_arrival(self, temp: Path, digest: str) -> int:
-        """Verify that a file that arrived from elsewhere hashes to `digest`; returns its size.
-        A file that does not match is deleted. `adopt_objects` then makes it an object."""
+    @contextlib.contextmanager
+    def receiving(self) -> Iterator[Arrivals]:
+        """Objects arriving from elsewhere (a pull): each downloaded into tmp/ (`place`),
+        verified against its hash (`arrived`), then adopted together (`adopt`); whatever
+        was not adopted is deleted when the block ends."""
+        self._writable("receiving objects")
+        arrivals = Arrivals(self)
+        try:
+            yield arrivals
+        finally:
+            arrivals.discard()
+
+    def _adopt(self, arrived: dict[str, Path], order: list[str]) -> None:
+        """Make verified files the objects they hash to: more than FEW_OBJECTS become one
+        pack (in `order`, so the chunks of one array lie in sequence and restore maps them),
+        fewer stay loose files. Their bytes are durable before their names, so a record
+        saved afterwards never names a missing or partial object."""
+        if len(arrived) > FEW_OBJECTS:
+            ranked = {digest: rank for rank, digest in enumerate(order)}
+            digests = sorted(arrived, key=lambda digest: ranked.get(digest, len(ranked)))
+            with self._file_writes():
+                pack = PackWriter(self._temp_path())
+                try:
+                    for digest in digests:
+                        with open(arrived[digest], "rb") as source:
+                            size = os.fstat(source.fileno()).st_size
+                            pack.add_from(digest, source.fileno(), 0, size)
+                    pack.publish(self.packs_dir, self._temp_path())
+                except BaseException:
+                    pack.discard()
+                    raise
+            self._known_objects.update(digests)
+            return
+        with self._file_writes():
+            sync_filesystem(self.tmp_dir)
+            for digest, temp in arrived.items():
+                target = self.object_path(digest)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(temp, target)
+                self._known_objects.add(digest)
+            sync_filesystem(self.objects_dir)
+
+
+class Arrivals:
+    """The objects of one `receiving` block: where each is downloaded, which arrived whole."""
+
+    def __init__(self, store: StoreObjects) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._places: list[Path] = []
+        self.verified: dict[str, Path] = {}  # digest → its downloaded, verified file
+        self.sizes: dict[str, int] = {}
+
+    def place(self) -> Path:
+        """A fresh file name in the store's tmp/ to download one object into."""
+        temp = self._store._temp_path()
+        with self._lock:
+            self._places.append(temp)
+        return temp
+
+    def arrived(self, digest: str, temp: Path) -> int:
+        """Verify that the file downloaded at `temp` hashes to `digest` (an IntegrityError,
+        and the file deleted, if not); returns its size."""
         try:
             hasher = xxhash.xxh3_128()
             size = 0
@@ -447,19 +507,20 @@ class StoreObjects(StoreFiles):
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise
+        with self._lock:
+            self.verified[digest] = temp
+            self.sizes[digest] = size
         return size
 
-    def adopt_objects(self, arrived: dict[str, Path]) -> None:
-        """Move verified files (`check_arrival`) into the store as the objects they hash to.
-        Their bytes are made durable first and their names after, with one filesystem sync
-        each rather than one fsync per file, so a record saved afterwards never names a
-        missing or partial object."""
-        if not arrived:
-            return
-        sync_filesystem(self.tmp_dir)
-        for digest, temp in arrived.items():
-            target = self.object_path(digest)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(temp, target)
-            self._known_objects.add(digest)
-        sync_filesystem(self.objects_dir)
+    def adopt(self, order: Iterable[str] = ()) -> None:
+        """Every verified arrival becomes an object of the store (see `StoreObjects._adopt`);
+        `order` is how they are laid out in a pack (the rest after, in any order)."""
+        self._store._adopt(self.verified, list(order))
+
+    def discard(self) -> None:
+        """Delete what is left in tmp/ (adopted objects were moved or copied out)."""
+        with self._lock:
+            places, self._places = self._places, []
+        for temp in places:
+            with contextlib.suppress(OSError):
+                temp.unlink()

@@ -123,6 +123,16 @@ class StoreRecords(StoreIndex, StoreObjects):
                     with contextlib.suppress(OSError):
                         note.unlink()
 
+    def _has_interrupted_work(self) -> bool:
+        """Whether notes of work in progress (`_publishing`, `delete`) wait in tmp/."""
+        try:
+            return any(
+                name.endswith((UNINDEXED_SUFFIX, DELETING_SUFFIX))
+                for name in os.listdir(self.tmp_dir)
+            )
+        except OSError:
+            return False
+
     def _finish_interrupted(self) -> None:
         """Finish what processes killed between a record file and its index row left half
         done, as their notes, no longer locked by anyone, say: index a record written

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import ipywidgets as w
 
+from .. import api
 from ..errors import NbexpError
 from . import actions
 from .grid import Kit
@@ -168,7 +169,7 @@ class ActionBar(w.VBox):
         note = ""
         if not rows:
             model = self.model
-            rows = model.store.rows(model.query, limit=PLOT_LIMIT, ids=model.pinned)
+            rows = api.rows(model.query, limit=PLOT_LIMIT, ids=model.pinned, store=model.store)
             note = f"nothing selected: plotted the {len(rows):,} filtered experiments"
         self._result(lambda: actions.plot(self.model.store, rows, metric, x), note)
 

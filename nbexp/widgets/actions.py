@@ -1,4 +1,4 @@
-"""What the browser's buttons do, as plain functions over the store (no widgets here).
+"""What the browser's buttons do, as plain functions over the API's verbs (no widgets here).
 
 Each returns something to show: an object with `_repr_html_`, a matplotlib Figure, or a line
 of text. Features that live in other modules (the diff, plots, staleness, export) are reached
@@ -35,7 +35,7 @@ def diff(store: Store, first: str, second: str) -> Any:
         from ..api import diff as api_diff
     except ImportError as error:
         raise _unavailable("Compare", error) from None
-    return api_diff(store.load(first), store.load(second))
+    return api_diff(first, second, store=store)
 
 
 PLOT_RUNS = "runs"
@@ -52,7 +52,7 @@ def plot(store: Store, rows: Sequence[Mapping[str, Any]], metric: str, x: str) -
     except ImportError as error:
         raise _unavailable("Plot", error) from None
     if x == PLOT_SERIES:
-        records = [store.load(row["id"]) for row in rows]
+        records = [api.get(row["id"], store=store) for row in rows]
         return plots_plot(records, metric, step=True)
     if x.startswith("params."):
         return plots_plot(list(rows), metric, by=x[len("params.") :])
@@ -64,7 +64,7 @@ def series_names(store: Store, ids: Iterable[str]) -> list[str]:
     names: dict[str, None] = {}
     for experiment_id in ids:
         try:
-            names.update(dict.fromkeys(store.load(experiment_id).series))
+            names.update(dict.fromkeys(api.get(experiment_id, store=store).series))
         except NbexpError:
             continue
     return list(names)
@@ -93,7 +93,7 @@ def restore(store: Store, experiment_id: str, namespace: dict[str, Any] | None =
         if shell is None:
             raise NbexpError("Restore needs a running IPython kernel")
         namespace = shell.user_ns
-    return api.restore(store.load(experiment_id), namespace=namespace, store=store)
+    return api.restore(experiment_id, namespace=namespace, store=store)
 
 
 def export(store: Store, ids: Sequence[str], folder: str | os.PathLike[str] | None = None) -> str:
@@ -105,7 +105,7 @@ def export(store: Store, ids: Sequence[str], folder: str | os.PathLike[str] | No
         raise _unavailable("Export", error) from None
     lines = []
     for experiment_id in ids:
-        experiment = store.load(experiment_id)
+        experiment = api.get(experiment_id, store=store)
         plain = default_path(experiment, "script")  # <name>.py; names repeat, ids do not
         target = Path(folder or ".") / f"{plain.stem}-{experiment.short_id}{plain.suffix}"
         try:

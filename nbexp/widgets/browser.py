@@ -17,8 +17,10 @@ from typing import Any
 
 import ipywidgets as w
 
+from .. import api
 from ..errors import NbexpError
-from ..store import Store, open_store
+from ..store import Store
+from ..subrecords import IndexRow
 from . import render
 from .actionbar import ActionBar
 from .grid import Grid, Kit
@@ -44,7 +46,7 @@ class ExperimentBrowser(w.VBox):
         poll_interval: float | None = POLL_SECONDS,
     ) -> None:
         self.model = TableModel(
-            store if store is not None else open_store(),
+            api.reading(store),
             page_size=page_size,
             lower_is_better=lower_is_better,
             higher_is_better=higher_is_better,
@@ -161,7 +163,7 @@ class ExperimentBrowser(w.VBox):
     # -- public ---------------------------------------------------------------------------
 
     @property
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[IndexRow]:
         """The index rows on the current page, in their order."""
         return list(self.model.rows)
 

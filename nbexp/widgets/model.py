@@ -1,9 +1,10 @@
 """What the table shows, apart from any widget: filter, sort, page, selection and columns.
 
-Everything heavy happens in the store's SQL: a page is `Store.rows(limit=, offset=)`, the
-total is `Store.count`, the best value of each metric comes from one aggregate query
-(`Store.metric_bounds`, cached until the filter or the store changes), and the names of every
-param and metric (the columns) from `Store.listed_keys`, then from the new experiments only.
+Everything heavy happens in the store's SQL, reached through the verbs of `api` over a
+read-only store: a page is `api.rows(limit=, offset=)`, the total is `api.count`, the best
+value of each metric comes from one aggregate query (`api.metric_bounds`, cached until the
+filter or the store changes), and the names of every param and metric (the columns) from
+`api.column_names`, then from the new experiments only.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .. import api
 from ..errors import NbexpError
 from ..store import Store
+from ..subrecords import IndexRow
 from . import actions, render
 from .render import Column
 
 INCREMENTAL_LIMIT = 500  # new experiments read one by one; beyond that, re-read every row
 
-Row = dict[str, Any]
+Row = IndexRow
 
 
 class TableModel:
@@ -64,9 +67,8 @@ class TableModel:
 
     def discover(self, *, full: bool = False) -> None:
         """Learn every param and metric name: all rows once, later only the new ones."""
-        count = self.store.count()
-        newest = self.store.rows(limit=1)
-        known = (count, newest[0]["id"] if newest else None)
+        known = api.newest(store=self.store)
+        count = known[0]
         if known == self._known and not full:
             return
         added = count - self._known[0]
@@ -76,20 +78,19 @@ class TableModel:
             self._best_key = None
         elif not full and self._known[0] >= 0 and added <= INCREMENTAL_LIMIT:
             # the newest rows; experiments pulled from a remote may be older (↻ reads all)
-            self._learn(self.store.rows(limit=added))
+            self._learn(api.rows(limit=added, store=self.store))
             self._known = known
             self._best_key = None
         else:
             self.adopt(self.scan())
 
     def scan(self) -> tuple[dict[str, None], dict[str, None], tuple[int, str | None]]:
-        """Every param and metric name in the store, in first-seen order (SQL: the store's
-        `listed_keys`, which reads no rows out)."""
-        names = self.store.listed_keys()
+        """Every param and metric name in the store, in first-seen order (SQL: the index's
+        column list, which reads no rows out)."""
+        names = api.column_names(store=self.store)
         params = {n[len("params.") :]: None for n in names if n.startswith("params.")}
         metrics = {n[len("metrics.") :]: None for n in names if n.startswith("metrics.")}
-        newest = self.store.rows(limit=1)
-        return params, metrics, (self.store.count(), newest[0]["id"] if newest else None)
+        return params, metrics, api.newest(store=self.store)
 
     def adopt(
         self, scanned: tuple[dict[str, None], dict[str, None], tuple[int, str | None]]
@@ -124,7 +125,7 @@ class TableModel:
         bounds: dict[str, tuple[Any, Any]] = {}
         if self.pinned is not None:
             columns: dict[str, list[Any]] = {}
-            for row in self.store.rows(self.query, ids=self.pinned):
+            for row in api.rows(self.query, ids=self.pinned, store=self.store):
                 for name, value in row["metrics"].items():
                     columns.setdefault(f"metrics.{name}", []).append(value)
             for name, values in columns.items():
@@ -132,7 +133,7 @@ class TableModel:
                 if numbers:
                     bounds[name] = (min(numbers), max(numbers))
         else:
-            bounds = self.store.metric_bounds(self.query)
+            bounds = api.metric_bounds(self.query, store=self.store)
         best: dict[str, Any] = {}
         for name, (low, high) in bounds.items():
             lower = render.lower_is_better(name, self.lower_is_better, self.higher_is_better)
@@ -145,17 +146,18 @@ class TableModel:
     def load(self) -> None:
         """Query the page and the total; selected rows on it are refreshed too."""
         if self.pinned is not None:
-            self.total = len(self.store.rows(self.query, ids=self.pinned))
+            self.total = len(api.rows(self.query, ids=self.pinned, store=self.store))
         else:
-            self.total = self.store.count(self.query)
+            self.total = api.count(self.query, store=self.store)
         self.page = max(0, min(self.page, (self.total - 1) // self.page_size))
-        self.rows = self.store.rows(
+        self.rows = api.rows(
             self.query,
             sort=self.sort,
             descending=self.descending,
             limit=self.page_size,
             offset=self.page * self.page_size,
             ids=self.pinned,
+            store=self.store,
         )
         for row in self.rows:
             if row["id"] in self.selected:
@@ -193,8 +195,8 @@ class TableModel:
 
     def pin(self, refs: Iterable[str]) -> None:
         """Show only these experiments, all selected."""
-        ids = list(dict.fromkeys(self.store.resolve(ref) for ref in refs))
-        found = {row["id"]: row for row in self.store.rows(ids=ids)}
+        ids = list(dict.fromkeys(api.resolve(ref, store=self.store) for ref in refs))
+        found = {row["id"]: row for row in api.rows(ids=ids, store=self.store)}
         self.pinned = ids
         self.selected = {key: found[key] for key in ids if key in found}
         self.page = 0
@@ -207,8 +209,8 @@ class TableModel:
 
     def select(self, refs: Iterable[str]) -> None:
         for ref in refs:
-            experiment_id = self.store.resolve(ref)
-            found = self.store.rows(ids=[experiment_id])
+            experiment_id = api.resolve(ref, store=self.store)
+            found = api.rows(ids=[experiment_id], store=self.store)
             if found:
                 self.selected[experiment_id] = found[0]
 
@@ -222,7 +224,7 @@ class TableModel:
     def prune_selection(self) -> None:
         """Forget selected experiments that were deleted meanwhile."""
         if self.selected:
-            alive = {row["id"] for row in self.store.rows(ids=list(self.selected))}
+            alive = {row["id"] for row in api.rows(ids=list(self.selected), store=self.store)}
             self.selected = {k: v for k, v in self.selected.items() if k in alive}
 
     def marks(self) -> render.Marks:

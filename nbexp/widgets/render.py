@@ -14,9 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import api
 from ..record import SHORT_ID_LENGTH
 from ..show import TABLE_DIGITS, format_value
-from ..store import SORTABLE, Store, open_store
+from ..store import SORTABLE, Store
 
 ROW_HEIGHT = 24  # px; the checkbox column beside the table uses the same height
 CHAR_WIDTH = 7.4  # px per character at the table's 12px font, a little generous
@@ -225,8 +226,13 @@ def text_table(
 
 def text_listing(query: str | None = None, store: Store | None = None, shown: int = 50) -> str:
     """`%experiments` in terminal IPython: the newest `shown` matching rows as text."""
-    store = store if store is not None else open_store()
-    return text_table(store.rows(query, limit=shown), store.count(query), query=query, shown=shown)
+    store = api.reading(store)
+    return text_table(
+        api.rows(query, limit=shown, store=store),
+        api.count(query, store=store),
+        query=query,
+        shown=shown,
+    )
 
 
 STYLE = f"""<style>

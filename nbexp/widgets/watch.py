@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from .. import api
 from ..errors import NbexpError
 from ..store import Store
 
@@ -34,8 +35,7 @@ class Listener(Protocol):
 
 def signature(store: Store) -> Signature:
     """Changes whenever an experiment is added or deleted (tags do not change it)."""
-    newest = store.rows(limit=1)
-    return store.count(), (newest[0]["id"] if newest else None)
+    return api.newest(store=store)
 
 
 class Watcher:

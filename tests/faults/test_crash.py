@@ -1120,3 +1120,98 @@ def test_gc_removes_what_killed_kernels_left_in_tmp(zygote: Zygote, tmp_path: Pa
         "crash: tmp/ files killed kernels left (removed by gc once old / kept: young, live)",
         f"{len(old)} ({human_bytes(old_size)}) / {len(young)}, 1",
     )
+
+
+# -- (d'): nbexp pull killed mid-transfer ----------------------------------------------
+
+# `nbexp pull`, killed by SIGKILL right after its K-th download (`download`) or its K-th
+# rename of any kind (`rename`: a pack, its index, an object, a record, a tag file).
+PULL_KILLED_AFTER = textwrap.dedent(
+    """
+    import os, signal, sys, threading
+    from nbexp import transfer
+    from nbexp.cli import main
+
+    mode, left = sys.argv[2], int(sys.argv[3])
+    lock = threading.Lock()
+
+    def counting(method):
+        def wrapper(*args, **kwargs):
+            global left
+            result = method(*args, **kwargs)
+            with lock:
+                left -= 1
+                if left == 0:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return result
+        return wrapper
+
+    if mode == "download":
+        transfer.RemoteFiles.download = counting(transfer.RemoteFiles.download)
+    else:
+        os.replace = counting(os.replace)
+    sys.exit(main(["--store", sys.argv[1], "pull", "origin", "-j", "4"]))
+    """
+)
+PULL_EXPERIMENTS = 6  # each with PULL_OBJECTS objects: a pull of them all is one pack
+PULL_OBJECTS = 20
+
+
+def test_kills_during_pull(tmp_path: Path) -> None:
+    """`nbexp pull` killed mid-transfer (a pull of more than 16 objects writes one pack):
+    the pulling store passes fsck after every kill — no record visible without its objects,
+    no pack visible without its index —, and the next pull completes."""
+    from tests.test_remote import blobs_for, fake
+
+    rng = _rng("pull", "default")
+    source = Store(tmp_path / "source" / ".nbexp")
+    remote = tmp_path / "remote"
+    add_remote(source, "origin", str(remote))
+    made = {
+        fake(source, f"exp-{i}", blobs_for(f"exp-{i}", PULL_OBJECTS, size=4_000), minutes=i).id
+        for i in range(PULL_EXPERIMENTS)
+    }
+    assert not push(source, "origin", progress=False).failed
+    source.close()
+    keys = PULL_EXPERIMENTS * (1 + PULL_OBJECTS)
+    outcomes: Counter[str] = Counter()
+    for round_number in range(KILLS["default"]["push"]):
+        root = tmp_path / f"pull-{round_number}" / ".nbexp"
+        root.mkdir(parents=True)
+        code, _, err = nbexp(root, "remote", "add", "origin", str(remote), "--trusted")
+        assert code == 0, err
+        mode = "download" if round_number % 2 == 0 else "rename"
+        k = rng.randint(1, keys) if mode == "download" else rng.randint(1, 2 + PULL_EXPERIMENTS)
+        process = subprocess.run(
+            [sys.executable, "-c", PULL_KILLED_AFTER, str(root), mode, str(k)],
+            cwd=REPO,
+            env=worker_env(),
+            capture_output=True,
+            timeout=120,
+        )
+        if process.returncode == -signal.SIGKILL:
+            outcomes[f"killed after its k-th {mode}"] += 1
+            _tally("crash: SIGKILLs of `nbexp pull`")
+        else:
+            assert process.returncode == 0, process.stderr.decode()
+            outcomes["finished before the kill"] += 1
+        forget_stores()
+        assert_fsck_clean(root)  # every visible record's objects are there and whole
+        check_layout(root)
+        seen = set(listed(root).values())
+        assert seen <= made
+        code, out, err = nbexp(root, "pull", "origin", "-q")
+        assert code == 0, out + err
+        assert set(listed(root).values()) == made
+        assert_fsck_clean(root)
+        forget_stores()
+        pulled = Store(root)
+        try:
+            for experiment_id in made:
+                for digest in pulled.load(experiment_id).object_hashes():
+                    pulled.read_object(digest)  # verified against its hash
+        finally:
+            pulled.close()
+        shutil.rmtree(root.parent)
+    figures.report("crash: pull kill outcomes", dict(outcomes))
+    assert outcomes["finished before the kill"] <= KILLS["default"]["push"] // 2, outcomes

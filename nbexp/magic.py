@@ -137,9 +137,7 @@ class ExperimentMagics(Magics):
     @argument("--trials", type=int, default=None, metavar="N", help="--search: N trials (20)")
     @argument("--maximize", metavar="METRIC", help="--search: the metric to maximise")
     @argument("--minimize", metavar="METRIC", help="--search: the metric to minimise")
-    @argument(
-        "--sampler", default="tpe", choices=("tpe", "random", "grid"), help="--search: (tpe)"
-    )
+    @argument("--sampler", default="tpe", choices=("tpe", "random", "grid"), help="--search: (tpe)")
     @argument(
         "--workers",
         type=int,
@@ -193,7 +191,7 @@ class ExperimentMagics(Magics):
         if args.workers or args.cluster or args.trials or args.maximize or args.minimize:
             raise UsageError(
                 "--workers/--cluster/--trials/--maximize/--minimize go with a --sweep or a "
-                '--search, e.g. --sweep depth=2,4,8 --workers 2'
+                "--search, e.g. --sweep depth=2,4,8 --workers 2"
             )
         try:
             result = self._recorder.run(cell, options)

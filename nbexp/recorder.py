@@ -615,8 +615,7 @@ class Recorder:
         figures = tuple(store.put_bytes(png) for png in pngs)
         status = STATUS_FAILED if run.error else STATUS_OK
         expectations = [
-            self._evaluate(expression, metrics, params, namespace)
-            for expression in options.expect
+            self._evaluate(expression, metrics, params, namespace) for expression in options.expect
         ]
         if status == STATUS_OK and any(not item["passed"] for item in expectations):
             status = STATUS_EXPECTATION_FAILED

@@ -87,7 +87,9 @@ def find_store_root(start: str | os.PathLike[str] | None = None) -> Path:
     if override and start is None:
         relative = not os.path.isabs(override)  # "~/x" too: its HOME is part of the answer
         return _override_root(
-            override, os.getcwd() if relative else "", os.environ.get("HOME", "") if relative else ""
+            override,
+            os.getcwd() if relative else "",
+            os.environ.get("HOME", "") if relative else "",
         )
     here = Path(start or os.getcwd()).absolute()
     for folder in (here, *here.parents):

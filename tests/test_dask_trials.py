@@ -3,6 +3,7 @@ record written by the kernel, restorable; failures, killed workers and interrupt
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import textwrap
@@ -316,11 +317,10 @@ import time
 """
 
 
-@pytest.mark.kernel
-def test_interrupting_the_kernel_cancels_the_rest_and_keeps_every_finished_trial(
-    project: Path, cluster: str
-) -> None:
-    """A real kernel, a real SIGINT (`interrupt_kernel`) while it waits on the cluster."""
+@contextlib.contextmanager
+def sweep_kernel(project: Path) -> Iterator[tuple[Any, Any]]:
+    """A real kernel in `project` (Agg, no NBEXP_STORE) with nbexp loaded by KERNEL_SWEEP:
+    (its manager, a started client); shut down after."""
     from jupyter_client.manager import KernelManager
 
     env = {**os.environ, "MPLBACKEND": "Agg"}
@@ -332,6 +332,18 @@ def test_interrupting_the_kernel_cancels_the_rest_and_keeps_every_finished_trial
         client.start_channels()
         client.wait_for_ready(timeout=60)
         assert client.execute_interactive(KERNEL_SWEEP, timeout=60)["content"]["status"] == "ok"
+        yield manager, client
+        client.stop_channels()
+    finally:
+        manager.shutdown_kernel(now=True)
+
+
+@pytest.mark.kernel
+def test_interrupting_the_kernel_cancels_the_rest_and_keeps_every_finished_trial(
+    project: Path, cluster: str
+) -> None:
+    """A real kernel, a real SIGINT (`interrupt_kernel`) while it waits on the cluster."""
+    with sweep_kernel(project) as (manager, client):
         sweep = cell(
             f"slow --sweep k=1,2,3,4,5,6,7,8,9,10 --cluster {cluster}",
             "k = 0\nimport time\ntime.sleep(0.5 if k <= 2 else 30)\nscore = k\n",
@@ -367,9 +379,6 @@ def test_interrupting_the_kernel_cancels_the_rest_and_keeps_every_finished_trial
                 break
             time.sleep(0.5)
         assert check["content"]["status"] == "ok"
-        client.stop_channels()
-    finally:
-        manager.shutdown_kernel(now=True)
     store = open_store()
     names = sorted(row["name"] for row in store.rows())
     assert names == ["slow-1", "slow-2"]
@@ -383,27 +392,14 @@ def test_in_a_notebook_the_sweeps_table_shows_while_trials_land_then_gives_way(
 ) -> None:
     """A real kernel's messages: the live table is displayed as the first trials land, refreshed
     in place, and emptied before the cell's own final table."""
-    from jupyter_client.manager import KernelManager
-
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    env.pop("NBEXP_STORE", None)
-    manager = KernelManager(kernel_name="python3")
-    manager.start_kernel(env=env, cwd=str(project))
     messages: list[dict[str, Any]] = []
-    try:
-        client = manager.client()
-        client.start_channels()
-        client.wait_for_ready(timeout=60)
-        assert client.execute_interactive(KERNEL_SWEEP, timeout=60)["content"]["status"] == "ok"
+    with sweep_kernel(project) as (_, client):
         sweep = cell(
             f"live --sweep k=1,2,3,4 --cluster {cluster}",
             "k = 0\nimport time\ntime.sleep(1.5 * k)\nscore = k\n",
         )
         reply = client.execute_interactive(sweep, timeout=120, output_hook=messages.append)
         assert reply["content"]["status"] == "ok"
-        client.stop_channels()
-    finally:
-        manager.shutdown_kernel(now=True)
     shown = [
         m
         for m in messages

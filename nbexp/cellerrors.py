@@ -51,14 +51,14 @@ def _note(shell: Any, noted: dict[int, dict[str, Any]], result: Any) -> None:
     count = getattr(result, "execution_count", None)
     if info is None or not getattr(info, "store_history", False) or count is None:
         return
-    raw = info.raw_cell
+    raw = info.raw_cell.rstrip("\n")  # as IPython keeps it in the history
     if result.error_before_exec is not None:
         kind, text = describe(result.error_before_exec)
         noted[count] = {"cell": raw, "type": kind, "error": text, "line": None, "ran": False}
     elif result.error_in_exec is not None:
         error = result.error_in_exec
         kind, text = describe(error)
-        line = _cell_line(shell, error)
+        line = _cell_line(shell, error, experiment=_is_experiment(raw))
         if line is not None:  # IPython drops a cell's leading blank lines before compiling
             line += _leading_blank_lines(raw)
         noted[count] = {"cell": raw, "type": kind, "error": text, "line": line, "ran": True}
@@ -75,17 +75,28 @@ def _leading_blank_lines(raw: str) -> int:
     return skipped
 
 
-def _cell_line(shell: Any, error: BaseException) -> int | None:
+def _is_experiment(raw: str) -> bool:
+    return raw.lstrip().startswith("%%experiment")
+
+
+def _cell_line(shell: Any, error: BaseException, *, experiment: bool = False) -> int | None:
     """The line of the cell's own top-level code that was running when `error` was raised:
-    the first traceback frame that runs module code in the user's namespace."""
+    the first traceback frame that runs module code in the user's namespace.
+
+    An `%%experiment` cell runs as IPython's one-line `run_cell_magic` call, which runs the
+    body as module code of its own: the line is the body's, counted after the magic's line.
+    """
     namespace = getattr(shell, "user_ns", None)
+    lines = []
     frame = error.__traceback__
     while frame is not None:
         code = frame.tb_frame.f_code
         if code.co_name == "<module>" and frame.tb_frame.f_globals is namespace:
-            return frame.tb_lineno
+            lines.append(frame.tb_lineno)
         frame = frame.tb_next
-    return None
+    if experiment:
+        return lines[1] + 1 if len(lines) > 1 else None
+    return lines[0] if lines else None
 
 
 def failures(shell: Any, history: tuple[str, ...] | list[str]) -> dict[str, dict[str, Any]]:

@@ -147,3 +147,43 @@ def test_a_cell_edited_after_failing_is_not_mistaken_for_it(fresh: Any, project:
     experiment, outcomes = record(fresh, ["value = 4", "%%experiment edited\ntwice = value * 2"])
     assert outcomes == [True, True]
     assert experiment.code.failed == {}
+
+
+def test_a_failed_experiment_cell_exports_what_its_body_ran(fresh: Any, project: Path) -> None:
+    """An `%%experiment` cell whose body raised: the body's statements before the error ran
+    (and a later experiment reads what they bound); the one that raised and the rest did not."""
+    experiment, outcomes = record(
+        fresh,
+        [
+            "%%experiment broken\nloss = 0.25 * 2\nraise ValueError('boom')\nloss = 7.0\n",
+            "%%experiment after\nscore = loss + 1\n",
+        ],
+    )
+    assert outcomes == [False, True]
+    assert experiment.code.failed["1"] == {
+        "type": "ValueError",
+        "error": "ValueError: boom",
+        "line": 3,  # the cell's line, the magic's own line counted
+        "ran": True,
+    }
+    script = exporter.write(experiment, project / "run.py")
+    assert "loss = 7.0" not in script.read_text()
+    completed = run_script(script, cwd=project)
+    assert completed.returncode == 0, completed.stderr
+    assert_same_metrics(parse_metrics(completed.stdout), {"score": 1.5})
+
+
+def test_a_failed_cell_ending_in_a_newline_is_known(fresh: Any, project: Path) -> None:
+    """IPython keeps a cell without its final newlines; the failure must still be found."""
+    experiment, outcomes = record(
+        fresh,
+        [
+            "part = 3\nimport nbexp_no_such_module_at_all\npart = 4\n\n",
+            "%%experiment newline\ntotal = part * 2\n",
+        ],
+    )
+    assert outcomes == [False, True]
+    assert experiment.code.failed["1"]["line"] == 2
+    completed = run_script(exporter.write(experiment, project / "run.py"), cwd=project)
+    assert completed.returncode == 0, completed.stderr
+    assert_same_metrics(parse_metrics(completed.stdout), {"total": 6})

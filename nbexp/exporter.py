@@ -15,6 +15,7 @@ import datetime as dt
 import math
 import os
 import re
+import shlex
 import sys
 import textwrap
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ class Plan:
     failed: list[tuple[int, str]] = field(default_factory=list)  # kept cells that raised
     # input variables the kept cells rebuild: (name, recorded hash, files the cells name)
     variables: list[tuple[str, str, list[str]]] = field(default_factory=list)
+    # metrics recorded from `nbexp.log` alone: a variable of that name is not the metric
+    logged_only: list[str] = field(default_factory=list)
     uses_log: bool = False
     uses_display: bool = False
     headless: bool = False
@@ -87,7 +90,8 @@ def plan(experiment: Experiment) -> Plan:
         raise ExportError(f"cannot export {_who(experiment)}: its code could not be analysed")
     needed = set(body_facts.reads | body_facts.deferred) - set(params)
     bound_by_body = body_facts.binds
-    wanted = set(experiment.metrics) - bound_by_body - set(params)
+    logged_only = _logged_only_metrics(experiment, bound_by_body)
+    wanted = set(experiment.metrics) - bound_by_body - set(params) - logged_only
     found = slicing.slice_history(facts, needed, wanted)
     if found.unresolved:
         raise ExportError(_missing_message(experiment, found, len(history)))
@@ -136,6 +140,7 @@ def plan(experiment: Experiment) -> Plan:
             and item.path not in (experiment.links.get("params_files") or {})
         ],
         metrics=list(experiment.metrics),
+        logged_only=sorted(logged_only),
         history_total=len(history),
         failed=[(i + 1, failures[i].error) for i in kept if i in failures],
         variables=_rebuilt_variables(experiment, [facts[i] for i in kept], cells, rebound),
@@ -317,6 +322,24 @@ def _body(experiment: Experiment) -> tuple[str, str]:
         f"cannot export {_who(experiment)}: its IPython syntax has no plain-Python translation; "
         "rewrite the magics in the cell as Python and run it again"
     )
+
+
+def _logged_only_metrics(experiment: Experiment, bound_by_body: frozenset[str]) -> set[str]:
+    """Metrics the recorder took from the body's `nbexp.log` series: the body never bound
+    the name and `-m` did not name it (a variable of that name is an earlier cell's)."""
+    arguments, _ = translate.split_experiment_line(experiment.code.cell)
+    named: set[str] = set()
+    try:
+        words = shlex.split(arguments or "")
+    except ValueError:
+        words = []
+    for word, following in zip(words, [*words[1:], ""], strict=True):
+        if word in ("-m", "--metric"):
+            named.add(following)
+        elif word.startswith("--metric="):
+            named.add(word.partition("=")[2])
+    logged = set(experiment.series) & set(experiment.metrics)
+    return logged - set(bound_by_body) - named
 
 
 def _who(experiment: Experiment) -> str:
@@ -765,7 +788,7 @@ def _nbexp_check_variables(variables):
 '''
 
 _REPORT = '''\
-def _nbexp_report(names, logged=None):
+def _nbexp_report(names, logged=None, logged_only=()):
     """Print the recorded metrics' new values as one JSON line (`nbexp rerun` reads it)."""
     import json
     import math
@@ -790,7 +813,9 @@ def _nbexp_report(names, logged=None):
         return repr(value)[:500]
 
     found = dict(logged or {})
-    found.update({name: globals()[name] for name in names if name in globals()})
+    found.update(
+        {name: globals()[name] for name in names if name in globals() and name not in logged_only}
+    )
     metrics = {name: plain(found[name]) for name in names if name in found}
     print("__PREFIX__" + json.dumps(metrics), flush=True)
 '''
@@ -873,6 +898,8 @@ _LOG_SETUP = (
 
 def _report_call(p: Plan) -> str:
     logged = ", _nbexp_series.last_values()" if p.uses_log else ""
+    if p.uses_log and p.logged_only:
+        logged += f", logged_only={p.logged_only!r}"
     return f"_nbexp_report({p.metrics!r}{logged})"
 
 

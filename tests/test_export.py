@@ -402,3 +402,23 @@ def test_a_name_the_body_binds_to_two_literals_is_not_a_param(
     captured = capsys.readouterr()
     assert "-p n: the body assigns n more than one value" in captured.out + captured.err
     assert nbexp.get("last").name == "rebound"
+
+
+def test_a_logged_metric_is_not_an_earlier_variable_of_the_same_name(
+    fresh: Any, project: Path
+) -> None:
+    """`loss` logged by the body is the metric; a `loss` an earlier cell left in the kernel
+    (here from a failed experiment) is neither kept by the slice nor printed as the metric."""
+    for cell in [
+        "import nbexp",
+        "loss = 0.5",
+        "%%experiment logged\nfor step in range(3):\n    nbexp.log('loss', 1.0 / (step + 3))\n",
+    ]:
+        assert run(fresh, cell).success
+    experiment = nbexp.get("last")
+    assert experiment.metrics == {"loss": 0.2}
+    script = exporter.write(experiment, project / "run.py")
+    assert "loss = 0.5" not in script.read_text()
+    completed = run_script(script, cwd=project)
+    assert completed.returncode == 0, completed.stderr
+    assert_same_metrics(parse_metrics(completed.stdout), {"loss": 0.2})

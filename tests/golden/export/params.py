@@ -68,7 +68,7 @@ def _nbexp_arguments(params):
     return {name: arguments[name] for name in params}, not arguments["no_check_data"]
 
 
-def _nbexp_report(names, logged=None):
+def _nbexp_report(names, logged=None, logged_only=()):
     """Print the recorded metrics' new values as one JSON line (`nbexp rerun` reads it)."""
     import json
     import math
@@ -93,7 +93,9 @@ def _nbexp_report(names, logged=None):
         return repr(value)[:500]
 
     found = dict(logged or {})
-    found.update({name: globals()[name] for name in names if name in globals()})
+    found.update(
+        {name: globals()[name] for name in names if name in globals() and name not in logged_only}
+    )
     metrics = {name: plain(found[name]) for name in names if name in found}
     print("NBEXP_METRICS " + json.dumps(metrics), flush=True)
 

@@ -11,6 +11,7 @@ The script needs only Python, xxhash and the user's own packages, not nbexp.
 from __future__ import annotations
 
 import ast
+import contextlib
 import datetime as dt
 import math
 import os
@@ -61,6 +62,8 @@ class Plan:
     variables: list[tuple[str, str, list[str]]] = field(default_factory=list)
     # metrics recorded from `nbexp.log` alone: a variable of that name is not the metric
     logged_only: list[str] = field(default_factory=list)
+    # an earlier cell ran `from __future__ import annotations`: the export turns it on first
+    future_annotations: bool = False
     uses_log: bool = False
     uses_display: bool = False
     headless: bool = False
@@ -84,8 +87,9 @@ def plan(experiment: Experiment) -> Plan:
     failures = _failures(experiment, pythons)
     for index, failure in failures.items():
         pythons[index] = failure.cut(pythons[index], guard=True)
-    facts = [slicing.facts(code) for code in pythons]
-    body_facts = slicing.facts(_remove(python_body, statements, set()))
+    lazy = _lazy_annotations(pythons)
+    facts = [slicing.facts(code, lazy_annotations=lazy[i]) for i, code in enumerate(pythons)]
+    body_facts = slicing.facts(_remove(python_body, statements, set()), lazy_annotations=lazy[-1])
     if body_facts is None:  # removing whole statements keeps the code parseable
         raise ExportError(f"cannot export {_who(experiment)}: its code could not be analysed")
     needed = set(body_facts.reads | body_facts.deferred) - set(params)
@@ -141,6 +145,7 @@ def plan(experiment: Experiment) -> Plan:
         ],
         metrics=list(experiment.metrics),
         logged_only=sorted(logged_only),
+        future_annotations=lazy[-1] or slicing.future_annotations(ast.parse(python_body)),
         history_total=len(history),
         failed=[(i + 1, failures[i].error) for i in kept if i in failures],
         variables=_rebuilt_variables(experiment, [facts[i] for i in kept], cells, rebound),
@@ -322,6 +327,17 @@ def _body(experiment: Experiment) -> tuple[str, str]:
         f"cannot export {_who(experiment)}: its IPython syntax has no plain-Python translation; "
         "rewrite the magics in the cell as Python and run it again"
     )
+
+
+def _lazy_annotations(pythons: list[str]) -> list[bool]:
+    """Per history cell, and last for the body: whether a cell before it turned on postponed
+    annotations (IPython compiles every later cell with an earlier cell's future import)."""
+    lazy, seen = [], False
+    for code in pythons:
+        lazy.append(seen)
+        with contextlib.suppress(SyntaxError):  # a cell that does not parse never ran
+            seen = seen or slicing.future_annotations(ast.parse(code))
+    return [*lazy, seen]
 
 
 def _logged_only_metrics(experiment: Experiment, bound_by_body: frozenset[str]) -> set[str]:
@@ -903,12 +919,32 @@ def _report_call(p: Plan) -> str:
     return f"_nbexp_report({p.metrics!r}{logged})"
 
 
+_FUTURE = "from __future__ import annotations"
+
+
+def _without_future_imports(code: str) -> str:
+    """`code` with its `from __future__` imports commented out: in a script they may only
+    come first, so the export turns postponed annotations on at its top instead."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code
+    lines = code.split("\n")
+    for statement in tree.body:
+        if isinstance(statement, ast.ImportFrom) and statement.module == "__future__":
+            for number in range(statement.lineno - 1, statement.end_lineno or statement.lineno):
+                lines[number] = f"# {lines[number]}  # {translate.NOTE} at the top of the script"
+    return "\n".join(lines)
+
+
 def to_script(experiment: Experiment, filename: str = "run.py") -> str:
     """The standalone Python script reproducing `experiment` (`filename` for its usage line)."""
     p = plan(experiment)
     e = p.experiment
     out = ["#!/usr/bin/env python3"]
     out.append(repr(f"Reproduces the nbexp experiment {e.name} ({e.short_id}).") + "\n")
+    if p.future_annotations:
+        out.append(f"{_FUTURE}  # {translate.NOTE} a notebook cell turned it on\n")
     out.extend(f"# {line}" for line in header_lines(p))
     out.append(f"#\n# usage: {_usage(p, filename)}")
     out.append(f"# The last line printed holds the metrics: {METRICS_PREFIX}{{...}} (JSON).")
@@ -923,14 +959,15 @@ def to_script(experiment: Experiment, filename: str = "run.py") -> str:
     out.append("")
     out.extend(_setup_lines(p, notebook=False))
     for cell in p.cells:
-        out.extend(["", "", f"# %% {cell.label}", cell.python])
+        out.extend(["", "", f"# %% {cell.label}", _without_future_imports(cell.python)])
     if p.variables:
         out.extend(["", "", "# %% nbexp: the rebuilt input variables are what the experiment read"])
         out.append(f"if _nbexp_check:\n    _nbexp_check_variables({_variables_literal(p)})")
     if p.uses_log:
         out.extend(["", "", "# %% nbexp: collect nbexp.log() series as %%experiment does"])
         out.append(_LOG_SETUP)
-    out.extend(["", "", f"# %% {p.body.label}: {_one_line(e.name)}", p.body.python])
+    body = _without_future_imports(p.body.python)
+    out.extend(["", "", f"# %% {p.body.label}: {_one_line(e.name)}", body])
     out.extend(["", "", "# %% nbexp: the metrics, as one JSON line", _report_call(p), ""])
     return "\n".join(out)
 
@@ -955,6 +992,8 @@ def to_notebook(experiment: Experiment) -> Any:
     params = [f"{name} = {python_literal(value)}" for name, value in p.params.items()]
     params.append("NBEXP_CHECK_DATA = True  # False runs even when an input file changed")
     setup = [_helpers(p, notebook=True).rstrip(), "", "", *_setup_lines(p, notebook=True)]
+    if p.future_annotations:  # IPython keeps a cell's future import for the cells after it
+        setup.insert(0, f"{_FUTURE}  # {translate.NOTE} a notebook cell turned it on")
     cells = [
         new_markdown_cell("\n".join(intro)),
         new_code_cell("# parameters\n" + "\n".join(params), metadata={"tags": ["parameters"]}),

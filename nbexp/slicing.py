@@ -66,12 +66,19 @@ class Slice:
     unparsed: list[int] = field(default_factory=list)
 
 
-def facts(code: str) -> Facts | None:
-    """The facts of plain Python code; None when it does not parse (then it ran nothing)."""
+def facts(code: str, *, lazy_annotations: bool = False) -> Facts | None:
+    """The facts of plain Python code; None when it does not parse (then it ran nothing).
+
+    `lazy_annotations`: an earlier cell ran `from __future__ import annotations` (IPython's
+    compiler keeps a future import for the cells after it), so annotations are never
+    evaluated and read nothing; the code's own future import has the same effect.
+    """
     try:
         tree = ast.parse(code)
     except SyntaxError:
         return None
+    if lazy_annotations or future_annotations(tree):
+        tree = _AnnotationsRemoved().visit(tree)
     flow = _Flow(_Scopes.of(tree))
     flow.block(tree.body)
     kills: set[str] = set()
@@ -90,6 +97,36 @@ def facts(code: str) -> Facts | None:
         opaque=opaque,
         deferred=frozenset(flow.deferred - flow.binds - kills),
     )
+
+
+def future_annotations(tree: ast.Module) -> bool:
+    """Whether the module turns on postponed evaluation of annotations (PEP 563)."""
+    return any(
+        isinstance(statement, ast.ImportFrom)
+        and statement.module == "__future__"
+        and any(alias.name == "annotations" for alias in statement.names)
+        for statement in tree.body
+    )
+
+
+class _AnnotationsRemoved(ast.NodeTransformer):
+    """The tree with every annotation dropped: what postponed annotations evaluate."""
+
+    def visit_arg(self, node: ast.arg) -> ast.arg:
+        node.annotation = None
+        return node
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> ast.AST:
+        node.returns = None
+        self.generic_visit(node)
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
+        node.annotation = ast.Constant(value=None)
+        self.generic_visit(node)
+        return node
 
 
 def slice_history(

@@ -422,3 +422,27 @@ def test_a_logged_metric_is_not_an_earlier_variable_of_the_same_name(
     completed = run_script(script, cwd=project)
     assert completed.returncode == 0, completed.stderr
     assert_same_metrics(parse_metrics(completed.stdout), {"loss": 0.2})
+
+
+def test_a_session_with_postponed_annotations_exports_a_script_that_runs(
+    fresh: Any, project: Path
+) -> None:
+    """`from __future__ import annotations` in a notebook's first cell: later cells may
+    annotate with names never defined; the script must turn it on at its top (a future
+    import anywhere else is a SyntaxError) and not look for those names in the history."""
+    experiment = record_session(
+        fresh,
+        [
+            "from __future__ import annotations\nimport math",
+            "def scale(x: Tensor) -> Tensor:\n    return x * math.pi",
+            "%%experiment future\nscore = scale(2)",
+        ],
+    )
+    path = nbexp.export("last", project / "future.py")
+    assert path.read_text().count("\nfrom __future__ import annotations") == 1
+    completed = run_script(path, cwd=project)
+    assert completed.returncode == 0, completed.stderr
+    assert_same_metrics(parse_metrics(completed.stdout), experiment.metrics)
+    notebook = nbexp.export("last", project / "future.ipynb", format="notebook")
+    setup = json.loads(notebook.read_text())["cells"][2]["source"]
+    assert "".join(setup).startswith("from __future__ import annotations")

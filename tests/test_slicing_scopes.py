@@ -301,3 +301,16 @@ def test_a_local_augmented_assignment_does_not_pull_in_an_earlier_cell() -> None
     assert body is not None
     found = slicing.slice_history(cells, body.reads)
     assert found.kept == [1] and not found.unresolved
+
+
+def test_postponed_annotations_read_nothing() -> None:
+    """Under `from __future__ import annotations` (in the cell, or in an earlier cell:
+    IPython keeps it) a signature's and a variable's annotations are never evaluated."""
+    code = "def f(x: Model = default) -> Result:\n    y: Local = 1\n    return x\nz: Alias = 2\n"
+    eager = slicing.facts(code)
+    lazy = slicing.facts(code, lazy_annotations=True)
+    own = slicing.facts("from __future__ import annotations\n" + code)
+    assert eager is not None and lazy is not None and own is not None
+    assert {"Model", "Result", "Alias", "default"} <= eager.reads
+    assert lazy.reads == own.reads == {"default"}  # a default value is still evaluated
+    assert lazy.binds == {"f", "z"}

@@ -937,6 +937,63 @@ def _without_future_imports(code: str) -> str:
     return "\n".join(lines)
 
 
+def _awaits_at_top_level(code: str) -> bool:
+    """Whether the cell uses `await` (or `async for`/`async with`) outside any function, as
+    IPython lets a cell do: a script has to run such a cell as a coroutine."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return False
+    pending: list[ast.AST] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.Await, ast.AsyncFor, ast.AsyncWith)):
+            return True
+        if isinstance(node, ast.comprehension) and node.is_async:
+            return True
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            pending.extend([*node.decorator_list] if not isinstance(node, ast.Lambda) else [])
+            continue
+        pending.extend(ast.iter_child_nodes(node))
+    return False
+
+
+def _as_coroutine(code: str) -> str:
+    """A top-level-awaiting cell as a coroutine run on the script's one event loop; the
+    names it binds stay module globals, as in the notebook."""
+    facts = slicing.facts(code)
+    bound = sorted((facts.binds if facts else set()) | slicing.module_names(code)[1])
+    in_strings = _lines_inside_strings(code)
+    body = [
+        line if number in in_strings or not line.strip() else "    " + line
+        for number, line in enumerate(code.split("\n"), start=1)
+    ]
+    lines = [f"async def _nbexp_cell():  # {translate.NOTE} the cell awaits at its top level"]
+    if bound:
+        lines.append(f"    global {', '.join(bound)}")
+    lines.extend(body)
+    lines.extend(["", "", "_nbexp_loop.run_until_complete(_nbexp_cell())"])
+    return "\n".join(lines)
+
+
+def _lines_inside_strings(code: str) -> set[int]:
+    """Line numbers that continue a multi-line string: indenting them would change it."""
+    import io
+    import tokenize
+
+    inside: set[int] = set()
+    with contextlib.suppress(tokenize.TokenError, SyntaxError):
+        for token in tokenize.generate_tokens(io.StringIO(code).readline):
+            if token.type == tokenize.STRING and token.end[0] > token.start[0]:
+                inside.update(range(token.start[0] + 1, token.end[0] + 1))
+    return inside
+
+
+def _script_cell(code: str) -> str:
+    code = _without_future_imports(code)
+    return _as_coroutine(code) if _awaits_at_top_level(code) else code
+
+
 def to_script(experiment: Experiment, filename: str = "run.py") -> str:
     """The standalone Python script reproducing `experiment` (`filename` for its usage line)."""
     p = plan(experiment)
@@ -958,15 +1015,18 @@ def to_script(experiment: Experiment, filename: str = "run.py") -> str:
     out.append(_helpers(p, notebook=False))
     out.append("")
     out.extend(_setup_lines(p, notebook=False))
-    for cell in p.cells:
-        out.extend(["", "", f"# %% {cell.label}", _without_future_imports(cell.python)])
+    cells = [_script_cell(cell.python) for cell in p.cells]
+    body = _script_cell(p.body.python)
+    if any(_awaits_at_top_level(cell.python) for cell in [*p.cells, p.body]):
+        out.extend(["import asyncio", "", "_nbexp_loop = asyncio.new_event_loop()"])
+    for cell, python in zip(p.cells, cells, strict=True):
+        out.extend(["", "", f"# %% {cell.label}", python])
     if p.variables:
         out.extend(["", "", "# %% nbexp: the rebuilt input variables are what the experiment read"])
         out.append(f"if _nbexp_check:\n    _nbexp_check_variables({_variables_literal(p)})")
     if p.uses_log:
         out.extend(["", "", "# %% nbexp: collect nbexp.log() series as %%experiment does"])
         out.append(_LOG_SETUP)
-    body = _without_future_imports(p.body.python)
     out.extend(["", "", f"# %% {p.body.label}: {_one_line(e.name)}", body])
     out.extend(["", "", "# %% nbexp: the metrics, as one JSON line", _report_call(p), ""])
     return "\n".join(out)

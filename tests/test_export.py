@@ -446,3 +446,23 @@ def test_a_session_with_postponed_annotations_exports_a_script_that_runs(
     notebook = nbexp.export("last", project / "future.ipynb", format="notebook")
     setup = json.loads(notebook.read_text())["cells"][2]["source"]
     assert "".join(setup).startswith("from __future__ import annotations")
+
+
+def test_a_cell_that_awaits_at_its_top_level_exports_a_script_that_runs(
+    fresh: Any, project: Path
+) -> None:
+    """IPython runs `x = await fetch()` in a cell; a script cannot: the cell becomes a
+    coroutine on one event loop, binding the same globals (a multi-line string unchanged)."""
+    experiment = record_session(
+        fresh,
+        [
+            "import asyncio\nasync def fetch(n):\n    await asyncio.sleep(0)\n    return n",
+            'rows = await fetch(4)\nquery = """select\n  *"""',
+            "%%experiment awaited\nsize = rows * 10 + len(query)",
+        ],
+    )
+    assert experiment.metrics == {"size": 50}
+    path = nbexp.export("last", project / "awaited.py")
+    completed = run_script(path, cwd=project)
+    assert completed.returncode == 0, completed.stderr
+    assert_same_metrics(parse_metrics(completed.stdout), experiment.metrics)

@@ -348,9 +348,7 @@ def matches(node: Node, row: dict[str, Any]) -> bool:
     return _kind(value) == kind and kind in ("num", "str") and _ORDER[node.op](value, node.value)
 
 
-def to_sql(
-    node: Node, plain: Mapping[tuple[str, str], str] | None = None
-) -> tuple[str, list[Any]]:
+def to_sql(node: Node, plain: Mapping[tuple[str, str], str] | None = None) -> tuple[str, list[Any]]:
     """A WHERE fragment over the experiments table with ? placeholders, and its parameters.
     `plain`: (section, key) → the plain column holding every value of that key as SQLite
     holds it (the index's flat keys); those are compared directly — the same rows as

@@ -121,7 +121,7 @@ def _no_collection() -> Iterator[None]:
 # read) or whole, and either way the index's generation decides whether it is current.
 
 _TEXT_MAGIC = b"nbexp-listing-text\n"
-TEXTS_KEPT = 8  # the newest texts kept (by the time they were written); older ones deleted
+TEXTS_KEPT = 6  # the newest texts kept (by the time they were written); older ones deleted
 
 
 def text_path(folder: Path, options: str) -> Path:

@@ -317,6 +317,42 @@ def test_a_damaged_or_foreign_kept_text_is_never_printed(
     assert _listings() == before
 
 
+def test_lists_while_another_process_writes_end_with_every_record(
+    filled: tuple[Store, list[Experiment]],
+) -> None:
+    """Lists running while records are written (a text kept only when nothing changed
+    while it was made): each prints some whole state, and the list after the last write
+    names every record, as a list made afresh does."""
+    store, _ = filled
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from nbexp.store import Store\n"
+            "from tests.test_store import make_experiment\n"
+            "store = Store(sys.argv[1])\n"
+            "for k in range(20):\n"
+            "    make_experiment(store, f'w{k}', params={'k': k}, minutes=10 + k)\n",
+            str(store.root),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    seen = []
+    while writer.poll() is None:
+        result = nbexp_cli("list", "--format", "csv")
+        assert result.code == 0, result
+        rows = list(csv.DictReader(io.StringIO(result.out)))
+        seen.append(len(rows))
+        written = [int(row["params.k"]) for row in rows if row.get("params.k")]
+        assert written == sorted(written, reverse=True) == list(range(len(written)))[::-1]
+    assert writer.wait(timeout=60) == 0
+    assert seen, "the writer finished before any list ran"
+    final = _listings()
+    assert len(list(csv.DictReader(io.StringIO(final["csv"])))) == 23
+    assert final == _made_afresh(store)
+
+
 def test_list_into_a_closed_pipe_prints_no_traceback(
     filled: tuple[Store, list[Experiment]],
 ) -> None:

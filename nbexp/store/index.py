@@ -623,6 +623,8 @@ class StoreIndex(StoreFiles):
         path = listing_cache.text_path(folder, options)
         kept = listing_cache.read_text(path, generation, options)
         if kept is not None:
+            if self._caches_writable():
+                listing_cache.mark_used(path)
             return kept
         text = render()
         # kept only when nothing changed while it was made: it is then the text of `generation`
@@ -631,6 +633,7 @@ class StoreIndex(StoreFiles):
                 listing_cache.write_unsynced(
                     self._temp_path(), path, listing_cache.encode_text(generation, options, text)
                 )
+                listing_cache.mark_used(path)
                 listing_cache.prune_texts(folder)
         return text
 

@@ -24,6 +24,7 @@ import json
 import marshal
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,7 @@ def _no_collection() -> Iterator[None]:
 # read) or whole, and either way the index's generation decides whether it is current.
 
 _TEXT_MAGIC = b"nbexp-listing-text\n"
-TEXTS_KEPT = 6  # the newest texts kept (by the time they were written); older ones deleted
+TEXTS_KEPT = 6  # the texts last used kept (see `mark_used`); older ones deleted
 
 
 def text_path(folder: Path, options: str) -> Path:
@@ -177,9 +178,18 @@ def write_unsynced(temp: Path, target: Path, data: bytes) -> None:
         raise
 
 
+def mark_used(path: Path) -> None:
+    """Note that the text at `path` was just printed (its modification time set to now, from
+    the fine clock: files' own times can tie within a clock tick), so pruning keeps the
+    texts in use — the whole table printed every day — and drops filters typed once."""
+    with contextlib.suppress(OSError):
+        now = time.time_ns()
+        os.utime(path, ns=(now, now))
+
+
 def prune_texts(folder: Path, keep: int = TEXTS_KEPT) -> None:
-    """Delete all but the `keep` newest texts (a listing's text for each filter typed once
-    would otherwise pile up)."""
+    """Delete all but the `keep` texts used last (a listing's text for each filter typed
+    once would otherwise pile up)."""
     texts: list[tuple[int, str]] = []
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:

@@ -134,6 +134,37 @@ def table(
     return names, columns
 
 
+def listing_text(
+    query: str | None = None,
+    *,
+    sort: str | None = None,
+    limit: int | None = None,
+    fmt: str = "table",
+    store: Store | str | None = None,
+) -> bytes:
+    """`nbexp list`'s output as UTF-8: the padded table (`fmt="table"`) or CSV (`"csv"`).
+    An unchanged store gives back the text it gave last time for the same options, kept
+    beside its index, instead of formatting every experiment again."""
+    from . import __version__
+    from . import listing_text as text
+
+    target = reading(store)
+
+    def render() -> bytes:
+        header, columns = table(query, sort=sort, limit=limit, store=target)
+        if fmt == "csv":  # numbers at full precision; only tags and lists are rewritten
+            made = text.csv(header, columns)
+        elif not columns[0]:
+            made = "no experiments" + (f" match `{query}`" if query else " yet") + "\n"
+        else:
+            made = text.table(header, columns)
+        return made.encode("utf-8", "backslashreplace")
+
+    # everything the text depends on besides the store: a new nbexp may print it otherwise
+    options = repr((text.FORMAT, __version__, fmt, query, sort, limit))
+    return target.listing_text(options, render)
+
+
 def experiments(
     query: str | None = None, *, sort: str | None = None, store: Store | str | None = None
 ) -> pd.DataFrame:

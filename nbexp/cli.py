@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -33,17 +34,24 @@ def cmd_list(args: argparse.Namespace, store: Store) -> int:
         rows = api.rows(args.query, sort=args.sort, limit=args.limit, store=store)
         _write(json.dumps(encode_value(rows), indent=1, allow_nan=False) + "\n")
         return 0
-    header, columns = api.table(args.query, sort=args.sort, limit=args.limit, store=store)
-    from . import listing_text
-
-    if args.format == "csv":  # numbers at full precision; only tags and lists are rewritten
-        _write(listing_text.csv(header, columns))
-        return 0
-    if not columns[0]:
-        print("no experiments" + (f" match `{args.query}`" if args.query else " yet"))
-        return 0
-    _write(listing_text.table(header, columns))
+    text = api.listing_text(
+        args.query, sort=args.sort, limit=args.limit, fmt=args.format, store=store
+    )
+    _write_utf8(text)
     return 0
+
+
+def _write_utf8(data: bytes) -> None:
+    """Print UTF-8 text as it is when stdout takes UTF-8 (no decoding and encoding again of
+    megabytes), else through stdout's own encoding."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    if buffer is not None and encoding == "utf8" and os.linesep == "\n":
+        sys.stdout.flush()
+        buffer.write(data)
+        buffer.flush()
+    else:
+        _write(data.decode("utf-8", "replace"))
 
 
 def cmd_show(args: argparse.Namespace, store: Store) -> int:
@@ -520,8 +528,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NbexpError as error:
         print(f"nbexp: {error}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
+    except BrokenPipeError:  # `nbexp list | head`: the reader has all it wanted
+        _silence_stdout()
         return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: the text still buffered would otherwise fail again as the
+    interpreter exits, and print a traceback after all."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (e.g. captured in tests)
+        pass
 
 
 if __name__ == "__main__":

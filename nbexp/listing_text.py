@@ -16,6 +16,7 @@ from typing import Any
 
 from .show import TABLE_DIGITS, format_value
 
+FORMAT = 1  # raise it when the text for a listing changes: kept texts of older ones are not used
 _NONE = type(None)
 _FIRST_19 = operator.itemgetter(slice(0, 19))  # "2026-12-01T10:00:00" of an ISO timestamp
 _CSV_SPECIAL = (",", '"', "\r", "\n")

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -237,6 +238,140 @@ def test_list_limit(filled: tuple[Store, list[Experiment]]) -> None:
     _, (_, gb, rf2) = filled
     result = nbexp_cli("list", "--limit", "2", "--format", "json")
     assert [row["id"] for row in json.loads(result.out)] == [rf2.id, gb.id]
+
+
+def _listings() -> dict[str, str]:
+    """`nbexp list` as a table, as CSV and filtered, each checked to succeed."""
+    found = {}
+    for label, argv in (
+        ("table", ["list"]),
+        ("csv", ["list", "--format", "csv"]),
+        ("filtered", ["list", "params.depth < 10"]),
+    ):
+        result = nbexp_cli(*argv)
+        assert result.code == 0 and result.err == "", result
+        found[label] = result.out
+    return found
+
+
+def _made_afresh(store: Store) -> dict[str, str]:
+    """The listings made from the index alone: every kept text of them deleted first."""
+    shutil.rmtree(store.root / "cache", ignore_errors=True)
+    return _listings()
+
+
+def test_each_change_between_two_lists_shows_in_the_second(
+    filled: tuple[Store, list[Experiment]],
+) -> None:
+    """`nbexp list` of an unchanged store prints the text it kept from the last one; a tag,
+    a removal, a new record (from this process or another) or a reindex between two lists
+    shows in the second, which is byte for byte what a list made afresh prints."""
+    store, (rf1, gb, rf2) = filled
+    before = _listings()
+    assert _listings() == before  # the second from the kept texts
+    assert list((store.root / "cache").glob("text-*"))
+    assert _made_afresh(store) == before
+
+    assert nbexp_cli("tag", "last~2", "golden").code == 0
+    tagged = _listings()
+    assert tagged != before
+    assert any(line.startswith(rf1.short_id) and "golden" in line
+               for line in tagged["table"].splitlines())  # fmt: skip
+    assert "golden" in tagged["csv"] and "golden" in tagged["filtered"]
+    assert _made_afresh(store) == tagged
+
+    assert nbexp_cli("rm", gb.id[:8]).code == 0
+    removed = _listings()
+    assert gb.short_id not in removed["table"] and gb.short_id not in removed["csv"]
+    assert _made_afresh(store) == removed
+
+    newest = make_experiment(store, "xgb", params={"depth": 4}, metrics={"f1": 0.99}, minutes=9)
+    added = _listings()  # written by this process's store handle, listed by another process
+    assert [line.split()[0] for line in added["table"].splitlines()[1:]] == [
+        newest.short_id, rf2.short_id, rf1.short_id
+    ]  # fmt: skip
+    assert added["filtered"].splitlines()[1].startswith(newest.short_id)
+    assert _made_afresh(store) == added
+
+    store.remove_tag(rf1.id, "golden")
+    assert "golden" not in _listings()["table"]
+    assert nbexp_cli("reindex").code == 0
+    assert _listings() == _made_afresh(store)
+
+
+def test_a_damaged_or_foreign_kept_text_is_never_printed(
+    filled: tuple[Store, list[Experiment]],
+) -> None:
+    store, _ = filled
+    before = _listings()
+    texts = sorted((store.root / "cache").glob("text-*"))
+    assert len(texts) == 3
+    for text in texts:
+        data = bytearray(text.read_bytes())
+        data[-2] ^= 0x20  # one letter's case: the file's hash no longer matches
+        text.write_bytes(bytes(data))
+    assert _listings() == before  # each made afresh, and kept again
+    # one listing's text put in another's file: made for other options, never printed
+    first, second = sorted((store.root / "cache").glob("text-*"))[:2]
+    first.write_bytes(second.read_bytes())
+    assert _listings() == before
+
+
+def test_lists_while_another_process_writes_end_with_every_record(
+    filled: tuple[Store, list[Experiment]],
+) -> None:
+    """Lists running while records are written (a text kept only when nothing changed
+    while it was made): each prints some whole state, and the list after the last write
+    names every record, as a list made afresh does."""
+    store, _ = filled
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from nbexp.store import Store\n"
+            "from tests.test_store import make_experiment\n"
+            "store = Store(sys.argv[1])\n"
+            "for k in range(20):\n"
+            "    make_experiment(store, f'w{k}', params={'k': k}, minutes=10 + k)\n",
+            str(store.root),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    seen = []
+    while writer.poll() is None:
+        result = nbexp_cli("list", "--format", "csv")
+        assert result.code == 0, result
+        rows = list(csv.DictReader(io.StringIO(result.out)))
+        seen.append(len(rows))
+        written = [int(row["params.k"]) for row in rows if row.get("params.k")]
+        assert written == sorted(written, reverse=True) == list(range(len(written)))[::-1]
+    assert writer.wait(timeout=60) == 0
+    assert seen, "the writer finished before any list ran"
+    final = _listings()
+    assert len(list(csv.DictReader(io.StringIO(final["csv"])))) == 23
+    assert final == _made_afresh(store)
+
+
+def test_list_into_a_closed_pipe_prints_no_traceback(
+    filled: tuple[Store, list[Experiment]],
+) -> None:
+    """`nbexp list | head`: the reader goes away before the listing is written (stdout
+    buffered, or not: PYTHONUNBUFFERED, common in containers)."""
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    for argv, env in (
+        (["list"], buffered),
+        (["list", "--format", "csv"], buffered),
+        (["list"], {**buffered, "PYTHONUNBUFFERED": "1"}),
+    ):
+        process = subprocess.Popen(
+            [*COMMAND, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()  # before the interpreter has even started
+        error = process.stderr.read().decode()
+        assert process.wait(timeout=60) == 0, error
+        assert error == "", error
 
 
 # -- show, rm, tag --------------------------------------------------------------------------------

@@ -497,3 +497,108 @@ def test_mutated_queries_parse_or_raise_and_agree(
         assert len(str(e).splitlines()) == 1
         return
     assert sql_ids(db, mutated) == py_ids(mutated)
+
+
+# ---------------------------------------------------------------- a real index's plain columns
+
+PLAIN_EXTRA = [  # flat keys whose values the plain columns must hold exactly as the JSON does
+    ({"lr": float("inf"), "mixed": "n/a", "big": 2**70}, {"f1": float("-inf"), "acc": 1}),
+    ({"lr": -0.0, "mixed": 3, "depth": 10**19}, {"f1": 1e308, "acc": 0.5}),
+    ({"mixed": 2.5, "loss": ""}, {"f1": float("nan"), "loss": 0}),  # nan: metrics.f1 not flat
+]
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real store holding ROWS' params and metrics (and PLAIN_EXTRA): its index keeps flat
+    keys in plain columns, which filters compare directly."""
+    from nbexp.record import Code, Experiment, Outcome
+    from nbexp.store import Store
+
+    store = Store(tmp_path_factory.mktemp("plain") / ".nbexp")
+    rows = [(r["params"] or {}, r["metrics"] or {}) for r in ROWS] + PLAIN_EXTRA
+    for number, (params, metrics) in enumerate(rows):
+        created = f"2026-11-23T00:00:{number:02d}.000000+00:00"
+        draft = Experiment(
+            id="",
+            name=f"r{number}",
+            created=created,
+            code=Code(cell="", source=""),
+            outcome=Outcome(status="ok", started=created, duration=0.1),
+            params=params,
+            metrics=metrics,
+        )
+        body = draft.to_dict()
+        body["id"] = store.make_id(body)
+        store.save(Experiment.from_dict(body))
+    yield store
+    store.close()
+
+
+def _through_plain_and_json(store: Any, text: str) -> tuple[set[str], set[str]]:
+    """The names `text` selects as the store filters (plain columns where a key has one),
+    and through the JSON documents alone, on the same index."""
+    plain = {row["name"] for row in store.rows(text)}
+    where, args = to_sql(parse(text))
+    with store._lock:
+        found = store._db.execute(f"SELECT name FROM experiments WHERE {where}", args)
+        return plain, {name for (name,) in found}
+
+
+def test_filters_use_the_plain_columns_of_flat_keys(indexed: Any) -> None:
+    """A flat key is compared in its plain column (no JSON parsed per row); a key with a
+    value that is not flat (a bool, a list, nan) goes on through the JSON."""
+    plain = {
+        (section, key): physical
+        for section, key, scalar, physical in indexed._key_columns()
+        if scalar and physical
+    }
+    assert ("params", "lr") in plain and ("params", "mixed") in plain
+    assert ("params", "use-bn") not in plain and ("metrics", "f1") not in plain
+    where, _ = to_sql(parse('params.lr > 0.01 and params.mixed == "n/a"'), plain)
+    assert "json" not in where
+    where, _ = to_sql(parse("metrics.f1 > 0.5"), plain)
+    assert "json" in where
+
+
+@pytest.mark.parametrize(("text", "expected"), AGREEMENT, ids=[t for t, _ in AGREEMENT])
+def test_plain_columns_select_what_the_json_selects(
+    indexed: Any, text: str, expected: set[str]
+) -> None:
+    through_plain, through_json = _through_plain_and_json(indexed, text)
+    assert through_plain == through_json
+
+
+EXTRA_AGREEMENT = [
+    "params.lr > 1e308",
+    "params.lr == 0",
+    "params.lr < 0.01",
+    'params.mixed > "a"',
+    "params.mixed >= 2.5",
+    "params.mixed != 3",
+    'params.mixed in [3, "n/a", null]',
+    "params.mixed not in [2.5]",
+    "params.big > 1e20",
+    "params.depth >= 1e19",
+    "params.depth == 10000000000000000000.0",
+    'params.loss == ""',
+    "metrics.f1 < -1e308",
+    "metrics.f1 != 1e308",
+    "metrics.acc == 1",
+    "metrics.loss <= 0",
+]
+
+
+@pytest.mark.parametrize("text", EXTRA_AGREEMENT)
+def test_plain_columns_agree_on_non_finite_big_and_mixed_values(indexed: Any, text: str) -> None:
+    through_plain, through_json = _through_plain_and_json(indexed, text)
+    assert through_plain == through_json
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(trees, st.data())
+def test_generated_queries_select_the_same_rows_through_plain_columns(
+    indexed: Any, node: Node, data: st.DataObject
+) -> None:
+    through_plain, through_json = _through_plain_and_json(indexed, _render(node, data))
+    assert through_plain == through_json

@@ -799,6 +799,31 @@ def test_the_whole_listing_is_served_from_its_cache_only_while_the_index_is_unch
     assert store.listing(short_ids=True) == fresh()
 
 
+def test_the_listing_texts_kept_are_the_ones_in_use(project):
+    """`nbexp list` keeps its text per set of options, a few of them: those printed last.
+    The whole table listed between ten filters typed once each is never made again."""
+    from nbexp.store import listing_cache
+
+    store = open_store()
+    _listing_experiment(store, "a", {"lr": 0.1}, {"acc": 0.5})
+    made: list[str] = []
+
+    def text(options: str) -> bytes:
+        return store.listing_text(options, lambda: made.append(options) or options.encode())
+
+    assert text("whole") == b"whole"
+    for k in range(10):
+        assert text(f"filter {k}") == f"filter {k}".encode()
+        assert text("whole") == b"whole"
+    assert made == ["whole"] + [f"filter {k}" for k in range(10)]
+    kept = list((store.root / "cache").glob("text-*"))
+    assert len(kept) == listing_cache.TEXTS_KEPT
+    assert text("filter 9") == b"filter 9" and made[-1] == "filter 9"  # kept: not made
+    assert text("filter 0") == b"filter 0" and made[-1] == "filter 0"  # dropped: made again
+    _listing_experiment(store, "b", {"lr": 0.2}, {"acc": 0.6})
+    assert text("whole") == b"whole" and made[-1] == "whole"  # the index changed
+
+
 def _saved(store, name, created, params, metrics=None):
     draft = Experiment(
         id="",

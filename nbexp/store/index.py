@@ -611,6 +611,32 @@ class StoreIndex(StoreFiles):
                     self._write_atomic(self.listing_cache_path, data)
         return updated
 
+    @index_guard
+    def listing_text(self, options: str, render: Callable[[], bytes]) -> bytes:
+        """`render()` — a listing's text for `options` (e.g. `nbexp list`'s table) — kept in
+        `cache/` and given back as it is while the index is unchanged (`listing_cache`'s
+        texts): one read instead of listing and formatting every experiment again."""
+        generation = self._generation()
+        if generation is None:
+            return render()
+        folder = self.listing_cache_path.parent
+        path = listing_cache.text_path(folder, options)
+        kept = listing_cache.read_text(path, generation, options)
+        if kept is not None:
+            if self._caches_writable():
+                listing_cache.mark_used(path)
+            return kept
+        text = render()
+        # kept only when nothing changed while it was made: it is then the text of `generation`
+        if self._caches_writable() and generation == self._generation():
+            with contextlib.suppress(OSError):  # a cache: best effort
+                listing_cache.write_unsynced(
+                    self._temp_path(), path, listing_cache.encode_text(generation, options, text)
+                )
+                listing_cache.mark_used(path)
+                listing_cache.prune_texts(folder)
+        return text
+
     def _patched(
         self, cached: listing_cache.Cached, newest: int, oldest: int | None
     ) -> listing_cache.Cached | None:
@@ -877,7 +903,12 @@ class StoreIndex(StoreFiles):
         clauses: list[str] = []
         args: list[Any] = []
         if query and query.strip():
-            where, where_args = query_language.to_sql(query_language.parse(query))
+            plain = {
+                (section, key): str(physical)
+                for section, key, scalar, physical in self._key_columns()
+                if scalar and physical and _PHYSICAL.match(str(physical))
+            }  # flat keys compared in their plain columns, as `listing` reads them
+            where, where_args = query_language.to_sql(query_language.parse(query), plain)
             clauses.append(f"({where})")
             args.extend(where_args)
         if ids is not None:

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import marshal
+import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +110,96 @@ def _no_collection() -> Iterator[None]:
     finally:
         if paused:
             gc.enable()
+
+
+# -- the listing's text ---------------------------------------------------------------------
+#
+# `nbexp list` of an unchanged store prints what it printed last time: the text itself (the
+# table, the CSV) is kept beside the listing, one file per set of options, so such a call
+# costs one read — not unmarshalling 1.5 million values and formatting them again. A file
+# says the generation and the options it was made for; it is trusted only for those, after
+# its hash is checked. It is written without fsync: after a crash it is damaged (then never
+# read) or whole, and either way the index's generation decides whether it is current.
+
+_TEXT_MAGIC = b"nbexp-listing-text\n"
+TEXTS_KEPT = 6  # the texts last used kept (see `mark_used`); older ones deleted
+
+
+def text_path(folder: Path, options: str) -> Path:
+    """The file that keeps the listing's text for `options` (any string naming them)."""
+    return folder / f"text-{hash_bytes(options.encode('utf-8', 'backslashreplace'))[:20]}"
+
+
+def read_text(path: Path, generation: Generation, options: str) -> bytes | None:
+    """The text kept at `path` when it was made at `generation` for `options`; else None
+    (missing, damaged, from another index or for other options)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    start = len(_TEXT_MAGIC) + _DIGEST_LENGTH
+    if not data.startswith(_TEXT_MAGIC):
+        return None
+    head_end = data.find(b"\n", start)
+    if head_end < 0:
+        return None
+    header = _text_header(generation, options)
+    if data[start : head_end + 1] != header:  # before hashing: a stale file costs no hash
+        return None
+    if data[len(_TEXT_MAGIC) : start].decode("ascii", "replace") != hash_bytes(
+        memoryview(data)[start:]
+    ):
+        return None
+    return data[head_end + 1 :]
+
+
+def encode_text(generation: Generation, options: str, text: bytes) -> bytes:
+    """The file's bytes for `text`, made at `generation` for `options`."""
+    body = _text_header(generation, options) + text
+    return _TEXT_MAGIC + hash_bytes(body).encode("ascii") + body
+
+
+def _text_header(generation: Generation, options: str) -> bytes:
+    """One line: the generation and the options (their JSON: no line break inside)."""
+    name, changes = generation
+    return json.dumps([name, changes, options]).encode("ascii") + b"\n"
+
+
+def write_unsynced(temp: Path, target: Path, data: bytes) -> None:
+    """`data` to `target` through `temp` and a rename (readers see all of it or nothing),
+    not fsynced: a cache checked by its hash on every read."""
+    try:
+        temp.write_bytes(data)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+
+
+def mark_used(path: Path) -> None:
+    """Note that the text at `path` was just printed (its modification time set to now, from
+    the fine clock: files' own times can tie within a clock tick), so pruning keeps the
+    texts in use — the whole table printed every day — and drops filters typed once."""
+    with contextlib.suppress(OSError):
+        now = time.time_ns()
+        os.utime(path, ns=(now, now))
+
+
+def prune_texts(folder: Path, keep: int = TEXTS_KEPT) -> None:
+    """Delete all but the `keep` texts used last (a listing's text for each filter typed
+    once would otherwise pile up)."""
+    texts: list[tuple[int, str]] = []
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("text-"):
+                with contextlib.suppress(OSError):  # deleted by another process meanwhile
+                    texts.append((entry.stat().st_mtime_ns, entry.path))
+    texts.sort(reverse=True)
+    for _, old in texts[keep:]:
+        with contextlib.suppress(OSError):
+            os.unlink(old)
 
 
 def forget(path: Path) -> None:

@@ -57,26 +57,33 @@ class StoreFiles:
         if sync_dir:
             fsync_dir(target.parent)
 
-    def _publish_durably(self, target: Path, data: bytes) -> None:
+    def _publish(self, target: Path, data: bytes) -> Syncing:
         """Write `data` to `target` for readers to see all of it or nothing (a temp file
-        renamed into place), and return once its bytes and its name are both on disk: the
-        file's fsync and its folder's run side by side, one wait for the disk instead of
-        two in a row. Only for records, whose note (`records._publishing`) covers the
-        moment a power cut could leave the name on disk before the bytes: the next open
-        deletes a record that was never acknowledged and does not match its id."""
+        renamed into place), and start making its bytes and its name durable: the file's
+        fsync and its folder's run side by side in helper threads while the caller goes on
+        (the record's index row is written meanwhile); `Syncing.wait` returns once both are
+        on disk. Only for records, whose note (`records._publishing`) covers the moment a
+        power cut could leave the name on disk before the bytes, or the index row before
+        either: the next open deletes a record that was never acknowledged and does not
+        match its id, and the row of one that is missing."""
         temp = self._temp_path()
         with self._file_writes():
+            descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             try:
-                with open(temp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(descriptor, view) :]
+                try:
+                    os.replace(temp, target)
+                except FileNotFoundError:  # the record's folder is new
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(temp, target)
-                    sync_side_by_side(handle.fileno(), target.parent)
             except BaseException:
+                os.close(descriptor)
                 with contextlib.suppress(OSError):
                     temp.unlink()
                 raise
+            return Syncing(descriptor, target.parent)
 
     @contextlib.contextmanager
     def _file_writes(self) -> Iterator[None]:
@@ -201,20 +208,41 @@ def _sync_pool() -> Any:
     return _sync_workers[1]
 
 
-def sync_side_by_side(descriptor: int, folder: Path) -> None:
-    """fsync the open file `descriptor` and the folder `folder` at the same time (the
-    file's in a helper thread, which the GIL does not hold back during the call); an
-    error of the file's fsync is raised, as `os.fsync` raises it."""
-    try:
-        done = _sync_pool().submit(os.fsync, descriptor)
-    except RuntimeError:  # the interpreter is shutting down: no new threads, one after the other
-        os.fsync(descriptor)
-        fsync_dir(folder)
-        return
-    try:
-        fsync_dir(folder)
-    finally:
-        done.result()
+class Syncing:
+    """The fsyncs of a file just renamed into place (its open `descriptor`, closed by
+    `wait`) and of its folder, started side by side in helper threads, which the GIL does not
+    hold back during the calls: one wait for the disk, overlapping whatever the caller does
+    before `wait`. An error of the file's fsync is raised by `wait`, as `os.fsync` raises
+    it (a folder's fsync that fails is ignored, as `fsync_dir` ignores it)."""
+
+    def __init__(self, descriptor: int, folder: Path) -> None:
+        self._descriptor = descriptor
+        self._waits: list[Any] = []
+        try:
+            pool = _sync_pool()
+            self._waits.append(pool.submit(os.fsync, descriptor))
+            self._waits.append(pool.submit(fsync_dir, folder))
+        except RuntimeError:  # the interpreter is shutting down: no new threads, in a row
+            for wait in self._waits:
+                wait.result()
+            self._waits = []
+            try:
+                os.fsync(descriptor)
+                fsync_dir(folder)
+            except BaseException:
+                os.close(descriptor)
+                raise
+
+    def wait(self) -> None:
+        """Return once the file's bytes and its name are on disk."""
+        try:
+            for wait in self._waits:
+                wait.result()
+        finally:
+            self._waits = []
+            if self._descriptor >= 0:
+                os.close(self._descriptor)
+                self._descriptor = -1
 
 
 def fsync_dir(folder: Path) -> None:

@@ -143,8 +143,12 @@ class StoreFiles:
 
     def origin(self, experiment_id: str) -> dict[str, Any] | None:
         """Where a pulled experiment came from ({"remote", "url", "pulled"}); None if local."""
+        path = f"{self.root}{os.sep}origins{os.sep}{experiment_id}.json"
+        if not os.access(path, os.F_OK):  # most experiments are local: no exception to raise
+            return None
         try:
-            value = json.loads((self.origins_dir / f"{experiment_id}.json").read_bytes())
+            with open(path, "rb") as handle:
+                value = json.loads(handle.read())
         except FileNotFoundError:
             return None
         except ValueError:  # unreadable: still not local, so never trusted by default

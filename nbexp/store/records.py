@@ -8,7 +8,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,18 @@ def _json_object(parts: dict[str, bytes]) -> bytes:
     return b"{" + b",".join(canonical_json(key) + b":" + parts[key] for key in sorted(parts)) + b"}"
 
 
+def _parts(body: dict[str, Any]) -> dict[str, bytes]:
+    """A record's top-level values, each as `canonical_json` (the id left out)."""
+    return {key: canonical_json(value) for key, value in body.items() if key != "id"}
+
+
+def _sealed(body: dict[str, Any], parts: dict[str, bytes]) -> bytes:
+    """Give `body` the id of its `parts`; the record's bytes."""
+    body["id"] = hash_bytes(_json_object(parts))
+    parts["id"] = canonical_json(body["id"])
+    return _json_object(parts) + b"\n"
+
+
 class _Publishing:
     """What `save` did under its note: whether the record's index row was written."""
 
@@ -77,10 +89,14 @@ class StoreRecords(StoreIndex, StoreObjects):
     def seal(body: dict[str, Any]) -> bytes:
         """Give `body` its id (`make_id`) and return the record's bytes as `save` writes
         them, each top-level value serialised once for both."""
-        parts = {key: canonical_json(value) for key, value in body.items() if key != "id"}
-        body["id"] = hash_bytes(_json_object(parts))
-        parts["id"] = canonical_json(body["id"])
-        return _json_object(parts) + b"\n"
+        return _sealed(body, _parts(body))
+
+    @staticmethod
+    def seal_if(body: dict[str, Any], accept: Callable[[Iterable[bytes]], bool]) -> bytes | None:
+        """`seal`, if `accept` passes the serialised parts (the secrets check:
+        `Redactor.finds_nothing_in_json`); else `body` is left as it was and None returned."""
+        parts = _parts(body)
+        return _sealed(body, parts) if accept(parts.values()) else None
 
     def save(
         self,

@@ -60,9 +60,9 @@ class StoreFiles:
     def _publish(self, target: Path, data: bytes) -> Syncing:
         """Write `data` to `target` for readers to see all of it or nothing (a temp file
         renamed into place), and start making its bytes and its name durable: the file's
-        fsync and its folder's run side by side in helper threads while the caller goes on
-        (the record's index row is written meanwhile); `Syncing.wait` returns once both are
-        on disk. Only for records, whose note (`records._publishing`) covers the moment a
+        fsync runs in a helper thread while the caller goes on (the record's index row is
+        written meanwhile); `Syncing.wait` adds its folder's and returns once both are on
+        disk. Only for records, whose note (`records._publishing`) covers the moment a
         power cut could leave the name on disk before the bytes, or the index row before
         either: the next open deletes a record that was never acknowledged and does not
         match its id, and the row of one that is missing."""
@@ -213,37 +213,31 @@ def _sync_pool() -> Any:
 
 
 class Syncing:
-    """The fsyncs of a file just renamed into place (its open `descriptor`, closed by
-    `wait`) and of its folder, started side by side in helper threads, which the GIL does not
-    hold back during the calls: one wait for the disk, overlapping whatever the caller does
-    before `wait`. An error of the file's fsync is raised by `wait`, as `os.fsync` raises
-    it (a folder's fsync that fails is ignored, as `fsync_dir` ignores it)."""
+    """The fsync of a file just renamed into place (its open `descriptor`, closed by
+    `wait`), started in a helper thread, which the GIL does not hold back during the call,
+    so that it overlaps whatever the caller does before `wait`; `wait` then fsyncs the
+    file's folder, which joins the same wait for the disk (one journal commit on ext4),
+    and returns once both are done. An error of the file's fsync is raised by `wait`, as
+    `os.fsync` raises it (a folder's fsync that fails is ignored, as `fsync_dir` does)."""
 
     def __init__(self, descriptor: int, folder: Path) -> None:
         self._descriptor = descriptor
-        self._waits: list[Any] = []
+        self._folder = folder
         try:
-            pool = _sync_pool()
-            self._waits.append(pool.submit(os.fsync, descriptor))
-            self._waits.append(pool.submit(fsync_dir, folder))
-        except RuntimeError:  # the interpreter is shutting down: no new threads, in a row
-            for wait in self._waits:
-                wait.result()
-            self._waits = []
-            try:
-                os.fsync(descriptor)
-                fsync_dir(folder)
-            except BaseException:
-                os.close(descriptor)
-                raise
+            self._file: Any = _sync_pool().submit(os.fsync, descriptor)
+        except RuntimeError:  # the interpreter is shutting down: no new threads
+            self._file = None
 
     def wait(self) -> None:
         """Return once the file's bytes and its name are on disk."""
         try:
-            for wait in self._waits:
-                wait.result()
+            if self._file is None:
+                os.fsync(self._descriptor)
+            fsync_dir(self._folder)
+            if self._file is not None:
+                self._file.result()
         finally:
-            self._waits = []
+            self._file = None
             if self._descriptor >= 0:
                 os.close(self._descriptor)
                 self._descriptor = -1

@@ -356,22 +356,19 @@ class Redactor:
 
 
 def with_text_keys(value: Any) -> Any:
-    """`value` copied as `Redactor` copies it, every dict key made a string, no text changed."""
-    kind = type(value)
-    if kind is dict:
-        return {
-            key if type(key) is str else str(key): with_text_keys(item)
-            for key, item in value.items()
-        }
-    if kind is str or kind is int or kind is float or value is None:
-        return value
+    """`value` copied as `Redactor` copies it, every dict key made a string, no text changed.
+    Strings and numbers (most of a record) are passed on without a call of their own."""
     if isinstance(value, dict):
         return {
-            key if type(key) is str else str(key): with_text_keys(item)
+            key if type(key) is str else str(key): item
+            if type(item) in _FLAT_TYPES
+            else with_text_keys(item)
             for key, item in value.items()
         }
     if isinstance(value, (list, tuple)):
-        return type(value)(with_text_keys(item) for item in value)
+        return type(value)(
+            item if type(item) in _FLAT_TYPES else with_text_keys(item) for item in value
+        )
     return value
 
 

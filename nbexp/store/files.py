@@ -60,9 +60,9 @@ class StoreFiles:
     def _publish(self, target: Path, data: bytes) -> Syncing:
         """Write `data` to `target` for readers to see all of it or nothing (a temp file
         renamed into place), and start making its bytes and its name durable: the file's
-        fsync runs in a helper thread while the caller goes on (the record's index row is
-        written meanwhile); `Syncing.wait` adds its folder's and returns once both are on
-        disk. Only for records, whose note (`records._publishing`) covers the moment a
+        fsync and its folder's run side by side in helper threads while the caller goes on
+        (the record's index row is written meanwhile); `Syncing.wait` returns once both are
+        on disk. Only for records, whose note (`records._publishing`) covers the moment a
         power cut could leave the name on disk before the bytes, or the index row before
         either: the next open deletes a record that was never acknowledged and does not
         match its id, and the row of one that is missing."""
@@ -213,31 +213,33 @@ def _sync_pool() -> Any:
 
 
 class Syncing:
-    """The fsync of a file just renamed into place (its open `descriptor`, closed by
-    `wait`), started in a helper thread, which the GIL does not hold back during the call,
-    so that it overlaps whatever the caller does before `wait`; `wait` then fsyncs the
-    file's folder, which joins the same wait for the disk (one journal commit on ext4),
-    and returns once both are done. An error of the file's fsync is raised by `wait`, as
-    `os.fsync` raises it (a folder's fsync that fails is ignored, as `fsync_dir` does)."""
+    """The fsyncs of a file just renamed into place (its open `descriptor`, closed by
+    `wait`) and of its folder, started side by side in helper threads (which the GIL does
+    not hold back during the calls) as soon as the file is in place: one wait for the disk,
+    as early as it can start, overlapping whatever the caller does before `wait`. An error
+    of the file's fsync is raised by `wait`, as `os.fsync` raises it (a folder's fsync that
+    fails is ignored, as `fsync_dir` ignores it)."""
 
     def __init__(self, descriptor: int, folder: Path) -> None:
         self._descriptor = descriptor
         self._folder = folder
-        try:
-            self._file: Any = _sync_pool().submit(os.fsync, descriptor)
-        except RuntimeError:  # the interpreter is shutting down: no new threads
-            self._file = None
+        self._waits: list[Any] = []
+        with contextlib.suppress(RuntimeError):  # shutting down: no new threads (see `wait`)
+            pool = _sync_pool()
+            self._waits.append(pool.submit(os.fsync, descriptor))
+            self._waits.append(pool.submit(fsync_dir, folder))
 
     def wait(self) -> None:
         """Return once the file's bytes and its name are on disk."""
         try:
-            if self._file is None:
-                os.fsync(self._descriptor)
-            fsync_dir(self._folder)
-            if self._file is not None:
-                self._file.result()
+            if len(self._waits) < 2:  # one or both could not be handed to a thread
+                if not self._waits:
+                    os.fsync(self._descriptor)
+                fsync_dir(self._folder)
+            for waiting in self._waits:
+                waiting.result()
         finally:
-            self._file = None
+            self._waits = []
             if self._descriptor >= 0:
                 os.close(self._descriptor)
                 self._descriptor = -1

@@ -489,7 +489,8 @@ def main() -> int:
         )
     print(
         "syncs/cell = os.fsync + store syncfs calls per cell (a record's file and folder are "
-        "fsynced side by side: one wait); reference: write + fsync of a new 1 KB file here: "
+        "fsynced side by side: one wait, during which its index row is written); reference: "
+        "write + fsync of a new 1 KB file here: "
         f"median {fsync_median * 1e3:.2f} ms"
     )
     mlflow_key = "MLflow sqlite: start_run+5 params+3 metrics"

@@ -46,6 +46,7 @@ from .secrets import (
     mask_credential_keys,
     redact_assignments,
     secret_values,
+    with_text_keys,
 )
 from .store import Store, open_store
 from .subrecords import Artifact, DataInput, StateRef
@@ -196,7 +197,10 @@ def _utc_now() -> str:
 
 def _json_number(value: Any) -> Any:
     """A metric value as a plain Python number, or None if it is not a number."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Number):
+    kind = type(value)
+    if kind is int or kind is float:  # most values: no ABC to ask
+        return value
+    if kind is str or kind is bool or not isinstance(value, numbers.Number):
         return None
     if isinstance(value, numbers.Integral):
         return int(value)
@@ -495,11 +499,11 @@ class Recorder:
         """Run `source` in the user's namespace like a cell; return the last expression's value."""
         __tracebackhide__ = True
         shell = self.shell
-        tree = shell.compile.ast_parse(source)
-        tree = shell.transform_ast(tree)
+        tree = _parsed(shell, source)
         last: ast.Expression | None = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = ast.Expression(tree.body.pop().value)
+        if tree.body and isinstance(tree.body[-1], ast.Expr):  # a new Module: `tree` is shared
+            last = ast.Expression(tree.body[-1].value)
+            tree = ast.Module(body=tree.body[:-1], type_ignores=tree.type_ignores)
         filename = shell.compile.cache(source, _this_cell_number(shell, raw), raw_code=raw)
         namespace = shell.user_ns
         exec(shell.compile(tree, filename, "exec"), shell.user_global_ns, namespace)
@@ -720,12 +724,7 @@ class Recorder:
             note=options.note,
             links=links,
         )
-        body = redact(draft.to_dict())
-        try:
-            sealed = Store.seal(body)
-        except UnicodeEncodeError:  # e.g. a file name whose bytes are not UTF-8 (see _valid_text)
-            body = _valid_text(body)
-            sealed = Store.seal(body)
+        body, sealed = _sealed(draft, redact)
         return Experiment.from_dict(body), sealed
 
     def _evaluate(
@@ -759,6 +758,25 @@ class Recorder:
     def _generated_name(store: Store, notebook: str | None) -> str:
         stem = os.path.splitext(os.path.basename(notebook))[0] if notebook else "exp"
         return f"{stem}-{store.names_count(stem + '-') + 1}"
+
+
+def _sealed(draft: Experiment, redact: Redactor) -> tuple[dict[str, Any], bytes]:
+    """The record's body with secrets scrubbed, and its bytes (`Store.seal`). Serialised
+    once when its bytes prove nothing needs scrubbing (as `Redactor` would prove it on its
+    own JSON text), which is the common case; else scrubbed string by string, then sealed."""
+    body = with_text_keys(draft.to_dict())  # as the scrub leaves a body with nothing to scrub
+    try:
+        sealed = Store.seal_if(body, redact.finds_nothing_in_json)
+    except UnicodeEncodeError:
+        sealed = None
+    if sealed is not None:
+        return body, sealed
+    body = redact(draft.to_dict())
+    try:
+        return body, Store.seal(body)
+    except UnicodeEncodeError:  # e.g. a file name whose bytes are not UTF-8 (see _valid_text)
+        body = _valid_text(body)
+        return body, Store.seal(body)
 
 
 def _valid_text(value: Any) -> Any:
@@ -834,6 +852,28 @@ def _bound_names(source: str) -> set[str]:
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
     return names
+
+
+def _parsed(shell: Any, source: str) -> ast.Module:
+    """The body's tree as the shell would run it. When the shell parses as Python does (no
+    `__future__` flag turned on by an earlier cell) and changes no tree (no AST
+    transformers), that is the tree the body's analysis made (`analysis.parse`, shared and
+    never changed: compiling a tree reads it only), not a second parse."""
+    if not shell.ast_transformers and shell.compile.flags == _plain_flags():
+        try:
+            return analysis.parse(source)
+        except (SyntaxError, ValueError):
+            pass  # the shell's own parse raises it as a cell would
+    tree: ast.Module = shell.transform_ast(shell.compile.ast_parse(source))
+    return tree
+
+
+@functools.cache
+def _plain_flags() -> int:
+    """A shell compiler's flags before any `__future__` import (IPython's reset state)."""
+    import codeop
+
+    return codeop.Compile().flags
 
 
 def _ends_with_semicolon(source: str) -> bool:

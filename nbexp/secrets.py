@@ -232,11 +232,11 @@ def _credential_entries(value: Any, depth: int = 3) -> Iterator[tuple[str, Any]]
         for key, item in list(value.items())[:10_000]:
             if isinstance(key, str) and looks_like_secret(key):
                 yield key, item
-            elif isinstance(item, (Mapping, list, tuple)):
+            elif type(item) not in _FLAT_TYPES and isinstance(item, (Mapping, list, tuple)):
                 yield from _credential_entries(item, depth - 1)
     elif isinstance(value, (list, tuple)):
-        for item in value[:100]:
-            if isinstance(item, (Mapping, list, tuple)):
+        for item in value[:100]:  # IPython's In and _ih: strings, which hold no key
+            if type(item) not in _FLAT_TYPES and isinstance(item, (Mapping, list, tuple)):
                 yield from _credential_entries(item, depth - 1)
     else:
         module = type(value).__module__ or ""
@@ -294,6 +294,7 @@ class Redactor:
 
     def __init__(self, values: Iterable[str]) -> None:
         self._values = [value for value in values if len(value) >= MIN_SECRET_LENGTH]
+        self._needles: list[bytes] | None = None  # their JSON forms (`finds_nothing_in_json`)
         self._pattern = (
             re.compile("|".join(re.escape(value) for value in self._values))
             if self._values
@@ -311,7 +312,7 @@ class Redactor:
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, (dict, list, tuple)) and self._finds_nothing_in(value):
-            return _with_text_keys(value)
+            return with_text_keys(value)
         return self._scrubbed(value)
 
     def _scrubbed(self, value: Any) -> Any:
@@ -337,16 +338,37 @@ class Redactor:
             return False
         return not any(json.dumps(secret)[1:-1] in text for secret in self._values)
 
+    def finds_nothing_in_json(self, parts: Iterable[bytes]) -> bool:
+        """`_finds_nothing_in` proved on a value already written as UTF-8 JSON (a record's
+        parts, as `Store.seal` serialises them, non-ASCII characters as themselves): JSON
+        escapes each character on its own there too. A secret that UTF-8 cannot encode (lone
+        surrogates) cannot be in such bytes either."""
+        if self._needles is None:
+            needles = []
+            for secret in self._values:
+                with contextlib.suppress(UnicodeEncodeError):
+                    needles.append(json.dumps(secret, ensure_ascii=False)[1:-1].encode())
+            self._needles = needles
+        needles = self._needles
+        return not any(
+            b"://" in part or any(needle in part for needle in needles) for part in parts
+        )
 
-def _with_text_keys(value: Any) -> Any:
-    """`value` copied as `Redactor` copies it, every dict key made a string, no text changed."""
+
+def with_text_keys(value: Any) -> Any:
+    """`value` copied as `Redactor` copies it, every dict key made a string, no text changed.
+    Strings and numbers (most of a record) are passed on without a call of their own."""
     if isinstance(value, dict):
         return {
-            key if type(key) is str else str(key): _with_text_keys(item)
+            key if type(key) is str else str(key): item
+            if type(item) in _FLAT_TYPES
+            else with_text_keys(item)
             for key, item in value.items()
         }
     if isinstance(value, (list, tuple)):
-        return type(value)(_with_text_keys(item) for item in value)
+        return type(value)(
+            item if type(item) in _FLAT_TYPES else with_text_keys(item) for item in value
+        )
     return value
 
 

@@ -443,6 +443,7 @@ class _Plans:
         return plan
 
 
+@functools.cache
 def _pickler_class() -> type:
     import cloudpickle
     from cloudpickle.cloudpickle import _code_reduce as cloudpickle_code_reduce
@@ -810,14 +811,25 @@ class _Writer:
             buffers.append(buffer)
             return False
 
-        sink = io.BytesIO()
-        if after is not None:
-            track, view_roots = True, after.memo
-        pickler = self.pickler_class(sink, self.plans, view_roots, buffer_callback=out_of_band)
-        if after is not None:
-            pickler.memo = after.memo
-        pickler.dump(value)
-        payload = sink.getvalue()
+        pickler: Any = None
+        if after is None and type(value) in _SAVED_BY_PICKLE:
+            # pickle writes these itself, never asking `reducer_override`: the same bytes
+            # without building a pickler (most of a scalar's cost); a str or bytes is the
+            # only object its memo would hold
+            payload = pickle.dumps(value, protocol=5)
+            memo: dict[int, tuple[int, Any]] = (
+                {id(value): (0, value)} if type(value) in (str, bytes) else {}
+            )
+        else:
+            sink = io.BytesIO()
+            if after is not None:
+                track, view_roots = True, after.memo
+            pickler = self.pickler_class(sink, self.plans, view_roots, buffer_callback=out_of_band)
+            if after is not None:
+                pickler.memo = after.memo
+            pickler.dump(value)
+            payload = sink.getvalue()
+            memo = pickler.memo.copy() if track else {}
         for needle in self.needles:
             if needle in payload:
                 raise UnstorableError("holds a credential value, so it is not stored")
@@ -832,10 +844,9 @@ class _Writer:
             payload, pickle_hash, chunk_lists, size, _content_hash(pickle_hash, chunk_lists)
         )
         if track:
-            memo: dict[int, tuple[int, Any]] = pickler.memo.copy()
             pickled.memo = memo
             copied: set[int] = set(after.copied_roots) if after is not None else set()
-            for view, root in pickler.copied_views:
+            for view, root in pickler.copied_views if pickler is not None else ():
                 key = id(root)
                 # its root pickled later, or another view of the same root pickled by value:
                 # in a group's own pickle they would be windows on that root
@@ -1081,6 +1092,8 @@ def _snapshot(
 
 
 _NUMBERS = (int, float, complex, bool, type(None))
+# Exact types pickle saves itself, without `reducer_override` (see `_Writer.dump`)
+_SAVED_BY_PICKLE = frozenset({int, float, bool, type(None), str, bytes})
 _KEY_ATOMS = (*_NUMBERS, str)
 
 

@@ -248,3 +248,20 @@ def test_a_value_derived_from_a_credential_inside_an_earlier_experiment_is_scrub
     shown = record(ip, "uses", "print(header)\ny = 2\n")
     assert "TOK-77C1E9B4D2" not in shown.outcome.stdout
     assert b"TOK-77C1E9B4D2" not in open_store().record_path(shown.id).read_bytes()
+
+
+def test_a_secret_with_quotes_non_ascii_and_tabs_is_scrubbed_from_the_record_bytes(
+    ip: Any,
+) -> None:
+    """The record is proved clean on its own bytes (UTF-8 JSON, non-ASCII characters as
+    themselves): a credential whose JSON form has escapes (a quote, a backslash, a tab)
+    and non-ASCII letters is still found there, and scrubbed wherever it was printed."""
+    run(ip, "api_secret = 'pä\"ss\\\\wö\\trd-€42'\n")
+    shown = record(ip, "escaped", "print(api_secret)\nprint(len(api_secret))\nz = 3\n")
+    secret = ip.user_ns["api_secret"]
+    assert secret not in shown.outcome.stdout and "***" in shown.outcome.stdout
+    data = open_store().record_path(shown.id).read_bytes()
+    for form in (secret.encode(), "pä".encode() + b'\\"ss', "wö".encode()):
+        assert form not in data
+    clean = record(ip, "clean", "print('plain wörds \\\\ \"quoted\"')\nz = 4\n")
+    assert 'plain wörds \\ "quoted"' in clean.outcome.stdout

@@ -20,7 +20,7 @@ Every file becomes visible by an atomic rename, so a crash leaves either the old
 new one, never half a record (files a killed process left in tmp/ are never read, and
 `nbexp gc` removes them once they are old: `clean_tmp`). Objects and small files are fsynced
 before their rename; a record is fsynced after it, together with its folder (one wait for the
-disk), and its index row is written only once both are on disk. Saving and deleting touch
+disk, during which its index row is written), and saving returns once both are on disk. Saving and deleting touch
 two places, a record file and its index row; a locked note in tmp/ covers the moment between,
 and the next process to open the store finishes what a killed one left half done. SQLite in
 WAL mode with a busy timeout lets many kernels and CLI processes share a store. A write the

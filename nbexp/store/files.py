@@ -57,26 +57,33 @@ class StoreFiles:
         if sync_dir:
             fsync_dir(target.parent)
 
-    def _publish_durably(self, target: Path, data: bytes) -> None:
+    def _publish(self, target: Path, data: bytes) -> Syncing:
         """Write `data` to `target` for readers to see all of it or nothing (a temp file
-        renamed into place), and return once its bytes and its name are both on disk: the
-        file's fsync and its folder's run side by side, one wait for the disk instead of
-        two in a row. Only for records, whose note (`records._publishing`) covers the
-        moment a power cut could leave the name on disk before the bytes: the next open
-        deletes a record that was never acknowledged and does not match its id."""
+        renamed into place), and start making its bytes and its name durable: the file's
+        fsync and its folder's run side by side in helper threads while the caller goes on
+        (the record's index row is written meanwhile); `Syncing.wait` returns once both are
+        on disk. Only for records, whose note (`records._publishing`) covers the moment a
+        power cut could leave the name on disk before the bytes, or the index row before
+        either: the next open deletes a record that was never acknowledged and does not
+        match its id, and the row of one that is missing."""
         temp = self._temp_path()
         with self._file_writes():
+            descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             try:
-                with open(temp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(descriptor, view) :]
+                try:
+                    os.replace(temp, target)
+                except FileNotFoundError:  # the record's folder is new
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(temp, target)
-                    sync_side_by_side(handle.fileno(), target.parent)
             except BaseException:
+                os.close(descriptor)
                 with contextlib.suppress(OSError):
                     temp.unlink()
                 raise
+            return Syncing(descriptor, target.parent)
 
     @contextlib.contextmanager
     def _file_writes(self) -> Iterator[None]:
@@ -136,8 +143,12 @@ class StoreFiles:
 
     def origin(self, experiment_id: str) -> dict[str, Any] | None:
         """Where a pulled experiment came from ({"remote", "url", "pulled"}); None if local."""
+        path = f"{self.root}{os.sep}origins{os.sep}{experiment_id}.json"
+        if not os.access(path, os.F_OK):  # most experiments are local: no exception to raise
+            return None
         try:
-            value = json.loads((self.origins_dir / f"{experiment_id}.json").read_bytes())
+            with open(path, "rb") as handle:
+                value = json.loads(handle.read())
         except FileNotFoundError:
             return None
         except ValueError:  # unreadable: still not local, so never trusted by default
@@ -201,20 +212,37 @@ def _sync_pool() -> Any:
     return _sync_workers[1]
 
 
-def sync_side_by_side(descriptor: int, folder: Path) -> None:
-    """fsync the open file `descriptor` and the folder `folder` at the same time (the
-    file's in a helper thread, which the GIL does not hold back during the call); an
-    error of the file's fsync is raised, as `os.fsync` raises it."""
-    try:
-        done = _sync_pool().submit(os.fsync, descriptor)
-    except RuntimeError:  # the interpreter is shutting down: no new threads, one after the other
-        os.fsync(descriptor)
-        fsync_dir(folder)
-        return
-    try:
-        fsync_dir(folder)
-    finally:
-        done.result()
+class Syncing:
+    """The fsyncs of a file just renamed into place (its open `descriptor`, closed by
+    `wait`) and of its folder, started side by side in helper threads (which the GIL does
+    not hold back during the calls) as soon as the file is in place: one wait for the disk,
+    as early as it can start, overlapping whatever the caller does before `wait`. An error
+    of the file's fsync is raised by `wait`, as `os.fsync` raises it (a folder's fsync that
+    fails is ignored, as `fsync_dir` ignores it)."""
+
+    def __init__(self, descriptor: int, folder: Path) -> None:
+        self._descriptor = descriptor
+        self._folder = folder
+        self._waits: list[Any] = []
+        with contextlib.suppress(RuntimeError):  # shutting down: no new threads (see `wait`)
+            pool = _sync_pool()
+            self._waits.append(pool.submit(os.fsync, descriptor))
+            self._waits.append(pool.submit(fsync_dir, folder))
+
+    def wait(self) -> None:
+        """Return once the file's bytes and its name are on disk."""
+        try:
+            if len(self._waits) < 2:  # one or both could not be handed to a thread
+                if not self._waits:
+                    os.fsync(self._descriptor)
+                fsync_dir(self._folder)
+            for waiting in self._waits:
+                waiting.result()
+        finally:
+            self._waits = []
+            if self._descriptor >= 0:
+                os.close(self._descriptor)
+                self._descriptor = -1
 
 
 def fsync_dir(folder: Path) -> None:

@@ -8,7 +8,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,24 @@ def _json_object(parts: dict[str, bytes]) -> bytes:
     return b"{" + b",".join(canonical_json(key) + b":" + parts[key] for key in sorted(parts)) + b"}"
 
 
+def _parts(body: dict[str, Any]) -> dict[str, bytes]:
+    """A record's top-level values, each as `canonical_json` (the id left out)."""
+    return {key: canonical_json(value) for key, value in body.items() if key != "id"}
+
+
+def _sealed(body: dict[str, Any], parts: dict[str, bytes]) -> bytes:
+    """Give `body` the id of its `parts`; the record's bytes."""
+    body["id"] = hash_bytes(_json_object(parts))
+    parts["id"] = canonical_json(body["id"])
+    return _json_object(parts) + b"\n"
+
+
+class _Publishing:
+    """What `save` did under its note: whether the record's index row was written."""
+
+    indexed = False
+
+
 class StoreRecords(StoreIndex, StoreObjects):
     """Records, tags and pulled records."""
 
@@ -71,10 +89,14 @@ class StoreRecords(StoreIndex, StoreObjects):
     def seal(body: dict[str, Any]) -> bytes:
         """Give `body` its id (`make_id`) and return the record's bytes as `save` writes
         them, each top-level value serialised once for both."""
-        parts = {key: canonical_json(value) for key, value in body.items() if key != "id"}
-        body["id"] = hash_bytes(_json_object(parts))
-        parts["id"] = canonical_json(body["id"])
-        return _json_object(parts) + b"\n"
+        return _sealed(body, _parts(body))
+
+    @staticmethod
+    def seal_if(body: dict[str, Any], accept: Callable[[Iterable[bytes]], bool]) -> bytes | None:
+        """`seal`, if `accept` passes the serialised parts (the secrets check:
+        `Redactor.finds_nothing_in_json`); else `body` is left as it was and None returned."""
+        parts = _parts(body)
+        return _sealed(body, parts) if accept(parts.values()) else None
 
     def save(
         self,
@@ -92,31 +114,41 @@ class StoreRecords(StoreIndex, StoreObjects):
         path = self.record_path(experiment.id)
         if path.exists():
             raise StoreError(f"experiment {experiment.short_id} already exists")
-        with self._file_writes(), self._publishing(experiment.id, path):
-            self._publish_durably(path, sealed or canonical_json(body) + b"\n")
-            # The record is written, and records are the truth: a damaged index says to run
-            # `nbexp reindex` wherever it is read, and reindex lists this experiment too.
-            with contextlib.suppress(DamagedIndexError):
-                self._index_upsert(experiment, body, cache)
+        with self._file_writes(), self._publishing(experiment.id, path) as published:
+            syncing = self._publish(path, sealed or canonical_json(body) + b"\n")
+            try:
+                # While the record's bytes and name go to disk: its row. The record is
+                # written, and records are the truth: a damaged index says to run `nbexp
+                # reindex` wherever it is read, and reindex lists this experiment too.
+                with contextlib.suppress(DamagedIndexError):
+                    self._index_upsert(experiment, body, cache)
+                    published.indexed = True
+            finally:
+                syncing.wait()  # durable before the note goes and the caller hears of it
         return experiment
 
     @contextlib.contextmanager
-    def _publishing(self, experiment_id: str, path: Path) -> Iterator[None]:
-        """Around writing a record and then its index row. A process killed between the two
+    def _publishing(self, experiment_id: str, path: Path) -> Iterator[_Publishing]:
+        """Around writing a record and its index row. A process killed between the two
         would leave a record that `nbexp list` never shows and `fsck` reports; so meanwhile
         a note in tmp/, locked by this process, names the record, and the next process to
         open the store indexes the records of notes whose writer died (`_finish_interrupted`).
-        If the row cannot be written (disk full, read-only index), the record is taken
-        back: the caller then says it was not recorded, and that is true."""
+        If the record cannot be made durable, or its row cannot be written (disk full,
+        read-only index), the record is taken back, with its row if it was written (the row
+        goes in while the record is being synced): the caller then says it was not recorded,
+        and that is true. What cannot be taken back leaves the note, for the next open."""
         with self._locked_note(f"{experiment_id}{UNINDEXED_SUFFIX}", PUBLISHING) as note:
+            published = _Publishing()
             taken_back = True
             try:
-                yield
+                yield published
             except BaseException:
                 try:
+                    if published.indexed:
+                        self._delete_row(experiment_id)
                     path.unlink(missing_ok=True)
-                except OSError:
-                    taken_back = False  # the note stays: the next open indexes the record
+                except (OSError, NbexpError):
+                    taken_back = False  # the note stays: the next open finishes the work
                 raise
             finally:
                 if taken_back:
@@ -161,14 +193,28 @@ class StoreRecords(StoreIndex, StoreObjects):
                     else:
                         self._index_upsert(self.load(experiment_id))
                 except RefError:
-                    pass  # killed before the record was written: nothing to index
+                    # killed before the record was written: nothing to index; or a power
+                    # cut kept the row written while the record was synced, and not the
+                    # record (`save`): that row goes
+                    if handle.read() == PUBLISHING and not self._gone_from_index(experiment_id):
+                        continue
                 except RecordError:
                     if handle.read() != PUBLISHING:
                         continue  # an acknowledged record, damaged since: fsck names it
                     self.record_path(experiment_id).unlink(missing_ok=True)
+                    if not self._gone_from_index(experiment_id):
+                        continue
                 except (NbexpError, sqlite3.Error):
                     continue
                 note.unlink()
+
+    def _gone_from_index(self, experiment_id: str) -> bool:
+        """Delete the row of a record that was never acknowledged; False if that failed."""
+        try:
+            self._delete_row(experiment_id)
+        except (NbexpError, sqlite3.Error):
+            return False
+        return True
 
     def load(self, experiment_id: str, *, salvage: bool = False) -> Experiment:
         """The record of `experiment_id`, verified against its id. With `salvage` (restoring

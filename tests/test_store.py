@@ -1111,3 +1111,29 @@ def test_a_reader_of_a_store_being_created_lists_nothing_and_repairs_nothing(
     assert [row["name"] for row in api.rows(store=reader)] == ["first"]
     assert capsys.readouterr().err == ""
     assert list(writer.tmp_dir.iterdir()) == []
+
+
+def test_a_new_fan_out_folder_is_made_durable_in_its_parent(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fsyncing a record's folder keeps the record's name, not the new `records/ab/`'s own
+    name in `records/`: a power cut could lose the whole folder. The parent is synced when
+    the folder is made (the real fsync still runs; the test only watches which folders)."""
+    from nbexp.store import files, objects
+
+    synced: list[Path] = []
+    real = files.fsync_dir
+
+    def watched(folder: Path) -> None:
+        synced.append(folder)
+        real(folder)
+
+    monkeypatch.setattr(files, "fsync_dir", watched)
+    monkeypatch.setattr(objects, "fsync_dir", watched)
+    experiment = make_experiment(store, "first")
+    assert (store.records_dir / experiment.id[:2]).is_dir()
+    assert store.records_dir in synced
+    with store.object_batch():
+        digest = store.put_bytes(b"payload" * 100)
+    assert store.has_object(digest)
+    assert store.objects_dir in synced

@@ -76,7 +76,7 @@ class StoreFiles:
                 try:
                     os.replace(temp, target)
                 except FileNotFoundError:  # the record's folder is new
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    make_folder_durably(target.parent)
                     os.replace(temp, target)
             except BaseException:
                 os.close(descriptor)
@@ -243,6 +243,18 @@ class Syncing:
             if self._descriptor >= 0:
                 os.close(self._descriptor)
                 self._descriptor = -1
+
+
+def make_folder_durably(folder: Path) -> None:
+    """Create `folder` (a fan-out folder such as `records/ab/`) and make its name durable:
+    fsyncing a file's folder keeps the file's name, not the folder's own in its parent."""
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        folder.mkdir(parents=True, exist_ok=True)
+    fsync_dir(folder.parent)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -19,7 +19,7 @@ import xxhash
 
 from ..errors import IntegrityError, MissingObjectError
 from ..hashing import CHUNK, hash_bytes, hash_file
-from .files import StoreFiles, fsync_dir, fsync_file, sync_filesystem
+from .files import StoreFiles, fsync_dir, fsync_file, make_folder_durably, sync_filesystem
 from .packs import Location, PackSet, PackWriter, read_exactly
 
 # Batches up to this many objects stay loose files, fsynced one by one; a larger batch is
@@ -229,7 +229,8 @@ class StoreObjects(StoreFiles):
         folders = set()
         for digest, temp in pending.items():
             target = self.object_path(digest)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.parent not in folders:
+                make_folder_durably(target.parent)
             os.replace(temp, target)
             folders.add(target.parent)
             self._known_objects.add(digest)
@@ -258,7 +259,7 @@ class StoreObjects(StoreFiles):
             else:
                 target = self.object_path(digest)
                 with self._file_writes():
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    make_folder_durably(target.parent)
                     os.replace(temp, target)
                 self._known_objects.add(digest)
             return digest, size

@@ -95,6 +95,26 @@ def parse(source: str) -> ast.Module:
     return ast.parse(source)
 
 
+def top_level_await(tree: ast.Module) -> int | None:
+    """The line of the first `await` (`async for`, `async with`, async comprehension)
+    outside any function: IPython runs such a cell as a coroutine; code that runs it
+    another way (a cell magic, a script) must know."""
+    pending: list[ast.AST] = list(reversed(tree.body))
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.Await, ast.AsyncFor, ast.AsyncWith)):
+            return node.lineno
+        if isinstance(node, ast.comprehension) and node.is_async:
+            return node.iter.lineno
+        if isinstance(node, ast.Lambda):
+            continue
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            pending.extend(reversed(node.decorator_list))  # they run where it is defined
+            continue
+        pending.extend(reversed(list(ast.iter_child_nodes(node))))
+    return None
+
+
 @lru_cache(maxsize=64)
 def nodes(source: str) -> tuple[ast.AST, ...]:
     """Every node of `parse(source)`, in `ast.walk`'s order (breadth first), listed once."""

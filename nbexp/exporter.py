@@ -24,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from . import slicing, translate
+from . import analysis, slicing, translate
 from .errors import NbexpError
 from .record import Experiment
 
@@ -938,24 +938,12 @@ def _without_future_imports(code: str) -> str:
 
 
 def _awaits_at_top_level(code: str) -> bool:
-    """Whether the cell uses `await` (or `async for`/`async with`) outside any function, as
-    IPython lets a cell do: a script has to run such a cell as a coroutine."""
+    """Whether the cell awaits outside any function, as IPython lets a cell do: a script
+    has to run such a cell as a coroutine."""
     try:
-        tree = ast.parse(code)
+        return analysis.top_level_await(ast.parse(code)) is not None
     except SyntaxError:
         return False
-    pending: list[ast.AST] = list(tree.body)
-    while pending:
-        node = pending.pop()
-        if isinstance(node, (ast.Await, ast.AsyncFor, ast.AsyncWith)):
-            return True
-        if isinstance(node, ast.comprehension) and node.is_async:
-            return True
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-            pending.extend([*node.decorator_list] if not isinstance(node, ast.Lambda) else [])
-            continue
-        pending.extend(ast.iter_child_nodes(node))
-    return False
 
 
 def _as_coroutine(code: str) -> str:

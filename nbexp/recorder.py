@@ -260,6 +260,8 @@ class Recorder:
             info: analysis.CodeInfo | None = analysis.analyze(transformed)
         except analysis.CodeError:
             info = None  # the body will raise its SyntaxError when run, like any cell
+        else:
+            _refuse_top_level_await(transformed)
         use = (
             paramsfile.analyze(
                 transformed, os.getcwd(), options.params_files, shell.user_ns, info.loaded
@@ -852,6 +854,18 @@ def _bound_names(source: str) -> set[str]:
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
     return names
+
+
+def _refuse_top_level_await(source: str) -> None:
+    """A body awaiting outside a function: IPython runs a cell magic as a plain call (no
+    event loop to await on, as for %%time), so say so before anything runs."""
+    line = analysis.top_level_await(analysis.parse(source))
+    if line is not None:
+        raise NbexpError(
+            f"the body awaits at its top level (its line {line}), and %%experiment runs it as "
+            "plain code, as %%time does; run the awaiting lines in a cell before it "
+            "(x = await fetch()) and use their result in the experiment"
+        )
 
 
 def _parsed(shell: Any, source: str) -> ast.Module:

@@ -508,3 +508,19 @@ def test_an_unnamed_experiment_is_numbered_after_the_names_with_its_stem(ip):
     assert nbexp.get("last").name == "exp-2"
     assert run(ip, cell("", "x = 3")).success
     assert nbexp.get("last").name == "exp-3"
+
+
+def test_a_body_that_awaits_at_its_top_level_is_refused_in_one_line(ip, capsys):
+    """IPython awaits in a plain cell, not inside a cell magic's call (nor in %%time):
+    the body must not half-run into a SyntaxError traceback; it says what to do instead."""
+    run(ip, "import asyncio\nasync def fetch():\n    return 3")
+    capsys.readouterr()
+    result = run(ip, cell("awaiting", "before = 1\nrows = await fetch()\n"))
+    assert_one_line_usage_error(
+        result, capsys.readouterr(), "awaits at its top level (its line 2)", "a cell before it"
+    )
+    assert "before" not in ip.user_ns and "rows" not in ip.user_ns
+    assert len(nbexp.experiments()) == 0
+    assert run(ip, "rows = await fetch()").success  # the way the message says works
+    assert run(ip, cell("awaited", "total = rows * 2\n")).success
+    assert nbexp.get("awaited").metrics == {"total": 6}

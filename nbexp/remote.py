@@ -703,7 +703,7 @@ def pull(
         try:
             data = files.read(on_remote[experiment_id], limit=RECORD_LIMIT)
         except UnreadableKey as error:
-            raise IntegrityError(f"record {short} was refused: {error}") from error
+            raise IntegrityError(f"record {short} was not read ({error})") from error
         try:
             body = json.loads(data)
             experiment = Experiment.from_dict(body)
@@ -783,8 +783,13 @@ def pull(
                         else f"record {key[:SHORT_ID_LENGTH]} could not be read ({_describe(error)})"
                     )
             elif isinstance(error, (IntegrityError, UnreadableKey)):
+                why = (
+                    f"object {key[:12]} was not read ({error})"
+                    if isinstance(error, UnreadableKey)
+                    else _first_line(error)
+                )
                 broken[key] = (
-                    f"{_first_line(error)}, so nothing that needs it was pulled; delete "
+                    f"{why}, so nothing that needs it was pulled; delete "
                     f"{files.path(_object_key(key))} and push it again from a store that has "
                     f"it intact: `nbexp push {spec.name} {{ref}}`"
                 )

@@ -159,7 +159,9 @@ class RemoteFiles:
             end = None if limit is None else limit + 1
             data = self.fs.cat_file(self.path(key), start=0, end=end)
         if limit is not None and len(data) > limit:
-            raise UnreadableKey(f"{key} on the remote is larger than {limit} bytes")
+            raise UnreadableKey(
+                f"{self.path(key)} is larger than {limit} bytes, more than nbexp writes there"
+            )
         return bytes(data)
 
     def download(self, key: str, sink: Sink) -> int:
@@ -260,9 +262,7 @@ def _open_regular(path: str) -> Iterator[IO[bytes]]:
     try:
         mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):
-            raise UnreadableKey(
-                f"{path} is not a regular file (a folder, device or pipe), so it was not read"
-            )
+            raise UnreadableKey(f"{path} is not a regular file (a folder, a device or a pipe)")
         os.set_blocking(descriptor, True)
         handle = os.fdopen(descriptor, "rb", buffering=0)
     except BaseException:

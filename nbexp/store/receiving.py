@@ -79,23 +79,23 @@ class Room:
         found = os.statvfs(self._folder)
         return found.f_bavail * found.f_frsize, found.f_blocks * found.f_frsize
 
-    def _stop(self, why: str) -> OutOfRoom:
-        self._stopped = OutOfRoom(
-            f"pull stopped: {why}, and a pull always leaves {_size(self.keep)} free on the disk "
-            "of the store; free some space, or pull fewer experiments (`nbexp pull REMOTE REF`)"
+    def _refusal(self, why: str) -> OutOfRoom:
+        return OutOfRoom(
+            f"pull stopped before filling the disk: {why} (a pull leaves at least "
+            f"{_size(self.keep)} free there); free some space, or pull fewer experiments "
+            "(`nbexp pull REMOTE REF`)"
         )
-        return self._stopped
 
     def claim(self, size: int, digest: str) -> None:
         """An object the remote says is `size` bytes is about to arrive: refused at once if
-        it cannot fit."""
+        it cannot fit (the others still may)."""
         if self._stopped is not None:
             raise self._stopped
         free = self._space()[0]
         if size > free - self.keep:
-            raise self._stop(
-                f"object {digest[:12]} on the remote is {_size(size)}, and the disk holding the "
-                f"store has {_size(free)} free"
+            raise self._refusal(
+                f"object {digest[:12]} on the remote is {_size(size)} and the store's disk has "
+                f"{_size(free)} free"
             )
 
     def arrived(self, count: int) -> None:
@@ -108,8 +108,9 @@ class Room:
                 return
             self._since = 0
         free = self._space()[0]
-        if free < self.keep:
-            raise self._stop(f"the disk holding the store has only {_size(free)} free")
+        if free < self.keep:  # every download stops
+            self._stopped = self._refusal(f"the store's disk has only {_size(free)} free")
+            raise self._stopped
 
 
 class _Download:

@@ -16,8 +16,12 @@ What makes sharing safe:
   once all its objects are there: an interrupted push or pull leaves no visible record whose
   objects are missing, and running it again resumes. Objects are immutable and records are
   named by their content, so two machines pushing at once cannot make a remote inconsistent.
-- Every object is verified against its hash: before upload, and on arrival before it is
-  renamed into the local store. A record is verified against its id the same way.
+- Every object is verified against its hash: before upload, and on arrival, as its bytes
+  come, before it counts in the local store (`store/receiving.py`: written there once). A
+  record is verified against its id the same way.
+- What the remote serves is data: a record naming an object by anything but its digest is
+  refused, and so is a key that is no regular file or larger than anything nbexp writes
+  there; a pull never leaves the store's disk full.
 - Requests grow with what is new: one listing of `records/`, one listing of the object
   prefixes that new records need, then one request per key that travels.
 - A pulled experiment remembers its origin; restoring its state unpickles bytes someone else
@@ -678,7 +682,7 @@ def pull(
     progress: bool = True,
 ) -> TransferReport:
     """Fetch experiments (all, or `refs`) and the objects this store lacks; each object is
-    verified against its hash before it is renamed into the store, records come last."""
+    verified against its hash before it counts in the store, records come last."""
     spec = get_remote(store, remote)
     files = open_remote(spec)
     started = time.perf_counter()

@@ -139,3 +139,34 @@ def test_a_pack_that_cannot_be_written_lets_no_record_in(two) -> None:  # noqa: 
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert [row["name"] for row in b.rows()] == ["many"] and b.fsck() == []
+
+
+def test_two_pulls_and_a_gc_at_once_leave_one_whole_store(two) -> None:  # noqa: F811
+    a, b, _ = two
+    made = {
+        fake(a, f"exp-{i}", blobs_for(f"exp-{i}", 20, size=30_000), minutes=i).id for i in range(6)
+    }
+    assert not push(a, "team", progress=False).failed
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def nbexp(*argv: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "nbexp.cli", "--store", str(b.root), *argv],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    running = [nbexp("pull", "team", "-q"), nbexp("pull", "team", "-q"), nbexp("gc", "--yes")]
+    for process in running:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, out + err
+    b = Store(b.root)
+    assert {row["id"] for row in b.rows()} == made and b.fsck() == []
+    for experiment_id in made:  # each object whole, wherever each pull put it
+        for digest in b.load(experiment_id).object_hashes():
+            b.read_object(digest)
+    b.gc(delete=True)  # duplicates from the two pulls are no garbage: every object stays
+    assert b.fsck() == [] and list(b.tmp_dir.glob("*.tmp")) == []

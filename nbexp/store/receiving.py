@@ -120,7 +120,7 @@ class _Download:
     def __init__(self, arrivals: Arrivals, digest: str, memory: int) -> None:
         self.digest = digest
         self.size = 0
-        self.data = bytearray()
+        self.data: bytes | bytearray = b""  # a one-piece object: that piece itself, no copy
         self.path: Path | None = None  # the file in tmp/ holding it, once it outgrew memory
         self._arrivals = arrivals
         self._memory = memory
@@ -150,7 +150,11 @@ class _Download:
         if self._file is not None:
             with self._arrivals.store._file_writes():
                 self._file.write(piece)
+        elif not self.data and isinstance(piece, bytes):
+            self.data = piece  # immutable: kept as it is, not copied
         else:
+            if isinstance(self.data, bytes):
+                self.data = bytearray(self.data)
             self.data += piece
 
     def _spill(self) -> None:
@@ -158,7 +162,7 @@ class _Download:
         with self._arrivals.store._file_writes():
             self._file = open(self.path, "wb")  # noqa: SIM115 (closed by finish or abandon)
             self._file.write(self.data)
-        self.data = bytearray()
+        self.data = b""
 
     def finish(self) -> None:
         """Refuse the object unless it is whole and hashes to its digest."""
@@ -183,7 +187,7 @@ class _Download:
         if self.path is not None:
             with contextlib.suppress(OSError):
                 self.path.unlink()
-        self.data = bytearray()
+        self.data = b""
 
 
 class Arrivals:
@@ -200,7 +204,7 @@ class Arrivals:
         self._packing = False  # more than FEW_OBJECTS planned: small verified ones go to a pack
         self._pack: PackWriter | None = None
         self._next = 0  # the place whose object the pack takes next
-        self._waiting: dict[int, tuple[str, bytearray]] = {}  # verified, in memory
+        self._waiting: dict[int, tuple[str, bytes | bytearray]] = {}  # verified, in memory
         self._waiting_bytes = 0
         self._settled: set[int] = set()  # places that will not come to the pack
         self._appending = False
@@ -262,7 +266,7 @@ class Arrivals:
             self._changed.notify_all()
         self._append_waiting()
 
-    def _hold(self, place: int, digest: str, data: bytearray) -> None:
+    def _hold(self, place: int, digest: str, data: bytes | bytearray) -> None:
         """A verified object in memory: to the pack when its turn comes. Past HOLD bytes
         waiting, this thread waits too (it would download more) while another downloads."""
         with self._changed:
@@ -306,7 +310,7 @@ class Arrivals:
                         self._next += 1
                     self._changed.notify_all()
 
-    def _append(self, digest: str, data: bytearray) -> None:
+    def _append(self, digest: str, data: bytes | bytearray) -> None:
         with self.store._file_writes():
             if self._pack is None:
                 self._pack = PackWriter(self.place())

@@ -8,12 +8,14 @@ space, time), so a regression fails the test instead of filling this machine."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import resource
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,8 +24,8 @@ import pytest
 from nbexp import remote as remote_module
 from nbexp.errors import TransferError
 from nbexp.record import Code, Experiment, Outcome
-from nbexp.remote import pull, push
-from nbexp.store import Store
+from nbexp.remote import add_remote, pull, push
+from nbexp.store import Store, open_store
 from tests.test_remote import blobs_for, fake, two  # noqa: F401 (the `two` fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,3 +191,47 @@ def test_tags_nbexp_would_refuse_are_left_out_of_a_pull(planted) -> None:
     tags.write_text(json.dumps(planted_tags))
     pull(b, "team", progress=False)
     assert b.get("good").tags == ("keep",)
+
+
+@contextlib.contextmanager
+def _small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` mounted at `folder` (skipped where this process cannot)."""
+    folder.mkdir(parents=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_a_pull_larger_than_the_disk_stops_before_filling_it(
+    two,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    a, _, shared = two
+    for i in range(3):  # 90 MB of objects, each of a size the remote tells truthfully
+        fake(a, f"big-{i}", blobs_for(f"big-{i}", 30, size=1_000_000), minutes=i)
+    assert not push(a, "team", progress=False).failed
+    with _small_disk(tmp_path / "disk", "48m") as disk:
+        (disk / ".nbexp").mkdir()
+        b = open_store(disk / ".nbexp")
+        add_remote(b, "team", str(shared))
+        code, output = nbexp_pull(b)
+        line = _one_line(output)
+        assert code == 1 and "pull stopped before filling the disk" in line, line
+        found = os.statvfs(disk)
+        assert found.f_bavail * found.f_frsize > (48 << 20) // 40  # most of the 5% kept
+        assert b.fsck() == [] and list(b.tmp_dir.glob("*.tmp")) == []
+        for row in b.rows():  # what did arrive is whole
+            for digest in b.load(row["id"]).object_hashes():
+                b.read_object(digest)
+        b.close()

@@ -67,10 +67,11 @@ class Room:
     """The store's disk as downloads fill it: each stops with `OutOfRoom` before the disk has
     less than `keep` bytes free (a remote serving a huge or endless file cannot fill it)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, held: Callable[[], int] = lambda: 0) -> None:
         self._folder = folder
+        self._held = held  # bytes arrived that wait in memory (on the disk later)
         self._lock = threading.Lock()
-        self._since = 0  # bytes arrived since free space was last looked at
+        self._budget = 0  # bytes that may arrive before free space is looked at again
         self._stopped: OutOfRoom | None = None
         self.keep = min(KEEP_FREE, self._space()[1] // 20)
 
@@ -99,18 +100,22 @@ class Room:
             )
 
     def arrived(self, count: int) -> None:
-        """`count` more bytes arrived; every LOOK_EVERY bytes, is there still room?"""
+        """`count` more bytes arrived: is there still room for them? Free space is looked at
+        again once a quarter of the room last seen has arrived (at most LOOK_EVERY bytes), so
+        a nearly full disk is watched closely; with too little, every download stops."""
         if self._stopped is not None:
             raise self._stopped
         with self._lock:
-            self._since += count
-            if self._since < LOOK_EVERY:
+            self._budget -= count
+            if self._budget >= 0:
                 return
-            self._since = 0
         free = self._space()[0]
-        if free < self.keep:  # every download stops
+        room = free - self.keep - self._held()
+        if room < count:
             self._stopped = self._refusal(f"the store's disk has only {_size(free)} free")
             raise self._stopped
+        with self._lock:
+            self._budget = min(LOOK_EVERY, room // 4)
 
 
 class _Download:
@@ -197,7 +202,7 @@ class Arrivals:
 
     def __init__(self, store: StoreObjects) -> None:
         self.store = store
-        self.room = Room(store.tmp_dir)
+        self.room = Room(store.tmp_dir, lambda: self._waiting_bytes)
         self.sizes: dict[str, int] = {}  # digest → size, of every verified arrival
         self._changed = threading.Condition()
         self._places: dict[str, int] = {}  # digest → its place in the plan

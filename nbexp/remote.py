@@ -394,7 +394,13 @@ def _describe(error: BaseException) -> str:
 
 
 def _label(experiment: Experiment) -> str:
-    return f"{experiment.name} ({experiment.short_id})"
+    """How a message names an experiment: a pulled record's name is anyone's text, so a
+    control character (a newline, a terminal escape) is shown escaped, never sent as is."""
+    name = "".join(
+        character if character.isprintable() else repr(character)[1:-1]
+        for character in experiment.name
+    )
+    return f"{name} ({experiment.short_id})"
 
 
 # -- opening a remote ------------------------------------------------------------------

@@ -235,3 +235,13 @@ def test_a_pull_larger_than_the_disk_stops_before_filling_it(
             for digest in b.load(row["id"]).object_hashes():
                 b.read_object(digest)
         b.close()
+
+
+def test_a_pulled_name_cannot_break_the_one_line_a_failed_pull_prints(two) -> None:  # noqa: F811
+    a, b, shared = two
+    named = fake(a, "evil\x1b[2J\nnbexp: all good", blobs_for("evil", 2, size=4_000))
+    assert not push(a, "team", progress=False).failed
+    _object_file(shared, named.artifacts[0]["hash"]).write_bytes(b"damaged")
+    code, output = nbexp_pull(b)
+    line = _one_line(output)
+    assert code == 1 and "\x1b" not in output and "evil\\x1b[2J\\nnbexp: all good" in line

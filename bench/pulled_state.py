@@ -1,13 +1,14 @@
 """Benchmark: a pull of a large state, and restoring it from the pulling store — the pulled
-objects adopted as one pack (what `nbexp pull` does since pulls write packs) beside the same
-objects adopted as loose files (what it did before; forced here with `FEW_OBJECTS`), in one
-run, alternating, best of N.
+objects written into one pack as they arrive (what `nbexp pull` does for more than 16
+objects) beside the same objects written as loose files (what a small pull does; forced here
+with `FEW_OBJECTS`), in one run, alternating, best of N.
 
 One record holds a float64 array of --mb megabytes (1 MiB chunks, one pack in the recording
 store), pushed once to a file:// remote. Each round pulls it into two fresh stores (pack,
 loose) and restores the array from each into a fresh namespace (`api.restore`, in this
-process). References measured in the same run: copying the same bytes file to file
-(`shutil.copyfile`, the floor of a pull from a local remote), and reading them from the page
+process). References measured in the same run: writing the same bytes once from memory into
+one file and fsyncing it (what a pull must at least do: every byte written once, durably),
+copying them file to file (`shutil.copyfile`, no fsync), and reading them from the page
 cache into new memory (the floor of a restore that copies).
 
 Prints figures and the load average; never asserts. Everything lives in a temp dir.
@@ -69,6 +70,13 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
+def write_once(data: bytes, path: Path) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def read_into_memory(path: Path) -> None:
     buffer = bytearray(os.path.getsize(path))
     with open(path, "rb", buffering=0) as handle:
@@ -113,7 +121,14 @@ def main() -> None:
                 target.close()
                 store_module._stores.clear()
                 shutil.rmtree(root.parent)
-            # references: a file copy of the same bytes, a page-cache read into new memory
+            # references: the bytes written once + fsync, a file copy of them, a page-cache
+            # read of them into new memory
+            data = blob.read_bytes()
+            figures.setdefault("reference: write the bytes once + fsync", []).append(
+                timed(lambda d=data: write_once(d, work / "once"))  # type: ignore[misc]
+            )
+            del data
+            os.unlink(work / "once")
             figures.setdefault("reference: copy the bytes", []).append(
                 timed(lambda: shutil.copyfile(blob, work / "copy"))
             )
@@ -125,7 +140,7 @@ def main() -> None:
         print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         for name, values in figures.items():
             best = min(values)
-            print(f"  {name:36s} {best:7.3f} s  {size / 1e6 / best:8.0f} MB/s")
+            print(f"  {name:42s} {best:7.3f} s  {size / 1e6 / best:8.0f} MB/s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

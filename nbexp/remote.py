@@ -16,8 +16,12 @@ What makes sharing safe:
   once all its objects are there: an interrupted push or pull leaves no visible record whose
   objects are missing, and running it again resumes. Objects are immutable and records are
   named by their content, so two machines pushing at once cannot make a remote inconsistent.
-- Every object is verified against its hash: before upload, and on arrival before it is
-  renamed into the local store. A record is verified against its id the same way.
+- Every object is verified against its hash: before upload, and on arrival, as its bytes
+  come, before it counts in the local store (`store/receiving.py`: written there once). A
+  record is verified against its id the same way.
+- What the remote serves is data: a record naming an object by anything but its digest is
+  refused, and so is a key that is no regular file or larger than anything nbexp writes
+  there; a pull never leaves the store's disk full.
 - Requests grow with what is new: one listing of `records/`, one listing of the object
   prefixes that new records need, then one request per key that travels.
 - A pulled experiment remembers its origin; restoring its state unpickles bytes someone else
@@ -49,9 +53,17 @@ from .errors import (
 )
 from .hashing import hash_bytes
 from .record import SHORT_ID_LENGTH, Experiment
-from .refs import could_be_id, is_hex, steps_back
+from .refs import check_label, could_be_id, is_hex, steps_back
 from .store import Store, editing_config, read_config
-from .transfer import DEFAULT_WORKERS, IN_MEMORY_LIMIT, Entry, Progress, RemoteFiles, run_parallel
+from .transfer import (
+    DEFAULT_WORKERS,
+    IN_MEMORY_LIMIT,
+    Entry,
+    Progress,
+    RemoteFiles,
+    UnreadableKey,
+    run_parallel,
+)
 
 # An unreferenced object younger than this may belong to a push still running elsewhere.
 GC_GRACE_SECONDS = 3600.0
@@ -59,6 +71,10 @@ GC_GRACE_SECONDS = 3600.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CREDENTIAL = re.compile(r"(key|secret|token|passw|credential)", re.IGNORECASE)
 _HASH = re.compile(r"^[0-9a-f]{32}$")
+# What is read from a remote into memory is bounded (a remote may serve an endless file):
+# records are JSON of at most this many bytes, tag files far smaller.
+RECORD_LIMIT = 256 * 2**20
+TAGS_LIMIT = 2**20
 # s3fs passes these to the botocore client, not to itself.
 _S3_CLIENT_OPTIONS = ("endpoint_url", "region_name", "verify")
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure"}
@@ -367,13 +383,24 @@ def _fail(report: TransferReport, fix: str) -> None:
     )
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _describe(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{type(error).__name__}: {text}"[:240] if text else type(error).__name__
 
 
 def _label(experiment: Experiment) -> str:
-    return f"{experiment.name} ({experiment.short_id})"
+    """How a message names an experiment: a pulled record's name is anyone's text, so a
+    control character (a newline, a terminal escape) is shown escaped, never sent as is."""
+    name = "".join(
+        character if character.isprintable() else repr(character)[1:-1]
+        for character in experiment.name
+    )
+    return f"{name} ({experiment.short_id})"
 
 
 # -- opening a remote ------------------------------------------------------------------
@@ -458,10 +485,24 @@ def _merge(ours: Sequence[str], theirs: Sequence[str], base: Sequence[str] | Non
 
 
 def _parse_tags(data: bytes) -> list[str]:
+    """A tags file's tags; from a remote, those nbexp would refuse to add here (a control
+    character, a label that reads as a reference, too long) are left out."""
     value = json.loads(data)
     if not isinstance(value, list) or not all(isinstance(tag, str) and tag for tag in value):
         raise ValueError("not a list of tags")
-    return value
+    return [tag for tag in value if _usable_tag(tag)]
+
+
+def _usable_tag(tag: str) -> bool:
+    try:
+        return check_label(tag, "tag") == tag
+    except NbexpError:
+        return False
+
+
+def _strange_object_names(experiment: Experiment) -> list[str]:
+    """The objects a record names that are no object's name (32 lowercase hex digits)."""
+    return [digest for digest in experiment.object_order() if not _HASH.match(str(digest))]
 
 
 # -- push ------------------------------------------------------------------------------
@@ -615,7 +656,7 @@ def _push_tags(store: Store, spec: Remote, files: RemoteFiles, ids: set[str], wo
     def send(item: tuple[str, list[str]]) -> int:
         experiment_id, local = item
         try:
-            theirs = _parse_tags(files.read(_tags_key(experiment_id)))
+            theirs = _parse_tags(files.read(_tags_key(experiment_id), limit=TAGS_LIMIT))
         except FileNotFoundError:
             theirs = []
         base = markers.get(experiment_id).get("tags")
@@ -647,7 +688,7 @@ def pull(
     progress: bool = True,
 ) -> TransferReport:
     """Fetch experiments (all, or `refs`) and the objects this store lacks; each object is
-    verified against its hash before it is renamed into the store, records come last."""
+    verified against its hash before it counts in the store, records come last."""
     spec = get_remote(store, remote)
     files = open_remote(spec)
     started = time.perf_counter()
@@ -668,18 +709,25 @@ def pull(
     bodies: dict[str, tuple[bytes, Experiment]] = {}
 
     def fetch_record(experiment_id: str) -> int:
-        data = files.read(on_remote[experiment_id])
+        short = experiment_id[:SHORT_ID_LENGTH]
+        try:
+            data = files.read(on_remote[experiment_id], limit=RECORD_LIMIT)
+        except UnreadableKey as error:
+            raise IntegrityError(f"record {short} was not read ({error})") from error
         try:
             body = json.loads(data)
             experiment = Experiment.from_dict(body)
         except (ValueError, UnicodeDecodeError, RecordError) as error:
-            raise IntegrityError(
-                f"record {experiment_id[:SHORT_ID_LENGTH]} is unreadable ({error})"
-            ) from error
+            raise IntegrityError(f"record {short} is unreadable ({error})") from error
         if store.make_id(body) != experiment_id or experiment.id != experiment_id:
             raise IntegrityError(
-                f"record {experiment_id[:SHORT_ID_LENGTH]} on the remote is corrupt "
-                "(its content does not match its id)"
+                f"record {short} on the remote is corrupt (its content does not match its id)"
+            )
+        strange = _strange_object_names(experiment)
+        if strange:  # never joined onto a path, here or on the remote
+            raise IntegrityError(
+                f"record {short} was refused: it names the object {str(strange[0])[:40]!r}, "
+                "which is no object's name (32 hex digits); nbexp never writes such a record"
             )
         bodies[experiment_id] = (data, experiment)
         return len(data)
@@ -687,9 +735,8 @@ def pull(
     users: dict[str, list[str]] = {}  # object → the records that need it, of those chosen
 
     def fetch_object(digest: str) -> int:
-        temp = arrivals.place()
-        files.download(_object_key(digest), temp)
-        return arrivals.arrived(digest, temp)  # hashed before it may become an object
+        # hashed as it arrives; it becomes an object only if it is whole and matches
+        return arrivals.receive(digest, lambda sink: files.download(_object_key(digest), sink))
 
     def fetch_one(item: tuple[str, str]) -> int:
         kind, key = item
@@ -701,12 +748,15 @@ def pull(
         if kind != "record":
             return []
         missing = []
-        for digest in bodies[experiment_id][1].object_hashes():
+        for digest in bodies[experiment_id][1].object_order():
             if digest in users:
                 users[digest].append(experiment_id)
             elif not store.has_object(digest):
                 users[digest] = [experiment_id]
                 missing.append(("object", digest))
+        # laid out in a pack as the record names them (a variable's chunks in sequence, so
+        # its restore maps them as one range)
+        arrivals.plan(digest for _, digest in missing)
         return missing
 
     # Without names, tags or `last` to resolve, the records to pull are known from the
@@ -731,14 +781,7 @@ def pull(
             )
         else:
             selected = set(wanted) if wanted is not None else set(on_remote)
-        # one pack for a large pull, laid out as the records name the objects (a
-        # variable's chunks in sequence, so its restore maps them as one range)
-        arrivals.adopt(
-            digest
-            for experiment_id in fetch
-            if experiment_id in bodies
-            for digest in bodies[experiment_id][1].object_order()
-        )
+        arrivals.adopt()  # durable, then visible: before any record naming them
         sizes = arrivals.sizes
         broken: dict[str, str] = {}
         for (kind, key), error in failures.items():
@@ -749,10 +792,14 @@ def pull(
                         if isinstance(error, IntegrityError)
                         else f"record {key[:SHORT_ID_LENGTH]} could not be read ({_describe(error)})"
                     )
-            elif isinstance(error, IntegrityError):
+            elif isinstance(error, (IntegrityError, UnreadableKey)):
+                why = (
+                    f"object {key[:12]} was not read ({error})"
+                    if isinstance(error, UnreadableKey)
+                    else _first_line(error)
+                )
                 broken[key] = (
-                    f"object {key[:12]} on the remote is corrupt (its content does not match "
-                    f"its hash), so nothing that needs it was pulled; delete "
+                    f"{why}, so nothing that needs it was pulled; delete "
                     f"{files.path(_object_key(key))} and push it again from a store that has "
                     f"it intact: `nbexp push {spec.name} {{ref}}`"
                 )
@@ -761,8 +808,13 @@ def pull(
                     f"object {key[:12]} is missing on the remote; push it again from a store "
                     f"that has it: `nbexp push {spec.name} {{ref}}`"
                 )
+            elif isinstance(error, StoreError):  # no room, or the store cannot be written
+                broken[key] = _first_line(error)
             else:
                 broken[key] = f"object {key[:12]} could not be read ({_describe(error)})"
+        for digest in users:  # what did not arrive never lets a record in
+            if digest not in broken and not store.has_object(digest):
+                broken[digest] = f"object {digest[:12]} did not arrive"
         chosen = [i for i in new if i in selected and i in bodies]
         report.present = len([i for i in selected if i in here])
         report.objects = len(sizes)
@@ -812,7 +864,7 @@ def _pull_tags(store: Store, spec: Remote, files: RemoteFiles, ids: set[str], wo
 
     def fetch(item: tuple[str, str, str]) -> int:
         experiment_id, key, stamp = item
-        theirs = _parse_tags(files.read(key))
+        theirs = _parse_tags(files.read(key, limit=TAGS_LIMIT))
         ours = list(store.load(experiment_id).tags)
         base = markers.get(experiment_id).get("tags")
         merged = _merge(ours, theirs, base)
@@ -931,7 +983,7 @@ def gc_remote(
     found: dict[str, set[str]] = {}
 
     def fetch(experiment_id: str) -> int:
-        data = files.read(on_remote[experiment_id])
+        data = files.read(on_remote[experiment_id], limit=RECORD_LIMIT)
         found[experiment_id] = Experiment.from_dict(json.loads(data)).object_hashes()
         return len(data)
 

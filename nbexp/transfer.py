@@ -15,14 +15,15 @@ import contextlib
 import datetime as dt
 import os
 import secrets
+import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 from .store import write_atomically
 
@@ -37,6 +38,22 @@ DEFAULT_WORKERS = 16
 IN_MEMORY_LIMIT = 64 * 2**20
 # A listing request returns up to this many keys (S3, GCS and Azure all page by 1,000).
 LISTING_PAGE = 1000
+# A download arrives in pieces of this size: a key this small costs one request.
+PIECE = 8 * 2**20
+
+
+class Sink(Protocol):
+    """Where a download's bytes go, piece by piece (the receiver hashes them on the way)."""
+
+    def expect(self, size: int) -> None:
+        """The key's size, when the back end says it before the bytes (it may refuse)."""
+
+    def write(self, piece: bytes | bytearray | memoryview) -> None: ...
+
+
+class UnreadableKey(ValueError):
+    """A key nbexp does not read: larger than anything it writes under that name, or not a
+    regular file (a folder, device or pipe) on a file-system remote."""
 
 
 @dataclass(frozen=True)
@@ -130,22 +147,59 @@ class RemoteFiles:
 
     # -- reading --------------------------------------------------------------------
 
-    def read(self, key: str) -> bytes:
-        """A key's bytes; FileNotFoundError when it does not exist."""
+    def read(self, key: str, limit: int | None = None) -> bytes:
+        """A key's bytes; FileNotFoundError when it does not exist. With `limit`, a key of
+        more bytes is refused (UnreadableKey) after reading at most one byte past it: a
+        remote serving a huge or endless file never fills the memory."""
         if self.is_local:
-            return Path(self.path(key)).read_bytes()
-        # from offset 0: one ranged GET, where a plain cat_file asks for the size first
-        data: bytes = self.fs.cat_file(self.path(key), start=0)
-        return data
-
-    def download(self, key: str, destination: Path) -> None:
-        """Copy a key into a local file (not yet verified: the caller hashes it)."""
-        if self.is_local:
-            import shutil
-
-            shutil.copyfile(self.path(key), destination)
+            with _open_regular(self.path(key)) as handle:
+                data = handle.read(-1 if limit is None else limit + 1)
         else:
-            self.fs.get_file(self.path(key), str(destination))
+            # from offset 0: one ranged GET, where a plain cat_file asks for the size first
+            end = None if limit is None else limit + 1
+            data = self.fs.cat_file(self.path(key), start=0, end=end)
+        if limit is not None and len(data) > limit:
+            raise UnreadableKey(
+                f"{self.path(key)} is larger than {limit} bytes, more than nbexp writes there"
+            )
+        return bytes(data)
+
+    def download(self, key: str, sink: Sink) -> int:
+        """Stream a key's bytes into `sink`, piece by piece (not verified here: the sink
+        hashes them). The size is said first where it costs no request (a local file), or
+        once the key turns out larger than one piece; bytes past it are never read.
+        FileNotFoundError when the key does not exist. Returns how many bytes came."""
+        if self.is_local:
+            with _open_regular(self.path(key)) as handle:
+                size = os.fstat(handle.fileno()).st_size
+                sink.expect(size)
+                return _pour(lambda at, count: handle.read(count), size, sink)
+        path = self.path(key)
+        first = self.fs.cat_file(path, start=0, end=PIECE)  # one GET, all of a small key
+        if len(first) < PIECE:
+            sink.write(first)
+            return len(first)
+        known = self.fs.size(path)
+        if known is None:  # the back end cannot say: pieces until one comes short
+            done = 0
+            piece = first
+            while True:
+                sink.write(piece)  # the sink stops an endless key (`Room`)
+                done += len(piece)
+                if len(piece) < PIECE:
+                    return done
+                piece = self.fs.cat_file(path, start=done, end=done + PIECE)
+        size = int(known)
+        sink.expect(size)
+        sink.write(first[:size])
+        if size <= len(first):
+            return size
+        return len(first) + _pour(
+            lambda at, count: self.fs.cat_file(path, start=at, end=at + count),
+            size,
+            sink,
+            start=len(first),
+        )
 
     # -- writing --------------------------------------------------------------------
 
@@ -208,6 +262,37 @@ class RemoteFiles:
         temp = Path(self.path(self._temp_key()))
         temp.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(temp, Path(self.path(key)), fill)
+
+
+@contextlib.contextmanager
+def _open_regular(path: str) -> Iterator[IO[bytes]]:
+    """A local file opened for reading, refused unless it is a regular file: a remote folder
+    may hold a link to a device (/dev/zero: endless) or a pipe (never ends, or blocks)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnreadableKey(f"{path} is not a regular file (a folder, a device or a pipe)")
+        os.set_blocking(descriptor, True)
+        handle = os.fdopen(descriptor, "rb", buffering=0)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with handle:
+        yield handle
+
+
+def _pour(read: Callable[[int, int], bytes], size: int, sink: Sink, *, start: int = 0) -> int:
+    """Pass `read(offset, count)`'s pieces from `start` up to `size` bytes into `sink`; a
+    key that ends early is an OSError (the sink then never counts it whole)."""
+    done = start
+    while done < size:
+        piece = read(done, min(PIECE, size - done))
+        if not piece:
+            raise OSError(f"the remote sent {done} of {size} bytes, then nothing")
+        sink.write(piece)
+        done += len(piece)
+    return done - start
 
 
 def _modified(info: Mapping[str, Any]) -> float | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from nbexp import api
+from nbexp import api, transfer
 from nbexp import remote as remote_module
 from nbexp import store as store_module
 from nbexp.errors import TransferError, UntrustedRemoteError
@@ -349,3 +349,23 @@ def test_s3_credentials_come_from_the_environment(s3_two, tmp_path: Path) -> Non
         command, env=environment | DUMMY_CREDENTIALS, capture_output=True, text=True, timeout=60
     )
     assert ok.returncode == 0 and "pushed 1 experiment" in ok.stdout, ok.stderr
+
+
+def test_s3_a_large_object_arrives_in_pieces_and_a_small_one_in_one_request(
+    s3_two, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, _ = s3_two
+    monkeypatch.setattr(transfer, "PIECE", 64 * 1024)
+    large = (b"0123456789abcdef" * 12_500)[:200_000]  # 4 pieces: the last one short
+    small = b"s" * 1_000
+    both = fake(a, "both", [large, small])
+    assert not push(a, progress=False).failed
+    counter = RequestCounter(b)
+    report = pull(b, progress=False)
+    assert report.experiments == [both.id] and report.bytes == 201_000
+    sent = counter.take()
+    # the record and the small object: one GET each; the large one: a GET of its first
+    # piece, then its size (HEAD), then a ranged GET per further piece
+    assert sent.count("GetObject") == 2 + 4 and sent.count("HeadObject") == 1, sent
+    assert [b.read_object(item["hash"]) for item in both.artifacts] == [large, small]
+    assert b.fsck() == [] and list(b.tmp_dir.iterdir()) == []

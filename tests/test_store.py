@@ -1137,3 +1137,32 @@ def test_a_new_fan_out_folder_is_made_durable_in_its_parent(
         digest = store.put_bytes(b"payload" * 100)
     assert store.has_object(digest)
     assert store.objects_dir in synced
+
+
+def test_a_pack_index_pointing_past_its_pack_is_damaged_and_never_followed(
+    project: Path,
+) -> None:
+    """An index whose checksum holds but whose entries point past the pack's objects (an
+    index written for another pack, or by hand) is taken as damaged: nothing is read from
+    beyond the objects, nor allocated for an absurd length; the pack's own copy is used."""
+    from nbexp.store.packs import decode_index, encode_index
+    from tests.test_remote import blobs_for, fake
+
+    store = open_store()
+    blobs = blobs_for("packed", 20, size=2_000)
+    with store.writing(), store.object_batch():
+        for blob in blobs:
+            store.put_bytes(blob)
+    experiment = fake(store, "packed", blobs)
+    (index,) = (store.root / "packs").glob("*.idx")
+    entries = decode_index(index.read_bytes())
+    assert entries is not None
+    victim = experiment.artifacts[0]["hash"]
+    entries[victim] = (entries[victim][0], 2**62)  # a length no pack holds
+    index.write_bytes(encode_index(entries))
+    store_module._stores.clear()
+    store = open_store()
+    assert [store.read_object(item["hash"]) for item in experiment.artifacts] == blobs
+    assert [(p.kind, p.item) for p in store.fsck()] == [("pack", index.stem)]
+    store.gc(delete=True)
+    assert store.fsck() == [] and decode_index(index.read_bytes()) != entries

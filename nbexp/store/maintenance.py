@@ -286,7 +286,7 @@ class StoreMaintenance(StoreRecords):
                     live_loose.add(digest)
                     continue
                 with contextlib.suppress(FileNotFoundError):
-                    size += self.object_path(digest).stat().st_size
+                    size += self.loose_file(digest).stat().st_size
                     loose_garbage.append(digest)
             counted = set(loose_garbage)
             damaged = self._packs.damaged()
@@ -313,7 +313,7 @@ class StoreMaintenance(StoreRecords):
                 self._forget_objects()
                 for digest in loose_garbage:
                     with contextlib.suppress(FileNotFoundError):
-                        self.object_path(digest).unlink()
+                        self.loose_file(digest).unlink()
                 self._repack(packs, rewrite, referenced, live_loose)
             if delete:
                 self._remove_orphan_packs()
@@ -419,8 +419,12 @@ class StoreMaintenance(StoreRecords):
         return found, size
 
     def _object_state(self, digest: str) -> str:
-        """ "" if the object reads back whole, else "missing" or "corrupt"."""
-        path = self.object_path(digest)
+        """ "" if the object reads back whole, else "missing" or "corrupt" (or what is wrong
+        with its name, when a record names something that is no object's name)."""
+        try:
+            path = self.object_path(digest)
+        except IntegrityError:
+            return "not an object's name (32 hex digits)"
         if path.exists():
             return "" if hash_file(path)[0] == digest else "corrupt"
         try:

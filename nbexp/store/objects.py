@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import xxhash
 
 from ..errors import IntegrityError, MissingObjectError
 from ..hashing import CHUNK, hash_bytes, hash_file
-from .files import StoreFiles, fsync_dir, fsync_file, make_folder_durably, sync_filesystem
+from .files import StoreFiles, fsync_dir, fsync_file, make_folder_durably
 from .packs import Location, PackSet, PackWriter, read_exactly
+
+if TYPE_CHECKING:
+    from .receiving import Arrivals
 
 # Batches up to this many objects stay loose files, fsynced one by one; a larger batch is
 # written as one pack. A pack is cheaper to write from 2 objects on (bench/state.py --only
@@ -30,6 +35,9 @@ FEW_OBJECTS = 16
 # Buffers at least this large are restored by mapping their pack (`map_objects`); each
 # mapping holds a file descriptor, so small buffers are read into memory instead.
 MAP_AT_LEAST = 4 << 20
+# What an object's name is: its xxh3-128 digest in lowercase hex (nothing else may become a
+# path under objects/: a record names its objects, and a pulled record is anyone's writing).
+DIGEST = re.compile(r"[0-9a-f]{32}")
 
 
 def _missing(digest: str, root: Path) -> MissingObjectError:
@@ -130,7 +138,13 @@ class StoreObjects(StoreFiles):
         return self.root / "packs"
 
     def object_path(self, digest: str) -> Path:
-        """Where the object would be as a loose file (a packed one is not there)."""
+        """Where the object would be as a loose file (a packed one is not there). A name that
+        is not a digest (`../..`, a path) is refused: no object is ever outside objects/."""
+        if not DIGEST.fullmatch(digest):
+            raise IntegrityError(
+                f"{digest[:40]!r} is not an object's name (32 hex digits); a record naming it "
+                "is damaged or was made to attack, run `nbexp fsck`"
+            )
         return self.objects_dir / digest[:2] / digest[2:]
 
     def object_location(self, digest: str) -> tuple[Path, int, int] | None:
@@ -412,6 +426,11 @@ class StoreObjects(StoreFiles):
             with contextlib.suppress(OSError):
                 temp.unlink()
 
+    def loose_file(self, name: str) -> Path:
+        """The file in objects/ of a name `iter_loose_objects` listed (a stray file there,
+        which gc deletes, too: its name, read from the folder, has no separator)."""
+        return self.objects_dir / name[:2] / name[2:]
+
     def iter_loose_objects(self) -> Iterator[str]:
         for folder in sorted(self.objects_dir.iterdir()):
             if folder.is_dir():
@@ -432,96 +451,13 @@ class StoreObjects(StoreFiles):
 
     @contextlib.contextmanager
     def receiving(self) -> Iterator[Arrivals]:
-        """Objects arriving from elsewhere (a pull): each downloaded into tmp/ (`place`),
-        verified against its hash (`arrived`), then adopted together (`adopt`); whatever
-        was not adopted is deleted when the block ends."""
+        """Objects arriving from elsewhere (a pull), each written once and verified on the
+        way (see `receiving`); what was not adopted is deleted when the block ends."""
+        from .receiving import Arrivals
+
         self._writable("receiving objects")
         arrivals = Arrivals(self)
         try:
             yield arrivals
         finally:
             arrivals.discard()
-
-    def _adopt(self, arrived: dict[str, Path], order: list[str]) -> None:
-        """Make verified files the objects they hash to: more than FEW_OBJECTS become one
-        pack (in `order`, so the chunks of one array lie in sequence and restore maps them),
-        fewer stay loose files. Their bytes are durable before their names, so a record
-        saved afterwards never names a missing or partial object."""
-        if len(arrived) > FEW_OBJECTS:
-            ranked = {digest: rank for rank, digest in enumerate(order)}
-            digests = sorted(arrived, key=lambda digest: ranked.get(digest, len(ranked)))
-            with self._file_writes():
-                pack = PackWriter(self._temp_path())
-                try:
-                    for digest in digests:
-                        with open(arrived[digest], "rb") as source:
-                            size = os.fstat(source.fileno()).st_size
-                            pack.add_from(digest, source.fileno(), 0, size)
-                    pack.publish(self.packs_dir, self._temp_path())
-                except BaseException:
-                    pack.discard()
-                    raise
-            self._known_objects.update(digests)
-            return
-        with self._file_writes():
-            sync_filesystem(self.tmp_dir)
-            for digest, temp in arrived.items():
-                target = self.object_path(digest)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(temp, target)
-                self._known_objects.add(digest)
-            sync_filesystem(self.objects_dir)
-
-
-class Arrivals:
-    """The objects of one `receiving` block: where each is downloaded, which arrived whole."""
-
-    def __init__(self, store: StoreObjects) -> None:
-        self._store = store
-        self._lock = threading.Lock()
-        self._places: list[Path] = []
-        self.verified: dict[str, Path] = {}  # digest → its downloaded, verified file
-        self.sizes: dict[str, int] = {}
-
-    def place(self) -> Path:
-        """A fresh file name in the store's tmp/ to download one object into."""
-        temp = self._store._temp_path()
-        with self._lock:
-            self._places.append(temp)
-        return temp
-
-    def arrived(self, digest: str, temp: Path) -> int:
-        """Verify that the file downloaded at `temp` hashes to `digest` (an IntegrityError,
-        and the file deleted, if not); returns its size."""
-        try:
-            hasher = xxhash.xxh3_128()
-            size = 0
-            with open(temp, "rb") as handle:
-                while chunk := handle.read(8 * CHUNK):
-                    hasher.update(chunk)
-                    size += len(chunk)
-            if hasher.hexdigest() != digest:
-                raise IntegrityError(
-                    f"object {digest[:12]} arrived corrupt (its content does not match its hash)"
-                )
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise
-        with self._lock:
-            self.verified[digest] = temp
-            self.sizes[digest] = size
-        return size
-
-    def adopt(self, order: Iterable[str] = ()) -> None:
-        """Every verified arrival becomes an object of the store (see `StoreObjects._adopt`);
-        `order` is how they are laid out in a pack (the rest after, in any order)."""
-        self._store._adopt(self.verified, list(order))
-
-    def discard(self) -> None:
-        """Delete what is left in tmp/ (adopted objects were moved or copied out)."""
-        with self._lock:
-            places, self._places = self._places, []
-        for temp in places:
-            with contextlib.suppress(OSError):
-                temp.unlink()

@@ -86,6 +86,15 @@ def decode_index(data: bytes) -> dict[str, tuple[int, int]] | None:
     }
 
 
+def within(entries: dict[str, tuple[int, int]], size: int) -> bool:
+    """Whether every entry lies inside the objects of a pack of `size` bytes (an index that
+    points past them is damaged: nothing is ever read from beyond them, nor that much)."""
+    end = size - _COUNT.size - len(PACK_END)
+    return all(
+        len(PACK_MAGIC) <= offset and offset + length <= end for offset, length in entries.values()
+    )
+
+
 def scan_pack(path: Path) -> dict[str, tuple[int, int]]:
     """A pack's entries from the copy of its index at its end (when its .idx is damaged);
     empty if that copy is damaged too."""
@@ -99,7 +108,8 @@ def scan_pack(path: Path) -> dict[str, tuple[int, int]]:
         if handle.read(len(PACK_END)) != PACK_END or length > size - tail - len(PACK_MAGIC):
             return {}
         handle.seek(size - tail - length)
-        return decode_index(handle.read(length)) or {}
+        entries = decode_index(handle.read(length)) or {}
+        return entries if within(entries, size - length) else {}
 
 
 class PackWriter:
@@ -272,10 +282,12 @@ class PackSet:
 
     def _load(self, name: str) -> tuple[dict[str, tuple[int, int]], bool] | None:
         try:
-            entries = decode_index((self.folder / f"{name}.idx").read_bytes())
-            if entries is not None:
+            index = (self.folder / f"{name}.idx").read_bytes()
+            entries = decode_index(index)
+            pack = self.folder / f"{name}.pack"
+            if entries is not None and within(entries, pack.stat().st_size - len(index)):
                 return entries, False
-            return scan_pack(self.folder / f"{name}.pack"), True
+            return scan_pack(pack), True
         except FileNotFoundError:  # removed meanwhile by a gc
             return None
 

@@ -24,8 +24,13 @@ import subprocess
 import sys
 import tempfile
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _phases import PHASES  # noqa: E402
+
 ROUND = r"""
 import json, os, sys, tempfile, time
+BENCH = sys.argv[1]
 os.environ.setdefault("MPLBACKEND", "Agg")
 folder = tempfile.mkdtemp(prefix="nbexp-bench-first-")
 os.chdir(folder)
@@ -38,29 +43,45 @@ from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 X, y = make_classification(n_samples=2000, n_features=20, random_state=0)
 ''', store_history=True)
+load_begin = time.perf_counter()
 shell.run_line_magic("load_ext", "nbexp")
+load_ext = time.perf_counter() - load_begin
+sys.path.insert(0, BENCH)
+import _phases
+_phases.install()
 time.sleep(3)
 body = "clf = LogisticRegression().fit(X, y)\nacc = clf.score(X, y)\n"
-figures = {}
+figures, phases = {}, {}
 for label, source in (("first", "%%experiment\n" + body), ("second", "%%experiment\n" + body),
                       ("plain", body)):
     cpu, wall = time.thread_time(), time.perf_counter()
     result = shell.run_cell(source, store_history=True)
     figures[label] = [time.thread_time() - cpu, time.perf_counter() - wall, result.success]
-print("@@" + json.dumps(figures))
+    phases[label] = _phases.take()
+print("@@" + json.dumps({"cells": figures, "phases": phases, "load_ext": load_ext}))
 """
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="fresh processes (default 3)")
+    parser.add_argument(
+        "--source",
+        action="store_true",
+        help="leave nbexp's bytecode uncompiled (each process compiles it, as a checkout "
+        "under PYTHONDONTWRITEBYTECODE does)",
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
+    if not args.source:  # as installed: bytecode compiled once (not in each fresh process)
+        import compileall
+
+        compileall.compile_dir(os.path.join(ROOT, "nbexp"), quiet=1)
     rounds = []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="nbexp-bench-first-") as home:
             completed = subprocess.run(
-                [sys.executable, "-c", ROUND],
+                [sys.executable, "-c", ROUND, os.path.dirname(os.path.abspath(__file__))],
                 capture_output=True,
                 text=True,
                 cwd=home,
@@ -71,8 +92,9 @@ def main() -> int:
         if line is None:
             print(f"a round failed: {completed.stderr.strip()[-500:]}")
             continue
-        figures = json.loads(line[2:])
-        rounds.append(figures)
+        answer = json.loads(line[2:])
+        figures = answer["cells"]
+        rounds.append(answer)
         print(
             "  "
             + ", ".join(
@@ -89,9 +111,17 @@ def main() -> int:
         f"{os.getloadavg()[0]:.2f} at end"
     )
     for label in ("first", "second", "plain"):
-        cpu = statistics.median(r[label][0] for r in rounds)
-        wall = statistics.median(r[label][1] for r in rounds)
+        cpu = statistics.median(r["cells"][label][0] for r in rounds)
+        wall = statistics.median(r["cells"][label][1] for r in rounds)
         print(f"{label + ' cell':<14} median {cpu * 1e3:7.1f} ms CPU  {wall * 1e3:7.1f} ms wall")
+    load_ext = statistics.median(r["load_ext"] for r in rounds)
+    print(f"%load_ext nbexp median {load_ext * 1e3:.1f} ms wall")
+    print("\nper phase, median ms wall (bench/_phases.py; nested phases charged once):")
+    print(f"  {'phase':<14} {'first':>8} {'second':>8}")
+    for phase in ("body", *PHASES):
+        first = statistics.median(r["phases"]["first"].get(phase, 0.0) for r in rounds)
+        second = statistics.median(r["phases"]["second"].get(phase, 0.0) for r in rounds)
+        print(f"  {phase:<14} {first * 1e3:8.1f} {second * 1e3:8.1f}")
     return 0
 
 

@@ -1,9 +1,9 @@
 """Where one `%%experiment` spends its time, by phase, without cProfile's inflation.
 
 `install()` wraps, in the running process, the functions each phase of a record goes
-through (module attributes, looked up at call time by the recorder) with a wall-clock
-accumulator; `take()` returns the seconds spent per phase since the last `take()` and
-starts again. Nested phases are not double counted: time spent inside an inner phase is
+through (module attributes, looked up at call time by the recorder) with wall-clock and
+thread-CPU accumulators; `take()` returns the seconds spent per phase since the last
+`take()` and starts again. Nested phases are not double counted: time spent inside an inner phase is
 charged to it alone (e.g. `state.snapshot` calling the store's writes). Bench-only: nbexp
 itself never imports this.
 
@@ -22,24 +22,28 @@ import inspect
 import time
 from typing import Any
 
-_totals: dict[str, float] = {}
-_stack: list[list[float]] = []  # per active phase: [start, seconds spent in inner phases]
+_totals: dict[str, list[float]] = {}  # phase → [wall seconds, CPU seconds of the thread]
+_stack: list[list[float]] = []  # per active phase: [wall start, CPU start, inner wall, inner CPU]
 _installed = False
 
 
 def _timed(phase: str, function: Any) -> Any:
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        frame = [time.perf_counter(), 0.0]
+        frame = [time.perf_counter(), time.thread_time(), 0.0, 0.0]
         _stack.append(frame)
         try:
             return function(*args, **kwargs)
         finally:
             _stack.pop()
-            elapsed = time.perf_counter() - frame[0]
-            _totals[phase] = _totals.get(phase, 0.0) + elapsed - frame[1]
+            wall = time.perf_counter() - frame[0]
+            cpu = time.thread_time() - frame[1]
+            total = _totals.setdefault(phase, [0.0, 0.0])
+            total[0] += wall - frame[2]
+            total[1] += cpu - frame[3]
             if _stack:
-                _stack[-1][1] += elapsed
+                _stack[-1][2] += wall
+                _stack[-1][3] += cpu
 
     wrapper.__nbexp_phase__ = phase  # type: ignore[attr-defined]
     return wrapper
@@ -82,8 +86,8 @@ def install() -> None:
     _installed = True
 
 
-def take() -> dict[str, float]:
-    """Seconds per phase since the last call (then reset)."""
+def take() -> dict[str, list[float]]:
+    """[wall, CPU] seconds per phase since the last call (then reset)."""
     taken = dict(_totals)
     _totals.clear()
     return taken

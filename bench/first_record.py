@@ -8,10 +8,12 @@ thread meanwhile), then times the first ``%%experiment`` of a LogisticRegression
 second one, and the same body as a plain cell. CPU time is the main thread's
 (``time.thread_time``), so other load on the machine inflates it less than wall time.
 
-Prints per-round figures and the medians; never asserts. Compare two checkouts by running
-it with each on ``PYTHONPATH``.
+Prints per-round figures, the medians and the time per phase of the two records
+(`_phases.py`); never asserts. It measures the nbexp of the tree it is in (compare two
+checkouts by running each one's copy); that tree's bytecode is compiled first, as an
+installed package has it (`--source`: not).
 
-    PYTHONPATH=. .venv/bin/python bench/first_record.py [--rounds N]
+    .venv/bin/python bench/first_record.py [--rounds N] [--source]
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ for label, source in (("first", "%%experiment\n" + body), ("second", "%%experime
     result = shell.run_cell(source, store_history=True)
     figures[label] = [time.thread_time() - cpu, time.perf_counter() - wall, result.success]
     phases[label] = _phases.take()
-print("@@" + json.dumps({"cells": figures, "phases": phases, "load_ext": load_ext}))
+import nbexp
+print("@@" + json.dumps({"cells": figures, "phases": phases, "load_ext": load_ext,
+                         "nbexp": os.path.dirname(nbexp.__file__)}))
 """
 
 
@@ -77,6 +81,11 @@ def main() -> int:
         import compileall
 
         compileall.compile_dir(os.path.join(ROOT, "nbexp"), quiet=1)
+    # this tree's nbexp first, then the caller's PYTHONPATH made absolute: each round runs in
+    # a temp folder, where a relative entry (`PYTHONPATH=.`) would name nothing and the venv's
+    # installed nbexp would be measured instead
+    given = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    python_path = os.pathsep.join([ROOT, *(os.path.abspath(p) for p in given)])
     rounds = []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="nbexp-bench-first-") as home:
@@ -85,7 +94,7 @@ def main() -> int:
                 capture_output=True,
                 text=True,
                 cwd=home,
-                env={**os.environ, "JPY_SESSION_NAME": ""},
+                env={**os.environ, "JPY_SESSION_NAME": "", "PYTHONPATH": python_path},
                 check=False,
             )
         line = next((x for x in completed.stdout.splitlines() if x.startswith("@@")), None)
@@ -105,8 +114,9 @@ def main() -> int:
         )
     if not rounds:
         return 1
+    print(f"\nnbexp measured: {rounds[0]['nbexp']}")
     print(
-        f"\nfirst record bench — {len(rounds)} fresh processes, Python "
+        f"first record bench — {len(rounds)} fresh processes, Python "
         f"{sys.version.split()[0]}; load average {load_before:.2f} at start, "
         f"{os.getloadavg()[0]:.2f} at end"
     )
@@ -116,12 +126,18 @@ def main() -> int:
         print(f"{label + ' cell':<14} median {cpu * 1e3:7.1f} ms CPU  {wall * 1e3:7.1f} ms wall")
     load_ext = statistics.median(r["load_ext"] for r in rounds)
     print(f"%load_ext nbexp median {load_ext * 1e3:.1f} ms wall")
-    print("\nper phase, median ms wall (bench/_phases.py; nested phases charged once):")
-    print(f"  {'phase':<14} {'first':>8} {'second':>8}")
+    print("\nper phase, median ms (bench/_phases.py; nested phases charged once):")
+    print(f"  {'phase':<14} {'first CPU':>10} {'wall':>8} {'second CPU':>11} {'wall':>8}")
     for phase in ("body", *PHASES):
-        first = statistics.median(r["phases"]["first"].get(phase, 0.0) for r in rounds)
-        second = statistics.median(r["phases"]["second"].get(phase, 0.0) for r in rounds)
-        print(f"  {phase:<14} {first * 1e3:8.1f} {second * 1e3:8.1f}")
+        row = [
+            statistics.median(r["phases"][label].get(phase, [0.0, 0.0])[kind] for r in rounds)
+            for label in ("first", "second")
+            for kind in (1, 0)
+        ]
+        print(
+            f"  {phase:<14} {row[0] * 1e3:10.1f} {row[1] * 1e3:8.1f}"
+            f" {row[2] * 1e3:11.1f} {row[3] * 1e3:8.1f}"
+        )
     return 0
 
 

@@ -355,7 +355,7 @@ class Experiment:
     export_ok: bool = False
     figures_shown: int = 0  # images the wrapped cell displayed
     figures_recorded: int = 0  # figures in its record
-    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase (_phases)
+    phases: dict[str, list[float]] = field(default_factory=dict)  # [wall, CPU] s per phase
     first: bool = False  # the item's first experiment (the kernel's first record)
     notes: list[str] = field(default_factory=list)
 
@@ -842,29 +842,29 @@ def report(results: list[Result], disk: float, load_start: tuple[float, ...]) ->
 
 
 def phase_table(exps: list[Experiment]) -> None:
-    """Milliseconds per phase of recording (`_phases`, wall, nested phases charged once):
-    median over the items' first experiments (a fresh kernel's first record) and over the
-    others, and the sum over all experiments."""
+    """Milliseconds per phase of recording (`_phases`; nested phases charged once), wall and
+    the recording thread's CPU: median over the items' first experiments (a fresh kernel's
+    first record) and over the others, and the wall sum over all experiments."""
     timed = [e for e in exps if e.phases]
     if not timed:
         return
     firsts = [e for e in timed if e.first]
     later = [e for e in timed if not e.first]
     print(
-        f"  per phase, ms wall: median of first records ({len(firsts)}), of later ones "
-        f"({len(later)}), sum over all {len(timed)}"
+        f"  per phase, ms: median wall / CPU of first records ({len(firsts)}), of later ones "
+        f"({len(later)}); wall sum over all {len(timed)}"
     )
+
+    def median(group: list[Experiment], phase: str, kind: int) -> float:
+        values = [e.phases.get(phase, [0.0, 0.0])[kind] * 1000 for e in group]
+        return statistics.median(values) if values else math.nan
+
     for phase in PHASES:
-
-        def median(group: list[Experiment], phase: str = phase) -> float:
-            return (
-                statistics.median(e.phases.get(phase, 0.0) for e in group) * 1000
-                if group
-                else math.nan
-            )
-
-        total = sum(e.phases.get(phase, 0.0) for e in timed) * 1000
-        print(f"    {phase:<14} {median(firsts):9.1f} {median(later):9.1f} {total:10.1f}")
+        total = sum(e.phases.get(phase, [0.0, 0.0])[0] for e in timed) * 1000
+        print(
+            f"    {phase:<14} {median(firsts, phase, 0):8.1f} / {median(firsts, phase, 1):6.1f}"
+            f"   {median(later, phase, 0):8.1f} / {median(later, phase, 1):6.1f}   {total:9.1f}"
+        )
 
 
 def compile_bytecode() -> None:

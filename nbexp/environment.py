@@ -19,7 +19,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -275,9 +275,21 @@ def _forget_if_installs_changed() -> Any:
 
 
 def warm_up() -> None:
-    """Scan what is installed ahead of the first experiment (`%load_ext`, in a thread)."""
+    """What a kernel's first experiment would otherwise do, done ahead of it (`%load_ext`,
+    in a thread): scan what is installed (a record that needs it waits for it), import
+    psutil and read the kernel's parent command (`headless`), ask `platform` (one `uname`
+    subprocess), find the folders of installed code (`state`, `watcher`). Nothing here
+    changes what a record says; a failure only leaves the work to the record."""
     _forget_if_installs_changed()
     _installed_now()
+    steps: list[Callable[[], object]] = [platform.platform]
+    with contextlib.suppress(Exception):
+        from . import headless, state, watcher
+
+        steps += [headless.runner_notebook, state._library_roots, watcher._ignored_roots]
+    for step in steps:
+        with contextlib.suppress(Exception):
+            step()
 
 
 _bases: dict[str, Path | None] = {}

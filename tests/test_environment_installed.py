@@ -45,8 +45,14 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "Metadata-Version: 2.3\nname: beta\nversion: 3.0\nSummary: folded\n  summary line\n",
         RECORD="beta/__init__.py,sha256=x,1\nbeta/sub/m.py,,\nbeta_single.py,,\n"
         '"odd,name.py",,\n./dotted/mod.py,,\nbeta-3.0.dist-info/METADATA,,\n'
-        "data/.py,,\nnotes.txt,,\n../../bin/tool.py,,\n",
+        "data/.py,,\nnotes.txt,,\n../outside.py,,\n",
     )
+    # the files exist, as installed (importlib_metadata, once imported, skips missing ones)
+    for name in ("beta/__init__.py", "beta/sub/m.py", "beta_single.py", "odd,name.py",
+                 "dotted/mod.py", "data/.py", "notes.txt"):  # fmt: skip
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("")
+    (tmp_path / "outside.py").write_text("")
     _dist_info(  # a folded Version: read by the email parser, as importlib does
         folder,
         "gamma-0.1.dist-info",

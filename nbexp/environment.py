@@ -270,6 +270,7 @@ def _forget_if_installs_changed() -> Any:
         if installed != _installed_under:
             _installed = None
             _bases.clear()
+            _vendored.clear()
             _installed_under = installed
     return installed
 
@@ -312,14 +313,21 @@ def _vendored_elsewhere(top: str, module: Any, distribution: str) -> bool:
     A module loaded from `<site-packages>/<some other folder>/…` is not that distribution's;
     one loaded from outside the distribution's folder (an editable install) still is."""
     filename = getattr(module, "__file__", None)
-    base = _distribution_base(distribution)
-    if not isinstance(filename, str) or base is None:
+    if not isinstance(filename, str):
         return False
-    try:
-        inside = Path(os.path.realpath(filename)).relative_to(base)
-    except ValueError:
-        return False
-    return inside.parts[0].partition(".")[0] != top
+    key = (top, filename, distribution)  # realpath costs a few lstat calls: once per file
+    verdict = _vendored.get(key)
+    if verdict is None:
+        base = _distribution_base(distribution)
+        try:
+            inside = Path(os.path.realpath(filename)).relative_to(base) if base else None
+        except ValueError:
+            inside = None
+        verdict = _vendored[key] = inside is not None and inside.parts[0].partition(".")[0] != top
+    return verdict
+
+
+_vendored: dict[tuple[str, str, str], bool] = {}
 
 
 def _user_namespace() -> Mapping[str, Any]:

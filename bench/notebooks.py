@@ -749,8 +749,16 @@ def _counts(result: Result) -> str:
         f"sharing {sum(e.pairs_kept for e in exps)}/{sum(e.pairs for e in exps)}, "
         f"exports {sum(e.export_ok for e in exps)}/{len(exps)}, "
         f"figures {sum(min(e.figures_shown, e.figures_recorded) for e in exps)}"
-        f"/{sum(e.figures_shown for e in exps)}, notebook errors {result.plain_errors}"
+        f"/{sum(e.figures_shown for e in exps)}, notebook errors {result.plain_errors}; "
+        f"cells {result.ratio:.3f}x plain ({result.plain_s:.2f} s); added per experiment "
+        + ", ".join(f"c{e.cell} {e.added_ms:+.0f} ms{_top_phases(e)}" for e in exps)
     )
+
+
+def _top_phases(experiment: Experiment) -> str:
+    """The record's three costliest phases (wall ms), for an item's line."""
+    ranked = sorted(experiment.phases.items(), key=lambda kv: -kv[1][0])[:3]
+    return " (" + ", ".join(f"{k} {v[0] * 1000:.0f}" for k, v in ranked) + ")" if ranked else ""
 
 
 def report(results: list[Result], disk: float, load_start: tuple[float, ...]) -> None:

@@ -757,7 +757,8 @@ def _counts(result: Result) -> str:
 
 def _top_phases(experiment: Experiment) -> str:
     """The record's three costliest phases (wall ms), for an item's line."""
-    ranked = sorted(experiment.phases.items(), key=lambda kv: -kv[1][0])[:3]
+    own = [(k, v) for k, v in experiment.phases.items() if k in PHASES]  # not the body
+    ranked = sorted(own, key=lambda kv: -kv[1][0])[:3]
     return " (" + ", ".join(f"{k} {v[0] * 1000:.0f}" for k, v in ranked) + ")" if ranked else ""
 
 

@@ -97,14 +97,23 @@ def numbers() -> None:
     _emit({"numbers": out, "digests": digests})
 
 
+def time_phases() -> None:
+    """Time each phase of the records made from now on (`_phases`; harness cell)."""
+    import _phases
+
+    _phases.install()
+
+
 def last_experiment() -> None:
-    """Print the id of the newest experiment in the store (nbexp is loaded in this kernel)."""
+    """Print the id of the newest experiment in the store (nbexp is loaded in this kernel),
+    and the seconds per phase of the records since the last call, if they are timed."""
+    phases = sys.modules["_phases"].take() if "_phases" in sys.modules else {}
     try:
         import nbexp
 
-        _emit({"last": nbexp.get("last").id})
+        _emit({"last": nbexp.get("last").id, "phases": phases})
     except Exception as error:  # an empty store
-        _emit({"last": None, "error": repr(error)})
+        _emit({"last": None, "error": repr(error), "phases": phases})
 
 
 # ---- equality-friendly digests -------------------------------------------------------------

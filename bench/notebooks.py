@@ -40,6 +40,7 @@ KERNEL_PATH = os.pathsep.join([str(ROOT), str(BENCH)])
 
 sys.path.insert(0, str(BENCH))
 from _nbprobe import MARK, NETWORK_MARK  # noqa: E402
+from _phases import PHASES  # noqa: E402
 
 # ---- the corpus ------------------------------------------------------------------------------
 # (sdist "package==version", path inside the unpacked sdist). imbalanced-learn ships its
@@ -354,6 +355,8 @@ class Experiment:
     export_ok: bool = False
     figures_shown: int = 0  # images the wrapped cell displayed
     figures_recorded: int = 0  # figures in its record
+    phases: dict[str, list[float]] = field(default_factory=dict)  # [wall, CPU] s per phase
+    first: bool = False  # the item's first experiment (the kernel's first record)
     notes: list[str] = field(default_factory=list)
 
 
@@ -466,6 +469,7 @@ def run_notebook(name: str, source: Path, work: Path, timeout: float) -> Result:
     with Kernel(project, env, timeout) as kernel:
         kernel.run(HARNESS, history=False)
         kernel.run("%load_ext nbexp", history=False)
+        kernel.run("__import__('_nbprobe').time_phases()", history=False)
         for index, cell in enumerate(cells):
             code = f"%%experiment {name}-c{index}\n{cell}" if wrapped(cell) else cell
             try:
@@ -478,7 +482,8 @@ def run_notebook(name: str, source: Path, work: Path, timeout: float) -> Result:
                 result.new_errors.append(f"cell {index}: {reply.error.splitlines()[0][:160]}")
             if not wrapped(cell):
                 continue
-            newest = kernel.probe("last_experiment()").get("last")
+            answer = kernel.probe("last_experiment()")
+            newest = answer.get("last")
             if newest is None or newest == last:
                 result.new_errors.append(f"cell {index}: no experiment recorded")
                 continue
@@ -488,6 +493,8 @@ def run_notebook(name: str, source: Path, work: Path, timeout: float) -> Result:
             if recorded:
                 experiment.record_ms = float(recorded.group(1))
             experiment.added_ms = (reply.seconds - first[index]) * 1000
+            experiment.phases = answer.get("phases") or {}
+            experiment.first = not result.experiments
             experiment.figures_shown = reply.images
             experiment.figures_recorded = len(_record(store, newest).outcome.figures)
             if experiment.figures_recorded < experiment.figures_shown:
@@ -742,8 +749,17 @@ def _counts(result: Result) -> str:
         f"sharing {sum(e.pairs_kept for e in exps)}/{sum(e.pairs for e in exps)}, "
         f"exports {sum(e.export_ok for e in exps)}/{len(exps)}, "
         f"figures {sum(min(e.figures_shown, e.figures_recorded) for e in exps)}"
-        f"/{sum(e.figures_shown for e in exps)}, notebook errors {result.plain_errors}"
+        f"/{sum(e.figures_shown for e in exps)}, notebook errors {result.plain_errors}; "
+        f"cells {result.ratio:.3f}x plain ({result.plain_s:.2f} s); added per experiment "
+        + ", ".join(f"c{e.cell} {e.added_ms:+.0f} ms{_top_phases(e)}" for e in exps)
     )
+
+
+def _top_phases(experiment: Experiment) -> str:
+    """The record's three costliest phases (wall ms), for an item's line."""
+    own = [(k, v) for k, v in experiment.phases.items() if k in PHASES]  # not the body
+    ranked = sorted(own, key=lambda kv: -kv[1][0])[:3]
+    return " (" + ", ".join(f"{k} {v[0] * 1000:.0f}" for k, v in ranked) + ")" if ranked else ""
 
 
 def report(results: list[Result], disk: float, load_start: tuple[float, ...]) -> None:
@@ -826,11 +842,48 @@ def report(results: list[Result], disk: float, load_start: tuple[float, ...]) ->
                 f"{worst.new_bytes / 1e6:.2f} MB new (budget "
                 f"{50 + worst.new_bytes / (0.7 * disk) * 1000:.0f} ms; record {worst.record_ms:.0f} ms)"
             )
+    phase_table(exps)
     load_end = os.getloadavg()
     print(
         f"  machine: {os.cpu_count()} cores, load average {load_start[0]:.2f} at start, "
         f"{load_end[0]:.2f} at end; wall {sum(r.seconds for r in results):.0f} s"
     )
+
+
+def phase_table(exps: list[Experiment]) -> None:
+    """Milliseconds per phase of recording (`_phases`; nested phases charged once), wall and
+    the recording thread's CPU: median over the items' first experiments (a fresh kernel's
+    first record) and over the others, and the wall sum over all experiments."""
+    timed = [e for e in exps if e.phases]
+    if not timed:
+        return
+    firsts = [e for e in timed if e.first]
+    later = [e for e in timed if not e.first]
+    print(
+        f"  per phase, ms: median wall / CPU of first records ({len(firsts)}), of later ones "
+        f"({len(later)}); wall sum over all {len(timed)}"
+    )
+
+    def median(group: list[Experiment], phase: str, kind: int) -> float:
+        values = [e.phases.get(phase, [0.0, 0.0])[kind] * 1000 for e in group]
+        return statistics.median(values) if values else math.nan
+
+    for phase in PHASES:
+        total = sum(e.phases.get(phase, [0.0, 0.0])[0] for e in timed) * 1000
+        print(
+            f"    {phase:<14} {median(firsts, phase, 0):8.1f} / {median(firsts, phase, 1):6.1f}"
+            f"   {median(later, phase, 0):8.1f} / {median(later, phase, 1):6.1f}   {total:9.1f}"
+        )
+
+
+def compile_bytecode() -> None:
+    """Compile this tree's nbexp and the harness once, as an installed package ships them:
+    kernels inherit PYTHONDONTWRITEBYTECODE from a session that sets it, and would otherwise
+    compile nbexp's source again in every kernel, inside its first experiment."""
+    import compileall
+
+    for folder in (ROOT / "nbexp", BENCH):
+        compileall.compile_dir(str(folder), quiet=1, maxlevels=0 if folder == BENCH else 10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -865,6 +918,7 @@ def main(argv: list[str] | None = None) -> int:
         f"nbexp on {len(corpus)} public notebooks; {os.cpu_count()} cores, "
         f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}"
     )
+    compile_bytecode()
     work = Path(tempfile.mkdtemp(prefix="nbexp-notebooks-", dir=args.dir))
     disk = disk_write_speed(work)
     print(f"disk: sequential write + fsync {disk / 1e6:.0f} MB/s")

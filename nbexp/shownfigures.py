@@ -77,8 +77,32 @@ def watching(shell: Any, before: set[int]) -> Iterator[ShownFigures]:
     formatter.format = format
     try:
         yield shown
+        _show_inline_figures_now(shell)
     finally:
         if had:
             formatter.format = previous
         else:
             own.pop("format", None)
+
+
+def _show_inline_figures_now(shell: Any) -> None:
+    """Show, now, the figures Jupyter's inline backend would show (and close) when this cell
+    ends, so the PNG the display makes is the one recorded: the recorder would otherwise
+    render each figure the body drew a second time, for the record alone (tens to hundreds
+    of milliseconds a figure). Done only when the backend's own end-of-cell display
+    (`flush_figures`, a `post_execute` callback of this shell) is due in this cell — it then
+    finds nothing left to do — and makes PNGs; the images appear before the summary line."""
+    inline = sys.modules.get("matplotlib_inline.backend_inline")
+    if inline is None or not getattr(inline.show, "_draw_called", False):
+        return
+    try:
+        callbacks = shell.events.callbacks.get("post_execute", [])
+        result = getattr(shell.displayhook, "exec_result", None)
+        if inline.flush_figures not in callbacks or result is None or result.info.silent:
+            return  # no end-of-cell display in this cell (a silent execution runs none)
+        config = inline.InlineBackend.instance()
+        if not config.close_figures or not {"png", "retina", "png2x"} & set(config.figure_formats):
+            return
+    except Exception:  # another IPython or backend: leave the figures to the recorder
+        return
+    inline.flush_figures()

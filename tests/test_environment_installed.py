@@ -1,0 +1,87 @@
+"""The one-pass scan of what is installed (`environment._Installed`) answers as
+`importlib.metadata` does — which distributions provide a top-level module, each one's
+version — on distributions laid out the ways installers leave them, odd ones included."""
+
+from __future__ import annotations
+
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from nbexp import environment
+
+
+def _dist_info(site: Path, folder: str, metadata_text: str, **files: str) -> None:
+    info = site / folder
+    info.mkdir()
+    (info / "METADATA").write_text(metadata_text)
+    for name, text in files.items():
+        (info / name.replace("_txt", ".txt")).write_text(text)
+
+
+def _version(name: str) -> str | None:
+    """What nbexp recorded before the scan: `metadata.version`, None when not found."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "site"
+    folder.mkdir()
+    _dist_info(  # setuptools: top_level.txt
+        folder,
+        "Alpha_Pkg-1.2.dist-info",
+        "Metadata-Version: 2.1\nName: Alpha-Pkg\nVersion: 1.2\n\nName: not this\n",
+        top_level_txt="alpha\nalpha_extra\n",
+    )
+    _dist_info(  # hatch / flit: no top_level.txt, modules inferred from RECORD
+        folder,
+        "beta-3.0.dist-info",
+        "Metadata-Version: 2.3\nname: beta\nversion: 3.0\nSummary: folded\n  summary line\n",
+        RECORD="beta/__init__.py,sha256=x,1\nbeta/sub/m.py,,\nbeta_single.py,,\n"
+        '"odd,name.py",,\n./dotted/mod.py,,\nbeta-3.0.dist-info/METADATA,,\n'
+        "data/.py,,\nnotes.txt,,\n../outside.py,,\n",
+    )
+    # the files exist, as installed (importlib_metadata, once imported, skips missing ones)
+    for name in ("beta/__init__.py", "beta/sub/m.py", "beta_single.py", "odd,name.py",
+                 "dotted/mod.py", "data/.py", "notes.txt"):  # fmt: skip
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("")
+    (tmp_path / "outside.py").write_text("")
+    _dist_info(  # a folded Version: read by the email parser, as importlib does
+        folder,
+        "gamma-0.1.dist-info",
+        "Metadata-Version: 2.1\nName: gamma\nVersion: 0.1\n  .post1\n",
+        top_level_txt="gamma\n",
+    )
+    _dist_info(  # a second copy of Alpha further down sys.path: the first one wins
+        tmp_path,
+        "Alpha_Pkg-0.9.dist-info",
+        "Metadata-Version: 2.1\nName: Alpha-Pkg\nVersion: 0.9\n",
+        top_level_txt="alpha\n",
+    )
+    monkeypatch.setattr(sys, "path", [str(folder), str(tmp_path)])
+    return folder
+
+
+def test_the_scan_names_the_same_distributions_and_versions_as_importlib_metadata(
+    site: Path,
+) -> None:
+    installed = environment._Installed()
+
+    expected = {top: sorted(names) for top, names in metadata.packages_distributions().items()}
+    assert {top: sorted(names) for top, names in installed.tops.items()} == expected
+    assert expected["beta_single"] == ["beta"]  # the case the RECORD path reading must get
+    assert "odd,name" in expected and "dotted" in expected and ".." in expected
+    for names in expected.values():
+        for name in names:
+            assert installed.version(name) == _version(name), name
+    assert installed.version("alpha-pkg") == installed.version("ALPHA_PKG") == "1.2"
+    assert installed.version("gamma") == _version("gamma") != "0.1"
+    assert installed.base("beta") == site.resolve()
+    assert installed.version("not-installed") is None

@@ -73,17 +73,19 @@ class StoreFiles:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(descriptor, view) :]
+                folders: tuple[Path, ...] = (target.parent,)
                 try:
                     os.replace(temp, target)
-                except FileNotFoundError:  # the record's folder is new
-                    make_folder_durably(target.parent)
+                except FileNotFoundError:  # the record's folder is new: its name too
+                    target.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(temp, target)
+                    folders = (target.parent, target.parent.parent)
             except BaseException:
                 os.close(descriptor)
                 with contextlib.suppress(OSError):
                     temp.unlink()
                 raise
-            return Syncing(descriptor, target.parent)
+            return Syncing(descriptor, folders)
 
     @contextlib.contextmanager
     def _file_writes(self) -> Iterator[None]:
@@ -214,28 +216,30 @@ def _sync_pool() -> Any:
 
 class Syncing:
     """The fsyncs of a file just renamed into place (its open `descriptor`, closed by
-    `wait`) and of its folder, started side by side in helper threads (which the GIL does
-    not hold back during the calls) as soon as the file is in place: one wait for the disk,
-    as early as it can start, overlapping whatever the caller does before `wait`. An error
-    of the file's fsync is raised by `wait`, as `os.fsync` raises it (a folder's fsync that
-    fails is ignored, as `fsync_dir` ignores it)."""
+    `wait`) and of its folder (and the folder's parent, when the folder is new), started side
+    by side in helper threads (which the GIL does not hold back during the calls) as soon as
+    the file is in place: one wait for the disk, as early as it can start, overlapping
+    whatever the caller does before `wait`. An error of the file's fsync is raised by
+    `wait`, as `os.fsync` raises it (a folder's fsync that fails is ignored, as `fsync_dir`
+    ignores it)."""
 
-    def __init__(self, descriptor: int, folder: Path) -> None:
+    def __init__(self, descriptor: int, folders: tuple[Path, ...]) -> None:
         self._descriptor = descriptor
-        self._folder = folder
+        self._folders = folders  # the file's, and its parent when the folder is new
         self._waits: list[Any] = []
         with contextlib.suppress(RuntimeError):  # shutting down: no new threads (see `wait`)
             pool = _sync_pool()
             self._waits.append(pool.submit(os.fsync, descriptor))
-            self._waits.append(pool.submit(fsync_dir, folder))
+            for folder in folders:
+                self._waits.append(pool.submit(fsync_dir, folder))
 
     def wait(self) -> None:
         """Return once the file's bytes and its name are on disk."""
         try:
-            if len(self._waits) < 2:  # one or both could not be handed to a thread
-                if not self._waits:
-                    os.fsync(self._descriptor)
-                fsync_dir(self._folder)
+            if not self._waits:
+                os.fsync(self._descriptor)
+            for folder in self._folders[len(self._waits) - 1 :] if self._waits else self._folders:
+                fsync_dir(folder)  # those that could not be handed to a thread
             for waiting in self._waits:
                 waiting.result()
         finally:

@@ -660,7 +660,9 @@ def text_view(d: Diff) -> str:
     lines.append("git:" + ("" if d.git else " same"))
     lines.extend(f"  {c.key}  {_show(c.a)} → {_show(c.b)}" for c in d.git)
     lines.append(f"state: {_state_text(d.state)}")
-    return "\n".join(lines)
+    from .show import terminal_safe
+
+    return terminal_safe("\n".join(lines))
 
 
 _CSS = (

@@ -14,25 +14,34 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .show import TABLE_DIGITS, format_value
+from .show import TABLE_DIGITS, format_value, terminal_safe
 
-FORMAT = 1  # raise it when the text for a listing changes: kept texts of older ones are not used
+FORMAT = 2  # raise it when the text for a listing changes: kept texts of older ones are not used
 _NONE = type(None)
 _FIRST_19 = operator.itemgetter(slice(0, 19))  # "2026-12-01T10:00:00" of an ISO timestamp
 _CSV_SPECIAL = (",", '"', "\r", "\n")
 _CSV_NEEDS_QUOTES = re.compile('[,"\r\n]')
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def table(header: Sequence[str], columns: Sequence[Sequence[Any]]) -> str:
     """Columns padded to their widest cell (the last one not), one row a line, without
     trailing blanks."""
     text = [
-        [name, *_cells(name, values, exact=False)]
+        _printable([name, *_cells(name, values, exact=False)])
         for name, values in zip(header, columns, strict=True)
     ]
     widths = [max(map(len, column)) for column in text[:-1]]
     line = " ".join([*(f"%-{width}s" for width in widths), "%s"])
     return "\n".join(map(str.rstrip, map(line.__mod__, zip(*text, strict=True)))) + "\n"
+
+
+def _printable(cells: list[str]) -> list[str]:
+    """A column's cells as they may reach a terminal: a pulled name holding a newline or a
+    terminal escape shown escaped (one search per column; the usual column has none)."""
+    if not _UNPRINTABLE.search("".join(cells)):
+        return cells
+    return [terminal_safe(cell, one_line=True) for cell in cells]
 
 
 def csv(header: Sequence[str], columns: Sequence[Sequence[Any]]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from typing import Any
 
 from .record import Experiment
@@ -72,6 +73,18 @@ def format_value(value: Any, digits: int = 6) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, separators=(",", ":"), default=str)
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
+_CONTROL_IN_CELL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str, *, one_line: bool = False) -> str:
+    """Text anyone may have written — a pulled record's name, params, code, output — as it
+    may reach a terminal: control characters (a terminal escape, a carriage return, and in
+    `one_line` text also tab and newline) shown escaped, `\\x1b`, never sent as they are."""
+    pattern = _CONTROL_IN_CELL if one_line else _CONTROL
+    return pattern.sub(lambda found: repr(found.group())[1:-1], text)
 
 
 def text_view(experiment: Experiment) -> str:
@@ -167,7 +180,7 @@ def text_view(experiment: Experiment) -> str:
     if outcome.stdout:
         lines.append("output:")
         lines.extend("  " + line for line in outcome.stdout.rstrip().splitlines()[-20:])
-    return "\n".join(lines)
+    return terminal_safe("\n".join(lines))
 
 
 def _table(mapping: dict[str, Any]) -> str:

@@ -665,3 +665,25 @@ def test_a_corrupt_record(filled: tuple[Store, list[Experiment]]) -> None:
     store.record_path(gb.id).write_bytes(b"\x00\x01 not json")
     assert_user_error(nbexp_cli("show", "gb"), "corrupt", "nbexp fsck")
     assert nbexp_cli("list").code == 0
+
+
+def test_text_anyone_wrote_reaches_the_terminal_escaped(project: Path) -> None:
+    """A pulled record's name, params and output are anyone's text: `list` and `show`
+    never send its terminal escapes or line breaks as they are (a name could clear the
+    screen, retitle the terminal or forge table rows); the CSV keeps the exact data."""
+    store_module._stores.clear()
+    store = open_store()
+    name = "evil\x1b]0;pwned\x07\nforged-row"
+    hostile = make_experiment(store, name, params={"note": "a\x1b[2Jb"}, metrics={"f1": 0.5})
+    make_experiment(store, "plain", params={"note": "ok"}, metrics={"f1": 0.6}, minutes=1)
+    listed = nbexp_cli("list", cwd=project)
+    assert listed.code == 0, listed.err
+    assert "\x1b" not in listed.out and "\x07" not in listed.out
+    assert "evil\\x1b]0;pwned\\x07\\nforged-row" in listed.out
+    assert len(listed.out.strip().split("\n")) == 3  # header and two rows: no forged row
+    shown = nbexp_cli("show", hostile.short_id, cwd=project)
+    assert shown.code == 0, shown.err
+    assert "\x1b" not in shown.out and "\x07" not in shown.out
+    assert "a\\x1b[2Jb" in shown.out
+    exact = nbexp_cli("list", "--format", "csv", cwd=project)
+    assert [row["name"] for row in csv.DictReader(io.StringIO(exact.out))].count(name) == 1

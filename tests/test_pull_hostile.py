@@ -15,6 +15,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from nbexp import remote as remote_module
 from nbexp.errors import TransferError
 from nbexp.record import Code, Experiment, Outcome
 from nbexp.remote import add_remote, pull, push
-from nbexp.store import Store, open_store
+from nbexp.store import Store, open_store, receiving
 from tests.test_remote import blobs_for, fake, two  # noqa: F401 (the `two` fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -235,6 +236,37 @@ def test_a_pull_larger_than_the_disk_stops_before_filling_it(
             for digest in b.load(row["id"]).object_hashes():
                 b.read_object(digest)
         b.close()
+
+
+def test_bytes_waiting_in_memory_count_against_the_room_a_pull_leaves(tmp_path: Path) -> None:
+    """Sixteen downloads at once, each holding its bytes in memory (a finished object waits
+    for its turn in the pack): the free space the disk reports does not show them, yet
+    together they must stop before they would take the room the pull keeps free."""
+    with _small_disk(tmp_path / "disk", "8m") as disk:
+        room = receiving.Room(disk)
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        taken: list[int] = []
+        lock = threading.Lock()
+
+        def download() -> None:
+            while True:
+                with lock:
+                    if sum(taken) > 2 * free:  # far past the disk: the room never stopped it
+                        return
+                try:
+                    room.arrived(256 << 10)
+                except receiving.OutOfRoom:
+                    return
+                with lock:
+                    taken.append(256 << 10)
+
+        threads = [threading.Thread(target=download) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sum(taken) <= free - room.keep
+        room.landed(sum(taken))  # on the disk now: the free space it reports shows them
 
 
 def test_a_pulled_name_cannot_break_the_one_line_a_failed_pull_prints(two) -> None:  # noqa: F811

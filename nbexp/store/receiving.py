@@ -65,12 +65,16 @@ def _size(count: float) -> str:
 
 class Room:
     """The store's disk as downloads fill it: each stops with `OutOfRoom` before the disk has
-    less than `keep` bytes free (a remote serving a huge or endless file cannot fill it)."""
+    less than `keep` bytes free (a remote serving a huge or endless file cannot fill it).
 
-    def __init__(self, folder: Path, held: Callable[[], int] = lambda: 0) -> None:
+    Bytes count from the moment they arrive (`arrived`) until they are on the disk or dropped
+    (`landed`): while they wait in memory — a download not yet finished, an object waiting for
+    its turn in the pack — the free space the disk reports does not show them yet."""
+
+    def __init__(self, folder: Path) -> None:
         self._folder = folder
-        self._held = held  # bytes arrived that wait in memory (on the disk later)
         self._lock = threading.Lock()
+        self._pending = 0  # bytes arrived that are not on the disk yet (nor dropped)
         self._budget = 0  # bytes that may arrive before free space is looked at again
         self._stopped: OutOfRoom | None = None
         self.keep = min(KEEP_FREE, self._space()[1] // 20)
@@ -93,7 +97,9 @@ class Room:
         if self._stopped is not None:
             raise self._stopped
         free = self._space()[0]
-        if size > free - self.keep:
+        with self._lock:
+            pending = self._pending
+        if size > free - self.keep - pending:
             raise self._refusal(
                 f"object {digest[:12]} on the remote is {_size(size)} and the store's disk has "
                 f"{_size(free)} free"
@@ -102,20 +108,26 @@ class Room:
     def arrived(self, count: int) -> None:
         """`count` more bytes arrived: is there still room for them? Free space is looked at
         again once a quarter of the room last seen has arrived (at most LOOK_EVERY bytes), so
-        a nearly full disk is watched closely; with too little, every download stops."""
-        if self._stopped is not None:
-            raise self._stopped
+        a nearly full disk is watched closely; with too little, every download stops. The
+        look and the count happen under one lock, so parallel downloads cannot all take the
+        same last bytes of room."""
         with self._lock:
+            if self._stopped is not None:
+                raise self._stopped
             self._budget -= count
-            if self._budget >= 0:
-                return
-        free = self._space()[0]
-        room = free - self.keep - self._held()
-        if room < count:
-            self._stopped = self._refusal(f"the store's disk has only {_size(free)} free")
-            raise self._stopped
+            if self._budget < 0:
+                free = self._space()[0]
+                room = free - self.keep - self._pending
+                if room < count:
+                    self._stopped = self._refusal(f"the store's disk has only {_size(free)} free")
+                    raise self._stopped
+                self._budget = min(LOOK_EVERY, (room - count) // 4)
+            self._pending += count
+
+    def landed(self, count: int) -> None:
+        """`count` bytes that `arrived` are now on the disk, or were dropped."""
         with self._lock:
-            self._budget = min(LOOK_EVERY, room // 4)
+            self._pending -= count
 
 
 class _Download:
@@ -153,8 +165,11 @@ class _Download:
         if self._file is None and self.size > self._memory:
             self._spill()
         if self._file is not None:
-            with self._arrivals.store._file_writes():
-                self._file.write(piece)
+            try:
+                with self._arrivals.store._file_writes():
+                    self._file.write(piece)
+            finally:
+                self._arrivals.room.landed(count)
         elif not self.data and isinstance(piece, bytes):
             self.data = piece  # immutable: kept as it is, not copied
         else:
@@ -167,6 +182,7 @@ class _Download:
         with self._arrivals.store._file_writes():
             self._file = open(self.path, "wb")  # noqa: SIM115 (closed by finish or abandon)
             self._file.write(self.data)
+        self._arrivals.room.landed(len(self.data))
         self.data = b""
 
     def finish(self) -> None:
@@ -192,6 +208,7 @@ class _Download:
         if self.path is not None:
             with contextlib.suppress(OSError):
                 self.path.unlink()
+        self._arrivals.room.landed(len(self.data))
         self.data = b""
 
 
@@ -202,7 +219,7 @@ class Arrivals:
 
     def __init__(self, store: StoreObjects) -> None:
         self.store = store
-        self.room = Room(store.tmp_dir, lambda: self._waiting_bytes)
+        self.room = Room(store.tmp_dir)
         self.sizes: dict[str, int] = {}  # digest → size, of every verified arrival
         self._changed = threading.Condition()
         self._places: dict[str, int] = {}  # digest → its place in the plan
@@ -320,6 +337,7 @@ class Arrivals:
             if self._pack is None:
                 self._pack = PackWriter(self.place())
             self._pack.add(digest, data)
+        self.room.landed(len(data))
 
     def adopt(self) -> None:
         """Make every verified arrival an object of the store: durable, then visible (the
@@ -342,6 +360,7 @@ class Arrivals:
                     temp = self.place()
                     with open(temp, "wb") as handle:
                         handle.write(data)
+                    self.room.landed(len(data))
                     loose[digest] = temp
             if self._pack is not None:
                 pack, self._pack = self._pack, None

@@ -1,39 +1,81 @@
-"""The listing as text — `nbexp list`'s padded table and its CSV — built column by column.
+"""The listing as text — `nbexp list`'s padded table and its CSV — built column by column,
+and patched row by row after a change.
 
 At 100,000 experiments the cells are the whole cost, so each column is turned into text in
 one pass chosen by the types it holds (a float column's repeated values formatted once),
-and each line is made by one %-format of the row's cells, never cell by cell. Values read
-as everywhere else (`show.format_value`); the CSV is byte for byte what `csv.writer` writes
-(quoted only where a comma, quote or line break needs it; CRLF line ends).
+and each line is made by one %-format of the row's cells, never cell by cell. A cell's text
+depends on its column's name and its own value only (`cell`: values read as everywhere
+else, `show.format_value`), so the text kept from the last listing can be patched: the rows
+that changed since are taken out and put back in their places (`patch`), the columns padded
+again only when their width changed — byte for byte the text a full render makes. The CSV
+is byte for byte what `csv.writer` writes (quoted only where a comma, quote or line break
+needs it; CRLF line ends).
 """
 
 from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from .record import SHORT_ID_LENGTH
+from .store import listing_cache
 from .show import TABLE_DIGITS, format_value, terminal_safe
 
-FORMAT = 2  # raise it when the text for a listing changes: kept texts of older ones are not used
+FORMAT = 3  # raise it when the text for a listing changes: kept texts of older ones are not used
 _NONE = type(None)
 _FIRST_19 = operator.itemgetter(slice(0, 19))  # "2026-12-01T10:00:00" of an ISO timestamp
+_SHORT = operator.itemgetter(slice(0, SHORT_ID_LENGTH))
 _CSV_SPECIAL = (",", '"', "\r", "\n")
 _CSV_NEEDS_QUOTES = re.compile('[,"\r\n]')
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f]")
+_FLOAT = f"%.{TABLE_DIGITS}g".__mod__  # a float as format_value(value, TABLE_DIGITS) writes it
+ALWAYS_SHOWN = 6  # id, name, created, status, duration, tags; origin and keys only with a value
+_LINE_END = {"table": "\n", "csv": "\r\n"}
 
 
 def table(header: Sequence[str], columns: Sequence[Sequence[Any]]) -> str:
     """Columns padded to their widest cell (the last one not), one row a line, without
     trailing blanks."""
-    text = [
+    text = _table_cells(header, columns)
+    return _padded(text, [max(map(len, column)) for column in text[:-1]])
+
+
+def csv(header: Sequence[str], columns: Sequence[Sequence[Any]]) -> str:
+    """RFC 4180 CSV as `csv.writer` writes it: numbers at full precision (`str`), nothing
+    as an empty field, lists and dicts as compact JSON, created and tags as in the table."""
+    return _joined(_csv_cells(header, columns))
+
+
+def _table_cells(header: Sequence[str], columns: Sequence[Sequence[Any]]) -> list[list[str]]:
+    return [
         _printable([name, *_cells(name, values, exact=False)])
         for name, values in zip(header, columns, strict=True)
     ]
-    widths = [max(map(len, column)) for column in text[:-1]]
-    line = " ".join([*(f"%-{width}s" for width in widths), "%s"])
+
+
+def _csv_cells(header: Sequence[str], columns: Sequence[Sequence[Any]]) -> list[list[str]]:
+    return [
+        _quoted([name, *_cells(name, values, exact=True)])
+        for name, values in zip(header, columns, strict=True)
+    ]
+
+
+def _padded(text: list[list[str]], widths: list[int]) -> str:
+    line = _line_format(widths)
     return "\n".join(map(str.rstrip, map(line.__mod__, zip(*text, strict=True)))) + "\n"
+
+
+def _line_format(widths: list[int]) -> str:
+    return " ".join([*(f"%-{width}s" for width in widths), "%s"])
+
+
+def _joined(text: list[list[str]]) -> str:
+    line = ",".join(["%s"] * len(text)) + "\r\n"
+    return "".join(map(line.__mod__, zip(*text, strict=True)))
 
 
 def _printable(cells: list[str]) -> list[str]:
@@ -42,17 +84,6 @@ def _printable(cells: list[str]) -> list[str]:
     if not _UNPRINTABLE.search("".join(cells)):
         return cells
     return [terminal_safe(cell, one_line=True) for cell in cells]
-
-
-def csv(header: Sequence[str], columns: Sequence[Sequence[Any]]) -> str:
-    """RFC 4180 CSV as `csv.writer` writes it: numbers at full precision (`str`), nothing
-    as an empty field, lists and dicts as compact JSON, created and tags as in the table."""
-    text = [
-        _quoted([name, *_cells(name, values, exact=True)])
-        for name, values in zip(header, columns, strict=True)
-    ]
-    line = ",".join(["%s"] * len(text)) + "\r\n"
-    return "".join(map(line.__mod__, zip(*text, strict=True)))
 
 
 def _quoted(cells: list[str]) -> list[str]:
@@ -65,13 +96,33 @@ def _quoted(cells: list[str]) -> list[str]:
     return ['"' + cell.replace('"', '""') + '"' if special(cell) else cell for cell in cells]
 
 
+def cell(name: str, value: Any, *, exact: bool) -> str:
+    """One cell's text as `_cells` makes it within its column (the rule; `_cells` is the
+    fast way to apply it to a whole column), before `_printable` or `_quoted`."""
+    if name == "id":
+        return str(value)[:SHORT_ID_LENGTH]
+    if name == "created":
+        return str(value)[:19].replace("T", " ")
+    if name == "tags":
+        return ",".join(value)
+    if exact:
+        return _exact(value)
+    return format_value(value, TABLE_DIGITS)
+
+
 def _cells(name: str, values: Sequence[Any], *, exact: bool) -> list[str]:
-    """One column's cells as text, by the column's types. `exact` (CSV): numbers as `str`
-    gives them, at full precision; else floats to TABLE_DIGITS significant digits."""
+    """One column's cells as text, by the column's types, each as `cell` makes it alone.
+    `exact` (CSV): numbers as `str` gives them, at full precision; else floats to
+    TABLE_DIGITS significant digits."""
     if not values:
         return []
+    if name == "id":  # short ids, whether or not they came cut
+        return list(map(_SHORT, values))
     if name == "created":  # "2026-12-01 10:00:00": the date and time, in one pass each
-        return "\n".join(map(_FIRST_19, values)).replace("T", " ").split("\n")
+        cut = "\n".join(map(_FIRST_19, values))
+        if cut.count("\n") == len(values) - 1:  # no line break inside one: as `cell` makes it
+            return cut.replace("T", " ").split("\n")
+        return [cell(name, value, exact=exact) for value in values]
     if name == "tags":
         return list(map(",".join, values))
     kinds = set(map(type, values))
@@ -81,11 +132,17 @@ def _cells(name: str, values: Sequence[Any], *, exact: bool) -> list[str]:
         return _by_value(values, str, distinct_types=not {int, float} <= kinds)
     if not exact and kinds <= {int, str, _NONE}:
         return _by_value(values, str)
-    if not exact and kinds <= {float, int, _NONE}:  # as format(value, ".4g")
-        return _by_value(values, f"%.{TABLE_DIGITS}g".__mod__)
+    if not exact and kinds <= {float, _NONE}:
+        return _by_value(values, _FLOAT)
+    if not exact and kinds <= {float, int, _NONE}:  # 1 and 1.0, 10**6 and 1e6: not alike
+        return _by_value(values, _number, distinct_types=False)
     if exact:  # what csv.writer writes for any other value; lists and dicts as JSON
         return [_exact(value) for value in values]
     return [format_value(value, TABLE_DIGITS) for value in values]
+
+
+def _number(value: float | int) -> str:
+    return _FLOAT(value) if type(value) is float else str(value)
 
 
 def _exact(value: Any) -> str:
@@ -99,7 +156,7 @@ def _by_value(
 ) -> list[str]:
     """`text(value)` of each value, nothing as an empty cell; a value repeated often (a
     param's few settings) is formatted once — unless equal values may read differently
-    (0.0 and -0.0; 1 and 1.0 when `text` is `str`: not `distinct_types`)."""
+    (0.0 and -0.0; 1 and 1.0: not `distinct_types`)."""
     sample = values[:1000]  # a column's start tells whether its values repeat
     if distinct_types and len(set(sample)) * 4 <= len(sample):
         distinct: dict[Any, str] = dict.fromkeys(values, "")
@@ -110,3 +167,207 @@ def _by_value(
     if None not in values:
         return list(map(text, values))
     return ["" if value is None else text(value) for value in values]
+
+
+# -- a kept text patched --------------------------------------------------------------------
+
+
+@dataclass
+class Rows:
+    """What a listing's text needs beside it to be patched: its rows' full ids and created
+    times (where a row is, where a new one goes), every key column the listing had (shown
+    or not), and per shown column each cell's length (how wide the column must be, whether
+    any cell is left) and the width it was padded to."""
+
+    fmt: str  # "table" or "csv"
+    names: list[str]  # every column of the listing, in order
+    shown: list[int]  # the columns printed (indexes into names)
+    ids: list[str]
+    created: list[str]
+    lengths: list[array]  # per shown column: each row's cell length
+    widths: list[int]  # the table's padding per shown column but the last (none for CSV)
+
+    def dump(self) -> tuple[Any, ...]:
+        """Core values only (the store keeps them with marshal)."""
+        return (
+            self.fmt,
+            self.names,
+            self.shown,
+            self.ids,
+            self.created,
+            [lengths.tobytes() for lengths in self.lengths],
+            self.widths,
+        )
+
+    @classmethod
+    def load(cls, data: Any) -> Rows | None:
+        """The rows `dump` gave, or None for anything else."""
+        try:
+            fmt, names, shown, ids, created, lengths, widths = data
+            columns = []
+            for raw in lengths:
+                column = array("H")
+                column.frombytes(raw)
+                columns.append(column)
+        except (TypeError, ValueError):
+            return None
+        rows = cls(fmt, names, shown, ids, created, columns, widths)
+        return rows if rows._consistent() else None
+
+    def _consistent(self) -> bool:
+        count = len(self.ids)
+        return (
+            self.fmt in _LINE_END
+            and isinstance(self.ids, list)
+            and isinstance(self.created, list)
+            and len(self.created) == count
+            and len(self.lengths) == len(self.shown)
+            and all(len(column) == count for column in self.lengths)
+            and len(self.widths) == (len(self.shown) - 1 if self.fmt == "table" else 0)
+        )
+
+
+def shown_columns(names: Sequence[str], columns: Sequence[Sequence[Any]]) -> list[int]:
+    """The columns a listing prints: the first six always, origin and every key column only
+    when some row has a value there."""
+    return [
+        i
+        for i, column in enumerate(columns)
+        if i < ALWAYS_SHOWN or column.count(None) < len(column)
+    ]
+
+
+def render(
+    fmt: str, names: Sequence[str], columns: Sequence[Sequence[Any]], empty: str
+) -> tuple[str, Rows | None]:
+    """The listing's text from every column of it (full ids; `empty`: the table of no row),
+    and the rows to patch it with later (None when it cannot be: no rows, or a cell a line
+    break or 65,536 characters long)."""
+    shown = shown_columns(names, columns)
+    header = [names[i] for i in shown]
+    picked = [columns[i] for i in shown]
+    if fmt == "csv":
+        text = _csv_cells(header, picked)
+        made, widths = _joined(text), []
+    elif not columns[0]:
+        return empty, None
+    else:
+        text = _table_cells(header, picked)
+        widths = [max(map(len, column)) for column in text[:-1]]
+        made = _padded(text, widths)
+    if not columns[0]:
+        return made, None
+    try:
+        lengths = [array("H", map(len, column[1:])) for column in text]
+    except OverflowError:
+        return made, None
+    rows = Rows(fmt, list(names), shown, list(columns[0]), list(columns[2]), lengths, widths)
+    if made.count(_LINE_END[fmt]) != len(rows.ids) + 1:  # a cell with a line break in it
+        return made, None
+    return made, rows
+
+
+def patch(
+    kept: str, rows: Rows, names: Sequence[str], fresh: Sequence[Sequence[Any]], changed: Iterable[str]
+) -> str | None:
+    """`kept` (made with `rows`) with the rows of `changed` ids taken out and those of them
+    in `fresh` (every column of the listing, full ids) put in their places; `rows` updated
+    to match. None when only a full render can make it: a column appears or may disappear,
+    or the listing's columns changed otherwise than by new ones at the end."""
+    end = _LINE_END[rows.fmt]
+    if list(names[: len(rows.names)]) != rows.names:
+        return None
+    shown = rows.shown
+    if any(
+        any(value is not None for value in fresh[i])
+        for i in set(range(len(names))).difference(shown)
+    ):
+        return None  # a column no row had a value for has one now
+    lines = kept.split(end)
+    if len(lines) != len(rows.ids) + 2 or lines[-1]:
+        return None
+    body = lines[1:-1]
+    ids, created, lengths = rows.ids, rows.created, rows.lengths
+    gone = set(changed)
+    if len(gone) > 8:
+        places = [i for i, ident in enumerate(ids) if ident in gone]
+    else:
+        places = sorted(ids.index(ident) for ident in gone.intersection(ids))
+    for place in reversed(places):
+        del ids[place], created[place], body[place]
+        for column in lengths:
+            del column[place]
+    added = _placed(rows, names, fresh)
+    if added is None or not ids:
+        return None
+    for j, i in enumerate(shown):
+        if i >= ALWAYS_SHOWN and lengths[j].count(0) == len(ids):
+            return None  # no cell left with text: the column may be gone
+    header = lines[0]
+    if rows.fmt == "table":
+        widths = [max(max(column), len(_printable([names[i]])[0])) for i, column in zip(shown, lengths)]
+        del widths[-1]
+        header, body = _repadded(header, body, rows.widths, widths)
+        rows.widths = widths
+        line = _line_format(widths)
+        new_lines = [(place, (line % tuple(cells)).rstrip()) for place, cells in added]
+    else:
+        new_lines = [(place, ",".join(cells)) for place, cells in added]
+    if rows.fmt == "csv" and any(end in text for _, text in new_lines):
+        return None  # a cell with a line break: its lines could not be told apart later
+    for place, text in new_lines:  # in ascending places: each already the final one
+        body.insert(place, text)
+    rows.names = list(names)
+    return header + end + end.join(body) + end
+
+
+def _placed(
+    rows: Rows, names: Sequence[str], fresh: Sequence[Sequence[Any]]
+) -> list[tuple[int, list[str]]] | None:
+    """The fresh rows put into `rows` in listing order (created, newest first, then id):
+    each one's final place and its shown cells; None when a cell is too long to note."""
+    new_ids, new_created = fresh[0], fresh[2]
+    order = sorted(range(len(new_ids)), key=new_ids.__getitem__)
+    order.sort(key=new_created.__getitem__, reverse=True)
+    exact = rows.fmt == "csv"
+    added = []
+    for r in order:
+        place = listing_cache.place(rows.created, rows.ids, new_created[r], new_ids[r])
+        cells = [cell(names[i], fresh[i][r], exact=exact) for i in rows.shown]
+        cells = _quoted(cells) if exact else _printable_each(cells)
+        try:
+            for column, text in zip(rows.lengths, cells, strict=True):
+                column.insert(place, len(text))
+        except OverflowError:
+            return None
+        rows.ids.insert(place, new_ids[r])
+        rows.created.insert(place, new_created[r])
+        added.append((place, cells))
+    return added
+
+
+def _printable_each(cells: list[str]) -> list[str]:
+    return [_printable([text])[0] for text in cells]
+
+
+def _repadded(
+    header: str, body: list[str], old: list[int], new: list[int]
+) -> tuple[str, list[str]]:
+    """The lines with each column whose width changed padded to its new width: the spaces
+    after its cells added or taken at the same place in every line (a line that ends
+    before that place, its later cells all empty, stays as it is). Right to left, so the
+    columns before keep their places."""
+    for j in reversed(range(len(new))):
+        change = new[j] - old[j]
+        if not change:
+            continue
+        end = sum(old[: j + 1]) + j  # where column j's padding ends: the separator
+        pad = " " * max(change, 0)
+        if change > 0:
+            body = [line[:end] + pad + line[end:] if len(line) > end else line for line in body]
+            header = header[:end] + pad + header[end:] if len(header) > end else header
+        else:
+            cut = end + change
+            body = [line[:cut] + line[end:] if len(line) > end else line for line in body]
+            header = header[:cut] + header[end:] if len(header) > end else header
+    return header, body

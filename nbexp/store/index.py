@@ -612,13 +612,21 @@ class StoreIndex(StoreFiles):
         return updated
 
     @index_guard
-    def listing_text(self, options: str, render: Callable[[], bytes]) -> bytes:
-        """`render()` — a listing's text for `options` (e.g. `nbexp list`'s table) — kept in
-        `cache/` and given back as it is while the index is unchanged (`listing_cache`'s
-        texts): one read instead of listing and formatting every experiment again."""
+    def listing_text(
+        self,
+        options: str,
+        render: Callable[[], bytes | tuple[bytes, Any]],
+        patch: Callable[[bytes, Any, list[str]], tuple[bytes, Any] | None] | None = None,
+    ) -> bytes:
+        """`render()` — a listing's text for `options` (e.g. `nbexp list`'s table), or the
+        text and what patches it — kept in `cache/` and given back as it is while the index
+        is unchanged (`listing_cache`'s texts): one read instead of listing and formatting
+        every experiment again. After a change, `patch(text, rows, changed ids)` brings the
+        kept text up to date when it can (rows: what `render` or `patch` gave with it)."""
         generation = self._generation()
         if generation is None:
-            return render()
+            made = render()
+            return made[0] if isinstance(made, tuple) else made
         folder = self.listing_cache_path.parent
         path = listing_cache.text_path(folder, options)
         kept = listing_cache.read_text(path, generation, options)
@@ -626,16 +634,78 @@ class StoreIndex(StoreFiles):
             if self._caches_writable():
                 listing_cache.mark_used(path)
             return kept
-        text = render()
+        log = self._change_log()  # read before the rows: a change after it is seen next time
+        made = None
+        if patch is not None and log is not None:
+            made = self._patched_text(path, options, generation, *log, patch)
+        if made is None:
+            made = render()
+        text, rows = made if isinstance(made, tuple) else (made, None)
         # kept only when nothing changed while it was made: it is then the text of `generation`
         if self._caches_writable() and generation == self._generation():
             with contextlib.suppress(OSError):  # a cache: best effort
                 listing_cache.write_unsynced(
                     self._temp_path(), path, listing_cache.encode_text(generation, options, text)
                 )
+                kept_rows = None
+                if rows is not None and log is not None:
+                    kept_rows = listing_cache.encode_rows(
+                        listing_cache.KeptRows(generation, log[0], rows), options
+                    )
+                rows_path = listing_cache.rows_path(path)
+                if kept_rows is None:
+                    rows_path.unlink(missing_ok=True)
+                else:
+                    listing_cache.write_unsynced(self._temp_path(), rows_path, kept_rows)
                 listing_cache.mark_used(path)
                 listing_cache.prune_texts(folder)
         return text
+
+    def _patched_text(
+        self,
+        path: Path,
+        options: str,
+        generation: listing_cache.Generation,
+        newest: int,
+        oldest: int | None,
+        patch: Callable[[bytes, Any, list[str]], tuple[bytes, Any] | None],
+    ) -> tuple[bytes, Any] | None:
+        """The kept text for `options` patched with the rows changed since it was made, or
+        None when it cannot be: no text or rows kept for it, another index file, a log that
+        no longer reaches back to it, too many changes, or `patch` declining."""
+        kept = listing_cache.read_rows(listing_cache.rows_path(path), options)
+        if kept is None or kept.generation[0] != generation[0] or newest < kept.last_change:
+            return None
+        if newest > kept.last_change and (oldest is None or oldest > kept.last_change + 1):
+            return None  # entries after the text was made were dropped from the log
+        text = listing_cache.read_text(path, kept.generation, options)
+        if text is None:
+            return None
+        with self._lock:
+            changed = [
+                row[0]
+                for row in self._db.execute(
+                    "SELECT DISTINCT id FROM changed_rows WHERE change > ? LIMIT ?",
+                    (kept.last_change, PATCH_AT_MOST + 1),
+                )
+            ]
+        if len(changed) > PATCH_AT_MOST:
+            return None
+        return patch(text, kept.rows, changed)
+
+    @index_guard
+    def listing_columns(
+        self, query: str | None = None, ids: Iterable[str] | None = None
+    ) -> tuple[list[str], list[Sequence[Any]]]:
+        """Every column of the listing in its order — id (in full), name, created, status,
+        duration, tags, origin, then every `params.*` and `metrics.*` key the index lists,
+        a row with a value there or not —, of the experiments matching `query` (`ids`: only
+        those). The whole listing comes from `listing_cache`: do not change its lists."""
+        if not (query and query.strip()) and ids is None:
+            cached = self._whole_listing()
+            if cached is not None:
+                return cached.names, cached.columns
+        return self._listing_columns(query, None, None, 0, False, self._key_columns(), ids)
 
     def _patched(
         self, cached: listing_cache.Cached, newest: int, oldest: int | None
@@ -682,7 +752,7 @@ class StoreIndex(StoreFiles):
             for column in columns:
                 del column[place]
         for row in range(len(fresh[0])):
-            place = _place(created, ids, fresh[2][row], fresh[0][row])
+            place = listing_cache.place(created, ids, fresh[2][row], fresh[0][row])
             for column, values in zip(columns, fresh, strict=True):
                 column.insert(place, values[row])
         return listing_cache.Cached(cached.generation, newest, keys, names, list(columns))
@@ -1180,19 +1250,6 @@ def _shown(
     if short_ids:
         columns[0] = list(map(operator.itemgetter(slice(0, SHORT_ID_LENGTH)), columns[0]))
     return names, columns
-
-
-def _place(created: Sequence[str], ids: Sequence[str], when: str, ident: str) -> int:
-    """Where a row goes in a listing ordered as `created DESC, id` (SQLite compares text
-    bytewise, as Python compares these ASCII strings)."""
-    low, high = 0, len(ids)
-    while low < high:
-        middle = (low + high) // 2
-        if created[middle] > when or (created[middle] == when and ids[middle] < ident):
-            low = middle + 1
-        else:
-            high = middle
-    return low
 
 
 def _decode(text: str) -> dict[str, Any]:

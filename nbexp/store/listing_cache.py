@@ -189,7 +189,7 @@ def mark_used(path: Path) -> None:
 
 def prune_texts(folder: Path, keep: int = TEXTS_KEPT) -> None:
     """Delete all but the `keep` texts used last (a listing's text for each filter typed
-    once would otherwise pile up)."""
+    once would otherwise pile up), each with its rows."""
     texts: list[tuple[int, str]] = []
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
@@ -198,10 +198,81 @@ def prune_texts(folder: Path, keep: int = TEXTS_KEPT) -> None:
                     texts.append((entry.stat().st_mtime_ns, entry.path))
     texts.sort(reverse=True)
     for _, old in texts[keep:]:
-        with contextlib.suppress(OSError):
-            os.unlink(old)
+        for path in (Path(old), rows_path(Path(old))):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def forget(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
+
+
+# -- what patches a kept text ---------------------------------------------------------------
+#
+# Beside a text, `rows-<h>` keeps what the text's maker needs to patch it after a change
+# (its rows' ids, the cells' lengths: `listing_text.Rows`, opaque here) and the newest
+# `changed_rows` entry the text includes: the rows changed since are read alone and put in
+# their places instead of listing and formatting every experiment again. It belongs to the
+# text of the same generation and options only; any other pair is never used together.
+
+_ROWS_MAGIC = b"nbexp-listing-rows\n"
+
+
+def rows_path(text: Path) -> Path:
+    """`cache/rows-<h>`, beside `cache/text-<h>`."""
+    return text.with_name("rows-" + text.name.removeprefix("text-"))
+
+
+@dataclass(frozen=True)
+class KeptRows:
+    generation: Generation  # the text's
+    last_change: int  # the newest `changed_rows` entry the text includes
+    rows: Any
+
+
+def encode_rows(kept: KeptRows, options: str) -> bytes | None:
+    """The rows file's bytes, or None when `kept.rows` holds a value that is not a core type."""
+    try:
+        body = marshal.dumps(
+            (FORMAT, _PYTHON, list(kept.generation), kept.last_change, options, kept.rows)
+        )
+    except ValueError:
+        return None
+    return _ROWS_MAGIC + hash_bytes(body).encode("ascii") + body
+
+
+def read_rows(path: Path, options: str) -> KeptRows | None:
+    """The rows kept at `path` for `options`; None when missing, damaged or for others."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    start = len(_ROWS_MAGIC) + _DIGEST_LENGTH
+    if not data.startswith(_ROWS_MAGIC) or data[len(_ROWS_MAGIC) : start].decode(
+        "ascii", "replace"
+    ) != hash_bytes(memoryview(data)[start:]):
+        return None
+    try:
+        with _no_collection():
+            body = marshal.loads(memoryview(data)[start:])
+        version, python, generation, last_change, kept_options, rows = body
+        if (version, python, kept_options) != (FORMAT, _PYTHON, options):
+            return None
+        name, changes = generation
+        return KeptRows((str(name), int(changes)), int(last_change), rows)
+    except (EOFError, ValueError, TypeError):
+        return None
+
+
+def place(created: Sequence[str], ids: Sequence[str], when: str, ident: str) -> int:
+    """Where a row goes in a listing ordered as `created DESC, id` (SQLite compares text
+    bytewise, as Python compares these ASCII strings)."""
+    low, high = 0, len(ids)
+    while low < high:
+        middle = (low + high) // 2
+        if created[middle] > when or (created[middle] == when and ids[middle] < ident):
+            low = middle + 1
+        else:
+            high = middle
+    return low

@@ -264,11 +264,17 @@ def render(
     rows = Rows(fmt, list(names), shown, list(columns[0]), list(columns[2]), lengths, widths)
     if made.count(_LINE_END[fmt]) != len(rows.ids) + 1:  # a cell with a line break in it
         return made, None
+    if any(lengths[j].count(0) == len(rows.ids) for j, i in enumerate(shown) if i >= ALWAYS_SHOWN):
+        return made, None  # a column shown for values that print as nothing: never patched
     return made, rows
 
 
 def patch(
-    kept: str, rows: Rows, names: Sequence[str], fresh: Sequence[Sequence[Any]], changed: Iterable[str]
+    kept: str,
+    rows: Rows,
+    names: Sequence[str],
+    fresh: Sequence[Sequence[Any]],
+    changed: Iterable[str],
 ) -> str | None:
     """`kept` (made with `rows`) with the rows of `changed` ids taken out and those of them
     in `fresh` (every column of the listing, full ids) put in their places; `rows` updated
@@ -283,55 +289,70 @@ def patch(
         for i in set(range(len(names))).difference(shown)
     ):
         return None  # a column no row had a value for has one now
-    lines = kept.split(end)
-    if len(lines) != len(rows.ids) + 2 or lines[-1]:
-        return None
-    body = lines[1:-1]
-    ids, created, lengths = rows.ids, rows.created, rows.lengths
+    ids, lengths, count = rows.ids, rows.lengths, len(rows.ids)
     gone = set(changed)
     if len(gone) > 8:
         places = [i for i, ident in enumerate(ids) if ident in gone]
     else:
         places = sorted(ids.index(ident) for ident in gone.intersection(ids))
+    taken = [[column[place] for place in places] for column in lengths]
     for place in reversed(places):
-        del ids[place], created[place], body[place]
+        del ids[place], rows.created[place]
         for column in lengths:
             del column[place]
     added = _placed(rows, names, fresh)
     if added is None or not ids:
         return None
-    for j, i in enumerate(shown):
-        if i >= ALWAYS_SHOWN and lengths[j].count(0) == len(ids):
-            return None  # no cell left with text: the column may be gone
-    header = lines[0]
+    for j, i in enumerate(shown):  # a column whose last cell with text went may be gone
+        if i >= ALWAYS_SHOWN and any(taken[j]) and lengths[j].count(0) == len(ids):
+            return None
+    new_lines: list[tuple[int, str]]
     if rows.fmt == "table":
-        widths = [max(max(column), len(_printable([names[i]])[0])) for i, column in zip(shown, lengths)]
-        del widths[-1]
-        header, body = _repadded(header, body, rows.widths, widths)
-        rows.widths = widths
+        widths = _widths(rows, taken, added)
         line = _line_format(widths)
         new_lines = [(place, (line % tuple(cells)).rstrip()) for place, cells in added]
     else:
         new_lines = [(place, ",".join(cells)) for place, cells in added]
-    if rows.fmt == "csv" and any(end in text for _, text in new_lines):
-        return None  # a cell with a line break: its lines could not be told apart later
-    for place, text in new_lines:  # in ascending places: each already the final one
-        body.insert(place, text)
+        if any(end in text for _, text in new_lines):
+            return None  # a cell with a line break: its lines could not be told apart later
+    lines = kept.split(end)
+    if len(lines) != count + 2 or lines[-1]:
+        return None
+    if rows.fmt == "table":
+        lines = _repadded(lines, rows.widths, widths)
+        rows.widths = widths
+    for place in reversed(places):
+        del lines[place + 1]
+    for place, text in new_lines:  # in the order placed: a place counts the rows before it
+        lines.insert(place + 1, text)
     rows.names = list(names)
-    return header + end + end.join(body) + end
+    return end.join(lines)
+
+
+def _widths(rows: Rows, taken: list[list[int]], added: list[tuple[int, list[str]]]) -> list[int]:
+    """The table's new padding per column but the last: a column's widest cell found again
+    only when a cell as wide as its old padding went."""
+    widths = []
+    for j, old in enumerate(rows.widths):
+        width = max([old, *(len(cells[j]) for _, cells in added)])
+        if old in taken[j]:
+            header = len(_printable([rows.names[rows.shown[j]]])[0])
+            width = max(max(rows.lengths[j]), header)
+        widths.append(width)
+    return widths
 
 
 def _placed(
     rows: Rows, names: Sequence[str], fresh: Sequence[Sequence[Any]]
 ) -> list[tuple[int, list[str]]] | None:
-    """The fresh rows put into `rows` in listing order (created, newest first, then id):
-    each one's final place and its shown cells; None when a cell is too long to note."""
+    """The fresh rows put into `rows` where the listing's order (created, newest first, then
+    id) puts them, one after the other: each one's place among the rows then, and its shown
+    cells (lines inserted in the same order land in the same places); None when a cell is
+    too long to note."""
     new_ids, new_created = fresh[0], fresh[2]
-    order = sorted(range(len(new_ids)), key=new_ids.__getitem__)
-    order.sort(key=new_created.__getitem__, reverse=True)
     exact = rows.fmt == "csv"
     added = []
-    for r in order:
+    for r in range(len(new_ids)):
         place = listing_cache.place(rows.created, rows.ids, new_created[r], new_ids[r])
         cells = [cell(names[i], fresh[i][r], exact=exact) for i in rows.shown]
         cells = _quoted(cells) if exact else _printable_each(cells)
@@ -350,24 +371,22 @@ def _printable_each(cells: list[str]) -> list[str]:
     return [_printable([text])[0] for text in cells]
 
 
-def _repadded(
-    header: str, body: list[str], old: list[int], new: list[int]
-) -> tuple[str, list[str]]:
-    """The lines with each column whose width changed padded to its new width: the spaces
-    after its cells added or taken at the same place in every line (a line that ends
-    before that place, its later cells all empty, stays as it is). Right to left, so the
-    columns before keep their places."""
+def _repadded(lines: list[str], old: list[int], new: list[int]) -> list[str]:
+    """The table's lines with each column whose width changed padded to its new width: the
+    spaces after its cells added or taken at the same place in every line (a line that
+    ends before that place, its later cells all empty, stays as it is: `rstrip` takes the
+    added spaces off it again). Right to left, so the columns before keep their places;
+    each line cut and joined by C functions mapped over them, no Python per line."""
     for j in reversed(range(len(new))):
         change = new[j] - old[j]
         if not change:
             continue
         end = sum(old[: j + 1]) + j  # where column j's padding ends: the separator
-        pad = " " * max(change, 0)
+        tails = map(operator.itemgetter(slice(end, None)), lines)
         if change > 0:
-            body = [line[:end] + pad + line[end:] if len(line) > end else line for line in body]
-            header = header[:end] + pad + header[end:] if len(header) > end else header
-        else:
-            cut = end + change
-            body = [line[:cut] + line[end:] if len(line) > end else line for line in body]
-            header = header[:cut] + header[end:] if len(header) > end else header
-    return header, body
+            heads = map(operator.itemgetter(slice(0, end)), lines)
+            lines = list(map(str.rstrip, map((" " * change).join, zip(heads, tails))))
+        else:  # the spaces taken are padding in every line long enough to have them
+            heads = map(operator.itemgetter(slice(0, end + change)), lines)
+            lines = list(map("".join, zip(heads, tails)))
+    return lines

@@ -133,24 +133,22 @@ def text_path(folder: Path, options: str) -> Path:
 def read_text(path: Path, generation: Generation, options: str) -> bytes | None:
     """The text kept at `path` when it was made at `generation` for `options`; else None
     (missing, damaged, from another index or for other options)."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    start = len(_TEXT_MAGIC) + _DIGEST_LENGTH
-    if not data.startswith(_TEXT_MAGIC):
-        return None
-    head_end = data.find(b"\n", start)
-    if head_end < 0:
-        return None
     header = _text_header(generation, options)
-    if data[start : head_end + 1] != header:  # before hashing: a stale file costs no hash
+    start = len(_TEXT_MAGIC) + _DIGEST_LENGTH
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(start + len(header))
+            # before reading the rest: a stale text costs neither its bytes nor a hash
+            if head[: len(_TEXT_MAGIC)] != _TEXT_MAGIC or head[start:] != header:
+                return None
+            data = head + handle.read()
+    except OSError:
         return None
     if data[len(_TEXT_MAGIC) : start].decode("ascii", "replace") != hash_bytes(
         memoryview(data)[start:]
     ):
         return None
-    return data[head_end + 1 :]
+    return data[start + len(header) :]
 
 
 def encode_text(generation: Generation, options: str, text: bytes) -> bytes:

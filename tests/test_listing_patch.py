@@ -1,0 +1,139 @@
+"""`nbexp list` right after a change prints the text it kept, patched with the rows that
+changed (`listing_text.patch`): it must be byte for byte what a full render of the store
+prints, whatever the sequence of tags, removals and records — from this store handle or
+another one — that led there."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from nbexp import api
+from nbexp import listing_text as text
+from nbexp.record import Code, Experiment, Outcome
+from nbexp.store import Store, open_store
+
+OPTIONS = [  # (query, fmt): the table and the CSV, whole and filtered
+    (None, "table"),
+    (None, "csv"),
+    ("params.depth < 6", "table"),
+    ("params.depth < 6", "csv"),
+]
+NAMES = ["rf", "gbm", "a much longer experiment name", "naïve, bayes", 'say "hi"', "x"]
+TAGS = ["best", "t", "a-much-longer-tag-than-any-other", "ok", "v2"]
+
+
+def _record(store: Store, rng: random.Random, serial: int) -> Experiment:
+    """A record with values of every kind a column may hold: ints and floats in one column,
+    strings with commas and quotes, a rare new key, a rare terminal escape in a name."""
+    params: dict[str, Any] = {"depth": rng.randint(1, 12), "lr": rng.choice([0.1, 0.01, 1e-05])}
+    if rng.random() < 0.5:
+        params["model"] = rng.choice(["rf", "gbm,v2", 'q"uote'])
+    if rng.random() < 0.08:
+        params[f"new{serial}"] = rng.choice([1, 2.5, "s", [1, 2], True])
+    metrics: dict[str, Any] = {"acc": rng.choice([rng.random(), rng.randint(0, 10**7), 1.0])}
+    if rng.random() < 0.3:
+        metrics["loss"] = rng.choice([rng.random() * 1e6, float("inf"), -0.0, 3])
+    name = rng.choice(NAMES)
+    if rng.random() < 0.05:
+        name += "\x1b[31m"
+    second = rng.randint(0, 40)  # created times collide: then ids order the rows
+    draft = Experiment(
+        id="",
+        name=f"{name}-{serial}" if rng.random() < 0.5 else name,
+        created=f"2026-11-23T00:{second // 60:02d}:{second % 60:02d}.000000+00:00",
+        code=Code(cell="", source=str(serial)),
+        outcome=Outcome(
+            status=rng.choice(["ok", "failed"]),
+            started="2026-11-23T00:00:00+00:00",
+            duration=rng.choice([0.1, 12.5, 1234.5678]),
+        ),
+        params=params,
+        metrics=metrics,
+        tags=tuple(rng.sample(TAGS, rng.randint(0, 2))),
+    )
+    body = draft.to_dict()
+    body["id"] = store.make_id(body)
+    return store.save(Experiment.from_dict(body))
+
+
+def _full_render(store: Store, query: str | None, fmt: str) -> bytes:
+    """What `nbexp list` prints when it formats every row again (no kept text): the same
+    through both ways a listing is made (in its own order, and as `--sort` makes it)."""
+    empty = "no experiments" + (f" match `{query}`" if query else " yet") + "\n"
+    made, _ = text.render(fmt, *store.listing_columns(query), empty)
+    header, columns = api.table(query, store=store)
+    if columns[0]:
+        other = text.csv(header, columns) if fmt == "csv" else text.table(header, columns)
+        assert made == other
+    return made.encode("utf-8", "backslashreplace")
+
+
+def _step(store: Store, other: Store, rng: random.Random, serial: int) -> None:
+    """One change a user makes: a tag added or taken off, a record removed or added —
+    through this store handle or another one (another process's)."""
+    handle = other if rng.random() < 0.3 else store
+    rows = store.rows()
+    choice = rng.random()
+    if not rows or choice < 0.25:
+        _record(handle, rng, serial)
+    elif choice < 0.55:
+        handle.add_tag(rng.choice(rows)["id"], rng.choice(TAGS))
+    elif choice < 0.8:
+        tagged = [row for row in rows if row["tags"]]
+        if tagged:
+            row = rng.choice(tagged)
+            handle.remove_tag(row["id"], rng.choice(row["tags"]))
+    else:
+        handle.delete(rng.choice(rows)["id"])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_patched_listing_is_what_a_full_render_prints(
+    project, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    rng = random.Random(seed)
+    store = open_store()
+    other = Store(store.root)
+    for serial in range(25):
+        _record(store, rng, serial)
+    outcomes: list[bool] = []
+    real_patch = text.patch
+
+    def counted(*args: Any, **kwargs: Any) -> str | None:
+        made = real_patch(*args, **kwargs)
+        outcomes.append(made is not None)
+        return made
+
+    monkeypatch.setattr(text, "patch", counted)
+    for serial in range(25, 85):
+        _step(store, other, rng, serial)
+        if rng.random() < 0.3:
+            _step(store, other, rng, serial + 1000)  # two changes between two listings
+        for query, fmt in OPTIONS:
+            listed = api.listing_text(query, fmt=fmt, store=store)
+            assert listed == _full_render(store, query, fmt), (seed, serial, query, fmt)
+            assert api.listing_text(query, fmt=fmt, store=store) == listed  # kept as it is
+    other.close()
+    # most listings were patched (a column appearing or going, a CSV cell with a line
+    # break, a shrinking column's last cell make the text again)
+    assert len(outcomes) >= 150 and sum(outcomes) >= len(outcomes) * 0.6, outcomes
+
+
+def test_a_cell_reads_the_same_alone_as_in_its_column() -> None:
+    """`cell` is the rule `_cells` applies to whole columns by their types: a patched row's
+    cells must be what the full render would give them."""
+    rng = random.Random(7)
+    pool: list[Any] = [
+        None, 0, 1, -1, 10**6, 10**20, 1.0, 1e6, 0.1, -0.0, 0.0, float("inf"), float("-inf"),
+        float("nan"), 1e-300, 123456.789, "", "s", "a,b", True, False, [1, 2], {"k": 1},
+    ]  # fmt: skip
+    for _ in range(300):
+        kinds = rng.sample(pool, rng.randint(1, 6))
+        values = [rng.choice(kinds) for _ in range(rng.randint(1, 1500))]
+        for exact in (False, True):
+            assert text._cells("params.x", values, exact=exact) == [
+                text.cell("params.x", value, exact=exact) for value in values
+            ]

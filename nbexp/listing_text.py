@@ -173,6 +173,48 @@ def _by_value(
 
 
 @dataclass
+class Packed:
+    """Strings of one length back to back in one string — a listing's 100,000 ids or
+    created times —: kept and read again as one object instead of 100,000."""
+
+    width: int
+    blob: str
+
+    @classmethod
+    def of(cls, values: Sequence[str]) -> Packed | None:
+        """`values` packed; None when they are not all strings of one length."""
+        width = len(values[0]) if values else 0
+        if not width or set(map(len, values)) != {width}:
+            return None
+        return cls(width, "".join(values))
+
+    def __len__(self) -> int:
+        return len(self.blob) // self.width
+
+    def __getitem__(self, index: int) -> str:
+        return self.blob[index * self.width : (index + 1) * self.width]
+
+    def find(self, value: str) -> int:
+        """The index of `value`, -1 when it is not there."""
+        start = 0
+        while len(value) == self.width and (at := self.blob.find(value, start)) >= 0:
+            if at % self.width == 0:
+                return at // self.width
+            start = at + 1
+        return -1
+
+    def insert(self, index: int, value: str) -> None:
+        if len(value) != self.width:
+            raise ValueError("a value of another length")
+        at = index * self.width
+        self.blob = self.blob[:at] + value + self.blob[at:]
+
+    def __delitem__(self, index: int) -> None:
+        at = index * self.width
+        self.blob = self.blob[:at] + self.blob[at + self.width :]
+
+
+@dataclass
 class Rows:
     """What a listing's text needs beside it to be patched: its rows' full ids and created
     times (where a row is, where a new one goes), every key column the listing had (shown
@@ -182,8 +224,8 @@ class Rows:
     fmt: str  # "table" or "csv"
     names: list[str]  # every column of the listing, in order
     shown: list[int]  # the columns printed (indexes into names)
-    ids: list[str]
-    created: list[str]
+    ids: Packed
+    created: Packed
     lengths: list[array]  # per shown column: each row's cell length
     widths: list[int]  # the table's padding per shown column but the last (none for CSV)
 
@@ -193,8 +235,8 @@ class Rows:
             self.fmt,
             self.names,
             self.shown,
-            self.ids,
-            self.created,
+            (self.ids.width, self.ids.blob),
+            (self.created.width, self.created.blob),
             [lengths.tobytes() for lengths in self.lengths],
             self.widths,
         )
@@ -203,7 +245,9 @@ class Rows:
     def load(cls, data: Any) -> Rows | None:
         """The rows `dump` gave, or None for anything else."""
         try:
-            fmt, names, shown, ids, created, lengths, widths = data
+            fmt, names, shown, (id_width, ids), (created_width, created), lengths, widths = data
+            if not (isinstance(ids, str) and isinstance(created, str) and id_width > 0):
+                return None
             columns = []
             for raw in lengths:
                 column = array("H")
@@ -211,15 +255,17 @@ class Rows:
                 columns.append(column)
         except (TypeError, ValueError):
             return None
-        rows = cls(fmt, names, shown, ids, created, columns, widths)
+        if created_width <= 0 or len(ids) % id_width or len(created) % created_width:
+            return None
+        rows = cls(
+            fmt, names, shown, Packed(id_width, ids), Packed(created_width, created), columns, widths
+        )
         return rows if rows._consistent() else None
 
     def _consistent(self) -> bool:
         count = len(self.ids)
         return (
             self.fmt in _LINE_END
-            and isinstance(self.ids, list)
-            and isinstance(self.created, list)
             and len(self.created) == count
             and len(self.lengths) == len(self.shown)
             and all(len(column) == count for column in self.lengths)
@@ -261,7 +307,10 @@ def render(
         lengths = [array("H", map(len, column[1:])) for column in text]
     except OverflowError:
         return made, None
-    rows = Rows(fmt, list(names), shown, list(columns[0]), list(columns[2]), lengths, widths)
+    ids, created = Packed.of(columns[0]), Packed.of(columns[2])
+    if ids is None or created is None:  # never the case for records nbexp wrote
+        return made, None
+    rows = Rows(fmt, list(names), shown, ids, created, lengths, widths)
     if made.count(_LINE_END[fmt]) != len(rows.ids) + 1:  # a cell with a line break in it
         return made, None
     if any(lengths[j].count(0) == len(rows.ids) for j, i in enumerate(shown) if i >= ALWAYS_SHOWN):
@@ -290,11 +339,7 @@ def patch(
     ):
         return None  # a column no row had a value for has one now
     ids, lengths, count = rows.ids, rows.lengths, len(rows.ids)
-    gone = set(changed)
-    if len(gone) > 8:
-        places = [i for i, ident in enumerate(ids) if ident in gone]
-    else:
-        places = sorted(ids.index(ident) for ident in gone.intersection(ids))
+    places = sorted(place for place in map(ids.find, set(changed)) if place >= 0)
     taken = [[column[place] for place in places] for column in lengths]
     for place in reversed(places):
         del ids[place], rows.created[place]
@@ -304,7 +349,9 @@ def patch(
     if added is None or not ids:
         return None
     for j, i in enumerate(shown):  # a column whose last cell with text went may be gone
-        if i >= ALWAYS_SHOWN and any(taken[j]) and lengths[j].count(0) == len(ids):
+        if i < ALWAYS_SHOWN or not any(taken[j]) or any(cells[j] for _, cells in added):
+            continue
+        if lengths[j].count(0) == len(ids):
             return None
     new_lines: list[tuple[int, str]]
     if rows.fmt == "table":
@@ -348,7 +395,7 @@ def _placed(
     """The fresh rows put into `rows` where the listing's order (created, newest first, then
     id) puts them, one after the other: each one's place among the rows then, and its shown
     cells (lines inserted in the same order land in the same places); None when a cell is
-    too long to note."""
+    too long to note, or a created time of another length than the others."""
     new_ids, new_created = fresh[0], fresh[2]
     exact = rows.fmt == "csv"
     added = []
@@ -357,12 +404,12 @@ def _placed(
         cells = [cell(names[i], fresh[i][r], exact=exact) for i in rows.shown]
         cells = _quoted(cells) if exact else _printable_each(cells)
         try:
+            rows.ids.insert(place, new_ids[r])
+            rows.created.insert(place, new_created[r])
             for column, text in zip(rows.lengths, cells, strict=True):
                 column.insert(place, len(text))
-        except OverflowError:
+        except (ValueError, OverflowError):  # a time of another length, a cell too long
             return None
-        rows.ids.insert(place, new_ids[r])
-        rows.created.insert(place, new_created[r])
         added.append((place, cells))
     return added
 

@@ -2,7 +2,9 @@
 params against a metric in parallel coordinates.
 
 Each function takes records (`Experiment`) or index rows (dicts from `Store.rows`), so the
-widget's Plot button, `%exp_plot` and `nbexp.plot` draw the same figures. Figures are created
+widget's Plot button, `%exp_plot` and `nbexp.plot` draw the same figures. A value drawn as
+text (a tick, a legend entry, an axis mark) reads as the CLI and the widget show it
+(`show.format_value`); a missing one as "—". Figures are created
 through pyplot (so the notebook's inline backend knows how to show them) and closed before
 they are returned: the returned Figure is shown once, as the cell's value, not twice.
 """
@@ -16,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import NbexpError
 from .record import SHORT_ID_LENGTH, Experiment
+from .show import TABLE_DIGITS, format_value
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+MISSING = "—"  # a value an experiment does not have, where a plot writes values
 MAX_LABELLED = 30  # more runs than this: tick labels thin out, points are not annotated
 KINDS = ("runs", "param", "series", "parallel")
 
@@ -66,6 +70,11 @@ def as_point(item: Experiment | dict[str, Any] | Point) -> Point:
 def _key(name: str, prefix: str) -> str:
     """`metrics.f1` and `f1` name the same metric."""
     return name[len(prefix) + 1 :] if name.startswith(prefix + ".") else name
+
+
+def _text(value: Any) -> str:
+    """A value as the plots write it: as everywhere else, a missing one as a dash."""
+    return MISSING if value is None else format_value(value, TABLE_DIGITS)
 
 
 def _number(value: Any) -> float | None:
@@ -134,14 +143,15 @@ def _categorical_axis(values: list[Any]) -> tuple[list[float], list[str] | None]
     """Numbers stay numbers; anything else gets evenly spaced positions with its text."""
     if all(_number(v) is not None for v in values):
         return [float(v) for v in values], None
-    labels = sorted({str(v) for v in values})
-    return [float(labels.index(str(v))) for v in values], labels
+    texts = [_text(v) for v in values]
+    labels = sorted(set(texts))
+    return [float(labels.index(text)) for text in texts], labels
 
 
 def _order(point: Point, param: str | None) -> tuple[int, float, str]:
     value = point.params.get(param) if param else None
     number = _number(value)
-    return (0, number, "") if number is not None else (1, 0.0, str(value))
+    return (0, number, "") if number is not None else (1, 0.0, _text(value))
 
 
 def metric_vs_param(
@@ -159,7 +169,7 @@ def metric_vs_param(
     for index, point in enumerate(points):
         grouped.setdefault(repr(point.params.get(color)) if color else "", []).append(index)
     groups = {  # legend in value order: numbers numerically, anything else as text
-        str(points[members[0]].params.get(color, "—")) if color else "": members
+        _text(points[members[0]].params.get(color)) if color else "": members
         for _, members in sorted(
             grouped.items(), key=lambda item: _order(points[item[1][0]], color)
         )
@@ -239,12 +249,13 @@ def _axis_positions(values: list[Any]) -> tuple[list[float], list[tuple[float, s
     if labels is not None:
         top = max(len(labels) - 1, 1)
         return [x / top for x in xs], [(i / top, text) for i, text in enumerate(labels)]
+    shown = {x: _text(value) for x, value in zip(xs, values, strict=True)}  # 8 as "8", not 8.0
     low, high = min(xs), max(xs)
     if high == low:
-        return [0.5] * len(xs), [(0.5, f"{low:.4g}")]
-    marks = sorted(set(xs)) if len(set(xs)) <= 8 else [low, high]
+        return [0.5] * len(xs), [(0.5, shown[low])]
+    marks = sorted(shown) if len(shown) <= 8 else [low, high]
     return [(x - low) / (high - low) for x in xs], [
-        ((x - low) / (high - low), f"{x:.4g}") for x in marks
+        ((x - low) / (high - low), shown[x]) for x in marks
     ]
 
 
@@ -262,7 +273,7 @@ def parallel_coordinates(
     columns: list[list[Any]] = [[p.params.get(name) for p in points] for name in names]
     columns.append(list(values))
     scaled, ticks = zip(
-        *(_axis_positions([str(v) if v is None else v for v in c]) for c in columns), strict=True
+        *(_axis_positions(c) for c in columns), strict=True
     )
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(max(6.0, 1.8 * len(columns)), 4.8))

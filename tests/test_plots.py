@@ -146,3 +146,36 @@ def test_exp_plot_magic_returns_the_figure(ip, capfd) -> None:
     failed = run(ip, "%exp_plot nothing")
     assert failed.success is False
     assert "no experiment has a numeric metric 'nothing'" in capfd.readouterr().err
+
+
+def test_values_on_a_plot_read_as_the_cli_shows_them(project: Path) -> None:
+    """A tick, a legend entry or an axis mark writes a value as `nbexp list` does
+    (`show.format_value`): true, not True; 1000000, not 1e+06; 0.3, not 0.30000000000000004;
+    a value an experiment does not have as a dash, not None."""
+    rows = [
+        {
+            "id": f"{i:032x}",
+            "name": f"run-{i}",
+            "created": f"2026-12-01T00:00:0{i}+00:00",
+            "status": "ok",
+            "params": params,
+            "metrics": {"auc": 0.5 + i / 10},
+        }
+        for i, params in enumerate(
+            [
+                {"steps": 1000000, "lr": 0.1 + 0.2, "early": True},
+                {"steps": 2000000, "lr": 0.1, "early": False},
+                {"steps": 1000000, "lr": 0.1 + 0.2},
+            ]
+        )
+    ]
+    legend = metric_vs_param(rows, "auc", "steps", color="early").axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["false", "true", "—"]
+    coloured = metric_vs_param(rows, "auc", "steps", color="lr").axes[0].get_legend()
+    assert [t.get_text() for t in coloured.get_texts()] == ["0.1", "0.3"]
+    marks = [
+        text.get_text()
+        for text in parallel_coordinates(rows, "auc", ["steps", "early"]).axes[0].texts
+    ]
+    assert "1000000" in marks and "2000000" in marks and "1e+06" not in marks
+    assert {"true", "false", "—"} <= set(marks) and "None" not in marks

@@ -380,6 +380,7 @@ def main() -> int:
             lambda: run_cli([*store_arg, "list", FILTER]),
             note=f"{matching:,} rows; ",
         )
+
         def change_untimed(change) -> None:
             """A change between two listings (not timed), as `toggle_a_tag` notes it."""
             paused = cpu_seconds(), time.perf_counter()

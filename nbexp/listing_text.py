@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .record import SHORT_ID_LENGTH
-from .store import listing_cache
 from .show import TABLE_DIGITS, format_value, terminal_safe
+from .store import listing_cache
 
 FORMAT = 3  # raise it when the text for a listing changes: kept texts of older ones are not used
 _NONE = type(None)
@@ -258,7 +258,13 @@ class Rows:
         if created_width <= 0 or len(ids) % id_width or len(created) % created_width:
             return None
         rows = cls(
-            fmt, names, shown, Packed(id_width, ids), Packed(created_width, created), columns, widths
+            fmt,
+            names,
+            shown,
+            Packed(id_width, ids),
+            Packed(created_width, created),
+            columns,
+            widths,
         )
         return rows if rows._consistent() else None
 
@@ -432,8 +438,8 @@ def _repadded(lines: list[str], old: list[int], new: list[int]) -> list[str]:
         tails = map(operator.itemgetter(slice(end, None)), lines)
         if change > 0:
             heads = map(operator.itemgetter(slice(0, end)), lines)
-            lines = list(map(str.rstrip, map((" " * change).join, zip(heads, tails))))
+            lines = list(map(str.rstrip, map((" " * change).join, zip(heads, tails, strict=True))))
         else:  # the spaces taken are padding in every line long enough to have them
             heads = map(operator.itemgetter(slice(0, end + change)), lines)
-            lines = list(map("".join, zip(heads, tails)))
+            lines = list(map("".join, zip(heads, tails, strict=True)))
     return lines

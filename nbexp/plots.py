@@ -272,9 +272,7 @@ def parallel_coordinates(
     values = [float(p.metrics[metric]) for p in points]
     columns: list[list[Any]] = [[p.params.get(name) for p in points] for name in names]
     columns.append(list(values))
-    scaled, ticks = zip(
-        *(_axis_positions(c) for c in columns), strict=True
-    )
+    scaled, ticks = zip(*(_axis_positions(c) for c in columns), strict=True)
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(max(6.0, 1.8 * len(columns)), 4.8))
     low, high = min(values), max(values)

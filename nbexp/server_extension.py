@@ -24,7 +24,10 @@ under the server root). Every error is JSON `{"message": "<one line>"}`, never a
     is the page; `metric_names` are the metric keys of the matching experiments, most common
     first (ties in the order the store first saw them). Each row: id, short_id, name, created (ISO 8601), status,
     duration (s), note, tags, params, metrics, notebook, sweep, origin (the remote a pulled
-    experiment came from, else null). A folder with no store yet lists as
+    experiment came from, else null), and `text`: ``{"params": {NAME: T}, "metrics": {NAME:
+    T}}``, each value as `nbexp list` prints it (`show.format_value`, TABLE_DIGITS
+    significant digits; "" for null) — the panel shows these and sorts by the raw values.
+    A folder with no store yet lists as
     ``{"experiments": [], "total": 0, ...}``; the store is not created.
 
     Caching: the response carries an `ETag` derived from the index's change counter (SQLite's
@@ -38,7 +41,8 @@ under the server root). Every error is JSON `{"message": "<one line>"}`, never a
     One experiment: REF is anything `nbexp show` accepts (id prefix, name, tag, `last`,
     `last~N`; URL-encoded). 200 → the record exactly as `Experiment.to_dict()` /
     `nbexp show --json` gives it (`id` is the resolved full id; secrets were scrubbed when
-    it was recorded), plus `short_id`, `origin` and `store`.
+    it was recorded), plus `short_id`, `origin`, `store` and `text` (params and metrics as
+    `nbexp show` prints them, the same shape as a row's).
 
 Non-finite floats (NaN, ±inf) anywhere in a response are written as the record format
 writes them, `{"$float": "nan" | "inf" | "-inf"}` — the same as `nbexp list --format json` —
@@ -73,6 +77,7 @@ from . import api
 from . import query as query_language
 from .errors import AmbiguousRefError, NbexpError, QueryError, RefError
 from .record import SHORT_ID_LENGTH, Experiment, encode_value
+from .show import TABLE_DIGITS, format_value
 from .store import STORE_DIRNAME, STORE_ENV, Store, find_store_root, sort_key
 
 API_PATH = "nbexp/api/experiments"
@@ -96,17 +101,32 @@ class _Refused(Exception):
 
 
 def row_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One `api.rows` row (an `IndexRow`) as the panel gets it: `short_id` added, strict JSON values."""
+    """One `api.rows` row (an `IndexRow`) as the panel gets it: `short_id` and the values'
+    text added, strict JSON values."""
     shaped: dict[str, Any] = encode_value(dict(row))
     shaped["short_id"] = str(row["id"])[:SHORT_ID_LENGTH]
+    shaped["text"] = value_texts(row.get("params"), row.get("metrics"), TABLE_DIGITS)
     return shaped
 
 
 def record_json(experiment: Experiment, origin: str | None, store: str) -> dict[str, Any]:
-    """A full record as the panel gets it: `to_dict()` plus short_id, origin and store."""
+    """A full record as the panel gets it: `to_dict()` plus short_id, origin, store and
+    the values' text."""
     body: dict[str, Any] = encode_value(experiment.to_dict())
     body.update(short_id=experiment.short_id, origin=origin, store=store)
+    body["text"] = value_texts(experiment.params, experiment.metrics)
     return body
+
+
+def value_texts(
+    params: Mapping[str, Any] | None, metrics: Mapping[str, Any] | None, digits: int = 6
+) -> dict[str, dict[str, str]]:
+    """Params and metrics as the CLI prints them (`show.format_value`): the panel shows
+    these, so a value reads the same in the terminal and in Lab."""
+    return {
+        section: {str(key): format_value(value, digits) for key, value in (values or {}).items()}
+        for section, values in (("params", params), ("metrics", metrics))
+    }
 
 
 # -- requests ----------------------------------------------------------------------------

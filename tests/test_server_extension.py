@@ -24,6 +24,7 @@ from tornado.httpclient import HTTPResponse
 from nbexp import store as store_module
 from nbexp.record import Experiment
 from nbexp.server_extension import record_json, row_json
+from nbexp.show import format_value
 from nbexp.store import Store, open_store
 from tests.conftest import run
 from tests.test_store import _ambiguous_pair, make_experiment
@@ -113,6 +114,7 @@ def test_the_listing_is_newest_first_with_the_total_and_pages(
     assert row["status"] == "failed" and row["params"] == {"depth": 8}
     assert row["metrics"] == {"acc": 0.85} and row["created"] == gb_failed.created
     assert {"duration", "note", "tags", "notebook", "origin"} <= set(row)
+    assert row["text"] == {"params": {"depth": "8"}, "metrics": {"acc": "0.85"}}
 
     page = body(fetch(params={"path": "analysis/train.ipynb", "offset": "1", "limit": "2"}))
     assert ids(page) == newest_first[1:3] and page["total"] == 4
@@ -137,7 +139,12 @@ def test_one_experiment_by_prefix_name_tag_or_last(
     store, (_rf3, gb, rf8, lin) = filled
     record = body(fetch(gb.id[:6], params={"path": "nb.ipynb"}))
     on_disk = json.loads(store.record_path(gb.id).read_bytes())
+    texts = record.pop("text")
     assert record == {**on_disk, "short_id": gb.id[:8], "origin": None, "store": ".nbexp"}
+    assert texts == {  # as `nbexp show` prints them
+        section: {key: format_value(value) for key, value in on_disk[section].items()}
+        for section in ("params", "metrics")
+    }
     assert body(fetch("rf", params={"path": "nb.ipynb"}))["id"] == rf8.id  # the newest rf
     assert body(fetch("best", params={"path": "nb.ipynb"}))["id"] == gb.id
     assert body(fetch("last", params={"path": "nb.ipynb"}))["id"] == lin.id
@@ -410,6 +417,13 @@ def test_json_shapes_are_strict_json() -> None:
     shaped = row_json(row)
     assert shaped["short_id"] == "abababab"
     assert shaped["metrics"] == {"m": {"$float": "-inf"}, "n": {"$float": "nan"}}
+    assert shaped["text"] == {"params": {"lr": "inf"}, "metrics": {"m": "-inf", "n": "nan"}}
+    # the panel shows what `nbexp list` prints: 4 significant digits, ints whole, JSON else
+    values = {"a": 123456.789, "b": 10**20, "c": 1e20, "d": True, "e": None, "f": [1, 2]}
+    assert row_json({"id": "ab" * 16, "params": values, "metrics": {}})["text"]["params"] == {
+        "a": "1.235e+05", "b": "100000000000000000000", "c": "1e+20", "d": "true", "e": "",
+        "f": "[1,2]",
+    }  # fmt: skip
     json.dumps(shaped, allow_nan=False)
     experiment = make_experiment(Store(Path("store")), metrics={"x": math.nan}, save=False)
     record = record_json(experiment, "origin-remote", ".nbexp")

@@ -12,6 +12,12 @@ import { ServerConnection } from '@jupyterlab/services';
 /** A value as nbexp stores it: non-finite floats arrive as {"$float": "nan" | "inf" | "-inf"}. */
 export type Value = unknown;
 
+/** Params and metrics as nbexp prints them (`show.format_value`), by name. */
+export interface IValueTexts {
+  params?: { [name: string]: string };
+  metrics?: { [name: string]: string };
+}
+
 /** One row of the listing (the index's view of an experiment). */
 export interface IExperimentRow {
   id: string;
@@ -26,6 +32,7 @@ export interface IExperimentRow {
   metrics: { [name: string]: Value };
   notebook?: string | null;
   origin?: string | null;
+  text?: IValueTexts;
 }
 
 /** A page of the listing, newest first. */
@@ -62,6 +69,7 @@ export interface IRecord {
   note?: string | null;
   short_id?: string;
   status?: string;
+  text?: IValueTexts;
 }
 
 /** What a listing request asks for. */

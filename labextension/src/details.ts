@@ -4,7 +4,7 @@
  */
 
 import { IRecord } from './api';
-import { absoluteTime, bytes, duration, formatValue, h } from './format';
+import { absoluteTime, bytes, duration, h, valueText } from './format';
 
 function section(title: string, body: HTMLElement | null): HTMLElement | null {
   if (body === null) {
@@ -37,8 +37,11 @@ function pairs(entries: Array<[string, string]>, className: string): HTMLElement
   return table;
 }
 
-function values(map: { [name: string]: unknown } | undefined): Array<[string, string]> {
-  return Object.entries(map ?? {}).map(([key, value]) => [key, formatValue(value)]);
+function values(
+  map: { [name: string]: unknown } | undefined,
+  texts: { [name: string]: string } | undefined
+): Array<[string, string]> {
+  return Object.entries(map ?? {}).map(([key, value]) => [key, valueText(value, texts?.[key])]);
 }
 
 function dataInputs(record: IRecord): HTMLElement | null {
@@ -151,8 +154,8 @@ function summary(record: IRecord): HTMLElement {
 export function renderRecord(record: IRecord): HTMLElement[] {
   const parts = [
     summary(record),
-    section('Params', pairs(values(record.params), 'nbexp-panel-params')),
-    section('Metrics', pairs(values(record.metrics), 'nbexp-panel-metrics-table')),
+    section('Params', pairs(values(record.params, record.text?.params), 'nbexp-panel-params')),
+    section('Metrics', pairs(values(record.metrics, record.text?.metrics), 'nbexp-panel-metrics-table')),
     section('Data inputs', dataInputs(record)),
     section('Variables', variables(record)),
     section('Code', code(record))

@@ -95,26 +95,14 @@ export function bytes(size: unknown): string {
   return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
 }
 
-/** A recorded value as text: numbers to 4 significant digits, nbexp's non-finite floats. */
-export function formatValue(value: unknown): string {
+/**
+ * A recorded value as text: the server's text of it (nbexp's one value formatter,
+ * `show.format_value`, so a value reads here as `nbexp list` and `nbexp show` print it);
+ * a missing value as a dash. Raw values stay for sorting and comparing.
+ */
+export function valueText(value: unknown, text: string | undefined): string {
   if (value === null || value === undefined) {
     return '—';
   }
-  if (typeof value === 'number') {
-    if (Number.isInteger(value)) {
-      return String(value);
-    }
-    const text = value.toPrecision(4);
-    return text.includes('e') ? text : String(Number(text));
-  }
-  if (typeof value === 'object' && !Array.isArray(value)) {
-    const special = (value as { $float?: unknown }).$float;
-    if (typeof special === 'string' && Object.keys(value as object).length === 1) {
-      return special;
-    }
-  }
-  if (typeof value === 'string') {
-    return value;
-  }
-  return JSON.stringify(value);
+  return text ?? JSON.stringify(value);
 }

@@ -21,7 +21,7 @@ import {
 } from './api';
 import { IChosen, insertComparison, restoreIntoKernel } from './actions';
 import { renderRecord } from './details';
-import { absoluteTime, formatValue, h, relativeTime } from './format';
+import { absoluteTime, h, relativeTime, valueText } from './format';
 import { experimentsIcon } from './icon';
 
 /** Rows fetched per page ("Show more" asks for this many more). */
@@ -411,7 +411,10 @@ export class ExperimentsPanel extends Widget {
             { className: 'nbexp-panel-metric', attrs: { 'data-metric': name } },
             h('span', { className: 'nbexp-panel-metric-name', text: name }),
             ' ',
-            h('span', { className: 'nbexp-panel-metric-value', text: formatValue(row.metrics[name]) })
+            h('span', {
+              className: 'nbexp-panel-metric-value',
+              text: valueText(row.metrics[name], row.text?.metrics?.[name])
+            })
           )
         );
       }

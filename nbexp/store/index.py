@@ -625,8 +625,8 @@ class StoreIndex(StoreFiles):
         kept text up to date when it can (rows: what `render` or `patch` gave with it)."""
         generation = self._generation()
         if generation is None:
-            made = render()
-            return made[0] if isinstance(made, tuple) else made
+            alone = render()
+            return alone[0] if isinstance(alone, tuple) else alone
         folder = self.listing_cache_path.parent
         path = listing_cache.text_path(folder, options)
         kept = listing_cache.read_text(path, generation, options)
@@ -635,7 +635,7 @@ class StoreIndex(StoreFiles):
                 listing_cache.mark_used(path)
             return kept
         log = self._change_log()  # read before the rows: a change after it is seen next time
-        made = None
+        made: bytes | tuple[bytes, Any] | None = None
         if patch is not None and log is not None:
             made = self._patched_text(path, options, generation, *log, patch)
         if made is None:

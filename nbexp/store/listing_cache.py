@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..hashing import hash_bytes
 
@@ -263,7 +263,14 @@ def read_rows(path: Path, options: str) -> KeptRows | None:
         return None
 
 
-def place(created: Sequence[str], ids: Sequence[str], when: str, ident: str) -> int:
+class Strings(Protocol):
+    """A listing's ids or created times: a list, or packed in one string."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> str: ...
+
+
+def place(created: Strings, ids: Strings, when: str, ident: str) -> int:
     """Where a row goes in a listing ordered as `created DESC, id` (SQLite compares text
     bytewise, as Python compares these ASCII strings)."""
     low, high = 0, len(ids)

@@ -161,10 +161,14 @@ def test_new_experiments_appear_without_a_reload(ui: Page, lab: lab_module.Lab) 
     wait_until(lambda: ui.names()[:1] == ["late-run"], "the notebook's new run listed")
     other = Store(lab.root / FOLDER / ".nbexp")  # this test process stands in for a CLI
     try:  # or another kernel; only polling can notice it
-        make_experiment(other, "from-elsewhere", metrics={"acc": 0.5}, minutes=10**7)
+        metrics = {"acc": 0.5, "f1": 123456.789}
+        make_experiment(other, "from-elsewhere", metrics=metrics, minutes=10**7)
     finally:
         other.close()
     wait_until(lambda: ui.names()[:1] == ["from-elsewhere"], "the other process's run listed", 10)
+    # its values read as `nbexp list` prints them (show.format_value), not as JavaScript would
+    shown = ui.row("from-elsewhere").locator(".nbexp-panel-row-metrics").inner_text()
+    assert "f1 1.235e+05" in shown and "acc 0.5" in shown, shown
     assert ui.panel.locator(".nbexp-panel-count").inner_text() == "6 experiments"
     assert ui.page.evaluate("() => window.__sameDocument === true")
 

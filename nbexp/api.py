@@ -156,38 +156,29 @@ def listing_text(
         if sort is None and limit is None:  # in the listing's own order: patchable later
             names, columns = target.listing_columns(query)
             made, rows = text.render(fmt, names, columns, empty)
-            return _utf8(made, rows.dump() if rows is not None else None)
+            return made, (rows.dump() if rows is not None else None)
         header, columns = table(query, sort=sort, limit=limit, store=target)
         if fmt == "csv":  # numbers at full precision; only tags and lists are rewritten
-            made = text.csv(header, columns)
+            shown = text.csv(header, columns)
         elif not columns[0]:
-            made = empty
+            shown = empty
         else:
-            made = text.table(header, columns)
-        return made.encode("utf-8", "backslashreplace")
+            shown = text.table(header, columns)
+        return shown.encode("utf-8", "backslashreplace")
 
     def patch(kept: bytes, data: Any, changed: list[str]) -> tuple[bytes, Any] | None:
         rows = text.Rows.load(data)
         if rows is None or rows.fmt != fmt:
             return None
         names, fresh = target.listing_columns(query, ids=changed)
-        made = text.patch(kept.decode("utf-8"), rows, names, fresh, changed)
-        return None if made is None else _utf8(made, rows.dump())
+        made = text.patch(kept, rows, names, fresh, changed)
+        return None if made is None else (made, rows.dump())
 
     # everything the text depends on besides the store: a new nbexp may print it otherwise
     options = repr((text.FORMAT, __version__, fmt, query, sort, limit))
     if sort is None and limit is None:
         return target.listing_text(options, render, patch)
     return target.listing_text(options, render)
-
-
-def _utf8(made: str, rows: Any) -> tuple[bytes, Any]:
-    """A listing's text as UTF-8, and what patches it; a text with a character UTF-8 cannot
-    hold (a lone surrogate, shown escaped) is not patched later: its widths are not bytes'."""
-    try:
-        return made.encode("utf-8"), rows
-    except UnicodeEncodeError:
-        return made.encode("utf-8", "backslashreplace"), None
 
 
 def experiments(

@@ -218,8 +218,9 @@ class Packed:
 class Rows:
     """What a listing's text needs beside it to be patched: its rows' full ids and created
     times (where a row is, where a new one goes), every key column the listing had (shown
-    or not), and per shown column each cell's length (how wide the column must be, whether
-    any cell is left) and the width it was padded to."""
+    or not), per shown column each cell's length (how wide the column must be, whether any
+    cell is left) and the width it was padded to, and each row's line length in bytes
+    (where its line is in the text)."""
 
     fmt: str  # "table" or "csv"
     names: list[str]  # every column of the listing, in order
@@ -228,6 +229,7 @@ class Rows:
     created: Packed
     lengths: list[array]  # per shown column: each row's cell length
     widths: list[int]  # the table's padding per shown column but the last (none for CSV)
+    spans: array  # each row's line, in bytes, without its line end
 
     def dump(self) -> tuple[Any, ...]:
         """Core values only (the store keeps them with marshal)."""
@@ -239,33 +241,33 @@ class Rows:
             (self.created.width, self.created.blob),
             [lengths.tobytes() for lengths in self.lengths],
             self.widths,
+            self.spans.tobytes(),
         )
 
     @classmethod
     def load(cls, data: Any) -> Rows | None:
         """The rows `dump` gave, or None for anything else."""
         try:
-            fmt, names, shown, (id_width, ids), (created_width, created), lengths, widths = data
-            if not (isinstance(ids, str) and isinstance(created, str) and id_width > 0):
+            fmt, names, shown, (id_width, ids), (created_width, created), raw, widths, spans = data
+            if not (isinstance(ids, str) and isinstance(created, str)):
                 return None
-            columns = []
-            for raw in lengths:
-                column = array("H")
-                column.frombytes(raw)
-                columns.append(column)
+            if min(id_width, created_width) <= 0 or len(ids) % id_width:
+                return None
+            if len(created) % created_width:
+                return None
+            lengths = [_array("H", column) for column in raw]
+            rows = cls(
+                fmt,
+                names,
+                shown,
+                Packed(id_width, ids),
+                Packed(created_width, created),
+                lengths,
+                widths,
+                _array("I", spans),
+            )
         except (TypeError, ValueError):
             return None
-        if created_width <= 0 or len(ids) % id_width or len(created) % created_width:
-            return None
-        rows = cls(
-            fmt,
-            names,
-            shown,
-            Packed(id_width, ids),
-            Packed(created_width, created),
-            columns,
-            widths,
-        )
         return rows if rows._consistent() else None
 
     def _consistent(self) -> bool:
@@ -273,10 +275,17 @@ class Rows:
         return (
             self.fmt in _LINE_END
             and len(self.created) == count
+            and len(self.spans) == count
             and len(self.lengths) == len(self.shown)
             and all(len(column) == count for column in self.lengths)
             and len(self.widths) == (len(self.shown) - 1 if self.fmt == "table" else 0)
         )
+
+
+def _array(kind: str, raw: bytes) -> array:
+    values = array(kind)
+    values.frombytes(raw)
+    return values
 
 
 def shown_columns(names: Sequence[str], columns: Sequence[Sequence[Any]]) -> list[int]:
@@ -291,10 +300,11 @@ def shown_columns(names: Sequence[str], columns: Sequence[Sequence[Any]]) -> lis
 
 def render(
     fmt: str, names: Sequence[str], columns: Sequence[Sequence[Any]], empty: str
-) -> tuple[str, Rows | None]:
-    """The listing's text from every column of it (full ids; `empty`: the table of no row),
-    and the rows to patch it with later (None when it cannot be: no rows, or a cell a line
-    break or 65,536 characters long)."""
+) -> tuple[bytes, Rows | None]:
+    """The listing's text as UTF-8 from every column of it (full ids; `empty`: the table of
+    no row), and the rows to patch it with later (None when it cannot be: no rows, a cell
+    with a line break, 65,536 characters long, or a character UTF-8 cannot hold — then
+    shown escaped)."""
     shown = shown_columns(names, columns)
     header = [names[i] for i in shown]
     picked = [columns[i] for i in shown]
@@ -302,39 +312,46 @@ def render(
         text = _csv_cells(header, picked)
         made, widths = _joined(text), []
     elif not columns[0]:
-        return empty, None
+        return empty.encode("utf-8", "backslashreplace"), None
     else:
         text = _table_cells(header, picked)
         widths = [max(map(len, column)) for column in text[:-1]]
         made = _padded(text, widths)
+    try:
+        data = made.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: its escape is wider than the cell counted
+        return made.encode("utf-8", "backslashreplace"), None
     if not columns[0]:
-        return made, None
+        return data, None
     try:
         lengths = [array("H", map(len, column[1:])) for column in text]
     except OverflowError:
-        return made, None
+        return data, None
     ids, created = Packed.of(columns[0]), Packed.of(columns[2])
     if ids is None or created is None:  # never the case for records nbexp wrote
-        return made, None
-    rows = Rows(fmt, list(names), shown, ids, created, lengths, widths)
-    if made.count(_LINE_END[fmt]) != len(rows.ids) + 1:  # a cell with a line break in it
-        return made, None
-    if any(lengths[j].count(0) == len(rows.ids) for j, i in enumerate(shown) if i >= ALWAYS_SHOWN):
-        return made, None  # a column shown for values that print as nothing: never patched
-    return made, rows
+        return data, None
+    lines = data.split(_LINE_END[fmt].encode("ascii"))
+    if len(lines) != len(ids) + 2:  # a cell with a line break in it
+        return data, None
+    if any(lengths[j].count(0) == len(ids) for j, i in enumerate(shown) if i >= ALWAYS_SHOWN):
+        return data, None  # a column shown for values that print as nothing: never patched
+    spans = array("I", map(len, lines[1:-1]))
+    return data, Rows(fmt, list(names), shown, ids, created, lengths, widths, spans)
 
 
 def patch(
-    kept: str,
+    kept: bytes,
     rows: Rows,
     names: Sequence[str],
     fresh: Sequence[Sequence[Any]],
     changed: Iterable[str],
-) -> str | None:
+) -> bytes | None:
     """`kept` (made with `rows`) with the rows of `changed` ids taken out and those of them
     in `fresh` (every column of the listing, full ids) put in their places; `rows` updated
     to match. None when only a full render can make it: a column appears or may disappear,
-    or the listing's columns changed otherwise than by new ones at the end."""
+    or the listing's columns changed otherwise than by new ones at the end. The lines that
+    changed are cut out of the bytes and put in by their offsets; only a column whose width
+    changed has every line made again."""
     end = _LINE_END[rows.fmt]
     if list(names[: len(rows.names)]) != rows.names:
         return None
@@ -344,7 +361,7 @@ def patch(
         for i in set(range(len(names))).difference(shown)
     ):
         return None  # a column no row had a value for has one now
-    ids, lengths, count = rows.ids, rows.lengths, len(rows.ids)
+    ids, lengths = rows.ids, rows.lengths
     places = sorted(place for place in map(ids.find, set(changed)) if place >= 0)
     taken = [[column[place] for place in places] for column in lengths]
     for place in reversed(places):
@@ -359,27 +376,74 @@ def patch(
             continue
         if lengths[j].count(0) == len(ids):
             return None
-    new_lines: list[tuple[int, str]]
+    widths = _widths(rows, taken, added) if rows.fmt == "table" else []
     if rows.fmt == "table":
-        widths = _widths(rows, taken, added)
         line = _line_format(widths)
         new_lines = [(place, (line % tuple(cells)).rstrip()) for place, cells in added]
     else:
         new_lines = [(place, ",".join(cells)) for place, cells in added]
         if any(end in text for _, text in new_lines):
             return None  # a cell with a line break: its lines could not be told apart later
-    lines = kept.split(end)
-    if len(lines) != count + 2 or lines[-1]:
+    try:
+        encoded = [(place, text.encode("utf-8")) for place, text in new_lines]
+    except UnicodeEncodeError:
         return None
-    if rows.fmt == "table":
-        lines = _repadded(lines, rows.widths, widths)
-        rows.widths = widths
+    if widths != rows.widths or len(places) + len(encoded) > 16:
+        made = _every_line(kept, rows, places, encoded, widths)
+    else:
+        made = _lines_changed(kept, rows, places, encoded)
+    rows.names, rows.widths = list(names), widths
+    return made
+
+
+def _lines_changed(
+    kept: bytes, rows: Rows, places: list[int], added: list[tuple[int, bytes]]
+) -> bytes | None:
+    """`kept` with the lines at `places` (before the change) cut out and `added` put in
+    (each place counting the lines put in before it), found by the lines' byte lengths:
+    one copy of the text per line changed, no pass over the lines."""
+    end = _LINE_END[rows.fmt].encode("ascii")
+    spans = rows.spans
+    start = kept.find(end) + len(end)  # the header's line
+    if start < len(end) or start + sum(spans) + len(spans) * len(end) != len(kept):
+        return None
+    text = bytearray(kept)
+    for place in reversed(places):
+        at = start + sum(spans[:place]) + place * len(end)
+        del text[at : at + spans[place] + len(end)]
+        del spans[place]
+    for place, line in added:
+        at = start + sum(spans[:place]) + place * len(end)
+        text[at:at] = line + end
+        spans.insert(place, len(line))
+    return bytes(text)
+
+
+def _every_line(
+    kept: bytes, rows: Rows, places: list[int], added: list[tuple[int, bytes]], widths: list[int]
+) -> bytes | None:
+    """`kept` as `_lines_changed` makes it, every line split out: the columns whose width
+    changed padded again (`_repadded`; on bytes when the text is ASCII — the usual case —,
+    else on its characters, where the padding is counted)."""
+    end = _LINE_END[rows.fmt]
+    ascii_only = kept.isascii()
+    lines: list[Any] = (
+        kept.split(end.encode("ascii")) if ascii_only else kept.decode("utf-8").split(end)
+    )
+    if len(lines) != len(rows.spans) + 2 or lines[-1]:
+        return None
+    lines = _repadded(lines, rows.widths, widths, b" " if ascii_only else " ")
     for place in reversed(places):
         del lines[place + 1]
-    for place, text in new_lines:  # in the order placed: a place counts the rows before it
-        lines.insert(place + 1, text)
-    rows.names = list(names)
-    return end.join(lines)
+    for place, line in added:
+        lines.insert(place + 1, line if ascii_only else line.decode("utf-8"))
+    body = lines[1:-1]
+    if ascii_only:
+        rows.spans = array("I", map(len, body))
+        return end.encode("ascii").join(lines)
+    encoded = list(map(str.encode, lines))
+    rows.spans = array("I", map(len, encoded[1:-1]))
+    return end.encode("ascii").join(encoded)
 
 
 def _widths(rows: Rows, taken: list[list[int]], added: list[tuple[int, list[str]]]) -> list[int]:
@@ -424,12 +488,12 @@ def _printable_each(cells: list[str]) -> list[str]:
     return [_printable([text])[0] for text in cells]
 
 
-def _repadded(lines: list[str], old: list[int], new: list[int]) -> list[str]:
-    """The table's lines with each column whose width changed padded to its new width: the
-    spaces after its cells added or taken at the same place in every line (a line that
-    ends before that place, its later cells all empty, stays as it is: `rstrip` takes the
-    added spaces off it again). Right to left, so the columns before keep their places;
-    each line cut and joined by C functions mapped over them, no Python per line."""
+def _repadded(lines: list[Any], old: list[int], new: list[int], space: Any) -> list[Any]:
+    """The table's lines (str, or bytes of ASCII text) with each column whose width changed
+    padded to its new width: the spaces after its cells added or taken at the same place in
+    every line (a line that ends before that place, its later cells all empty, stays as it
+    is: `rstrip` takes the added spaces off it again). Right to left, so the columns before
+    keep their places; each line cut and joined by C functions mapped over them."""
     for j in reversed(range(len(new))):
         change = new[j] - old[j]
         if not change:
@@ -438,8 +502,9 @@ def _repadded(lines: list[str], old: list[int], new: list[int]) -> list[str]:
         tails = map(operator.itemgetter(slice(end, None)), lines)
         if change > 0:
             heads = map(operator.itemgetter(slice(0, end)), lines)
-            lines = list(map(str.rstrip, map((" " * change).join, zip(heads, tails, strict=True))))
+            strip = bytes.rstrip if isinstance(space, bytes) else str.rstrip
+            lines = list(map(strip, map((space * change).join, zip(heads, tails, strict=True))))
         else:  # the spaces taken are padding in every line long enough to have them
             heads = map(operator.itemgetter(slice(0, end + change)), lines)
-            lines = list(map("".join, zip(heads, tails, strict=True)))
+            lines = list(map(space[:0].join, zip(heads, tails, strict=True)))
     return lines

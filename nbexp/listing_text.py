@@ -203,6 +203,21 @@ class Packed:
             start = at + 1
         return -1
 
+    def find_all(self, values: Iterable[str]) -> list[int]:
+        """The indexes of those of `values` that are here, in order: each found alone when
+        they are few, else through one map of every value (a search each would cost more)."""
+        wanted = set(values)
+        if len(wanted) <= 32:
+            return sorted(place for place in map(self.find, wanted) if place >= 0)
+        width = self.width
+        every = map(
+            self.blob.__getitem__,
+            map(
+                slice, range(0, len(self.blob), width), range(width, len(self.blob) + width, width)
+            ),
+        )
+        return [place for place, value in enumerate(every) if value in wanted]
+
     def insert(self, index: int, value: str) -> None:
         if len(value) != self.width:
             raise ValueError("a value of another length")
@@ -362,7 +377,7 @@ def patch(
     ):
         return None  # a column no row had a value for has one now
     ids, lengths = rows.ids, rows.lengths
-    places = sorted(place for place in map(ids.find, set(changed)) if place >= 0)
+    places = ids.find_all(changed)
     taken = [[column[place] for place in places] for column in lengths]
     for place in reversed(places):
         del ids[place], rows.created[place]

@@ -26,7 +26,7 @@ TAGS = ["best", "t", "a-much-longer-tag-than-any-other", "ok", "v2"]
 
 
 def _record(
-    store: Store, rng: random.Random, serial: int, *, ascii_only: bool = True
+    store: Store, rng: random.Random, serial: int, *, ascii_only: bool = True, new_keys: bool = True
 ) -> Experiment:
     """A record with values of every kind a column may hold: ints and floats in one column,
     strings with commas and quotes, a rare new key, a rare terminal escape in a name (and
@@ -34,7 +34,7 @@ def _record(
     params: dict[str, Any] = {"depth": rng.randint(1, 12), "lr": rng.choice([0.1, 0.01, 1e-05])}
     if rng.random() < 0.5:
         params["model"] = rng.choice(["rf", "gbm,v2", 'q"uote'])
-    if rng.random() < 0.08:
+    if new_keys and rng.random() < 0.08:
         params[f"new{serial}"] = rng.choice([1, 2.5, "s", [1, 2], True])
     metrics: dict[str, Any] = {"acc": rng.choice([rng.random(), rng.randint(0, 10**7), 1.0])}
     if rng.random() < 0.3:
@@ -178,3 +178,36 @@ def test_damaged_or_foreign_rows_are_never_used(project) -> None:
     for target in kept[1:]:  # each listing's rows in another's place
         target.write_bytes(kept[0].read_bytes())
     listed_after_a_tag("two")
+
+
+def test_many_changes_between_two_listings(project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep's forty records and a clean-up's forty removals between two listings: the
+    kept text patched all at once (every line split out; the removed rows found through one
+    map of the ids), as a full render prints it."""
+    real_patch, patched = text.patch, []
+    monkeypatch.setattr(
+        text, "patch", lambda *args: patched.append(real_patch(*args)) or patched[-1]
+    )
+    rng = random.Random(11)
+    store = open_store()
+    for serial in range(60):  # no column one row alone has: removing it would make it again
+        _record(store, rng, serial, new_keys=False)
+    for query, fmt in OPTIONS:
+        api.listing_text(query, fmt=fmt, store=store)
+    for row in rng.sample(store.rows(), 40):
+        store.delete(row["id"])
+    for serial in range(60, 100):
+        _record(store, rng, serial, new_keys=False)
+    for query, fmt in OPTIONS:
+        assert api.listing_text(query, fmt=fmt, store=store) == _full_render(store, query, fmt)
+    assert len(patched) == len(OPTIONS) and None not in patched
+
+
+def test_packed_ids_are_found_alone_or_all_at_once() -> None:
+    values = [f"{random.Random(i).getrandbits(128):032x}" for i in range(500)]
+    packed = text.Packed.of(values)
+    assert packed is not None and len(packed) == 500 and packed[7] == values[7]
+    absent = "f" * 31 + "g"
+    for wanted in (values[3:6], values[100:160]):  # few: searched; many: one map
+        assert packed.find_all([*wanted, absent]) == sorted(map(values.index, wanted))
+    assert packed.find(values[42][1:] + values[43][:1]) == -1  # straddling two: not an id

@@ -240,15 +240,16 @@ class KeptRows:
     rows: Any
 
 
-def encode_rows(kept: KeptRows, options: str) -> bytes | None:
-    """The rows file's bytes, or None when `kept.rows` holds a value that is not a core type."""
+def encode_rows(kept: KeptRows, options: str) -> list[bytes] | None:
+    """The rows file's bytes in pieces, or None when `kept.rows` holds a value that is not a
+    core type."""
     try:
         body = marshal.dumps(
             (FORMAT, _PYTHON, list(kept.generation), kept.last_change, options, kept.rows)
         )
     except ValueError:
         return None
-    return _ROWS_MAGIC + hash_bytes(body).encode("ascii") + body
+    return [_ROWS_MAGIC, hash_bytes(body).encode("ascii"), body]
 
 
 def read_rows(path: Path, options: str) -> KeptRows | None:

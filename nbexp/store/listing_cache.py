@@ -212,11 +212,6 @@ def prune_texts(folder: Path, keep: int = TEXTS_KEPT) -> None:
                 os.unlink(path)
 
 
-def forget(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink()
-
-
 # -- what patches a kept text ---------------------------------------------------------------
 #
 # Beside a text, `rows-<h>` keeps what the text's maker needs to patch it after a change

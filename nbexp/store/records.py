@@ -103,19 +103,19 @@ class StoreRecords(StoreIndex, StoreObjects):
         experiment: Experiment,
         *,
         cache: dict[str, Any] | None = None,
-        sealed: bytes | None = None,
+        sealed: tuple[dict[str, Any], bytes] | None = None,
     ) -> Experiment:
         """Write a new record (its id must be `make_id` of its content) and index it, with
         `cache` entries (`cache_put`; skipped if its table cannot take them) in the index's
-        same transaction. `sealed`: the
-        record's bytes as `seal` gave them for this experiment's body."""
+        same transaction. `sealed`: this experiment's body (`to_dict`) and the record's
+        bytes, as `seal` gave them, so neither is made again."""
         self._writable("recording an experiment")
-        body = experiment.to_dict()
+        body, data = sealed if sealed is not None else (experiment.to_dict(), None)
         path = self.record_path(experiment.id)
         if path.exists():
             raise StoreError(f"experiment {experiment.short_id} already exists")
         with self._file_writes(), self._publishing(experiment.id, path) as published:
-            syncing = self._publish(path, sealed or canonical_json(body) + b"\n")
+            syncing = self._publish(path, data or canonical_json(body) + b"\n")
             try:
                 # While the record's bytes and name go to disk: its row. The record is
                 # written, and records are the truth: a damaged index says to run `nbexp

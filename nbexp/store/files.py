@@ -122,18 +122,22 @@ class StoreFiles:
         work was, where its name alone does not."""
         note = self.tmp_dir / name
         temp = self._temp_path()
-        with open(temp, "wb") as handle:
+        # a bare descriptor: a file object would ask the system three more questions
+        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
             try:
-                if content:
-                    handle.write(content)
-                    handle.flush()
-                locks.exclusive(handle)
+                view = memoryview(content)
+                while view:
+                    view = view[os.write(descriptor, view) :]
+                locks.exclusive(descriptor)
                 os.replace(temp, note)
             except BaseException:
                 with contextlib.suppress(OSError):
                     temp.unlink()
                 raise
             yield note
+        finally:
+            os.close(descriptor)
 
     def write_file(self, target: Path, data: bytes) -> None:
         """Write a small file of the store (e.g. config.json) atomically and durably."""
@@ -216,34 +220,35 @@ def _sync_pool() -> Any:
 
 class Syncing:
     """The fsyncs of a file just renamed into place (its open `descriptor`, closed by
-    `wait`) and of its folder (and the folder's parent, when the folder is new), started side
-    by side in helper threads (which the GIL does not hold back during the calls) as soon as
-    the file is in place: one wait for the disk, as early as it can start, overlapping
-    whatever the caller does before `wait`. An error of the file's fsync is raised by
-    `wait`, as `os.fsync` raises it (a folder's fsync that fails is ignored, as `fsync_dir`
-    ignores it)."""
+    `wait`) and of its folder (and the folder's parent, when the folder is new), side by
+    side: the file's starts in a helper thread (which the GIL does not hold back during the
+    call) as soon as the file is in place, overlapping whatever the caller does before
+    `wait`; `wait` syncs the folders itself meanwhile, then joins it — one wait for the
+    disk, one hand-off to a thread. An error of the file's fsync is raised by `wait`, as
+    `os.fsync` raises it (a folder's fsync that fails is ignored, as `fsync_dir` ignores
+    it)."""
 
     def __init__(self, descriptor: int, folders: tuple[Path, ...]) -> None:
         self._descriptor = descriptor
         self._folders = folders  # the file's, and its parent when the folder is new
-        self._waits: list[Any] = []
+        self._file: Any = None
         with contextlib.suppress(RuntimeError):  # shutting down: no new threads (see `wait`)
-            pool = _sync_pool()
-            self._waits.append(pool.submit(os.fsync, descriptor))
-            for folder in folders:
-                self._waits.append(pool.submit(fsync_dir, folder))
+            self._file = _sync_pool().submit(os.fsync, descriptor)
 
     def wait(self) -> None:
         """Return once the file's bytes and its name are on disk."""
         try:
-            if not self._waits:
+            for folder in self._folders:
+                fsync_dir(folder)
+            if self._file is None:
                 os.fsync(self._descriptor)
-            for folder in self._folders[len(self._waits) - 1 :] if self._waits else self._folders:
-                fsync_dir(folder)  # those that could not be handed to a thread
-            for waiting in self._waits:
-                waiting.result()
+            else:
+                self._file.result()
         finally:
-            self._waits = []
+            pending, self._file = self._file, None
+            if pending is not None and not pending.done():  # interrupted: never close the
+                with contextlib.suppress(Exception):  # descriptor under the thread's fsync
+                    pending.exception()
             if self._descriptor >= 0:
                 os.close(self._descriptor)
                 self._descriptor = -1

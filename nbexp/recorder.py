@@ -301,7 +301,9 @@ class Recorder:
             run.extra_params = {**use.reads, **{k: value for k, (_, value) in routed.items()}}
             run.not_metrics = set(use.derived)
             run.params_files = use.keys_by_file()
-        if info is not None:  # a headless run's parameters cells (papermill's injected one)
+        if info is not None and not info.loaded.issubset(info.assigned):
+            # a headless run's parameters cells (papermill's injected one): only names the
+            # body reads and does not set can be params from there
             history = getattr(shell.history_manager, "input_hist_raw", []) or []
             run.extra_params = {
                 **headless.parameter_values(

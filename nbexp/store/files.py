@@ -60,9 +60,9 @@ class StoreFiles:
     def _publish(self, target: Path, data: bytes) -> Syncing:
         """Write `data` to `target` for readers to see all of it or nothing (a temp file
         renamed into place), and start making its bytes and its name durable: the file's
-        fsync and its folder's run side by side in helper threads while the caller goes on
-        (the record's index row is written meanwhile); `Syncing.wait` returns once both are
-        on disk. Only for records, whose note (`records._publishing`) covers the moment a
+        fsync runs in a helper thread while the caller goes on (the record's index row is
+        written meanwhile); `Syncing.wait` syncs its folder beside it and returns once both
+        are on disk. Only for records, whose note (`records._publishing`) covers the moment a
         power cut could leave the name on disk before the bytes, or the index row before
         either: the next open deletes a record that was never acknowledged and does not
         match its id, and the row of one that is missing."""
@@ -299,7 +299,7 @@ def is_utf8(text: str) -> bool:
 def file_identity(path: Path) -> tuple[int, int] | None:
     """(device, inode) of a file, or None if it is missing: tells a replaced file apart."""
     try:
-        stat = path.stat()
+        stat = os.stat(path)
     except OSError:
         return None
     return stat.st_dev, stat.st_ino

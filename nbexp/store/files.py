@@ -60,9 +60,9 @@ class StoreFiles:
     def _publish(self, target: Path, data: bytes) -> Syncing:
         """Write `data` to `target` for readers to see all of it or nothing (a temp file
         renamed into place), and start making its bytes and its name durable: the file's
-        fsync runs in a helper thread while the caller goes on (the record's index row is
-        written meanwhile); `Syncing.wait` syncs its folder beside it and returns once both
-        are on disk. Only for records, whose note (`records._publishing`) covers the moment a
+        fsync and its folder's run side by side in helper threads while the caller goes on
+        (the record's index row is written meanwhile); `Syncing.wait` returns once both are
+        on disk. Only for records, whose note (`records._publishing`) covers the moment a
         power cut could leave the name on disk before the bytes, or the index row before
         either: the next open deletes a record that was never acknowledged and does not
         match its id, and the row of one that is missing."""
@@ -220,35 +220,34 @@ def _sync_pool() -> Any:
 
 class Syncing:
     """The fsyncs of a file just renamed into place (its open `descriptor`, closed by
-    `wait`) and of its folder (and the folder's parent, when the folder is new), side by
-    side: the file's starts in a helper thread (which the GIL does not hold back during the
-    call) as soon as the file is in place, overlapping whatever the caller does before
-    `wait`; `wait` syncs the folders itself meanwhile, then joins it — one wait for the
-    disk, one hand-off to a thread. An error of the file's fsync is raised by `wait`, as
-    `os.fsync` raises it (a folder's fsync that fails is ignored, as `fsync_dir` ignores
-    it)."""
+    `wait`) and of its folder (and the folder's parent, when the folder is new), started side
+    by side in helper threads (which the GIL does not hold back during the calls) as soon as
+    the file is in place: one wait for the disk, as early as it can start, overlapping
+    whatever the caller does before `wait`. An error of the file's fsync is raised by
+    `wait`, as `os.fsync` raises it (a folder's fsync that fails is ignored, as `fsync_dir`
+    ignores it)."""
 
     def __init__(self, descriptor: int, folders: tuple[Path, ...]) -> None:
         self._descriptor = descriptor
         self._folders = folders  # the file's, and its parent when the folder is new
-        self._file: Any = None
+        self._waits: list[Any] = []
         with contextlib.suppress(RuntimeError):  # shutting down: no new threads (see `wait`)
-            self._file = _sync_pool().submit(os.fsync, descriptor)
+            pool = _sync_pool()
+            self._waits.append(pool.submit(os.fsync, descriptor))
+            for folder in folders:
+                self._waits.append(pool.submit(fsync_dir, folder))
 
     def wait(self) -> None:
         """Return once the file's bytes and its name are on disk."""
         try:
-            for folder in self._folders:
-                fsync_dir(folder)
-            if self._file is None:
+            if not self._waits:
                 os.fsync(self._descriptor)
-            else:
-                self._file.result()
+            for folder in self._folders[len(self._waits) - 1 :] if self._waits else self._folders:
+                fsync_dir(folder)  # those that could not be handed to a thread
+            for waiting in self._waits:
+                waiting.result()
         finally:
-            pending, self._file = self._file, None
-            if pending is not None and not pending.done():  # interrupted: never close the
-                with contextlib.suppress(Exception):  # descriptor under the thread's fsync
-                    pending.exception()
+            self._waits = []
             if self._descriptor >= 0:
                 os.close(self._descriptor)
                 self._descriptor = -1

@@ -46,6 +46,8 @@ class CodeInfo:
 
 def literal_value(node: ast.AST) -> tuple[bool, Any]:
     """(True, value) when `node` is a Python literal (incl. negative numbers and containers)."""
+    if type(node) is ast.Constant:  # most literals: what literal_eval would return
+        return True, node.value
     try:
         return True, ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):

@@ -301,7 +301,9 @@ class Recorder:
             run.extra_params = {**use.reads, **{k: value for k, (_, value) in routed.items()}}
             run.not_metrics = set(use.derived)
             run.params_files = use.keys_by_file()
-        if info is not None:  # a headless run's parameters cells (papermill's injected one)
+        if info is not None and not info.loaded.issubset(info.assigned):
+            # a headless run's parameters cells (papermill's injected one): only names the
+            # body reads and does not set can be params from there
             history = getattr(shell.history_manager, "input_hist_raw", []) or []
             run.extra_params = {
                 **headless.parameter_values(
@@ -407,14 +409,14 @@ class Recorder:
         try:
             with store.writing():
                 with store.object_batch():
-                    experiment, sealed = self._build(store, run)
+                    experiment, body, sealed = self._build(store, run)
                 # the --cache shortcut's lookup, in the same index transaction as the row
                 remembered = (
                     {f"run:{run.cache_key}": experiment.id}
                     if run.cache_key and experiment.status == STATUS_OK
                     else None
                 )
-                store.save(experiment, cache=remembered, sealed=sealed)
+                store.save(experiment, cache=remembered, sealed=(body, sealed))
         except Exception as error:  # recording must never cost the user their run
             result.not_recorded = (
                 str(error) if isinstance(error, NbexpError) else f"{type(error).__name__}: {error}"
@@ -530,9 +532,9 @@ class Recorder:
 
     # -- building the record --------------------------------------------------------------
 
-    def _build(self, store: Store, run: _Run) -> tuple[Experiment, bytes]:
-        """The record of a finished run, and its bytes (`Store.seal`): nothing is written
-        here but objects."""
+    def _build(self, store: Store, run: _Run) -> tuple[Experiment, dict[str, Any], bytes]:
+        """The record of a finished run, its JSON body and its bytes (`Store.seal`): nothing
+        is written here but objects."""
         options, info, logged, watch = run.options, run.info, run.logged, run.watch
         cell, source = run.cell, run.source
         shell = self.shell
@@ -727,7 +729,7 @@ class Recorder:
             links=links,
         )
         body, sealed = _sealed(draft, redact)
-        return Experiment.from_dict(body), sealed
+        return Experiment.from_dict(body), body, sealed
 
     def _evaluate(
         self,
@@ -859,6 +861,8 @@ def _bound_names(source: str) -> set[str]:
 def _refuse_top_level_await(source: str) -> None:
     """A body awaiting outside a function: IPython runs a cell magic as a plain call (no
     event loop to await on, as for %%time), so say so before anything runs."""
+    if "await" not in source and "async" not in source:  # most bodies: no second walk
+        return
     line = analysis.top_level_await(analysis.parse(source))
     if line is not None:
         raise NbexpError(

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 
-def exclusive(handle: IO[Any], *, wait: bool = True) -> None:
+def exclusive(handle: IO[Any] | int, *, wait: bool = True) -> None:
     """Take the file's exclusive lock; without `wait`, raise BlockingIOError if it is held."""
     fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
 

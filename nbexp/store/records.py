@@ -39,21 +39,23 @@ PUBLISHING = b"publishing\n"
 DELETING_SUFFIX = ".deleting"  # tmp/<id>.deleting: an experiment being deleted (delete)
 
 
-def _json_object(parts: dict[str, bytes]) -> bytes:
-    """`canonical_json` of a dict whose values come serialised already."""
-    return b"{" + b",".join(canonical_json(key) + b":" + parts[key] for key in sorted(parts)) + b"}"
+def _halves(body: dict[str, Any]) -> tuple[bytes, bytes]:
+    """A record's members (the id left out) that sort before "id" and those after it, each
+    as `canonical_json` writes them inside the record's braces: two serialisations, the
+    id then goes between them."""
+    before = canonical_json({key: value for key, value in body.items() if key < "id"})
+    after = canonical_json({key: value for key, value in body.items() if key > "id"})
+    return before[1:-1], after[1:-1]
 
 
-def _parts(body: dict[str, Any]) -> dict[str, bytes]:
-    """A record's top-level values, each as `canonical_json` (the id left out)."""
-    return {key: canonical_json(value) for key, value in body.items() if key != "id"}
-
-
-def _sealed(body: dict[str, Any], parts: dict[str, bytes]) -> bytes:
-    """Give `body` the id of its `parts`; the record's bytes."""
-    body["id"] = hash_bytes(_json_object(parts))
-    parts["id"] = canonical_json(body["id"])
-    return _json_object(parts) + b"\n"
+def _sealed(body: dict[str, Any], halves: tuple[bytes, bytes]) -> bytes:
+    """Give `body` the id of its content (`make_id`: the hash of `canonical_json` of it
+    without its id, which is what `halves` hold); the record's bytes (`canonical_json` of
+    it with its id)."""
+    before, after = halves
+    body["id"] = hash_bytes(b"{" + b",".join(part for part in halves if part) + b"}")
+    member = b'"id":' + canonical_json(body["id"])
+    return b"{" + b",".join(part for part in (before, member, after) if part) + b"}\n"
 
 
 class _Publishing:
@@ -88,34 +90,34 @@ class StoreRecords(StoreIndex, StoreObjects):
     @staticmethod
     def seal(body: dict[str, Any]) -> bytes:
         """Give `body` its id (`make_id`) and return the record's bytes as `save` writes
-        them, each top-level value serialised once for both."""
-        return _sealed(body, _parts(body))
+        them, its content serialised once for both."""
+        return _sealed(body, _halves(body))
 
     @staticmethod
     def seal_if(body: dict[str, Any], accept: Callable[[Iterable[bytes]], bool]) -> bytes | None:
-        """`seal`, if `accept` passes the serialised parts (the secrets check:
+        """`seal`, if `accept` passes the serialised content (the secrets check:
         `Redactor.finds_nothing_in_json`); else `body` is left as it was and None returned."""
-        parts = _parts(body)
-        return _sealed(body, parts) if accept(parts.values()) else None
+        halves = _halves(body)
+        return _sealed(body, halves) if accept(halves) else None
 
     def save(
         self,
         experiment: Experiment,
         *,
         cache: dict[str, Any] | None = None,
-        sealed: bytes | None = None,
+        sealed: tuple[dict[str, Any], bytes] | None = None,
     ) -> Experiment:
         """Write a new record (its id must be `make_id` of its content) and index it, with
         `cache` entries (`cache_put`; skipped if its table cannot take them) in the index's
-        same transaction. `sealed`: the
-        record's bytes as `seal` gave them for this experiment's body."""
+        same transaction. `sealed`: this experiment's body (`to_dict`) and the record's
+        bytes, as `seal` gave them, so neither is made again."""
         self._writable("recording an experiment")
-        body = experiment.to_dict()
+        body, data = sealed if sealed is not None else (experiment.to_dict(), None)
         path = self.record_path(experiment.id)
         if path.exists():
             raise StoreError(f"experiment {experiment.short_id} already exists")
         with self._file_writes(), self._publishing(experiment.id, path) as published:
-            syncing = self._publish(path, sealed or canonical_json(body) + b"\n")
+            syncing = self._publish(path, data or canonical_json(body) + b"\n")
             try:
                 # While the record's bytes and name go to disk: its row. The record is
                 # written, and records are the truth: a damaged index says to run `nbexp

@@ -153,18 +153,29 @@ def _is_library_module(name: str, module: Any, roots: tuple[str, ...]) -> bool:
     return path.startswith(roots)
 
 
+_module_ranks: dict[str, tuple[bool, int]] = {}  # module name -> (private, dots)
+
+
+def _module_rank(module: str) -> tuple[bool, int]:
+    """Whether a module's dotted name has a private part, and how deep it is (per name once:
+    a scan ranks thousands of places, most in a few modules)."""
+    known = _module_ranks.get(module)
+    if known is None:
+        known = _module_ranks[module] = (
+            any(part.startswith("_") for part in module.split(".")),
+            module.count("."),
+        )
+    return known
+
+
 def _rank(path: LibraryPath) -> tuple[bool, bool, int, int, str]:
     """Prefer a short public path (`scipy.stats.loguniform`) over where it was defined."""
-    private = any(part.startswith("_") for part in path[0].split("."))
-    return (private, path[1].startswith("_"), len(path), path[0].count("."), path[0])
+    private, dots = _module_rank(path[0])
+    return (private, path[1].startswith("_"), len(path), dots, path[0])
 
 
-def _note(value: Any, path: LibraryPath) -> None:
-    key = id(value)
-    known = _library.get(key)
-    if known is None:
-        _library[key] = path
-        return
+def _collide(key: int, known: LibraryPath, path: LibraryPath) -> None:
+    """A value met at a second place: keep the better-ranked one."""
     rank, known_rank = _rank(path), _ranks.get(key)
     if known_rank is None:
         known_rank = _ranks[key] = _rank(known)
@@ -201,38 +212,70 @@ def _is_descriptor(value: Any) -> bool:
 
 
 def _scan_module(name: str, module: types.ModuleType) -> None:
-    """Note a library module's instances, those of its classes and of its dicts (rcParams)."""
+    """Note a library module's instances, those of its classes and of its dicts (rcParams).
+
+    The hot loop of a first record (a package's hundreds of modules, some 60,000 values):
+    the per-type verdicts are looked up inline and a place is written straight into the map
+    unless its value was met before (`_collide` ranks the two places, as `_note` does)."""
     try:
         items = list(vars(module).items())
     except TypeError:
         return
     excluded = _excluded_types
+    library = _library
+    never = _never_library
     for attribute, value in items:
-        if attribute.startswith("__"):
+        if attribute[:2] == "__":
             continue
         if isinstance(value, type):
             if getattr(value, "__module__", None) != name:
                 continue
             for inner, member in list(vars(value).items()):
-                if excluded.get(type(member)) or inner.startswith("__"):
+                if excluded.get(type(member)) or inner[:2] == "__":
                     continue
-                if _never_library(member):
+                if never(member):
                     continue
                 if _is_descriptor(member):  # a descriptor (six's lazy imports...)
                     continue
-                _note(member, (name, attribute, "attr", inner))
+                path: LibraryPath = (name, attribute, "attr", inner)
+                known = library.get(id(member))
+                if known is None:
+                    library[id(member)] = path
+                else:
+                    _collide(id(member), known, path)
             continue
-        if _never_library(value):
+        verdict = excluded.get(type(value))
+        if verdict if verdict is not None else never(value):
             continue
-        _note(value, (name, attribute))
+        known = library.get(id(value))
+        if known is None:
+            library[id(value)] = (name, attribute)
+        else:
+            _collide(id(value), known, (name, attribute))
         if isinstance(value, dict) and len(value) <= 10_000:
             for key, member in list(dict.items(value)):
-                if isinstance(key, str) and not _never_library(member):
-                    _note(member, (name, attribute, "item", key))
+                if not isinstance(key, str):
+                    continue
+                verdict = excluded.get(type(member))
+                if verdict if verdict is not None else never(member):
+                    continue
+                path = (name, attribute, "item", key)
+                known = library.get(id(member))
+                if known is None:
+                    library[id(member)] = path
+                else:
+                    _collide(id(member), known, path)
         elif isinstance(value, (list, tuple)) and len(value) <= 10_000:
             for position, member in enumerate(value):
-                if not _never_library(member):
-                    _note(member, (name, attribute, "index", str(position)))
+                verdict = excluded.get(type(member))
+                if verdict if verdict is not None else never(member):
+                    continue
+                path = (name, attribute, "index", str(position))
+                known = library.get(id(member))
+                if known is None:
+                    library[id(member)] = path
+                else:
+                    _collide(id(member), known, path)
 
 
 def _library_objects() -> dict[int, LibraryPath]:

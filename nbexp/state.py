@@ -211,12 +211,32 @@ def _is_descriptor(value: Any) -> bool:
     return verdict
 
 
+def _scan_class(name: str, attribute: str, cls: type) -> None:
+    """Note the instances a library class defined in module `name` holds as attributes."""
+    excluded = _excluded_types
+    library = _library
+    for inner, member in list(vars(cls).items()):
+        if excluded.get(type(member)) or inner[:2] == "__":
+            continue
+        if _never_library(member):
+            continue
+        if _is_descriptor(member):  # a descriptor (six's lazy imports...)
+            continue
+        path: LibraryPath = (name, attribute, "attr", inner)
+        known = library.get(id(member))
+        if known is None:
+            library[id(member)] = path
+        else:
+            _collide(id(member), known, path)
+
+
 def _scan_module(name: str, module: types.ModuleType) -> None:
     """Note a library module's instances, those of its classes and of its dicts (rcParams).
 
     The hot loop of a first record (a package's hundreds of modules, some 60,000 values):
-    the per-type verdicts are looked up inline and a place is written straight into the map
-    unless its value was met before (`_collide` ranks the two places, as `_note` does)."""
+    each value's type verdict is looked up once, inline (a class is always one of the excluded
+    values, so only those are asked whether they are classes), and a place is written straight
+    into the map unless its value was met before (`_collide` ranks the two places)."""
     try:
         items = list(vars(module).items())
     except TypeError:
@@ -227,25 +247,15 @@ def _scan_module(name: str, module: types.ModuleType) -> None:
     for attribute, value in items:
         if attribute[:2] == "__":
             continue
-        if isinstance(value, type):
-            if getattr(value, "__module__", None) != name:
-                continue
-            for inner, member in list(vars(value).items()):
-                if excluded.get(type(member)) or inner[:2] == "__":
-                    continue
-                if never(member):
-                    continue
-                if _is_descriptor(member):  # a descriptor (six's lazy imports...)
-                    continue
-                path: LibraryPath = (name, attribute, "attr", inner)
-                known = library.get(id(member))
-                if known is None:
-                    library[id(member)] = path
-                else:
-                    _collide(id(member), known, path)
-            continue
-        verdict = excluded.get(type(value))
-        if verdict if verdict is not None else never(value):
+        kind = type(value)
+        verdict = excluded.get(kind)
+        if verdict is None:
+            verdict = never(value)
+        if verdict:  # never a library object itself; a class's members may be
+            if (kind is type or isinstance(value, type)) and getattr(
+                value, "__module__", None
+            ) == name:
+                _scan_class(name, attribute, value)
             continue
         known = library.get(id(value))
         if known is None:

@@ -39,6 +39,7 @@ import notebooks  # noqa: E402
 def run_item(
     requirement: str, path: str, profile: cProfile.Profile | None, later_only: bool = False
 ) -> float:
+    from IPython import get_ipython
     from IPython.testing.globalipapp import start_ipython
 
     from nbexp import state
@@ -48,7 +49,7 @@ def run_item(
     cells = notebooks.load_cells(source)
     folder = tempfile.mkdtemp(prefix="nbexp-bench-snapshots-")
     os.chdir(source.parent)  # data files the example reads beside itself
-    shell = start_ipython()
+    shell = start_ipython() or get_ipython()  # the second item: the shell started already
     shell.reset(new_session=True)
     store = open_store(os.path.join(folder, ".nbexp"))
     total = 0.0

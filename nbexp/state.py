@@ -1361,8 +1361,8 @@ def _group_in_segments(
     None (pickle the group as one tuple, with the `shared` arrays' views as windows) when a
     view was pickled by value while its root, or another view of that root, is in the group
     too: as one tuple, they would be windows. Unless the tuple would store exactly what the
-    segments store (`_same_as_tuple`, `_continued_as_tuple`): a figure's own views of its own arrays (matplotlib
-    keeps many) made every figure group pickle the figure twice."""
+    segments store (`_same_as_tuple`, `_continued_as_tuple`): a figure's own views of its own
+    arrays (an undrawn line keeps some) made its group pickle the figure twice."""
     base_name = max(
         (name for name in members if name in pickled),
         key=lambda name: len(pickled[name].memo),

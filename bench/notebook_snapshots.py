@@ -10,7 +10,10 @@ No kernel, no recording of anything else: the part of an experiment's cost that 
 the notebook's state. Compare two checkouts by running it with each on ``PYTHONPATH``, back
 to back. Never asserts.
 
-    PYTHONPATH=. .venv/bin/python bench/notebook_snapshots.py NAME [NAME ...] [--profile]
+    PYTHONPATH=. .venv/bin/python bench/notebook_snapshots.py NAME [NAME ...] [--profile [--later]]
+
+`--later` profiles only each item's snapshots after its first (the steady cost, without the
+first record's one-time library scan).
 
 NAME is a substring of a corpus item's name (as for `notebooks.py --only`).
 """
@@ -33,7 +36,10 @@ sys.path.insert(0, str(BENCH))
 import notebooks  # noqa: E402
 
 
-def run_item(requirement: str, path: str, profile: cProfile.Profile | None) -> float:
+def run_item(
+    requirement: str, path: str, profile: cProfile.Profile | None, later_only: bool = False
+) -> float:
+    from IPython import get_ipython
     from IPython.testing.globalipapp import start_ipython
 
     from nbexp import state
@@ -43,10 +49,11 @@ def run_item(requirement: str, path: str, profile: cProfile.Profile | None) -> f
     cells = notebooks.load_cells(source)
     folder = tempfile.mkdtemp(prefix="nbexp-bench-snapshots-")
     os.chdir(source.parent)  # data files the example reads beside itself
-    shell = start_ipython()
+    shell = start_ipython() or get_ipython()  # the second item: the shell started already
     shell.reset(new_session=True)
     store = open_store(os.path.join(folder, ".nbexp"))
     total = 0.0
+    first = True
     print(f"{notebooks.item_name(path)} (load average {os.getloadavg()[0]:.2f})")
     for index, cell in enumerate(cells):
         shell.run_cell(cell, store_history=True)
@@ -54,11 +61,13 @@ def run_item(requirement: str, path: str, profile: cProfile.Profile | None) -> f
             continue
         values, imports, secrets = state.select_variables(shell.user_ns, shell.user_ns_hidden)
         cpu = time.thread_time()
-        if profile is not None:
+        profiled = profile is not None and not (later_only and first)
+        first = False
+        if profiled:
             profile.enable()
         with store.writing(), store.object_batch():
             snap = state.snapshot(store, values, imports=imports, secret_names=secrets)
-        if profile is not None:
+        if profiled:
             profile.disable()
         cpu = time.thread_time() - cpu
         total += cpu
@@ -76,6 +85,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="+", help="substrings of corpus item names")
     parser.add_argument("--profile", action="store_true", help="cProfile the snapshots")
+    parser.add_argument(
+        "--later", action="store_true", help="profile only each item's later snapshots"
+    )
     args = parser.parse_args()
     os.environ.setdefault("MPLBACKEND", "Agg")
     chosen = [
@@ -84,7 +96,7 @@ def main() -> int:
         if any(name in notebooks.item_name(path) for name in args.names)
     ]
     profile = cProfile.Profile() if args.profile else None
-    grand = sum(run_item(requirement, path, profile) for requirement, path in chosen)
+    grand = sum(run_item(requirement, path, profile, args.later) for requirement, path in chosen)
     print(f"all: {grand * 1000:.0f} ms CPU; load average {os.getloadavg()[0]:.2f} at end")
     if profile is not None:
         out = io.StringIO()

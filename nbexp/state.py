@@ -153,18 +153,29 @@ def _is_library_module(name: str, module: Any, roots: tuple[str, ...]) -> bool:
     return path.startswith(roots)
 
 
+_module_ranks: dict[str, tuple[bool, int]] = {}  # module name -> (private, dots)
+
+
+def _module_rank(module: str) -> tuple[bool, int]:
+    """Whether a module's dotted name has a private part, and how deep it is (per name once:
+    a scan ranks thousands of places, most in a few modules)."""
+    known = _module_ranks.get(module)
+    if known is None:
+        known = _module_ranks[module] = (
+            any(part.startswith("_") for part in module.split(".")),
+            module.count("."),
+        )
+    return known
+
+
 def _rank(path: LibraryPath) -> tuple[bool, bool, int, int, str]:
     """Prefer a short public path (`scipy.stats.loguniform`) over where it was defined."""
-    private = any(part.startswith("_") for part in path[0].split("."))
-    return (private, path[1].startswith("_"), len(path), path[0].count("."), path[0])
+    private, dots = _module_rank(path[0])
+    return (private, path[1].startswith("_"), len(path), dots, path[0])
 
 
-def _note(value: Any, path: LibraryPath) -> None:
-    key = id(value)
-    known = _library.get(key)
-    if known is None:
-        _library[key] = path
-        return
+def _collide(key: int, known: LibraryPath, path: LibraryPath) -> None:
+    """A value met at a second place: keep the better-ranked one."""
     rank, known_rank = _rank(path), _ranks.get(key)
     if known_rank is None:
         known_rank = _ranks[key] = _rank(known)
@@ -200,39 +211,81 @@ def _is_descriptor(value: Any) -> bool:
     return verdict
 
 
+def _scan_class(name: str, attribute: str, cls: type) -> None:
+    """Note the instances a library class defined in module `name` holds as attributes."""
+    excluded = _excluded_types
+    library = _library
+    for inner, member in list(vars(cls).items()):
+        if excluded.get(type(member)) or inner[:2] == "__":
+            continue
+        if _never_library(member):
+            continue
+        if _is_descriptor(member):  # a descriptor (six's lazy imports...)
+            continue
+        path: LibraryPath = (name, attribute, "attr", inner)
+        known = library.get(id(member))
+        if known is None:
+            library[id(member)] = path
+        else:
+            _collide(id(member), known, path)
+
+
 def _scan_module(name: str, module: types.ModuleType) -> None:
-    """Note a library module's instances, those of its classes and of its dicts (rcParams)."""
+    """Note a library module's instances, those of its classes and of its dicts (rcParams).
+
+    The hot loop of a first record (a package's hundreds of modules, some 60,000 values):
+    each value's type verdict is looked up once, inline (a class is always one of the excluded
+    values, so only those are asked whether they are classes), and a place is written straight
+    into the map unless its value was met before (`_collide` ranks the two places)."""
     try:
         items = list(vars(module).items())
     except TypeError:
         return
     excluded = _excluded_types
+    library = _library
+    never = _never_library
     for attribute, value in items:
-        if attribute.startswith("__"):
+        if attribute[:2] == "__":
             continue
-        if isinstance(value, type):
-            if getattr(value, "__module__", None) != name:
-                continue
-            for inner, member in list(vars(value).items()):
-                if excluded.get(type(member)) or inner.startswith("__"):
-                    continue
-                if _never_library(member):
-                    continue
-                if _is_descriptor(member):  # a descriptor (six's lazy imports...)
-                    continue
-                _note(member, (name, attribute, "attr", inner))
+        kind = type(value)
+        verdict = excluded.get(kind)
+        if verdict is None:
+            verdict = never(value)
+        if verdict:  # never a library object itself; a class's members may be
+            if (kind is type or isinstance(value, type)) and getattr(
+                value, "__module__", None
+            ) == name:
+                _scan_class(name, attribute, value)
             continue
-        if _never_library(value):
-            continue
-        _note(value, (name, attribute))
+        known = library.get(id(value))
+        if known is None:
+            library[id(value)] = (name, attribute)
+        else:
+            _collide(id(value), known, (name, attribute))
         if isinstance(value, dict) and len(value) <= 10_000:
             for key, member in list(dict.items(value)):
-                if isinstance(key, str) and not _never_library(member):
-                    _note(member, (name, attribute, "item", key))
+                if not isinstance(key, str):
+                    continue
+                verdict = excluded.get(type(member))
+                if verdict if verdict is not None else never(member):
+                    continue
+                path = (name, attribute, "item", key)
+                known = library.get(id(member))
+                if known is None:
+                    library[id(member)] = path
+                else:
+                    _collide(id(member), known, path)
         elif isinstance(value, (list, tuple)) and len(value) <= 10_000:
             for position, member in enumerate(value):
-                if not _never_library(member):
-                    _note(member, (name, attribute, "index", str(position)))
+                verdict = excluded.get(type(member))
+                if verdict if verdict is not None else never(member):
+                    continue
+                path = (name, attribute, "index", str(position))
+                known = library.get(id(member))
+                if known is None:
+                    library[id(member)] = path
+                else:
+                    _collide(id(member), known, path)
 
 
 def _library_objects() -> dict[int, LibraryPath]:
@@ -473,6 +526,9 @@ def _pickler_class() -> type:
             self._arrays: set[int] = set()  # ids of arrays pickled so far (the memo holds them)
             # root id -> contiguous views of it pickled by value so far (windows for later ones)
             self._holders: dict[int, list[Any]] = {}
+            # ids of the roots of every view met: the only place `view_roots` changes a
+            # decision (see `_group_in_segments`)
+            self.met_roots: set[int] = set()
             # (view, root) of the views pickled by value: no window on anything met before
             self.copied_views: list[tuple[Any, Any]] = []
             self._lines: dict[str, tuple[str, ...]] = {}
@@ -534,6 +590,7 @@ def _pickler_class() -> type:
             root that holds it (`X = np.arange(12.0).reshape(4, 3)` is a view too, of an
             array no variable holds, and `x = X[:, 0]` lies in it)."""
             key = id(root)
+            self.met_roots.add(key)
             if key in self._arrays or key in self._view_roots:
                 return window_reduce(view, root)
             holders = self._holders.setdefault(key, [])
@@ -760,6 +817,8 @@ class _Pickled:
     loose_views: bool = False
     # ids of the roots of views pickled by value (in this pickle and those it continues)
     copied_roots: frozenset[int] = frozenset()
+    # ids of the roots of every view it met (pickled as a window or by value)
+    met_roots: frozenset[int] = frozenset()
 
 
 def _content_hash(pickle_hash: str, chunk_lists: Iterable[list[str]]) -> str:
@@ -794,14 +853,9 @@ class _Writer:
         *,
         track: bool,
         view_roots: Collection[int] = (),
-        after: _Pickled | None = None,
     ) -> _Pickled:
         """Pickle `value`, refusing secrets; with `track`, keep the memo (what it holds) and
-        the roots of views pickled by value; views of `view_roots` are pickled as views.
-
-        `after` (a tracked pickle): continue it — objects it holds are fetched from its memo,
-        views of its arrays are windows on them; the result holds both memos. Its bytes load
-        only after `after`'s (see `_group_in_segments`)."""
+        the roots of views pickled by value; views of `view_roots` are pickled as views."""
         buffers: list[pickle.PickleBuffer] = []
 
         def out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -812,7 +866,7 @@ class _Writer:
             return False
 
         pickler: Any = None
-        if after is None and type(value) in _SAVED_BY_PICKLE:
+        if type(value) in _SAVED_BY_PICKLE:
             # pickle writes these itself, never asking `reducer_override`: the same bytes
             # without building a pickler (most of a scalar's cost); a str or bytes is the
             # only object its memo would hold
@@ -822,30 +876,14 @@ class _Writer:
             )
         else:
             sink = io.BytesIO()
-            if after is not None:
-                track, view_roots = True, after.memo
             pickler = self.pickler_class(sink, self.plans, view_roots, buffer_callback=out_of_band)
-            if after is not None:
-                pickler.memo = after.memo
             pickler.dump(value)
             payload = sink.getvalue()
             memo = pickler.memo.copy() if track else {}
-        for needle in self.needles:
-            if needle in payload:
-                raise UnstorableError("holds a credential value, so it is not stored")
-        pickle_hash = xxhash.xxh3_128_hexdigest(payload)
-        size = len(payload)
-        chunk_lists: list[list[str]] = []
-        for buffer in buffers:
-            raw = buffer.raw()
-            chunk_lists.append(self._chunks(buffer, raw))
-            size += raw.nbytes
-        pickled = _Pickled(
-            payload, pickle_hash, chunk_lists, size, _content_hash(pickle_hash, chunk_lists)
-        )
+        pickled = self.finish(payload, buffers)
         if track:
             pickled.memo = memo
-            copied: set[int] = set(after.copied_roots) if after is not None else set()
+            copied: set[int] = set()
             for view, root in pickler.copied_views if pickler is not None else ():
                 key = id(root)
                 # its root pickled later, or another view of the same root pickled by value:
@@ -857,7 +895,24 @@ class _Writer:
                     # a view reaches its base's memory: `x = X[:, 0]` joins X
                     pickled.roots[key] = root
             pickled.copied_roots = frozenset(copied)
+            pickled.met_roots = frozenset(pickler.met_roots) if pickler is not None else frozenset()
         return pickled
+
+    def finish(self, payload: bytes, buffers: list[pickle.PickleBuffer]) -> _Pickled:
+        """A pickle refused if it holds a secret, else hashed, its buffers stored as chunks."""
+        for needle in self.needles:
+            if needle in payload:
+                raise UnstorableError("holds a credential value, so it is not stored")
+        pickle_hash = xxhash.xxh3_128_hexdigest(payload)
+        size = len(payload)
+        chunk_lists: list[list[str]] = []
+        for buffer in buffers:
+            raw = buffer.raw()
+            chunk_lists.append(self._chunks(buffer, raw))
+            size += raw.nbytes
+        return _Pickled(
+            payload, pickle_hash, chunk_lists, size, _content_hash(pickle_hash, chunk_lists)
+        )
 
     def _chunks(self, buffer: pickle.PickleBuffer, raw: memoryview) -> list[str]:
         key = _address(raw)
@@ -897,6 +952,84 @@ class _Writer:
             entry["buffers"] = pickled.chunks
         self.result.total_bytes += pickled.size
         return entry
+
+
+class _Continuation:
+    """One pickler that continues a tracked pickle (its memo copied in once) for the members
+    of a group that pickle lacks, each `dump` a segment loading after the ones before.
+
+    Nothing copies its memo back out (for a figure's 20,000 entries that cost more than the
+    continuation itself): where a member lies in the memo is asked of the pickler itself —
+    pickling an object it already holds writes only the opcode that fetches it (`index`) —
+    and whether a root of a view lies in it is answered by the base's memo and the arrays
+    this pickler met (every ndarray it pickles passes `reducer_override`, and is memoized)."""
+
+    def __init__(self, writer: _Writer, base: _Pickled) -> None:
+        self.writer = writer
+        self.base = base
+        self.buffers: list[pickle.PickleBuffer] = []
+        self.sink = io.BytesIO()
+        self.pickler = writer.pickler_class(
+            self.sink, writer.plans, base.memo, buffer_callback=self._out_of_band
+        )
+        self.pickler.memo = base.memo
+        self.copied: set[int] = set(base.copied_roots)
+
+    def _out_of_band(self, buffer: pickle.PickleBuffer) -> bool:
+        if memoryview(buffer).nbytes < IN_BAND_LIMIT:
+            return True
+        self.buffers.append(buffer)
+        return False
+
+    def _pickle(self, value: Any) -> bytes:
+        self.sink.seek(0)
+        self.sink.truncate()
+        self.pickler.dump(value)
+        return self.sink.getvalue()
+
+    def holds(self, key: int) -> bool:
+        """Whether the memo holds the ndarray with id `key` (a view's root)."""
+        return key in self.base.memo or key in self.pickler._arrays
+
+    def index(self, value: Any) -> int | None:
+        """`value`'s place in the memo, if it holds it (else None, and the memo is spoilt:
+        the value was pickled by this very question, so the group must be given up)."""
+        return _fetched_index(self._pickle(value))
+
+    def dump(self, value: Any) -> _Pickled | None:
+        """The segment that pickles `value` after the parts before it; None when the memo
+        holds it already (no segment needed)."""
+        self.buffers.clear()
+        start = len(self.pickler.copied_views)
+        payload = self._pickle(value)
+        if _fetched_index(payload) is not None:
+            return None
+        segment = self.writer.finish(payload, self.buffers)
+        for _view, root in self.pickler.copied_views[start:]:
+            key = id(root)
+            # its root pickled in some part, or another view of it pickled by value: in one
+            # tuple they would be windows (the same test `_Writer.dump` makes on its memo)
+            if self.holds(key) or key in self.copied:
+                segment.loose_views = True
+            self.copied.add(key)
+        return segment
+
+    def loose_roots(self) -> bool:
+        """Whether a view was pickled by value in one part while its root is in another."""
+        return any(self.holds(key) for key in self.copied)
+
+
+def _fetched_index(payload: bytes) -> int | None:
+    """The memo index a pickle consisting of one memo fetch fetches (protocol 5: PROTO,
+    perhaps a FRAME, BINGET or LONG_BINGET, STOP), else None."""
+    body = payload[2:] if payload[:1] == pickle.PROTO else payload
+    if body[:1] == pickle.FRAME:
+        body = body[9:]
+    if len(body) == 3 and body[:1] == pickle.BINGET and body[2:] == pickle.STOP:
+        return body[1]
+    if len(body) == 6 and body[:1] == pickle.LONG_BINGET and body[5:] == pickle.STOP:
+        return int(struct.unpack("<I", body[1:5])[0])
+    return None
 
 
 def _address(raw: memoryview) -> tuple[int, int] | None:
@@ -1056,7 +1189,7 @@ def _snapshot(
             }
             continue
         try:
-            group = _group_in_segments(members, values, pickled, writer)
+            group = _group_in_segments(members, values, pickled, writer, sharing.shared)
         except StoreError:
             raise
         except Exception:  # a member not pickled alone failed: try the group as one tuple
@@ -1212,52 +1345,102 @@ class _Sharing:
 
 
 def _group_in_segments(
-    members: list[str], values: Mapping[str, Any], pickled: Mapping[str, _Pickled], writer: _Writer
+    members: list[str],
+    values: Mapping[str, Any],
+    pickled: Mapping[str, _Pickled],
+    writer: _Writer,
+    shared: Collection[int],
 ) -> _Pickled | None:
     """A group's pickle built on its largest member's own pickle instead of pickling the whole
     group again: that pickle's bytes, then each member it does not hold (`axs`, an array of
     the axes of the `fig` it follows) pickled as a continuation of it — only the objects it
-    adds, the rest fetched from the memo —, then the members fetched from the memo into one
-    tuple. A figure, its axes and its array of axes cost one pickle of the figure.
+    adds, the rest fetched from the memo (`_Continuation`) —, then the members fetched from
+    the memo into one tuple. A figure, its axes and its array of axes cost one pickle of the
+    figure.
 
-    None (pickle the group as one tuple) when a view was pickled by value while its root, or
-    another view of that root, is in the group too: as one tuple, they would be windows."""
-    base = max(
-        (pickled[name] for name in members if name in pickled),
-        key=lambda item: len(item.memo),
+    None (pickle the group as one tuple, with the `shared` arrays' views as windows) when a
+    view was pickled by value while its root, or another view of that root, is in the group
+    too: as one tuple, they would be windows. Unless the tuple would store exactly what the
+    segments store (`_same_as_tuple`, `_continued_as_tuple`): a figure's own views of its own
+    arrays (an undrawn line keeps some) made its group pickle the figure twice."""
+    base_name = max(
+        (name for name in members if name in pickled),
+        key=lambda name: len(pickled[name].memo),
         default=None,
     )
-    if base is None or base.loose_views or not base.payload.endswith(pickle.STOP):
+    if base_name is None:
+        return None
+    base = pickled[base_name]
+    like_tuple = base.loose_views and _same_as_tuple(base_name, members, base, shared)
+    if (base.loose_views and not like_tuple) or not base.payload.endswith(pickle.STOP):
         return None
     parts = [base.payload[:-1] + pickle.POP]  # POP: STOP's length, the last frame keeps its own
     chunks = list(base.chunks)
     size = base.size - len(base.payload)
-    last = base
-    for name in members:
-        held = last.memo.get(id(values[name]))
-        if held is not None and held[1] is values[name]:
-            continue
-        segment = writer.dump(values[name], track=True, after=last)
-        if segment.loose_views or not segment.payload.endswith(pickle.STOP):
-            return None
-        parts.append(segment.payload[:-1] + pickle.POP)
-        chunks.extend(segment.chunks)
-        size += segment.size - len(segment.payload)
-        last = segment
-    if any(root in last.memo for root in last.copied_roots):
-        return None  # a view pickled by value before its root, in another part
     indexes = []
+    continuation: _Continuation | None = None
     for name in members:
-        held = last.memo.get(id(values[name]))
-        if held is None or held[1] is not values[name]:
+        value = values[name]
+        held = base.memo.get(id(value))
+        if held is not None and held[1] is value:
+            indexes.append(held[0])
+            continue
+        if continuation is None:
+            continuation = _Continuation(writer, base)
+        segment = continuation.dump(value)  # None: an earlier segment holds it
+        if segment is not None:
+            if segment.loose_views or not segment.payload.endswith(pickle.STOP):
+                return None
+            parts.append(segment.payload[:-1] + pickle.POP)
+            chunks.extend(segment.chunks)
+            size += segment.size - len(segment.payload)
+        index = continuation.index(value)
+        if index is None:
             return None  # (an atom: not in any memo)
-        indexes.append(held[0])
+        indexes.append(index)
+    if continuation is not None:
+        if like_tuple:
+            if not _continued_as_tuple(continuation, base, shared):
+                return None
+        elif continuation.loose_roots():
+            return None  # a view pickled by value before its root, in another part
     fetch = b"".join(_memo_get(index) for index in indexes)
     payload = b"".join(parts) + pickle.MARK + fetch + pickle.TUPLE + pickle.STOP
     pickle_hash = xxhash.xxh3_128_hexdigest(payload)
     return _Pickled(
         payload, pickle_hash, chunks, size + len(payload), _content_hash(pickle_hash, chunks)
     )
+
+
+def _same_as_tuple(
+    base_name: str, members: list[str], base: _Pickled, shared: Collection[int]
+) -> bool:
+    """Whether pickling the group as one tuple would pickle the base member exactly as its own
+    pickle did, views by value included. Why that holds when this says so: the tuple pickles
+    its members in order, so a base that comes first is met first, object by object in the
+    same order as alone; the one thing the tuple's pickler does differently is to pickle a view
+    of a `shared` root as a window on it, and it is asked only about the roots of views met
+    (`_StatePickler._window`) — none of which is shared here. The members after it are checked
+    by `_group_in_segments`."""
+    return members[0] == base_name and not any(key in shared for key in base.met_roots)
+
+
+def _continued_as_tuple(
+    continuation: _Continuation, base: _Pickled, shared: Collection[int]
+) -> bool:
+    """Whether the tuple would pickle the members after the base as the continuation did.
+    Its pickler differs from the continuation's only in what it asks about a view's root
+    (`_StatePickler._window`): a root the base holds is a window for both (the tuple met
+    it in the base's part, the continuation has the base's memo); else the tuple tries a
+    `shared` root as a window, and the contiguous views of it the base's part met as
+    holders. So every root the continuation met is either held by the base, or neither
+    shared nor met by the base. And no root of a view pickled by value (by either) was
+    pickled by the continuation afterwards."""
+    pickler = continuation.pickler
+    for key in pickler.met_roots:
+        if key not in base.memo and (key in shared or key in base.met_roots):
+            return False
+    return not any(key in pickler._arrays for key in continuation.copied)
 
 
 def _memo_get(index: int) -> bytes:

@@ -542,3 +542,41 @@ def test_a_group_is_built_on_its_members_pickles_not_pickled_again_whole(ip, cap
     assert ns["axs"][0, 0] is ns["fig"].axes[0] and ns["row"][1] is ns["axs"][0, 1]
     ns["row"][0].set_title("edited")
     assert ns["fig"].axes[0].get_title() == "edited"
+
+
+def test_a_figure_whose_own_pickle_copies_views_is_pickled_once_for_its_group(ip, capsys):
+    # an undrawn line keeps views of arrays its figure also holds, and its figure's pickle
+    # copies them: the group (the figure first, its axes after) was then pickled whole
+    # again as one tuple, the figure a second time. A figure made without pyplot is never
+    # drawn by the record. Its restore is the tuple's: views as they were, sharing kept.
+    experiment = record(
+        ip,
+        "undrawn",
+        """
+        import matplotlib.figure
+        import numpy as np
+
+        figure_getstate = matplotlib.figure.Figure.__getstate__
+        pickles = []
+
+        def counting(self):
+            pickles.append(1)
+            return figure_getstate(self)
+
+        matplotlib.figure.Figure.__getstate__ = counting
+        fig = matplotlib.figure.Figure()
+        axs = fig.subplots(ncols=2)
+        axs[0].plot(np.arange(5.0), np.arange(5.0) ** 2)
+        """,
+    )
+    ns = ip.user_ns
+    ns["matplotlib"].figure.Figure.__getstate__ = ns["figure_getstate"]
+    assert len(ns["pickles"]) == 1
+    variables = experiment.state["variables"]
+    assert variables["axs"]["in_group"] == "fig"
+    clobber(ip, "fig", "axs")
+    exp_restore(ip, capsys, "undrawn")
+    assert ns["axs"][0] is ns["fig"].axes[0] and ns["axs"][1] is ns["fig"].axes[1]
+    np.testing.assert_array_equal(ns["axs"][0].lines[0].get_ydata(), np.arange(5.0) ** 2)
+    ns["axs"][1].set_title("edited")
+    assert ns["fig"].axes[1].get_title() == "edited"

@@ -870,6 +870,68 @@ def profile_slowest(results: list[Result], work: Path, count: int, timeout: floa
         print(f"  {seconds * 1000:9.1f} ms  {label}")
 
 
+# ---- what nbexp adds to every cell ----------------------------------------------------------
+
+# What runs (as harness cells) before the notebook's cells, in each variant: nothing, the
+# package imported, the extension loaded and its load-time work given time to finish, and the
+# extension loaded right before the first cell (its background warm-up still running).
+CELL_COST_VARIANTS: dict[str, list[str]] = {
+    "a plain": [],
+    "b import nbexp": ["import nbexp"],
+    "c %load_ext, settled": ["%load_ext nbexp", "__import__('time').sleep(5)"],
+    "d %load_ext, at once": ["%load_ext nbexp"],
+}
+
+
+def cell_cost(name: str, work: Path, timeout: float, repeats: int) -> None:
+    """Time one item's cells (none wrapped) in fresh kernels of each `CELL_COST_VARIANTS`
+    variant, the variants' order rotated per repeat; print per variant the Σ of per-cell
+    median wall and kernel CPU, its ratio to plain, and the first cells' medians."""
+    lookup = {item_name(path): (req, path) for req, path in CORPUS}
+    source = source_file(*lookup[name])
+    cells = load_cells(source)
+    project = work / f"cellcost-{name}"
+    project.mkdir(parents=True, exist_ok=True)
+    for sibling in source.parent.iterdir():
+        if sibling.is_file() and sibling.suffix not in (".py", ".ipynb", ".rst", ".txt_"):
+            shutil.copy2(sibling, project / sibling.name)
+    env = {
+        "PYTHONPATH": KERNEL_PATH,
+        "NBEXP_STORE": str(project / ".nbexp"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONHASHSEED": "0",
+    }
+    variants = list(CELL_COST_VARIANTS.items())
+    runs: dict[str, list[Timings]] = {label: [] for label, _ in variants}
+    load_start = os.getloadavg()
+    for repeat in range(repeats):
+        shift = repeat % len(variants)
+        for label, before in variants[shift:] + variants[:shift]:
+            times = Timings()
+            with Kernel(project, env, timeout) as kernel:
+                kernel.run(HARNESS, history=False)
+                for line in before:
+                    kernel.run(line, history=False)
+                for cell in cells:
+                    times.add(kernel.run(cell))
+            runs[label].append(times)
+    load_end = os.getloadavg()
+    print(
+        f"{name}: {len(cells)} cells, {repeats} fresh kernels per variant (order rotated); "
+        f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end"
+    )
+    plain_wall = _per_cell_median(runs["a plain"], "wall", len(cells))
+    plain_cpu = _per_cell_median(runs["a plain"], "cpu", len(cells))
+    for label, _ in variants:
+        wall = _per_cell_median(runs[label], "wall", len(cells))
+        cpu = _per_cell_median(runs[label], "cpu", len(cells))
+        print(
+            f"  {label:22} wall {sum(wall) * 1000:8.1f} ms {sum(wall) / sum(plain_wall):6.3f}x"
+            f"   CPU {sum(cpu) * 1000:8.1f} ms {sum(cpu) / sum(plain_cpu):6.3f}x"
+            "   first cells (wall ms): " + " ".join(f"{v * 1000:.0f}" for v in wall[:6])
+        )
+
+
 # ---- report ----------------------------------------------------------------------------------
 
 
@@ -1100,12 +1162,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dir", help="the temp folder (default: a new one under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
+    parser.add_argument(
+        "--cell-cost",
+        metavar="NAME",
+        help="only time item NAME's cells plain, after `import nbexp`, after `%%load_ext nbexp` "
+        "once settled and right after it (--repeats kernels each)",
+    )
     args = parser.parse_args(argv)
     if args.jobs != 1:
         parser.error("--jobs: only 1 is supported (timings need an otherwise idle kernel)")
     if args.repeats < 2:
         parser.error("--repeats: at least 2 (two plain runs tell the notebook's own randomness)")
 
+    if args.cell_cost:
+        compile_bytecode()
+        work = Path(tempfile.mkdtemp(prefix="nbexp-cellcost-", dir=args.dir))
+        try:
+            cell_cost(args.cell_cost, work, args.timeout, args.repeats)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     corpus = list(CORPUS)
     if args.only:
         corpus = [c for c in corpus if any(o in item_name(c[1]) for o in args.only)]

@@ -873,20 +873,25 @@ def profile_slowest(results: list[Result], work: Path, count: int, timeout: floa
 # ---- what nbexp adds to every cell ----------------------------------------------------------
 
 # What runs (as harness cells) before the notebook's cells, in each variant: nothing, the
-# package imported, the extension loaded and its load-time work given time to finish, and the
-# extension loaded right before the first cell (its background warm-up still running).
+# package imported, the extension loaded and the kernel left idle for a while (as a user
+# reading: its load-time work done), and the extension loaded right before the first cell
+# (as "Run All"). `IDLE` is a pause of the harness, the kernel idle, not a cell.
+IDLE = ""
 CELL_COST_VARIANTS: dict[str, list[str]] = {
     "a plain": [],
     "b import nbexp": ["import nbexp"],
-    "c %load_ext, settled": ["%load_ext nbexp", "__import__('time').sleep(5)"],
+    "c %load_ext, settled": ["%load_ext nbexp", IDLE],
     "d %load_ext, at once": ["%load_ext nbexp"],
 }
 
 
-def cell_cost(name: str, work: Path, timeout: float, repeats: int) -> None:
+def cell_cost(
+    name: str, work: Path, timeout: float, repeats: int, against: Path | None = None
+) -> None:
     """Time one item's cells (none wrapped) in fresh kernels of each `CELL_COST_VARIANTS`
     variant, the variants' order rotated per repeat; print per variant the Σ of per-cell
-    median wall and kernel CPU, its ratio to plain, and the first cells' medians."""
+    median wall and kernel CPU, its ratio to plain, and the first cells' medians. `against`:
+    another checkout, whose nbexp is loaded in the `%load_ext` variants too, interleaved."""
     lookup = {item_name(path): (req, path) for req, path in CORPUS}
     source = source_file(*lookup[name])
     cells = load_cells(source)
@@ -901,17 +906,27 @@ def cell_cost(name: str, work: Path, timeout: float, repeats: int) -> None:
         "OMP_NUM_THREADS": "1",
         "PYTHONHASHSEED": "0",
     }
-    variants = list(CELL_COST_VARIANTS.items())
-    runs: dict[str, list[Timings]] = {label: [] for label, _ in variants}
+    variants = [(label, before, KERNEL_PATH) for label, before in CELL_COST_VARIANTS.items()]
+    if against is not None:
+        other = os.pathsep.join([str(against.resolve()), str(BENCH)])
+        variants += [
+            (f"{label} ({against.name})", before, other)
+            for label, before in CELL_COST_VARIANTS.items()
+            if "load_ext" in label
+        ]
+    runs: dict[str, list[Timings]] = {label: [] for label, _, _ in variants}
     load_start = os.getloadavg()
     for repeat in range(repeats):
         shift = repeat % len(variants)
-        for label, before in variants[shift:] + variants[:shift]:
+        for label, before, path in variants[shift:] + variants[:shift]:
             times = Timings()
-            with Kernel(project, env, timeout) as kernel:
+            with Kernel(project, {**env, "PYTHONPATH": path}, timeout) as kernel:
                 kernel.run(HARNESS, history=False)
                 for line in before:
-                    kernel.run(line, history=False)
+                    if line == IDLE:
+                        time.sleep(5)
+                    else:
+                        kernel.run(line, history=False)
                 for cell in cells:
                     times.add(kernel.run(cell))
             runs[label].append(times)
@@ -922,11 +937,11 @@ def cell_cost(name: str, work: Path, timeout: float, repeats: int) -> None:
     )
     plain_wall = _per_cell_median(runs["a plain"], "wall", len(cells))
     plain_cpu = _per_cell_median(runs["a plain"], "cpu", len(cells))
-    for label, _ in variants:
+    for label, _, _ in variants:
         wall = _per_cell_median(runs[label], "wall", len(cells))
         cpu = _per_cell_median(runs[label], "cpu", len(cells))
         print(
-            f"  {label:22} wall {sum(wall) * 1000:8.1f} ms {sum(wall) / sum(plain_wall):6.3f}x"
+            f"  {label:30} wall {sum(wall) * 1000:8.1f} ms {sum(wall) / sum(plain_wall):6.3f}x"
             f"   CPU {sum(cpu) * 1000:8.1f} ms {sum(cpu) / sum(plain_cpu):6.3f}x"
             "   first cells (wall ms): " + " ".join(f"{v * 1000:.0f}" for v in wall[:6])
         )
@@ -1168,6 +1183,11 @@ def main(argv: list[str] | None = None) -> int:
         help="only time item NAME's cells plain, after `import nbexp`, after `%%load_ext nbexp` "
         "once settled and right after it (--repeats kernels each)",
     )
+    parser.add_argument(
+        "--against",
+        metavar="DIR",
+        help="with --cell-cost: also the %%load_ext variants with DIR's nbexp (a checkout)",
+    )
     args = parser.parse_args(argv)
     if args.jobs != 1:
         parser.error("--jobs: only 1 is supported (timings need an otherwise idle kernel)")
@@ -1178,7 +1198,8 @@ def main(argv: list[str] | None = None) -> int:
         compile_bytecode()
         work = Path(tempfile.mkdtemp(prefix="nbexp-cellcost-", dir=args.dir))
         try:
-            cell_cost(args.cell_cost, work, args.timeout, args.repeats)
+            against = Path(args.against) if args.against else None
+            cell_cost(args.cell_cost, work, args.timeout, args.repeats, against)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return 0

@@ -417,6 +417,7 @@ class Result:
     new_errors: list[str] = field(default_factory=list)
     experiments: list[Experiment] = field(default_factory=list)
     seconds: float = 0.0
+    wrapped: set[int] = field(default_factory=set)  # cells the nbexp runs wrap
 
     def _count(self) -> int:
         runs = self.plain_runs + self.nbexp_runs
@@ -451,6 +452,15 @@ class Result:
     def ratio(self) -> float:
         """Σ per-cell nbexp medians / Σ per-cell plain medians, over the timed cells."""
         return self.nbexp_s / self.plain_s if self.plain_s > 0 else math.nan
+
+    @property
+    def unwrapped_ratio(self) -> float:
+        """The ratio over the timed cells nbexp does not wrap: what a loaded nbexp adds to
+        every cell, apart from the recording of experiments."""
+        plain, nbexp = self.medians()
+        cells = [i for i in self.timed_cells() if i not in self.wrapped]
+        below = sum(plain[i] for i in cells) if plain else math.nan
+        return sum(nbexp[i] for i in cells) / below if below > 0 else math.nan
 
     @property
     def cpu_ratio(self) -> float:
@@ -539,6 +549,7 @@ def run_notebook(name: str, source: Path, work: Path, timeout: float, repeats: i
     begin = time.perf_counter()
     cells = load_cells(source)
     result.cells = len(cells)
+    result.wrapped = {index for index, cell in enumerate(cells) if wrapped(cell)}
     project = work / name
     if project.exists():
         shutil.rmtree(project)
@@ -984,6 +995,7 @@ def _counts(result: Result) -> str:
         f"/{sum(e.figures_shown for e in exps)}, notebook errors {result.plain_errors}; "
         f"cells {result.ratio:.3f}x plain ({result.plain_s:.2f} s over "
         f"{len(result.timed_cells())} of {result.cells} cells; CPU {result.cpu_ratio:.3f}x; "
+        f"cells not wrapped {result.unwrapped_ratio:.3f}x; "
         f"old method {result.old_ratio:.3f}x); added per experiment "
         + ", ".join(f"c{e.cell} {e.added_ms:+.0f} ms{_top_phases(e)}" for e in exps)
     )
@@ -1108,6 +1120,8 @@ def overhead_lines(ran: list[Result]) -> None:
     print(f"    wall, all items:              {_spread([r.ratio for r in ran])}")
     print(f"    wall, items with experiments: {_spread([r.ratio for r in with_exps])}")
     print(f"    wall, items without any:      {_spread([r.ratio for r in without])}")
+    unwrapped = [r.unwrapped_ratio for r in with_exps]
+    print(f"    wall, items with experiments, only their cells not wrapped: {_spread(unwrapped)}")
     print(f"    kernel CPU, all items:        {_spread([r.cpu_ratio for r in ran])}")
     print(f"    kernel CPU, items without:    {_spread([r.cpu_ratio for r in without])}")
     print(

@@ -13,6 +13,7 @@ Run from the repository root: `.venv/bin/python bench/notebooks.py [--quick|--it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -258,6 +259,7 @@ class Reply:
     error: str | None  # "Name: value" (plus traceback tail) when the cell raised
     probes: list[dict[str, Any]]
     images: int = 0  # PNGs the cell displayed (figures shown, inline backend)
+    cpu: float = math.nan  # CPU seconds of the kernel process (all its threads) meanwhile
 
 
 class Kernel:
@@ -279,7 +281,26 @@ class Kernel:
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=120)
+        self.pid: int | None = getattr(self.km.provisioner, "pid", None)
         return self
+
+    def cpu_seconds(self) -> float:
+        """CPU time the kernel process has used so far, all threads (Linux `schedstat`, ns):
+        beside a cell's wall time it tells the cell's own work from waiting for a busy machine,
+        and it counts what nbexp's background threads took meanwhile."""
+        if self.pid is None:
+            return math.nan
+        total = 0
+        try:
+            for task in os.scandir(f"/proc/{self.pid}/task"):
+                with (
+                    contextlib.suppress(OSError),  # a thread that just ended
+                    open(f"{task.path}/schedstat") as handle,
+                ):
+                    total += int(handle.read().split()[0])
+        except OSError:
+            return math.nan
+        return total / 1e9
 
     def __exit__(self, *exc: Any) -> None:
         try:
@@ -289,6 +310,7 @@ class Kernel:
 
     def run(self, code: str, *, history: bool = True) -> Reply:
         """Execute one cell; harness cells pass history=False (not in In, not in nbexp's history)."""
+        cpu_before = self.cpu_seconds()
         msg_id = self.kc.execute(code, store_history=history, allow_stdin=False)
         started: Any = None
         out: list[str] = []
@@ -322,13 +344,14 @@ class Kernel:
             reply = self.kc.get_shell_msg(timeout=self.timeout)
         if error is None and reply["content"]["status"] != "ok":
             error = f"{reply['content'].get('ename')}: {reply['content'].get('evalue')}"
+        cpu = self.cpu_seconds() - cpu_before
         finished = reply["header"]["date"]
         seconds = (finished - started).total_seconds() if started is not None else math.nan
         text = "".join(out)
         probes = [
             json.loads(line[len(MARK) :]) for line in text.splitlines() if line.startswith(MARK)
         ]
-        return Reply(seconds, text, error, probes, images)
+        return Reply(seconds, text, error, probes, images, cpu)
 
     def probe(self, call: str) -> dict[str, Any]:
         """Run a `_nbprobe` function in a harness cell and return what it printed."""
@@ -360,21 +383,103 @@ class Experiment:
     notes: list[str] = field(default_factory=list)
 
 
+# Cells whose plain time (median over the runs) is under this are not timed: a 2 ms cell
+# is mostly message passing and scheduler noise, and its ratio says nothing about nbexp.
+SHORTEST_TIMED = 0.005
+
+
+@dataclass
+class Timings:
+    """One kernel run's cell times, in cell order: wall (execute_input → execute_reply) and
+    the kernel process's CPU seconds."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def add(self, reply: Reply) -> None:
+        self.wall.append(reply.seconds)
+        self.cpu.append(reply.cpu)
+
+
+def _per_cell_median(runs: list[Timings], kind: str, count: int) -> list[float]:
+    columns = [getattr(run, kind)[:count] for run in runs]
+    return [statistics.median(values) for values in zip(*columns, strict=True)]
+
+
 @dataclass
 class Result:
     name: str
     status: str = "ran"  # or "skipped: ..." / "failed: ..."
     cells: int = 0
-    plain_s: float = math.nan  # the notebook's own cells, mean of the two plain runs
-    nbexp_s: float = math.nan
+    plain_runs: list[Timings] = field(default_factory=list)  # in the order they ran
+    nbexp_runs: list[Timings] = field(default_factory=list)
     plain_errors: int = 0
     new_errors: list[str] = field(default_factory=list)
     experiments: list[Experiment] = field(default_factory=list)
     seconds: float = 0.0
+    wrapped: set[int] = field(default_factory=set)  # cells the nbexp runs wrap
+
+    def _count(self) -> int:
+        runs = self.plain_runs + self.nbexp_runs
+        return min((len(run.wall) for run in runs), default=0)
+
+    def medians(self, kind: str = "wall") -> tuple[list[float], list[float]]:
+        """Per cell, the median over the plain runs and over the nbexp runs."""
+        count = self._count()
+        if not self.plain_runs or not self.nbexp_runs:
+            return [], []
+        return (
+            _per_cell_median(self.plain_runs, kind, count),
+            _per_cell_median(self.nbexp_runs, kind, count),
+        )
+
+    def timed_cells(self) -> list[int]:
+        """The cells long enough to time (plain wall median ≥ `SHORTEST_TIMED`)."""
+        plain, _ = self.medians()
+        return [i for i, seconds in enumerate(plain) if seconds >= SHORTEST_TIMED]
+
+    @property
+    def plain_s(self) -> float:
+        plain, _ = self.medians()
+        return sum(plain[i] for i in self.timed_cells()) if plain else math.nan
+
+    @property
+    def nbexp_s(self) -> float:
+        _, nbexp = self.medians()
+        return sum(nbexp[i] for i in self.timed_cells()) if nbexp else math.nan
 
     @property
     def ratio(self) -> float:
+        """Σ per-cell nbexp medians / Σ per-cell plain medians, over the timed cells."""
         return self.nbexp_s / self.plain_s if self.plain_s > 0 else math.nan
+
+    @property
+    def unwrapped_ratio(self) -> float:
+        """The ratio over the timed cells nbexp does not wrap: what a loaded nbexp adds to
+        every cell, apart from the recording of experiments."""
+        plain, nbexp = self.medians()
+        cells = [i for i in self.timed_cells() if i not in self.wrapped]
+        below = sum(plain[i] for i in cells) if plain else math.nan
+        return sum(nbexp[i] for i in cells) / below if below > 0 else math.nan
+
+    @property
+    def cpu_ratio(self) -> float:
+        """The same over the kernel process's CPU seconds (all its threads)."""
+        plain, nbexp = self.medians("cpu")
+        cells = self.timed_cells()
+        below = sum(plain[i] for i in cells) if plain else math.nan
+        return sum(nbexp[i] for i in cells) / below if below > 0 else math.nan
+
+    @property
+    def old_ratio(self) -> float:
+        """The statistic before 2026-12-08: every cell of the first nbexp run over the mean
+        of the first and last plain runs (one nbexp run, short cells included)."""
+        count = self._count()
+        if not self.plain_runs or not self.nbexp_runs or count == 0:
+            return math.nan
+        first, last = self.plain_runs[0].wall[:count], self.plain_runs[-1].wall[:count]
+        plain = sum((a + b) / 2 for a, b in zip(first, last, strict=True))
+        return sum(self.nbexp_runs[0].wall[:count]) / plain if plain > 0 else math.nan
 
 
 def _skip_reason(error: str) -> str | None:
@@ -394,7 +499,7 @@ HARNESS = "__import__('_nbprobe').guard_network()"
 def _plain_run(cells: list[str], cwd: Path, env: dict[str, str], timeout: float) -> Any:
     """Times and errors of each cell, and the numbers and digests each would-be experiment
     left behind (to tell a notebook's own non-determinism from nbexp's)."""
-    times: list[float] = []
+    times = Timings()
     errors: dict[int, str] = {}
     numbers: dict[int, dict[str, Any]] = {}
     with Kernel(cwd, env, timeout) as kernel:
@@ -404,7 +509,7 @@ def _plain_run(cells: list[str], cwd: Path, env: dict[str, str], timeout: float)
                 reply = kernel.run(cell)
             except TimeoutError as error:
                 return None, f"TimeoutError: {error}", None
-            times.append(reply.seconds)
+            times.add(reply)
             if reply.error:
                 reason = _skip_reason(reply.error)
                 if reason:
@@ -423,21 +528,28 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def run_item(requirement: str, path: str, work: Path, timeout: float) -> Result:
+def run_item(requirement: str, path: str, work: Path, timeout: float, repeats: int = 2) -> Result:
     """One corpus item: fetched from its sdist, then measured by `run_notebook`."""
     try:
         source = source_file(requirement, path)
     except Exception as error:
         return Result(item_name(path), status=f"failed: fetch: {error}")
-    return run_notebook(item_name(path), source, work, timeout)
+    return run_notebook(item_name(path), source, work, timeout, repeats)
 
 
-def run_notebook(name: str, source: Path, work: Path, timeout: float) -> Result:
-    """Plain runs, the nbexp run, restores and export reruns of one notebook or script."""
+def run_notebook(name: str, source: Path, work: Path, timeout: float, repeats: int = 2) -> Result:
+    """Plain and nbexp runs of one notebook or script, alternating (plain, nbexp, nbexp,
+    plain, plain, nbexp, …: `repeats` of each, so a drift in the machine's speed hits both
+    alike), then restores and export reruns of the first nbexp run's experiments."""
+    if repeats < 2:
+        raise ValueError(
+            "repeats: at least 2 (the two plain runs tell the notebook's own non-determinism)"
+        )
     result = Result(name)
     begin = time.perf_counter()
     cells = load_cells(source)
     result.cells = len(cells)
+    result.wrapped = {index for index, cell in enumerate(cells) if wrapped(cell)}
     project = work / name
     if project.exists():
         shutil.rmtree(project)
@@ -454,17 +566,63 @@ def run_notebook(name: str, source: Path, work: Path, timeout: float) -> Result:
         "OMP_NUM_THREADS": "1",
         "PYTHONHASHSEED": "0",
     }
-
-    first, errors, numbers1 = _plain_run(cells, project, env, timeout)
-    if first is None:
-        result.status = _skip_reason(errors) or "skipped"
-        result.seconds = time.perf_counter() - begin
-        return result
-    result.plain_errors = len(errors)
-
-    # The run with nbexp: wrapped cells, then a fingerprint of the state each one recorded.
-    nbexp_times: list[float] = []
+    order = [
+        kind for rep in range(repeats) for kind in (("plain", "nbexp"), ("nbexp", "plain"))[rep % 2]
+    ]
+    errors: dict[int, str] = {}
+    numbers: list[dict[int, dict[str, Any]]] = []
     fingerprints: dict[str, dict[str, Any]] = {}
+    for kind in order:
+        if kind == "plain":
+            times, found, numbers_of_run = _plain_run(cells, project, env, timeout)
+            if times is None:
+                if not result.plain_runs:  # the first run: the item cannot be measured
+                    result.status = _skip_reason(found) or "skipped"
+                    result.seconds = time.perf_counter() - begin
+                    return result
+                continue  # a later plain run over time: one repeat fewer
+            if not result.plain_runs:
+                errors = found
+                result.plain_errors = len(errors)
+            result.plain_runs.append(times)
+            numbers.append(numbers_of_run or {})
+        elif not result.nbexp_runs:
+            if not _first_nbexp_run(
+                result, name, cells, project, env, timeout, store, errors, fingerprints
+            ):
+                break  # a cell ran over the timeout with nbexp: a new error, no more repeats
+        else:
+            _timing_nbexp_run(result, name, cells, project, env, timeout)
+
+    plain, nbexp = result.medians()
+    for experiment in result.experiments:  # added time against the plain median of the cell
+        index = experiment.cell
+        if index < len(plain):
+            experiment.added_ms = (nbexp[index] - plain[index]) * 1000
+
+    _check_restores(result, project, env, timeout, store, fingerprints)
+    numbers1 = numbers[0] if numbers else {}
+    numbers2 = numbers[1] if len(numbers) > 1 else {}
+    _check_exports(result, project, store, numbers1, numbers2)
+    result.seconds = time.perf_counter() - begin
+    return result
+
+
+def _first_nbexp_run(
+    result: Result,
+    name: str,
+    cells: list[str],
+    project: Path,
+    env: dict[str, str],
+    timeout: float,
+    store: Path,
+    errors: dict[int, str],
+    fingerprints: dict[str, dict[str, Any]],
+) -> bool:
+    """The run with nbexp whose experiments are checked: wrapped cells, then a fingerprint of
+    the state each one recorded, its figures and its recording phases. False when a cell
+    ran over the timeout."""
+    times = Timings()
     last: str | None = None
     with Kernel(project, env, timeout) as kernel:
         kernel.run(HARNESS, history=False)
@@ -476,8 +634,9 @@ def run_notebook(name: str, source: Path, work: Path, timeout: float) -> Result:
                 reply = kernel.run(code)
             except TimeoutError as error:
                 result.new_errors.append(f"cell {index}: {error}")
-                break
-            nbexp_times.append(reply.seconds)
+                result.nbexp_runs.append(times)
+                return False
+            times.add(reply)
             if reply.error and index not in errors:
                 result.new_errors.append(f"cell {index}: {reply.error.splitlines()[0][:160]}")
             if not wrapped(cell):
@@ -492,7 +651,6 @@ def run_notebook(name: str, source: Path, work: Path, timeout: float) -> Result:
             recorded = _RECORD_MS.search(reply.stdout)
             if recorded:
                 experiment.record_ms = float(recorded.group(1))
-            experiment.added_ms = (reply.seconds - first[index]) * 1000
             experiment.phases = answer.get("phases") or {}
             experiment.first = not result.experiments
             experiment.figures_shown = reply.images
@@ -505,22 +663,30 @@ def run_notebook(name: str, source: Path, work: Path, timeout: float) -> Result:
             result.experiments.append(experiment)
             names = _stored_names(store, newest)
             fingerprints[newest] = kernel.probe(f"fingerprint({names!r})")
+    result.nbexp_runs.append(times)
+    return True
 
-    second, _, numbers2 = _plain_run(cells, project, env, timeout)
-    plain_times = first
-    if second is not None and len(second) == len(first):
-        plain_times = [(a + b) / 2 for a, b in zip(first, second, strict=True)]
-        for experiment in result.experiments:  # added time against the mean of both plain runs
-            index = experiment.cell
-            experiment.added_ms = (nbexp_times[index] - plain_times[index]) * 1000
-    count = min(len(plain_times), len(nbexp_times))
-    result.plain_s = sum(plain_times[:count])
-    result.nbexp_s = sum(nbexp_times[:count])
 
-    _check_restores(result, project, env, timeout, store, fingerprints)
-    _check_exports(result, project, store, numbers1, numbers2 or {})
-    result.seconds = time.perf_counter() - begin
-    return result
+def _timing_nbexp_run(
+    result: Result,
+    name: str,
+    cells: list[str],
+    project: Path,
+    env: dict[str, str],
+    timeout: float,
+) -> None:
+    """Another run with nbexp, for its cell times only (its records stay in the store)."""
+    times = Timings()
+    with Kernel(project, env, timeout) as kernel:
+        kernel.run(HARNESS, history=False)
+        kernel.run("%load_ext nbexp", history=False)
+        for index, cell in enumerate(cells):
+            code = f"%%experiment {name}-c{index}\n{cell}" if wrapped(cell) else cell
+            try:
+                times.add(kernel.run(code))
+            except TimeoutError:
+                return  # this repeat does not count
+    result.nbexp_runs.append(times)
 
 
 def _record(store: Path, experiment_id: str) -> Any:
@@ -715,6 +881,83 @@ def profile_slowest(results: list[Result], work: Path, count: int, timeout: floa
         print(f"  {seconds * 1000:9.1f} ms  {label}")
 
 
+# ---- what nbexp adds to every cell ----------------------------------------------------------
+
+# What runs (as harness cells) before the notebook's cells, in each variant: nothing, the
+# package imported, the extension loaded and the kernel left idle for a while (as a user
+# reading: its load-time work done), and the extension loaded right before the first cell
+# (as "Run All"). `IDLE` is a pause of the harness, the kernel idle, not a cell.
+IDLE = ""
+CELL_COST_VARIANTS: dict[str, list[str]] = {
+    "a plain": [],
+    "b import nbexp": ["import nbexp"],
+    "c %load_ext, settled": ["%load_ext nbexp", IDLE],
+    "d %load_ext, at once": ["%load_ext nbexp"],
+}
+
+
+def cell_cost(
+    name: str, work: Path, timeout: float, repeats: int, against: Path | None = None
+) -> None:
+    """Time one item's cells (none wrapped) in fresh kernels of each `CELL_COST_VARIANTS`
+    variant, the variants' order rotated per repeat; print per variant the Σ of per-cell
+    median wall and kernel CPU, its ratio to plain, and the first cells' medians. `against`:
+    another checkout, whose nbexp is loaded in the `%load_ext` variants too, interleaved."""
+    lookup = {item_name(path): (req, path) for req, path in CORPUS}
+    source = source_file(*lookup[name])
+    cells = load_cells(source)
+    project = work / f"cellcost-{name}"
+    project.mkdir(parents=True, exist_ok=True)
+    for sibling in source.parent.iterdir():
+        if sibling.is_file() and sibling.suffix not in (".py", ".ipynb", ".rst", ".txt_"):
+            shutil.copy2(sibling, project / sibling.name)
+    env = {
+        "PYTHONPATH": KERNEL_PATH,
+        "NBEXP_STORE": str(project / ".nbexp"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONHASHSEED": "0",
+    }
+    variants = [(label, before, KERNEL_PATH) for label, before in CELL_COST_VARIANTS.items()]
+    if against is not None:
+        other = os.pathsep.join([str(against.resolve()), str(BENCH)])
+        variants += [
+            (f"{label} ({against.name})", before, other)
+            for label, before in CELL_COST_VARIANTS.items()
+            if "load_ext" in label
+        ]
+    runs: dict[str, list[Timings]] = {label: [] for label, _, _ in variants}
+    load_start = os.getloadavg()
+    for repeat in range(repeats):
+        shift = repeat % len(variants)
+        for label, before, path in variants[shift:] + variants[:shift]:
+            times = Timings()
+            with Kernel(project, {**env, "PYTHONPATH": path}, timeout) as kernel:
+                kernel.run(HARNESS, history=False)
+                for line in before:
+                    if line == IDLE:
+                        time.sleep(5)
+                    else:
+                        kernel.run(line, history=False)
+                for cell in cells:
+                    times.add(kernel.run(cell))
+            runs[label].append(times)
+    load_end = os.getloadavg()
+    print(
+        f"{name}: {len(cells)} cells, {repeats} fresh kernels per variant (order rotated); "
+        f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end"
+    )
+    plain_wall = _per_cell_median(runs["a plain"], "wall", len(cells))
+    plain_cpu = _per_cell_median(runs["a plain"], "cpu", len(cells))
+    for label, _, _ in variants:
+        wall = _per_cell_median(runs[label], "wall", len(cells))
+        cpu = _per_cell_median(runs[label], "cpu", len(cells))
+        print(
+            f"  {label:30} wall {sum(wall) * 1000:8.1f} ms {sum(wall) / sum(plain_wall):6.3f}x"
+            f"   CPU {sum(cpu) * 1000:8.1f} ms {sum(cpu) / sum(plain_cpu):6.3f}x"
+            "   first cells (wall ms): " + " ".join(f"{v * 1000:.0f}" for v in wall[:6])
+        )
+
+
 # ---- report ----------------------------------------------------------------------------------
 
 
@@ -750,7 +993,10 @@ def _counts(result: Result) -> str:
         f"exports {sum(e.export_ok for e in exps)}/{len(exps)}, "
         f"figures {sum(min(e.figures_shown, e.figures_recorded) for e in exps)}"
         f"/{sum(e.figures_shown for e in exps)}, notebook errors {result.plain_errors}; "
-        f"cells {result.ratio:.3f}x plain ({result.plain_s:.2f} s); added per experiment "
+        f"cells {result.ratio:.3f}x plain ({result.plain_s:.2f} s over "
+        f"{len(result.timed_cells())} of {result.cells} cells; CPU {result.cpu_ratio:.3f}x; "
+        f"cells not wrapped {result.unwrapped_ratio:.3f}x; "
+        f"old method {result.old_ratio:.3f}x); added per experiment "
         + ", ".join(f"c{e.cell} {e.added_ms:+.0f} ms{_top_phases(e)}" for e in exps)
     )
 
@@ -789,7 +1035,6 @@ def report(results: list[Result], disk: float, load_start: tuple[float, ...]) ->
     for r in ran:
         for line in _differences(r):
             print(f"  {r.name}: {line}")
-    ratios = [r.ratio for r in ran if not math.isnan(r.ratio)]
     variables = sum(e.variables for e in exps)
     pairs = sum(e.pairs for e in exps)
     budget_over = []
@@ -818,11 +1063,7 @@ def report(results: list[Result], disk: float, load_start: tuple[float, ...]) ->
     print(
         f"  figures shown by experiments and recorded {shown} / {sum(e.figures_shown for e in exps)}"
     )
-    if ratios:
-        print(
-            f"  overhead of the notebook's own cells (nbexp / plain): median {statistics.median(ratios):.3f}"
-            f", min {min(ratios):.3f}, max {max(ratios):.3f} over {len(ratios)} items"
-        )
+    overhead_lines(ran)
     if exps:
         added = [e.added_ms for e in exps if not math.isnan(e.added_ms)]
         recorded = [e.record_ms for e in exps if not math.isnan(e.record_ms)]
@@ -847,6 +1088,46 @@ def report(results: list[Result], disk: float, load_start: tuple[float, ...]) ->
     print(
         f"  machine: {os.cpu_count()} cores, load average {load_start[0]:.2f} at start, "
         f"{load_end[0]:.2f} at end; wall {sum(r.seconds for r in results):.0f} s"
+    )
+
+
+def _spread(values: list[float]) -> str:
+    kept = [v for v in values if not math.isnan(v)]
+    if not kept:
+        return "no items"
+    return (
+        f"median {statistics.median(kept):.3f}, min {min(kept):.3f}, max {max(kept):.3f} "
+        f"over {len(kept)} items"
+    )
+
+
+def overhead_lines(ran: list[Result]) -> None:
+    """The notebook's own cells, nbexp over plain: per item Σ of per-cell medians over the
+    repeats (cells under `SHORTEST_TIMED` plain left out), median over items; split by
+    whether the item has experiments; and, once, the statistic as it was measured before."""
+    if not ran:
+        return
+    runs = min(len(r.plain_runs) for r in ran), min(len(r.nbexp_runs) for r in ran)
+    cells = sum(min(r.cells, r._count()) for r in ran)
+    timed = sum(len(r.timed_cells()) for r in ran)
+    print(
+        f"  overhead of the notebook's own cells (nbexp / plain), per cell the median of "
+        f"≥{runs[0]} plain and ≥{runs[1]} nbexp runs, alternating; {cells - timed} of {cells} "
+        f"cells under {SHORTEST_TIMED * 1000:.0f} ms plain left out:"
+    )
+    with_exps = [r for r in ran if r.experiments]
+    without = [r for r in ran if not r.experiments]
+    print(f"    wall, all items:              {_spread([r.ratio for r in ran])}")
+    print(f"    wall, items with experiments: {_spread([r.ratio for r in with_exps])}")
+    print(f"    wall, items without any:      {_spread([r.ratio for r in without])}")
+    unwrapped = [r.unwrapped_ratio for r in with_exps]
+    print(f"    wall, items with experiments, only their cells not wrapped: {_spread(unwrapped)}")
+    print(f"    kernel CPU, all items:        {_spread([r.cpu_ratio for r in ran])}")
+    print(f"    kernel CPU, items without:    {_spread([r.cpu_ratio for r in without])}")
+    print(
+        f"    old method (first nbexp run, every cell, over the mean of the first and last "
+        f"plain runs): {_spread([r.old_ratio for r in ran])}; items without experiments: "
+        f"{_spread([r.old_ratio for r in without])}"
     )
 
 
@@ -900,12 +1181,42 @@ def main(argv: list[str] | None = None) -> int:
         help="cProfile the N slowest experiments (0: none)",
     )
     parser.add_argument("--timeout", type=float, default=120, help="seconds per cell")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        metavar="N",
+        help="plain and nbexp runs per item, N of each, alternating (default 2: plain, nbexp, "
+        "nbexp, plain); cell times are per-cell medians over them",
+    )
     parser.add_argument("--dir", help="the temp folder (default: a new one under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
+    parser.add_argument(
+        "--cell-cost",
+        metavar="NAME",
+        help="only time item NAME's cells plain, after `import nbexp`, after `%%load_ext nbexp` "
+        "once settled and right after it (--repeats kernels each)",
+    )
+    parser.add_argument(
+        "--against",
+        metavar="DIR",
+        help="with --cell-cost: also the %%load_ext variants with DIR's nbexp (a checkout)",
+    )
     args = parser.parse_args(argv)
     if args.jobs != 1:
         parser.error("--jobs: only 1 is supported (timings need an otherwise idle kernel)")
+    if args.repeats < 2:
+        parser.error("--repeats: at least 2 (two plain runs tell the notebook's own randomness)")
 
+    if args.cell_cost:
+        compile_bytecode()
+        work = Path(tempfile.mkdtemp(prefix="nbexp-cellcost-", dir=args.dir))
+        try:
+            against = Path(args.against) if args.against else None
+            cell_cost(args.cell_cost, work, args.timeout, args.repeats, against)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     corpus = list(CORPUS)
     if args.only:
         corpus = [c for c in corpus if any(o in item_name(c[1]) for o in args.only)]
@@ -926,7 +1237,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for requirement, path in corpus:
             try:
-                result = run_item(requirement, path, work, args.timeout)
+                result = run_item(requirement, path, work, args.timeout, args.repeats)
             except Exception as error:  # a kernel that died on start, a full disk: go on
                 result = Result(item_name(path), status=f"failed: harness: {error!r}"[:60])
             results.append(result)

@@ -143,9 +143,6 @@ def open_store(path: str | None = None) -> Store:
 
 def load_ipython_extension(ipython: Any) -> None:
     """`%load_ext nbexp`: register the magics."""
-    import threading
-
-    from .environment import warm_up
     from .magic import ExperimentMagics
 
     ipython.register_magics(ExperimentMagics)
@@ -153,11 +150,11 @@ def load_ipython_extension(ipython: Any) -> None:
 
     watch(ipython)  # which later cells fail, so exports reproduce only what they ran
     # What the first experiment would otherwise do once (read every installed package's
-    # metadata, ~0.15 s; import psutil; ...): now, in the background (`environment.warm_up`).
-    threading.Thread(target=warm_up, name="nbexp-warm-up", daemon=True).start()
-    from .widgets import warm_up as warm_up_widgets
+    # metadata, ~0.15 s; import psutil; ...): a child process, and steps run while the
+    # kernel is idle (`warmup`), never beside the user's cells.
+    from .warmup import start
 
-    warm_up_widgets(ipython)  # in a notebook kernel: import the table's code in the background
+    start(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:

@@ -11,19 +11,21 @@ Git is read with GitPython, imported only when the working directory is inside a
 from __future__ import annotations
 
 import contextlib
-import csv
+import importlib
 import os
 import platform
-import re
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
+from .installed import Installed, Scan
 from .secrets import allowed_environment
+
+_Installed = Installed  # the in-process scan (`installed.scan`)
 
 MAX_DIFF_BYTES = 2 * 1024 * 1024
 
@@ -76,131 +78,36 @@ def _holds_distributions(folder: str) -> bool:
 _installs = _InstallWatch()
 
 
-class _Installed:
-    """What is installed, read in one pass over every distribution on `sys.path`: which
-    distributions provide each top-level module (as `importlib.metadata.packages_distributions`
-    says), and each distribution's version and folder (as `version()` and `distribution()`
-    say: the first one on `sys.path` of that name).
-
-    Reading `Name` and `Version` with the email parser (what `Distribution.metadata` does)
-    cost ~1 ms per distribution: most of a 300-distribution venv's 0.4–0.6 s scan, and again
-    3 ms per imported package in a kernel's first record (`version()` searched `sys.path`
-    for each). Here the header block is read as text, and only a METADATA whose header this
-    reading does not find falls back to the parser. The scan runs once per session (at
-    `%load_ext`, in a thread; a record that needs it first waits for it) and again only
-    after an install (`_InstallWatch`)."""
-
-    def __init__(self) -> None:
-        self.tops: dict[str, list[str]] = {}  # top-level module → distribution names
-        self.found: dict[str, tuple[str | None, Any]] = {}  # normalized name → (version, dist)
-        from importlib.metadata import distributions
-
-        for dist in distributions():
-            name, version = _name_and_version(dist)
-            if not name:
-                continue
-            for top in _top_levels(dist):
-                self.tops.setdefault(top, []).append(name)
-            self.found.setdefault(_normalized(name), (version, dist))
-
-    def version(self, distribution: str) -> str | None:
-        return self.found.get(_normalized(distribution), (None, None))[0]
-
-    def base(self, distribution: str) -> Path | None:
-        """The folder a distribution is installed into (site-packages), or None."""
-        dist = self.found.get(_normalized(distribution), (None, None))[1]
-        if dist is None:
-            return None
-        try:
-            return Path(os.path.realpath(str(dist.locate_file(""))))
-        except (OSError, ValueError):
-            return None
-
-
-def _normalized(name: str) -> str:
-    return re.sub(r"[-_.]+", "_", name).lower()
-
-
-def _name_and_version(dist: Any) -> tuple[str | None, str | None]:
-    """`Name` and `Version` of a distribution's metadata, as its email-parsed `metadata`
-    gives them: the first header of each name (case-insensitive), folded lines joined."""
-    try:
-        text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or dist.read_text("")
-    except (OSError, UnicodeDecodeError, ValueError):
-        text = None
-    if text:
-        headers: dict[str, str] = {}
-        key: str | None = None
-        for line in text.splitlines():
-            if not line.strip():
-                break
-            if line[0] in " \t" and key is not None:  # a folded continuation
-                if key in ("name", "version") and headers.get(key) is not None:
-                    return _parsed_name_and_version(dist)
-                continue
-            field, colon, value = line.partition(":")
-            if not colon:
-                return _parsed_name_and_version(dist)
-            key = field.strip().lower()
-            if key in ("name", "version") and key not in headers:
-                headers[key] = value.strip()
-        if headers.get("name"):
-            return headers["name"], headers.get("version") or None
-    return _parsed_name_and_version(dist)
-
-
-def _parsed_name_and_version(dist: Any) -> tuple[str | None, str | None]:
-    try:
-        metadata = dist.metadata
-        return metadata["Name"], metadata["Version"]
-    except Exception:  # a broken distribution is skipped, as if not installed
-        return None, None
-
-
-def _top_levels(dist: Any) -> Iterable[str]:
-    """The top-level modules a distribution provides, as `packages_distributions` infers
-    them: `top_level.txt`, else the `.py` files its RECORD (or SOURCES.txt) lists."""
-    try:
-        declared = (dist.read_text("top_level.txt") or "").split()
-        if declared:
-            return declared
-        lines = dist.read_text("RECORD")
-        if lines:
-            rows: Iterable[list[str]] = csv.reader(lines.splitlines())
-        else:
-            sources = dist.read_text("SOURCES.txt")
-            if not sources:
-                return ()
-            rows = csv.reader(f'"{line}"' for line in sources.splitlines())
-        inferred = set()
-        for row in rows:
-            if not row or not row[0].endswith(".py"):
-                continue
-            name = row[0]
-            if name.startswith("/"):  # pathlib's roots: rare enough to ask it
-                path = PurePosixPath(name)
-                parts: Any = path.parts if path.suffix == ".py" else ()
-            else:  # PurePosixPath's parts, without building one per file (10,000s)
-                parts = [part for part in name.split("/") if part and part != "."]
-                if not parts or len(parts[-1]) <= 3 or not parts[-1].endswith(".py"):
-                    continue
-            if parts:
-                inferred.add(parts[0] if len(parts) > 1 else parts[0][:-3])
-        return inferred
-    except (OSError, UnicodeDecodeError, ValueError, csv.Error):
-        return ()
-
-
 _installed_lock = threading.Lock()
-_installed: _Installed | None = None
+_installed: Installed | None = None
+_pending: tuple[Any, Scan] | None = None  # (generation of what is installed, its scan)
 
 
-def _installed_now() -> _Installed:
-    """The one-pass scan, made when first needed (or waited for while a warm-up makes it)."""
-    global _installed
+def start_scan() -> None:
+    """Start reading what is installed in a child process (`installed.Scan`, at
+    `%load_ext`): the kernel's cells keep the GIL, and the first record reads the answer."""
+    global _pending
+    generation = _forget_if_installs_changed()
+    with _installed_lock:
+        if _installed is None and _pending is None:
+            with contextlib.suppress(OSError, ValueError):  # no child: scanned when needed
+                _pending = (generation, Scan([p for p in sys.path if isinstance(p, str)]))
+
+
+def _installed_now() -> Installed:
+    """The one-pass scan: the child's answer when one was started for what is installed
+    now, else made here, when first needed."""
+    global _installed, _pending
     with _installed_lock:
         if _installed is None:
-            _installed = _Installed()
+            pending, _pending = _pending, None
+            if pending is not None:
+                if pending[0] == _installed_under:
+                    _installed = pending[1].result()
+                else:  # something was installed since it started
+                    pending[1].discard()
+            if _installed is None:
+                _installed = Installed()
         return _installed
 
 
@@ -275,22 +182,26 @@ def _forget_if_installs_changed() -> Any:
     return installed
 
 
-def warm_up() -> None:
-    """What a kernel's first experiment would otherwise do, done ahead of it (`%load_ext`,
-    in a thread): scan what is installed (a record that needs it waits for it), import
-    psutil and read the kernel's parent command (`headless`), ask `platform` (one `uname`
-    subprocess), find the folders of installed code (`state`, `watcher`). Nothing here
-    changes what a record says; a failure only leaves the work to the record."""
-    _forget_if_installs_changed()
-    _installed_now()
-    steps: list[Callable[[], object]] = [platform.platform]
-    with contextlib.suppress(Exception):
-        from . import headless, state, watcher
+def warm_up_steps() -> list[Callable[[], object]]:
+    """What a kernel's first experiment would otherwise do, in small steps for `warmup` to
+    run while the kernel is idle: read the scan's answer (`start_scan`), ask `platform`,
+    import `headless` (psutil) and read the kernel's parent command, import `state` and
+    `watcher` and find the folders of installed code. Nothing here changes what a record
+    says; a step that fails only leaves its work to the record."""
 
-        steps += [headless.runner_notebook, state._library_roots, watcher._ignored_roots]
-    for step in steps:
-        with contextlib.suppress(Exception):
-            step()
+    def call(module: str, function: str) -> Callable[[], object]:
+        return lambda: getattr(importlib.import_module(f"nbexp.{module}"), function)()
+
+    return [
+        _installed_now,
+        platform.platform,
+        lambda: importlib.import_module("nbexp.headless"),
+        call("headless", "runner_notebook"),
+        lambda: importlib.import_module("nbexp.state"),
+        call("state", "_library_roots"),
+        lambda: importlib.import_module("nbexp.watcher"),
+        call("watcher", "_ignored_roots"),
+    ]
 
 
 _bases: dict[str, Path | None] = {}

@@ -85,3 +85,45 @@ def test_the_scan_names_the_same_distributions_and_versions_as_importlib_metadat
     assert installed.version("gamma") == _version("gamma") != "0.1"
     assert installed.base("beta") == site.resolve()
     assert installed.version("not-installed") is None
+
+
+def test_the_scan_in_a_child_process_answers_as_the_scan_in_process(site: Path) -> None:
+    from nbexp import installed
+
+    child = installed.Scan(list(sys.path)).result()
+
+    here = environment._Installed()
+    assert child is not None
+    assert child.tops == here.tops and child.found == here.found
+    assert child.version("alpha-pkg") == "1.2"
+    assert child.base("beta") == site.resolve()
+
+
+def test_the_first_record_reads_the_scan_started_at_load(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(environment, "_installed", None)
+    monkeypatch.setattr(environment, "_pending", None)
+    environment.start_scan()
+    pending = environment._pending
+    assert pending is not None
+
+    scan = environment._installed_now()
+
+    assert environment._pending is None and pending[1].process.returncode == 0
+    assert scan.found == environment._Installed().found
+    assert scan.version("beta") == "3.0"
+
+
+def test_a_child_that_fails_leaves_the_scan_to_the_kernel(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbexp import installed
+
+    monkeypatch.setattr(installed.sys, "executable", str(site / "no-such-python"))
+    monkeypatch.setattr(environment, "_installed", None)
+    monkeypatch.setattr(environment, "_pending", None)
+    environment.start_scan()  # the child cannot start: nothing pending, no error
+
+    assert environment._pending is None
+    assert environment._installed_now().version("alpha-pkg") == "1.2"

@@ -631,22 +631,3 @@ def test_text_repr_outside_a_widget_frontend(make, five):
     assert repr(make("params.depth > 4")) == (
         "<nbexp: 2 experiments matching 'params.depth > 4'; shown as a table in Jupyter>"
     )
-
-
-def test_a_notebook_kernel_imports_the_table_in_the_background(monkeypatch):
-    started: list[str] = []
-
-    class FakeThread:
-        def __init__(self, *, target: Any, name: str, daemon: bool) -> None:
-            started.append(name)
-
-        def start(self) -> None:
-            pass
-
-    class ZMQInteractiveShell:  # the class name is what tells a notebook kernel
-        pass
-
-    monkeypatch.setattr(widgets_package.threading, "Thread", FakeThread)
-    widgets_package.warm_up(ZMQInteractiveShell())
-    widgets_package.warm_up(object())  # terminal IPython: nothing
-    assert started == ["nbexp-warm-widgets"]

@@ -12,8 +12,6 @@ ipywidgets, and only when a table is made.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -32,17 +30,4 @@ def has_widget_frontend(shell: Any) -> bool:
     return any(cls.__name__ == "ZMQInteractiveShell" for cls in type(shell).__mro__)
 
 
-def warm_up(shell: Any) -> None:
-    """In a notebook kernel, import ipywidgets and the table in a background thread, so the
-    first `%experiments` does not pay for it (about 0.3 s, more on a busy machine)."""
-    if has_widget_frontend(shell):
-        threading.Thread(target=_import_table, name="nbexp-warm-widgets", daemon=True).start()
-
-
-def _import_table() -> None:
-    with contextlib.suppress(Exception):  # only a head start: the table imports them anyway
-        from .. import staleness  # noqa: F401
-        from . import browser  # noqa: F401
-
-
-__all__ = ["browse", "has_widget_frontend", "warm_up"]
+__all__ = ["browse", "has_widget_frontend"]

@@ -25,8 +25,6 @@ from typing import Any
 from .installed import Installed, Scan
 from .secrets import allowed_environment
 
-_Installed = Installed  # the in-process scan (`installed.scan`)
-
 MAX_DIFF_BYTES = 2 * 1024 * 1024
 
 

@@ -1,4 +1,4 @@
-"""The one-pass scan of what is installed (`environment._Installed`) answers as
+"""The one-pass scan of what is installed (`installed.Installed`) answers as
 `importlib.metadata` does — which distributions provide a top-level module, each one's
 version — on distributions laid out the ways installers leave them, odd ones included."""
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from nbexp import environment
+from nbexp.installed import Installed
 
 
 def _dist_info(site: Path, folder: str, metadata_text: str, **files: str) -> None:
@@ -72,7 +73,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_the_scan_names_the_same_distributions_and_versions_as_importlib_metadata(
     site: Path,
 ) -> None:
-    installed = environment._Installed()
+    installed = Installed()
 
     expected = {top: sorted(names) for top, names in metadata.packages_distributions().items()}
     assert {top: sorted(names) for top, names in installed.tops.items()} == expected
@@ -103,7 +104,7 @@ def test_the_scan_in_a_child_process_answers_as_the_scan_in_process(site: Path) 
 
     child = installed.Scan(list(sys.path)).result()
 
-    here = environment._Installed()
+    here = Installed()
     assert child is not None
     assert child.tops == here.tops and _words(child.found) == _words(here.found)
     assert child.version("alpha-pkg") == "1.2"
@@ -122,7 +123,7 @@ def test_the_first_record_reads_the_scan_started_at_load(
     scan = environment._installed_now()
 
     assert environment._pending is None and pending[1].process.returncode == 0
-    assert _words(scan.found) == _words(environment._Installed().found)
+    assert _words(scan.found) == _words(Installed().found)
     assert scan.version("beta") == "3.0"
 
 
